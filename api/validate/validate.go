@@ -1,0 +1,155 @@
+package validate
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// FieldError is one problem with one field.
+type FieldError struct {
+	Field string // path, e.g. services[0].ports[1].port
+	Msg   string // what is wrong and how to fix it
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return e.Msg
+	}
+	return e.Field + ": " + e.Msg
+}
+
+// Errors collects every problem found, so a user fixes them all in one pass.
+type Errors struct {
+	list []error
+}
+
+// Add records a problem with field.
+func (e *Errors) Add(field, format string, args ...any) {
+	e.list = append(e.list, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// AddErr records err (which may be nil) as a problem of field when err is not already a FieldError.
+func (e *Errors) AddErr(field string, err error) {
+	if err == nil {
+		return
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) && fe.Field != "" {
+		if field != "" && !strings.HasPrefix(fe.Field, field) {
+			fe = &FieldError{Field: field + "." + fe.Field, Msg: fe.Msg}
+		}
+		e.list = append(e.list, fe)
+		return
+	}
+	e.list = append(e.list, &FieldError{Field: field, Msg: err.Error()})
+}
+
+// Len is the number of problems recorded.
+func (e *Errors) Len() int { return len(e.list) }
+
+// Err returns nil when nothing was recorded, else an error listing every problem.
+func (e *Errors) Err() error {
+	if len(e.list) == 0 {
+		return nil
+	}
+	return errors.Join(e.list...)
+}
+
+var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// DNSLabel reports whether v is an RFC 1123 DNS label: lower-case letters, digits and '-',
+// starting and ending with an alphanumeric, at most 63 characters. Cluster names,
+// namespaces, service and port names, zones are DNS labels.
+func DNSLabel(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	if len(v) > 63 {
+		return fmt.Errorf("%q is %d characters; a DNS label has at most 63", v, len(v))
+	}
+	if !dnsLabelRE.MatchString(v) {
+		return fmt.Errorf("%q is not a DNS label: use lower-case letters, digits and '-', starting and ending with a letter or digit", v)
+	}
+	return nil
+}
+
+var dnsSubdomainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+// DNSSubdomain reports whether v is an RFC 1123 subdomain (dot-separated DNS labels, at most
+// 253 characters). SPIFFE trust domains and SNI domains are subdomains.
+func DNSSubdomain(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	if len(v) > 253 {
+		return fmt.Errorf("%q is %d characters; at most 253 are allowed", v, len(v))
+	}
+	if !dnsSubdomainRE.MatchString(v) {
+		return fmt.Errorf("%q is not a DNS name: use dot-separated labels of lower-case letters, digits and '-'", v)
+	}
+	for _, l := range strings.Split(v, ".") {
+		if len(l) > 63 {
+			return fmt.Errorf("%q has a label longer than 63 characters", v)
+		}
+	}
+	return nil
+}
+
+// Port reports whether p is a TCP port number (1-65535).
+func Port(p int64) error {
+	if p < 1 || p > 65535 {
+		return fmt.Errorf("%d is not a port: use 1-65535", p)
+	}
+	return nil
+}
+
+// IP reports whether v is a literal IPv4 or IPv6 address (no zone, no host name).
+func IP(v string) error {
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return fmt.Errorf("%q is not an IP address: endpoints are IP literals such as 10.0.0.7 or fd00::7", v)
+	}
+	if a.Zone() != "" {
+		return fmt.Errorf("%q has an IPv6 zone; use an address without %%zone", v)
+	}
+	return nil
+}
+
+// HostPort reports whether v is host:port with a non-empty host (name or IP) and a valid port.
+func HostPort(v string) error {
+	ap, err := netip.ParseAddrPort(v)
+	if err == nil {
+		if ap.Port() == 0 {
+			return fmt.Errorf("%q has port 0: use 1-65535", v)
+		}
+		return nil
+	}
+	i := strings.LastIndexByte(v, ':')
+	if i <= 0 || i == len(v)-1 {
+		return fmt.Errorf("%q is not HOST:PORT (for example 203.0.113.10:15443 or gw.example.com:15443)", v)
+	}
+	host, port := v[:i], v[i+1:]
+	if strings.ContainsAny(host, "[]:") {
+		return fmt.Errorf("%q is not HOST:PORT: write IPv6 addresses as [addr]:port", v)
+	}
+	if err := DNSSubdomain(strings.ToLower(host)); err != nil {
+		return fmt.Errorf("%q: host %w", v, err)
+	}
+	var n int64
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return fmt.Errorf("%q: port %q is not a number", v, port)
+		}
+		n = n*10 + int64(c-'0')
+		if n > 65535 {
+			break
+		}
+	}
+	if err := Port(n); err != nil {
+		return fmt.Errorf("%q: %w", v, err)
+	}
+	return nil
+}

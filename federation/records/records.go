@@ -1,0 +1,504 @@
+package records
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/meshfed/meshfed/api/exports"
+	"github.com/meshfed/meshfed/api/validate"
+)
+
+// CurrentVersion is the record version this binary writes and the newest it reads.
+const CurrentVersion = 1
+
+// MaxValueBytes keeps every value well under etcd's default 1.5 MiB request limit.
+const MaxValueBytes = 1 << 20
+
+// Meta is embedded in every record: the `version` field of versioned JSON.
+type Meta struct {
+	Version int `json:"version"`
+}
+
+func (m *Meta) setVersion() { m.Version = CurrentVersion }
+func (m *Meta) version() int { return m.Version }
+
+// Record is implemented by every record type (as a pointer).
+type Record interface {
+	// Validate checks every field and reports all problems, each naming its field.
+	Validate() error
+	setVersion()
+	version() int
+}
+
+// Encode validates r, stamps the current version and marshals it.
+func Encode(r Record) ([]byte, error) {
+	r.setVersion()
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid %T: %w", r, err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encode %T: %w", r, err)
+	}
+	if len(b) > MaxValueBytes {
+		return nil, fmt.Errorf("encode %T: %d bytes is over the %d byte limit of one record", r, len(b), MaxValueBytes)
+	}
+	return b, nil
+}
+
+// Decode parses and validates a record. Unknown fields are tolerated (a newer writer may add
+// some); a missing or newer version is refused.
+func Decode[T any, PT interface {
+	*T
+	Record
+}](data []byte) (*T, error) {
+	if len(data) > MaxValueBytes {
+		return nil, fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), MaxValueBytes)
+	}
+	var v T
+	p := PT(&v)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(p); err != nil {
+		return nil, fmt.Errorf("decode %T: %w", p, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("decode %T: trailing data after the record", p)
+	}
+	switch ver := p.version(); {
+	case ver == 0:
+		return nil, fmt.Errorf("decode %T: no \"version\" field: not a meshfed record", p)
+	case ver > CurrentVersion:
+		return nil, fmt.Errorf("decode %T: record version %d was written by a newer meshfed (this one reads up to %d): upgrade this cluster", p, ver, CurrentVersion)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid %T: %w", p, err)
+	}
+	return &v, nil
+}
+
+// Cluster is clusters/<name>: one member of the clusterset, written by `meshfed join`.
+type Cluster struct {
+	Meta
+	Name        string    `json:"name"`
+	Network     string    `json:"network"`
+	Region      string    `json:"region"`
+	Zone        string    `json:"zone"`
+	TrustDomain string    `json:"trustDomain"`
+	Gateways    []string  `json:"gateways"`
+	JoinedAt    time.Time `json:"joinedAt"`
+}
+
+// Validate implements Record.
+func (c *Cluster) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("name", validate.DNSLabel(c.Name))
+	errs.AddErr("network", validate.DNSLabel(c.Network))
+	errs.AddErr("region", validate.DNSLabel(c.Region))
+	errs.AddErr("zone", validate.DNSLabel(c.Zone))
+	errs.AddErr("trustDomain", validate.DNSSubdomain(c.TrustDomain))
+	if len(c.Gateways) == 0 {
+		errs.Add("gateways", "at least one east-west gateway address (HOST:PORT) is required")
+	}
+	seen := map[string]bool{}
+	for i, g := range c.Gateways {
+		errs.AddErr(fmt.Sprintf("gateways[%d]", i), validate.HostPort(g))
+		if seen[g] {
+			errs.Add(fmt.Sprintf("gateways[%d]", i), "%s is listed twice", g)
+		}
+		seen[g] = true
+	}
+	if c.JoinedAt.IsZero() {
+		errs.Add("joinedAt", "must be set")
+	}
+	return errs.Err()
+}
+
+// SameMember reports whether o describes the same cluster (everything but the join time),
+// which makes a repeated join idempotent.
+func (c *Cluster) SameMember(o *Cluster) bool {
+	if c.Name != o.Name || c.Network != o.Network || c.Region != o.Region || c.Zone != o.Zone ||
+		c.TrustDomain != o.TrustDomain || len(c.Gateways) != len(o.Gateways) {
+		return false
+	}
+	for i := range c.Gateways {
+		if c.Gateways[i] != o.Gateways[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Alive is alive/<cluster>: the heartbeat, attached to the cluster's lease so that it
+// disappears by itself when the federation service stops renewing.
+type Alive struct {
+	Meta
+	Cluster  string    `json:"cluster"`
+	Instance string    `json:"instance"`
+	Since    time.Time `json:"since"`
+	TTL      int64     `json:"ttlSeconds"`
+}
+
+// Validate implements Record.
+func (a *Alive) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(a.Cluster))
+	if a.Instance == "" || len(a.Instance) > 253 {
+		errs.Add("instance", "must be 1-253 characters naming the process (host/pid)")
+	}
+	if a.TTL < 1 || a.TTL > 3600 {
+		errs.Add("ttlSeconds", "%d: use 1-3600", a.TTL)
+	}
+	return errs.Err()
+}
+
+// Service types of an export (MCS ServiceImport types).
+const (
+	TypeClusterSetIP = "ClusterSetIP"
+	TypeHeadless     = "Headless"
+)
+
+// Session affinities (Kubernetes Service sessionAffinity).
+const (
+	AffinityNone     = "None"
+	AffinityClientIP = "ClientIP"
+)
+
+// Export is exports/<cluster>/<namespace>/<service>: one service one cluster offers.
+type Export struct {
+	Meta
+	Cluster         string     `json:"cluster"`
+	Namespace       string     `json:"namespace"`
+	Name            string     `json:"name"`
+	Type            string     `json:"type"`
+	SessionAffinity string     `json:"sessionAffinity,omitempty"`
+	Ports           []Port     `json:"ports"`
+	Endpoints       []Endpoint `json:"endpoints"`
+	// Revision grows by one on every content change this cluster publishes; importers use
+	// it to ignore replays and to tell "nothing changed" from "changed back".
+	Revision int64 `json:"revision"`
+	// ExportedAt is when the export was created (the ServiceExport's creation time): the
+	// MCS API resolves conflicts in favour of the oldest export.
+	ExportedAt time.Time `json:"exportedAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// Port is one service port. TargetPort is what the exporting cluster's gateway dials on an
+// endpoint; importers only see Port (the SNI carries it).
+type Port struct {
+	Name        string `json:"name,omitempty"`
+	Port        int32  `json:"port"`
+	TargetPort  int32  `json:"targetPort,omitempty"`
+	Protocol    string `json:"protocol"`
+	AppProtocol string `json:"appProtocol,omitempty"`
+}
+
+// Endpoint is one backend of the service in the exporting cluster.
+type Endpoint struct {
+	Address string `json:"address"`
+	Zone    string `json:"zone,omitempty"`
+	Ready   bool   `json:"ready"`
+	Weight  uint32 `json:"weight,omitempty"`
+}
+
+// ServiceKey is namespace/name.
+func (e *Export) ServiceKey() string { return e.Namespace + "/" + e.Name }
+
+// ReadyEndpoints counts ready endpoints.
+func (e *Export) ReadyEndpoints() int {
+	n := 0
+	for _, ep := range e.Endpoints {
+		if ep.Ready {
+			n++
+		}
+	}
+	return n
+}
+
+// Validate implements Record.
+func (e *Export) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(e.Cluster))
+	if e.Type != TypeClusterSetIP && e.Type != TypeHeadless {
+		errs.Add("type", "%q: use %s or %s", e.Type, TypeClusterSetIP, TypeHeadless)
+	}
+	if e.SessionAffinity != "" && e.SessionAffinity != AffinityNone && e.SessionAffinity != AffinityClientIP {
+		errs.Add("sessionAffinity", "%q: use %s or %s", e.SessionAffinity, AffinityNone, AffinityClientIP)
+	}
+	if e.Revision < 1 {
+		errs.Add("revision", "%d: must be at least 1", e.Revision)
+	}
+	if e.ExportedAt.IsZero() {
+		errs.Add("exportedAt", "must be set")
+	}
+	// The service shape is the exports file's: one set of rules for both.
+	svc := e.Service()
+	exports.ValidateService(&errs, "", &svc)
+	for i, p := range e.Ports {
+		if p.Protocol == "" {
+			errs.Add(fmt.Sprintf("ports[%d].protocol", i), "must be set (TCP)")
+		}
+	}
+	return errs.Err()
+}
+
+// Service converts the record to the exports file shape.
+func (e *Export) Service() exports.Service {
+	s := exports.Service{Name: e.Name, Namespace: e.Namespace}
+	for _, p := range e.Ports {
+		s.Ports = append(s.Ports, exports.Port{Name: p.Name, Port: p.Port, TargetPort: p.TargetPort, Protocol: p.Protocol, AppProtocol: p.AppProtocol})
+	}
+	for _, ep := range e.Endpoints {
+		ready := ep.Ready
+		s.Endpoints = append(s.Endpoints, exports.Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: &ready, Weight: ep.Weight})
+	}
+	return s
+}
+
+// ExportFromService builds the record of cluster's export of s (Revision, times and type are
+// the caller's).
+func ExportFromService(cluster string, s *exports.Service) *Export {
+	e := &Export{Cluster: cluster, Namespace: s.Namespace, Name: s.Name, Type: TypeClusterSetIP}
+	for _, p := range s.Ports {
+		proto := p.Protocol
+		if proto == "" {
+			proto = exports.ProtocolTCP
+		}
+		e.Ports = append(e.Ports, Port{Name: p.Name, Port: p.Port, TargetPort: p.TargetPort, Protocol: proto, AppProtocol: p.AppProtocol})
+	}
+	e.Endpoints = make([]Endpoint, 0, len(s.Endpoints))
+	for _, ep := range s.Endpoints {
+		e.Endpoints = append(e.Endpoints, Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: ep.IsReady(), Weight: ep.Weight})
+	}
+	e.Canonicalize()
+	return e
+}
+
+// Canonicalize sorts ports and endpoints so that equal content encodes equally.
+func (e *Export) Canonicalize() {
+	sort.SliceStable(e.Ports, func(a, b int) bool { return e.Ports[a].Port < e.Ports[b].Port })
+	sort.SliceStable(e.Endpoints, func(a, b int) bool {
+		x, errx := netip.ParseAddr(e.Endpoints[a].Address)
+		y, erry := netip.ParseAddr(e.Endpoints[b].Address)
+		if errx != nil || erry != nil {
+			return e.Endpoints[a].Address < e.Endpoints[b].Address
+		}
+		return x.Less(y)
+	})
+}
+
+// SameContent reports whether two exports carry the same service definition and endpoints
+// (ignoring revision and timestamps): publishing identical content is skipped.
+func (e *Export) SameContent(o *Export) bool {
+	if e.Cluster != o.Cluster || e.Namespace != o.Namespace || e.Name != o.Name || e.Type != o.Type ||
+		e.SessionAffinity != o.SessionAffinity || len(e.Ports) != len(o.Ports) || len(e.Endpoints) != len(o.Endpoints) {
+		return false
+	}
+	for i := range e.Ports {
+		if e.Ports[i] != o.Ports[i] {
+			return false
+		}
+	}
+	for i := range e.Endpoints {
+		if e.Endpoints[i] != o.Endpoints[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Bundle is bundles/<trust-domain>: the SPIFFE bundle of one trust domain, owned by the
+// cluster that owns the trust domain. JWKS is the SPIFFE bundle document itself (with
+// spiffe_sequence and spiffe_refresh_hint); Sequence mirrors its spiffe_sequence so that
+// readers can compare without parsing. The trust package validates the JWKS content.
+type Bundle struct {
+	Meta
+	TrustDomain string          `json:"trustDomain"`
+	Owner       string          `json:"owner"`
+	Sequence    uint64          `json:"sequence"`
+	RefreshHint int64           `json:"refreshHintSeconds,omitempty"`
+	JWKS        json.RawMessage `json:"jwks"`
+	// Digest is "sha256:<hex>" over a canonical form of the roots and keys (never over
+	// go-spiffe's Marshal output, whose map order is not deterministic).
+	Digest string `json:"digest"`
+	// Revoked marks a deliberately empty bundle ("trust nothing from this domain").
+	Revoked   bool      `json:"revoked,omitempty"`
+	Lock      *Lock     `json:"lock,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Lock is held in a bundle record by a running rotation job: while it is set only that job
+// writes the bundle.
+type Lock struct {
+	Job    string    `json:"job"`
+	Holder string    `json:"holder"`
+	Since  time.Time `json:"since"`
+}
+
+// Validate implements Record (structure only; see trust for the JWKS content).
+func (b *Bundle) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("trustDomain", validate.DNSSubdomain(b.TrustDomain))
+	errs.AddErr("owner", validate.DNSLabel(b.Owner))
+	if b.Sequence < 1 {
+		errs.Add("sequence", "must be at least 1")
+	}
+	if b.RefreshHint < 0 {
+		errs.Add("refreshHintSeconds", "must not be negative")
+	}
+	if len(b.JWKS) == 0 || !json.Valid(b.JWKS) {
+		errs.Add("jwks", "must be a SPIFFE bundle (JWKS JSON document)")
+	}
+	if len(b.Digest) != len("sha256:")+64 || b.Digest[:7] != "sha256:" {
+		errs.Add("digest", "must be sha256:<64 hex digits>")
+	}
+	if b.Lock != nil {
+		if b.Lock.Job == "" || b.Lock.Holder == "" {
+			errs.Add("lock", "job and holder must be set")
+		}
+	}
+	return errs.Err()
+}
+
+// Ack is acks/<cluster>/bundles/<trust-domain>: the bundle sequence a cluster has applied
+// (written out to all its outputs).
+type Ack struct {
+	Meta
+	Cluster     string    `json:"cluster"`
+	TrustDomain string    `json:"trustDomain"`
+	Sequence    uint64    `json:"sequence"`
+	Digest      string    `json:"digest"`
+	AppliedAt   time.Time `json:"appliedAt"`
+}
+
+// Validate implements Record.
+func (a *Ack) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(a.Cluster))
+	errs.AddErr("trustDomain", validate.DNSSubdomain(a.TrustDomain))
+	if a.Sequence < 1 {
+		errs.Add("sequence", "must be at least 1")
+	}
+	if a.AppliedAt.IsZero() {
+		errs.Add("appliedAt", "must be set")
+	}
+	return errs.Err()
+}
+
+// Drill is drills/<id>: a cordon of one cluster, for one service or for all, attached to
+// its own lease so that it reverts by itself when the drill process dies.
+type Drill struct {
+	Meta
+	ID      string `json:"id"`
+	Cluster string `json:"cluster"`
+	// Namespace and Service name the cordoned service; both empty means every service.
+	Namespace string    `json:"namespace,omitempty"`
+	Service   string    `json:"service,omitempty"`
+	Until     time.Time `json:"until"`
+	StartedBy string    `json:"startedBy"`
+	StartedAt time.Time `json:"startedAt"`
+}
+
+// Covers reports whether the drill cordons cluster for namespace/service.
+func (d *Drill) Covers(cluster, namespace, service string) bool {
+	if d.Cluster != cluster {
+		return false
+	}
+	return d.Service == "" || (d.Namespace == namespace && d.Service == service)
+}
+
+// Validate implements Record.
+func (d *Drill) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("id", ValidateID(d.ID))
+	errs.AddErr("cluster", validate.DNSLabel(d.Cluster))
+	if (d.Namespace == "") != (d.Service == "") {
+		errs.Add("service", "give both namespace and service, or neither to cordon every service")
+	} else if d.Service != "" {
+		errs.AddErr("namespace", validate.DNSLabel(d.Namespace))
+		errs.AddErr("service", validate.DNSLabel(d.Service))
+	}
+	if d.Until.IsZero() {
+		errs.Add("until", "must be set")
+	}
+	if d.StartedBy == "" {
+		errs.Add("startedBy", "must name who started the drill")
+	}
+	return errs.Err()
+}
+
+// Policy is policy/<namespace>/<service>: an operator's failover order override.
+type Policy struct {
+	Meta
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Order lists clusters in preference order; clusters not listed follow in the default
+	// order (same region, then the rest, ties by name).
+	Order []string `json:"order,omitempty"`
+	// LocalFirst keeps the client's own cluster at priority 0 (default true).
+	LocalFirst *bool     `json:"localFirst,omitempty"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	UpdatedBy  string    `json:"updatedBy,omitempty"`
+}
+
+// IsLocalFirst is LocalFirst with its default.
+func (p *Policy) IsLocalFirst() bool { return p.LocalFirst == nil || *p.LocalFirst }
+
+// Validate implements Record.
+func (p *Policy) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("namespace", validate.DNSLabel(p.Namespace))
+	errs.AddErr("name", validate.DNSLabel(p.Name))
+	seen := map[string]int{}
+	for i, c := range p.Order {
+		errs.AddErr(fmt.Sprintf("order[%d]", i), validate.DNSLabel(c))
+		if j, dup := seen[c]; dup {
+			errs.Add(fmt.Sprintf("order[%d]", i), "%s is also order[%d]: list each cluster once", c, j)
+		}
+		seen[c] = i
+	}
+	return errs.Err()
+}
+
+// Audit is audit/<time>-<what>: who did what (join, leave, forced overwrites).
+type Audit struct {
+	Meta
+	Time    time.Time `json:"time"`
+	Actor   string    `json:"actor"`
+	Action  string    `json:"action"`
+	Cluster string    `json:"cluster,omitempty"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// Validate implements Record.
+func (a *Audit) Validate() error {
+	var errs validate.Errors
+	if a.Time.IsZero() {
+		errs.Add("time", "must be set")
+	}
+	if a.Actor == "" {
+		errs.Add("actor", "must be set")
+	}
+	errs.AddErr("action", validate.DNSLabel(a.Action))
+	if a.Cluster != "" {
+		errs.AddErr("cluster", validate.DNSLabel(a.Cluster))
+	}
+	if len(a.Detail) > 64<<10 {
+		errs.Add("detail", "over 64 KiB")
+	}
+	return errs.Err()
+}
+
+var (
+	_ Record = (*Cluster)(nil)
+	_ Record = (*Alive)(nil)
+	_ Record = (*Export)(nil)
+	_ Record = (*Bundle)(nil)
+	_ Record = (*Ack)(nil)
+	_ Record = (*Drill)(nil)
+	_ Record = (*Policy)(nil)
+	_ Record = (*Audit)(nil)
+)
