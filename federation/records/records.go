@@ -23,7 +23,7 @@ type Meta struct {
 	Version int `json:"version"`
 }
 
-func (m *Meta) setVersion() { m.Version = CurrentVersion }
+func (m *Meta) setVersion()  { m.Version = CurrentVersion }
 func (m *Meta) version() int { return m.Version }
 
 // Record is implemented by every record type (as a pointer).
