@@ -101,7 +101,8 @@ func (s *Service) ReadyEndpoints() int {
 }
 
 // Parse decodes a YAML or JSON exports file, rejects unknown fields (a typo such as
-// `targetport` must not silently fall back to a default), fills defaults and validates.
+// `target_port` must not silently fall back to a default; encoding/json matches field names
+// case-insensitively, so `targetport` is understood as targetPort), fills defaults and validates.
 func Parse(data []byte) (*File, error) {
 	if len(data) > MaxFileBytes {
 		return nil, fmt.Errorf("exports file is %d bytes; the limit is %d: split the services across clusters or files", len(data), MaxFileBytes)
