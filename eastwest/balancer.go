@@ -1,0 +1,134 @@
+package eastwest
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// epState is the live state of one endpoint (address:port). It outlives route table
+// swaps (looked up by address), so active counts and ejections survive a reload.
+type epState struct {
+	addr   string
+	zone   string
+	weight int64
+
+	active       atomic.Int64
+	failures     atomic.Int32
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when in rotation
+}
+
+// svcState is the live state of one service (namespace/name), shared by its ports.
+type svcState struct {
+	name   string
+	active atomic.Int64
+
+	activeGauge prometheus.Gauge
+	bytesIn     prometheus.Counter
+	bytesOut    prometheus.Counter
+	connectErrs prometheus.Counter
+	ejections   prometheus.Counter
+}
+
+// route is one routable SNI in the compiled table.
+type route struct {
+	key ServiceKey
+	sni string
+	svc *svcState
+	eps []*epState // ready endpoints only
+}
+
+func (e *epState) ejected(now int64) bool { return e.ejectedUntil.Load() > now }
+
+// eject takes the endpoint out of rotation for base·2^(failures-1), at most max.
+func (e *epState) eject(now time.Time, base, max time.Duration) time.Duration {
+	f := e.failures.Add(1)
+	d := base << min(f-1, 16)
+	if d > max || d <= 0 {
+		d = max
+	}
+	e.ejectedUntil.Store(now.Add(d).UnixNano())
+	return d
+}
+
+func (e *epState) succeeded() {
+	if e.failures.Load() != 0 {
+		e.failures.Store(0)
+	}
+	if e.ejectedUntil.Load() != 0 {
+		e.ejectedUntil.Store(0)
+	}
+}
+
+// load is active connections per unit of weight, scaled to stay integral.
+func (e *epState) load() int64 { return e.active.Load() * 1024 / e.weight }
+
+// pick chooses an endpoint by power of two choices on load among endpoints that are in
+// rotation and not in skip. When every candidate is ejected it falls back to the one whose
+// ejection ends first: trying a maybe-dead endpoint beats refusing outright.
+func pick(eps []*epState, skip []*epState, now int64) *epState {
+	n := len(eps)
+	if n == 0 {
+		return nil
+	}
+	usable := func(e *epState) bool {
+		for _, s := range skip {
+			if s == e {
+				return false
+			}
+		}
+		return !e.ejected(now)
+	}
+	if n == 1 {
+		if usable(eps[0]) {
+			return eps[0]
+		}
+	} else {
+		// Two random distinct candidates; if either is unusable, scan from a random start.
+		i := rand.IntN(n)
+		j := rand.IntN(n - 1)
+		if j >= i {
+			j++
+		}
+		a, b := eps[i], eps[j]
+		ua, ub := usable(a), usable(b)
+		switch {
+		case ua && ub:
+			if b.load() < a.load() {
+				return b
+			}
+			return a
+		case ua:
+			return a
+		case ub:
+			return b
+		}
+		start := rand.IntN(n)
+		var best *epState
+		for k := 0; k < n; k++ {
+			e := eps[(start+k)%n]
+			if usable(e) && (best == nil || e.load() < best.load()) {
+				best = e
+			}
+		}
+		if best != nil {
+			return best
+		}
+	}
+	// All ejected (or skipped): the soonest to come back that was not tried yet.
+	var best *epState
+	for _, e := range eps {
+		skipped := false
+		for _, s := range skip {
+			if s == e {
+				skipped = true
+			}
+		}
+		if !skipped && (best == nil || e.ejectedUntil.Load() < best.ejectedUntil.Load()) {
+			best = e
+		}
+	}
+	return best
+}

@@ -1,0 +1,90 @@
+// Package healthcheck is the client side of the gateway's health name: a remote cluster's
+// health checker calls Probe against a gateway address. The wire behaviour (documented in
+// docs/eastwest.md) is: TLS with SNI health.meshfed.internal, read one line, "ok" first
+// word means healthy; anything else, including a refused or cut connection, is not.
+package healthcheck
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+)
+
+// MaxLine bounds the status line a checker reads.
+const MaxLine = 512
+
+// Result is one probe's outcome.
+type Result struct {
+	Healthy bool
+	Status  string            // first word: ok, draining, not-ready
+	Fields  map[string]string // key=value pairs after it (cluster, service_ports, ...)
+	Line    string            // the line as received, without the newline
+	RTT     time.Duration     // connect + handshake + line
+}
+
+// ErrUnhealthy wraps a status line that is not "ok".
+var ErrUnhealthy = errors.New("gateway not healthy")
+
+// Probe dials addr, does TLS with SNI health.meshfed.internal and reads the status line.
+// cfg may be nil: the gateway's default health certificate is self-signed, and the line
+// carries no secret, so by default the certificate is not verified (pass a cfg with
+// RootCAs to pin a --health-cert). The error is nil only for an "ok" line.
+func Probe(ctx context.Context, addr string, cfg *tls.Config) (Result, error) {
+	start := time.Now()
+	if cfg == nil {
+		cfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // see doc comment
+	} else {
+		cfg = cfg.Clone()
+	}
+	cfg.ServerName = names.HealthSNI
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return Result{}, fmt.Errorf("health %s: %w", addr, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	line, err := bufio.NewReaderSize(c, MaxLine).ReadSlice('\n')
+	if err != nil {
+		return Result{}, fmt.Errorf("health %s: read status line: %w", addr, err)
+	}
+	r := Parse(strings.TrimRight(string(line), "\r\n"))
+	r.RTT = time.Since(start)
+	if !r.Healthy {
+		return r, fmt.Errorf("health %s: %w: %s", addr, ErrUnhealthy, r.Line)
+	}
+	return r, nil
+}
+
+// Parse reads a status line ("ok cluster=east service_ports=2 ...").
+func Parse(line string) Result {
+	r := Result{Line: line, Fields: map[string]string{}}
+	words := strings.Fields(line)
+	if len(words) == 0 {
+		return r
+	}
+	r.Status = words[0]
+	r.Healthy = r.Status == "ok"
+	for _, w := range words[1:] {
+		if k, v, ok := strings.Cut(w, "="); ok {
+			r.Fields[k] = v
+		}
+	}
+	return r
+}

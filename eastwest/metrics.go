@@ -1,0 +1,87 @@
+package eastwest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Rejection reasons: the label values of meshfed_gateway_rejected_total.
+const (
+	ReasonNotTLS          = "not_tls"
+	ReasonHelloTooLarge   = "hello_too_large"
+	ReasonHelloTimeout    = "hello_timeout"
+	ReasonMalformedHello  = "malformed_hello"
+	ReasonClientClosed    = "client_closed"
+	ReasonNoSNI           = "no_sni"
+	ReasonUnknownSNI      = "unknown_sni"
+	ReasonNoReadyEndpoint = "no_ready_endpoint"
+	ReasonLimit           = "limit"
+	ReasonServiceLimit    = "service_limit"
+	ReasonUpstreamFailed  = "upstream_failed"
+	ReasonDraining        = "draining"
+	ReasonHealthHandshake = "health_handshake"
+)
+
+// Connection results: the label values of meshfed_gateway_connections_total.
+const (
+	ResultOK          = "ok"           // both sides closed cleanly
+	ResultIdleTimeout = "idle_timeout" // closed after --idle-timeout without traffic
+	ResultError       = "error"        // a read or write failed (reset, broken pipe)
+	ResultDrained     = "drained"      // cut at the end of --drain-timeout
+)
+
+type metrics struct {
+	active      *prometheus.GaugeVec
+	conns       *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	helloSecs   prometheus.Histogram
+	parseSecs   prometheus.Histogram
+	connectSecs prometheus.Histogram
+	connectErrs *prometheus.CounterVec
+	ejections   *prometheus.CounterVec
+	routes      prometheus.Gauge
+	updates     prometheus.Counter
+	reloads     *prometheus.CounterVec
+	draining    prometheus.Gauge
+	health      *prometheus.CounterVec
+	open        prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	const ns, sub = "meshfed", "gateway"
+	m := &metrics{
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_active",
+			Help: "Proxied connections open now, by service (namespace/name)."}, []string{"service"}),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_total",
+			Help: "Proxied connections closed, by service and result (ok, idle_timeout, error, drained)."}, []string{"service", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bytes_total",
+			Help: "Bytes spliced, by service and direction (in: client to backend, out: backend to client)."}, []string{"service", "direction"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_total",
+			Help: "Connections closed without being proxied, by reason."}, []string{"reason"}),
+		helloSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "hello_read_seconds",
+			Help: "Time from accept to a complete ClientHello (network wait included).", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		parseSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "hello_parse_seconds",
+			Help: "CPU time to reassemble and parse the last read of a ClientHello.", Buckets: prometheus.ExponentialBuckets(0.000001, 4, 8)}),
+		connectSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "upstream_connect_seconds",
+			Help: "Time to connect to the chosen endpoint (successful attempts).", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		connectErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_connect_failures_total",
+			Help: "Failed connection attempts to endpoints, by service (each is retried on another endpoint)."}, []string{"service"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "endpoint_ejections_total",
+			Help: "Endpoints taken out of rotation after a failed connect, by service."}, []string{"service"}),
+		routes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "routes",
+			Help: "Service ports in the route table in force."}),
+		updates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "route_table_updates_total",
+			Help: "Route tables put in force."}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "route_source_reloads_total",
+			Help: "Route source reload attempts, by result (ok, invalid)."}, []string{"result"}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "draining",
+			Help: "1 while the gateway drains (health name failing, no new connections)."}),
+		health: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "health_checks_total",
+			Help: "Health-name connections answered, by status line (ok, draining, not_ready)."}, []string{"status"}),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_open",
+			Help: "Client connections held now, in any phase (hello, health, proxied): what --max-conns bounds."}),
+	}
+	reg.MustRegister(m.active, m.conns, m.bytes, m.rejected, m.helloSecs, m.parseSecs, m.connectSecs, m.connectErrs,
+		m.ejections, m.routes, m.updates, m.reloads, m.draining, m.health, m.open)
+	return m
+}
