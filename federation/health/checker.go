@@ -1,0 +1,307 @@
+package health
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options tune the checker; zero values take the defaults.
+type Options struct {
+	// Interval between two checks of one address (default 1s).
+	Interval time.Duration
+	// Timeout of one check: connect + handshake + line (default 500ms). Keep it well
+	// under Interval: a blackholed gateway is marked down after FallThreshold timeouts,
+	// so detection takes about (FallThreshold-1)*Interval + Timeout.
+	Timeout time.Duration
+	// FallThreshold failed checks in a row mark an address down (default 3).
+	FallThreshold int
+	// RiseThreshold good checks in a row mark it up again (default 2).
+	RiseThreshold int
+}
+
+func (o *Options) defaults() error {
+	if o.Interval == 0 {
+		o.Interval = time.Second
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 500 * time.Millisecond
+	}
+	if o.FallThreshold == 0 {
+		o.FallThreshold = 3
+	}
+	if o.RiseThreshold == 0 {
+		o.RiseThreshold = 2
+	}
+	switch {
+	case o.Interval < 10*time.Millisecond:
+		return fmt.Errorf("health interval %v: use at least 10ms (default 1s)", o.Interval)
+	case o.Timeout <= 0 || o.Timeout > o.Interval:
+		return fmt.Errorf("health timeout %v: use more than 0 and at most the interval %v (default 500ms)", o.Timeout, o.Interval)
+	case o.FallThreshold < 1 || o.RiseThreshold < 1:
+		return fmt.Errorf("health thresholds fall=%d rise=%d: use at least 1 (defaults 3 and 2)", o.FallThreshold, o.RiseThreshold)
+	}
+	return nil
+}
+
+// Target is one checked gateway address of one cluster.
+type Target struct {
+	Cluster string
+	Addr    string
+}
+
+// Status is what the checker knows about one target (for /debug pages and tests).
+type Status struct {
+	Target
+	State     State
+	Since     time.Time // last state change
+	LastCheck time.Time
+	LastError string // of the last failed check, "" after a good one
+	LastLine  string // status word of the last line read
+	RTT       time.Duration
+}
+
+type target struct {
+	Status
+	fails, oks int
+	cancel     context.CancelFunc
+}
+
+// Checker checks gateway addresses. Make it with New, give it targets with SetTargets
+// (the xDS server does, from the clusters/ records), and Run it.
+type Checker struct {
+	opts Options
+	log  *slog.Logger
+	m    *metrics
+
+	mu      sync.Mutex
+	targets map[Target]*target
+	roots   map[string]*x509.CertPool
+	subs    []chan struct{}
+	runCtx  context.Context
+	wg      sync.WaitGroup
+}
+
+// New makes a checker; reg receives its metrics (nil: not registered).
+func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Checker, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Checker{opts: opts, log: log.With("component", "health"), m: m,
+		targets: map[Target]*target{}, roots: map[string]*x509.CertPool{}}, nil
+}
+
+// Options returns the effective options (defaults filled in).
+func (c *Checker) Options() Options { return c.opts }
+
+// SetTargets replaces the checked addresses: cluster name → gateway addresses. New
+// addresses start Unknown and are checked at once; addresses no longer listed are
+// forgotten (their state too).
+func (c *Checker) SetTargets(byCluster map[string][]string) {
+	want := map[Target]bool{}
+	for cl, addrs := range byCluster {
+		for _, a := range addrs {
+			want[Target{Cluster: cl, Addr: a}] = true
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := false
+	for k, t := range c.targets {
+		if !want[k] {
+			if t.cancel != nil {
+				t.cancel()
+			}
+			delete(c.targets, k)
+			c.m.forget(k)
+			changed = true
+			c.log.Info("stopped checking gateway", "cluster", k.Cluster, "gateway", k.Addr)
+		}
+	}
+	for k := range want {
+		if _, ok := c.targets[k]; ok {
+			continue
+		}
+		t := &target{Status: Status{Target: k, State: Unknown, Since: time.Now()}}
+		c.targets[k] = t
+		c.m.setState(k, Unknown)
+		changed = true
+		c.log.Info("checking gateway", "cluster", k.Cluster, "gateway", k.Addr)
+		if c.runCtx != nil {
+			c.start(t)
+		}
+	}
+	if changed {
+		c.notifyLocked()
+	}
+}
+
+// SetRoots sets the roots that cluster's gateway health certificates must chain to
+// (the trust component calls it with the cluster's trust bundle). nil goes back to
+// unauthenticated checks.
+func (c *Checker) SetRoots(cluster string, pool *x509.CertPool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pool == nil {
+		delete(c.roots, cluster)
+		return
+	}
+	c.roots[cluster] = pool
+}
+
+// State is the current state of one address; Unknown for an address not checked.
+func (c *Checker) State(cluster, addr string) State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.targets[Target{cluster, addr}]; ok {
+		return t.State
+	}
+	return Unknown
+}
+
+// Statuses lists every target, sorted by cluster then address.
+func (c *Checker) Statuses() []Status {
+	c.mu.Lock()
+	out := make([]Status, 0, len(c.targets))
+	for _, t := range c.targets {
+		out = append(out, t.Status)
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Cluster != out[j].Cluster {
+			return out[i].Cluster < out[j].Cluster
+		}
+		return out[i].Addr < out[j].Addr
+	})
+	return out
+}
+
+// Subscribe returns a channel that receives (coalesced) after every state change and
+// target set change. It is never closed.
+func (c *Checker) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	c.mu.Lock()
+	c.subs = append(c.subs, ch)
+	c.mu.Unlock()
+	return ch
+}
+
+func (c *Checker) notifyLocked() {
+	for _, ch := range c.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run checks every target until ctx ends.
+func (c *Checker) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.runCtx != nil {
+		c.mu.Unlock()
+		return fmt.Errorf("health checker: Run called twice")
+	}
+	c.runCtx = ctx
+	for _, t := range c.targets {
+		c.start(t)
+	}
+	c.mu.Unlock()
+	<-ctx.Done()
+	c.wg.Wait()
+	return nil
+}
+
+// start runs t's check loop; c.mu held.
+func (c *Checker) start(t *target) {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	t.cancel = cancel
+	k := t.Target
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		tick := time.NewTicker(c.opts.Interval)
+		defer tick.Stop()
+		for {
+			c.check(ctx, k)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+func (c *Checker) check(ctx context.Context, k Target) {
+	c.mu.Lock()
+	roots := c.roots[k.Cluster]
+	c.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	out := Probe(pctx, k.Cluster, k.Addr, roots)
+	cancel()
+	if ctx.Err() != nil {
+		return // stopped (target removed or shutting down): not a result
+	}
+	c.m.checks.WithLabelValues(k.Cluster, out.Result).Inc()
+	c.m.duration.WithLabelValues(k.Cluster).Observe(out.RTT.Seconds())
+	c.apply(k, out, time.Now())
+}
+
+// apply runs the hysteresis for one result.
+func (c *Checker) apply(k Target, out Outcome, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.targets[k]
+	if !ok {
+		return
+	}
+	t.LastCheck, t.RTT, t.LastLine = now, out.RTT, out.Line.Word
+	prev := t.State
+	next := prev
+	if out.OK {
+		t.fails, t.LastError = 0, ""
+		t.oks++
+		if prev == Unknown || (prev != Up && t.oks >= c.opts.RiseThreshold) {
+			next = Up
+		}
+	} else {
+		t.oks = 0
+		t.fails++
+		t.LastError = out.Err.Error()
+		switch {
+		case out.Hard:
+			next = HardDown
+		case prev == Unknown:
+			next = Down // the first result decides an unknown address
+		case prev == Up && t.fails >= c.opts.FallThreshold:
+			next = Down
+		}
+	}
+	if next == prev {
+		return
+	}
+	t.State, t.Since = next, now
+	c.m.setState(k, next)
+	c.m.transitions.WithLabelValues(k.Cluster, next.String()).Inc()
+	lvl := slog.LevelInfo
+	if !next.Usable() {
+		lvl = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), lvl, "gateway health changed", "cluster", k.Cluster, "gateway", k.Addr,
+		"from", prev.String(), "to", next.String(), "result", out.Result, "err", t.LastError)
+	c.notifyLocked()
+}

@@ -1,0 +1,216 @@
+package health
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+)
+
+// MaxStatusLine bounds what a probe reads from a gateway (its line is ~100 bytes).
+const MaxStatusLine = 512
+
+// Result labels of one probe (metrics label "result").
+const (
+	ResultOK           = "ok"
+	ResultTimeout      = "timeout"
+	ResultRefused      = "refused"
+	ResultReset        = "reset"
+	ResultClosed       = "closed"
+	ResultTLS          = "tls"
+	ResultStatus       = "status" // the gateway answered, with a status other than ok
+	ResultWrongCluster = "wrong_cluster"
+	ResultBadLine      = "bad_line"
+	ResultError        = "error"
+)
+
+// Outcome is one probe's result.
+type Outcome struct {
+	OK bool
+	// Hard: the failure is definitive (refused, reset, an explicit not-ok status, another
+	// cluster answering): the address goes hard-down at once.
+	Hard   bool
+	Result string // one of the Result* labels
+	Line   Line // the parsed status line, when one was read
+	Err    error
+	RTT    time.Duration
+}
+
+// Line is a parsed health line: `<word> key=value ...`, e.g.
+// "ok cluster=west service_ports=3 ready_endpoints=7 open_connections=12".
+type Line struct {
+	Word   string
+	Fields map[string]string
+}
+
+// ParseLine parses one status line (without or with its trailing newline). The first
+// word is the status; the rest are key=value pairs, unknown keys tolerated; a token without
+// '=' is refused (the line is a contract: see docs/eastwest.md).
+func ParseLine(line string) (Line, error) {
+	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	if len(line) > MaxStatusLine {
+		return Line{}, fmt.Errorf("status line is %d bytes, over %d", len(line), MaxStatusLine)
+	}
+	toks := strings.Fields(line)
+	if len(toks) == 0 {
+		return Line{}, errors.New("empty status line")
+	}
+	st := Line{Word: toks[0]}
+	if !printableToken(st.Word) {
+		return Line{}, fmt.Errorf("status word %q is not printable ASCII", st.Word)
+	}
+	for _, t := range toks[1:] {
+		k, v, ok := strings.Cut(t, "=")
+		if !ok || k == "" || !printableToken(k) || !printableToken(v) {
+			return Line{}, fmt.Errorf("status field %q: want key=value", t)
+		}
+		if st.Fields == nil {
+			st.Fields = make(map[string]string, len(toks)-1)
+		}
+		st.Fields[k] = v
+	}
+	return st, nil
+}
+
+func printableToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Probe checks one gateway address of cluster: TCP connect, TLS with SNI
+// health.meshfed.internal, read one line. roots nil means the gateway's certificate is not
+// verified (see the package doc and docs/xds.md: unauthenticated until trust bundles
+// exist); otherwise its chain must verify against roots. The whole probe is bounded by ctx.
+func Probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outcome {
+	start := time.Now()
+	out := probe(ctx, cluster, addr, roots)
+	out.RTT = time.Since(start)
+	return out
+}
+
+func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outcome {
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return classify(ctx, fmt.Errorf("connect %s: %w", addr, err))
+	}
+	defer raw.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl)
+	}
+	// Closing the conn when ctx ends unblocks reads that a deadline alone would not
+	// (a caller cancelling the probe).
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	cfg := &tls.Config{ServerName: names.HealthSNI, MinVersion: tls.VersionTLS12}
+	if roots == nil {
+		// Unauthenticated until the trust component supplies this cluster's bundle: the
+		// line carries no secret, and the check's job is liveness (documented).
+		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
+	} else {
+		cfg.InsecureSkipVerify = true //nolint:gosec // verified below, without a host name
+		cfg.VerifyPeerCertificate = verifyChain(roots)
+	}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
+	}
+	line, err := readLine(tc)
+	if err != nil {
+		return classify(ctx, fmt.Errorf("read status line from %s: %w", addr, err))
+	}
+	st, err := ParseLine(line)
+	if err != nil {
+		return Outcome{Result: ResultBadLine, Err: fmt.Errorf("%s: %w", addr, err)}
+	}
+	if c, ok := st.Fields["cluster"]; ok && cluster != "" && c != cluster {
+		return Outcome{Hard: true, Result: ResultWrongCluster, Line: st,
+			Err: fmt.Errorf("%s answers as cluster %q, not %q: check clusters/%s gateways", addr, c, cluster, cluster)}
+	}
+	if st.Word != "ok" {
+		return Outcome{Hard: true, Result: ResultStatus, Line: st, Err: fmt.Errorf("%s says %q", addr, st.Word)}
+	}
+	return Outcome{OK: true, Result: ResultOK, Line: st}
+}
+
+// verifyChain checks the gateway's chain against roots, without a host name: the health
+// certificate may be an SVID (URI SAN only), and the roots are this one cluster's.
+func verifyChain(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
+	return func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+		if len(rawCerts) == 0 {
+			return errors.New("no certificate")
+		}
+		certs := make([]*x509.Certificate, 0, len(rawCerts))
+		for _, r := range rawCerts {
+			c, err := x509.ParseCertificate(r)
+			if err != nil {
+				return err
+			}
+			certs = append(certs, c)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range certs[1:] {
+			inter.AddCert(c)
+		}
+		_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err
+	}
+}
+
+func readLine(r io.Reader) (string, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, MaxStatusLine+1), MaxStatusLine+1)
+	line, err := br.ReadString('\n')
+	if err == nil {
+		return line, nil
+	}
+	if errors.Is(err, io.EOF) && line != "" && len(line) <= MaxStatusLine {
+		return line, nil // close_notify right after an unterminated line
+	}
+	if len(line) > MaxStatusLine {
+		return "", fmt.Errorf("no newline in the first %d bytes", MaxStatusLine)
+	}
+	return "", err
+}
+
+// classify sorts a failure: refused and reset are definitive (hard), the rest counts
+// towards FallThreshold.
+func classify(ctx context.Context, err error) Outcome {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Outcome{Hard: true, Result: ResultRefused, Err: err}
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return Outcome{Hard: true, Result: ResultReset, Err: err}
+	case ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded), isTimeout(err):
+		return Outcome{Result: ResultTimeout, Err: err}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return Outcome{Result: ResultClosed, Err: err}
+	}
+	var ae tls.AlertError
+	var ce *tls.CertificateVerificationError
+	var rh tls.RecordHeaderError
+	if errors.As(err, &ae) || errors.As(err, &ce) || errors.As(err, &rh) || strings.Contains(err.Error(), "tls:") {
+		return Outcome{Result: ResultTLS, Err: err}
+	}
+	return Outcome{Result: ResultError, Err: err}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,146 @@
+package records
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	now := time.Unix(1700000000, 0).UTC()
+	e := &Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: TypeClusterSetIP, Revision: 3, ExportedAt: now, UpdatedAt: now,
+		Ports:     []Port{{Name: "tls", Port: 8443, TargetPort: 9443, Protocol: "TCP"}},
+		Endpoints: []Endpoint{{Address: "10.0.0.2", Ready: true}, {Address: "10.0.0.1", Zone: "z1"}}}
+	e.Canonicalize()
+	b, err := Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"version":1`) {
+		t.Fatalf("no version in %s", b)
+	}
+	got, err := Decode[Export](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.SameContent(e) || got.Endpoints[0].Address != "10.0.0.1" {
+		t.Fatalf("round trip changed the record: %+v", got)
+	}
+}
+
+func TestDecodeToleratesUnknownFieldsRefusesNewerVersions(t *testing.T) {
+	c := `{"version":1,"name":"west","network":"n","region":"r","zone":"z","trustDomain":"west.example","gateways":["1.2.3.4:15443"],"joinedAt":"2026-01-01T00:00:00Z","futureField":{"x":1}}`
+	if _, err := Decode[Cluster]([]byte(c)); err != nil {
+		t.Fatalf("unknown field refused: %v", err)
+	}
+	newer := strings.Replace(c, `"version":1`, `"version":2`, 1)
+	if _, err := Decode[Cluster]([]byte(newer)); err == nil || !strings.Contains(err.Error(), "upgrade") {
+		t.Fatalf("newer version: %v, want an error saying to upgrade", err)
+	}
+	if _, err := Decode[Cluster]([]byte(`{"name":"west"}`)); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Fatalf("missing version: %v", err)
+	}
+}
+
+func TestValidationNamesFields(t *testing.T) {
+	tests := []struct {
+		rec  Record
+		want []string
+	}{
+		{&Cluster{Name: "West", Gateways: []string{"nohost"}}, []string{"name", "network", "region", "zone", "trustDomain", "gateways[0]", "joinedAt"}},
+		{&Export{Cluster: "w", Namespace: "demo", Name: "echo", Type: "LoadBalancer", Ports: []Port{{Port: 0, Protocol: "TCP"}}}, []string{"type", "revision", "exportedAt", "ports[0].port"}},
+		{&Drill{ID: "x", Cluster: "w", Namespace: "demo"}, []string{"service", "until", "startedBy"}},
+		{&Policy{Namespace: "demo", Name: "echo", Order: []string{"a", "a"}}, []string{"order[1]"}},
+		{&Bundle{TrustDomain: "td", Owner: "w", Sequence: 1, JWKS: json.RawMessage(`{`), Digest: "md5:x"}, []string{"jwks", "digest"}},
+		{&Ack{Cluster: "w", TrustDomain: "td"}, []string{"sequence", "appliedAt"}},
+		{&Alive{Cluster: "w"}, []string{"instance", "ttlSeconds"}},
+		{&Audit{Action: "Join"}, []string{"time", "actor", "action"}},
+	}
+	for _, tt := range tests {
+		err := tt.rec.Validate()
+		if err == nil {
+			t.Errorf("%T validated", tt.rec)
+			continue
+		}
+		for _, f := range tt.want {
+			if !strings.Contains(err.Error(), f+":") {
+				t.Errorf("%T: error %q does not name field %s", tt.rec, err, f)
+			}
+		}
+	}
+}
+
+func TestKeyspaceParse(t *testing.T) {
+	ks := MustKeyspace("/m/")
+	good := map[string]Key{
+		ks.Cluster("west"):                {Kind: KindCluster, Cluster: "west"},
+		ks.Alive("west"):                  {Kind: KindAlive, Cluster: "west"},
+		ks.Export("west", "demo", "echo"): {Kind: KindExport, Cluster: "west", Namespace: "demo", Name: "echo"},
+		ks.Bundle("west.example"):         {Kind: KindBundle, TrustDomain: "west.example"},
+		ks.Ack("west", "east.example"):    {Kind: KindAck, Cluster: "west", TrustDomain: "east.example"},
+		ks.Drill("d-1"):                   {Kind: KindDrill, Name: "d-1"},
+		ks.Rotation("west.example"):       {Kind: KindRotation, TrustDomain: "west.example"},
+		ks.Policy("demo", "echo"):         {Kind: KindPolicy, Namespace: "demo", Name: "echo"},
+	}
+	for k, want := range good {
+		got, err := ks.Parse(k)
+		if err != nil || got != want {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", k, got, err, want)
+		}
+	}
+	for _, k := range []string{"/m/exports/west/demo", "/m/exports/West/demo/echo", "/m/clusters/a/b", "/other/clusters/a", "/m/acks/w/x/td", "/m/nope/x"} {
+		if _, err := ks.Parse(k); err == nil {
+			t.Errorf("Parse(%q) accepted", k)
+		}
+	}
+	if _, err := NewKeyspace("meshfed"); err == nil {
+		t.Error("relative prefix accepted")
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to the decoder of every record type: it must never
+// panic, and whatever decodes must encode again and decode to the same value.
+func FuzzDecode(f *testing.F) {
+	seeds := []string{
+		`{"version":1,"name":"west","network":"n","region":"r","zone":"z","trustDomain":"west.example","gateways":["1.2.3.4:15443"],"joinedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"name":"tls","port":8443,"protocol":"TCP"}],"endpoints":[{"address":"10.0.0.1","ready":true}],"revision":1,"exportedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"trustDomain":"west.example","owner":"west","sequence":2,"jwks":{"keys":[]},"digest":"sha256:` + strings.Repeat("0", 64) + `"}`,
+		`{"version":1,"cluster":"west","trustDomain":"east.example","sequence":2,"digest":"x","appliedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"id":"d1","cluster":"west","until":"2026-01-01T00:00:00Z","startedBy":"me","startedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"namespace":"demo","name":"echo","order":["west","north"],"localFirst":false,"updatedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"cluster":"west","instance":"h/1","since":"2026-01-01T00:00:00Z","ttlSeconds":10}`,
+		`{"version":1,"time":"2026-01-01T00:00:00Z","actor":"root","action":"join","cluster":"west"}`,
+		`{"version":2}`, `null`, `[]`, `{"version":1}{}`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		roundTrip[Cluster](t, data)
+		roundTrip[Export](t, data)
+		roundTrip[Bundle](t, data)
+		roundTrip[Ack](t, data)
+		roundTrip[Drill](t, data)
+		roundTrip[Policy](t, data)
+		roundTrip[Alive](t, data)
+		roundTrip[Audit](t, data)
+	})
+}
+
+func roundTrip[T any, PT interface {
+	*T
+	Record
+}](t *testing.T, data []byte) {
+	v, err := Decode[T, PT](data)
+	if err != nil {
+		return
+	}
+	b, err := Encode(PT(v))
+	if err != nil {
+		t.Fatalf("%T decoded but does not encode: %v", v, err)
+	}
+	if _, err := Decode[T, PT](b); err != nil {
+		t.Fatalf("%T re-decode: %v", v, err)
+	}
+}

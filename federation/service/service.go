@@ -1,0 +1,416 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/discovery"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+)
+
+// DefaultStaleGrace is how long a stale cluster's exports stay in the view.
+const DefaultStaleGrace = 10 * time.Minute
+
+// Config configures one cluster's federation service.
+type Config struct {
+	Cluster string
+	Store   *store.Store
+	// Source finds local exports; nil for a cluster that only imports.
+	Source       discovery.Source
+	HeartbeatTTL time.Duration // default 10s
+	StaleGrace   time.Duration // default 10m
+	// Instance names this process in the heartbeat (default host/pid).
+	Instance string
+	Log      *slog.Logger
+	Registry prometheus.Registerer
+}
+
+// Service is a running federation service.
+type Service struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	mr     *mirror
+	pub    *publisher
+	syncer *store.Syncer
+	hb     *store.Heartbeat
+
+	mu        sync.RWMutex
+	view      *imports.View
+	subs      []func(*imports.View)
+	started   bool
+	srcErr    error
+	selfKnown bool
+	warned    bool
+}
+
+// New checks cfg and prepares the service.
+func New(cfg Config) (*Service, error) {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(cfg.Cluster))
+	if cfg.Store == nil {
+		errs.Add("store", "an etcd store is required")
+	}
+	if cfg.StaleGrace < 0 || cfg.HeartbeatTTL < 0 {
+		errs.Add("stale-grace/heartbeat-ttl", "must not be negative")
+	}
+	if cfg.HeartbeatTTL != 0 && cfg.HeartbeatTTL < 2*time.Second {
+		errs.Add("heartbeat-ttl", "%v is too short: etcd leases need at least 2s", cfg.HeartbeatTTL)
+	}
+	if err := errs.Err(); err != nil {
+		return nil, fmt.Errorf("federation service: %w", err)
+	}
+	if cfg.StaleGrace == 0 {
+		cfg.StaleGrace = DefaultStaleGrace
+	}
+	if cfg.HeartbeatTTL == 0 {
+		cfg.HeartbeatTTL = store.DefaultHeartbeatTTL
+	}
+	if cfg.Instance == "" {
+		h, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s/%d", h, os.Getpid())
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("cluster", cfg.Cluster)
+	m := newMetrics(cfg.Registry)
+	s := &Service{cfg: cfg, log: log, m: m}
+	s.mr = newMirror(cfg.Store.KS, cfg.Cluster, log, m)
+	s.pub = newPublisher(cfg.Store, cfg.Cluster, log, m)
+	s.pub.onLocal = s.mr.setLocal
+	s.syncer = cfg.Store.NewSyncer(cfg.Store.KS.Prefix(), s.mr)
+	var resyncs int
+	s.syncer.OnStatus = func(st store.SyncStatus) {
+		m.watchUp.Set(b2f(st.Watching))
+		if st.Resyncs > resyncs {
+			m.resyncs.Add(float64(st.Resyncs - resyncs))
+			resyncs = st.Resyncs
+		}
+	}
+	s.hb = cfg.Store.NewHeartbeat(cfg.Cluster, cfg.Instance, cfg.HeartbeatTTL)
+	s.hb.OnChange = func(alive bool, err error) {
+		m.heartbeatUp.Set(b2f(alive))
+		if alive {
+			log.Info("heartbeat held", "ttl", cfg.HeartbeatTTL)
+		}
+	}
+	s.view = &imports.View{Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
+	return s, nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// OnView registers fn to receive every new import view (call before Run). Calls are
+// serial, from one goroutine; fn must not block for long.
+func (s *Service) OnView(fn func(*imports.View)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subs = append(s.subs, fn)
+}
+
+// View returns the current import view (immutable).
+func (s *Service) View() *imports.View {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.view
+}
+
+// Cluster is this service's cluster name.
+func (s *Service) Cluster() string { return s.cfg.Cluster }
+
+// Store is the service's etcd store.
+func (s *Service) Store() *store.Store { return s.cfg.Store }
+
+// Ready reports nil once the keyspace has been listed and the local exports published.
+func (s *Service) Ready() error {
+	st := s.syncer.Status()
+	if !st.Synced {
+		if st.LastError != nil {
+			return fmt.Errorf("etcd not synced yet: %w", st.LastError)
+		}
+		return errors.New("etcd not synced yet")
+	}
+	s.mu.RLock()
+	srcErr := s.srcErr
+	s.mu.RUnlock()
+	if srcErr != nil {
+		return fmt.Errorf("discovery source: %w", srcErr)
+	}
+	if s.cfg.Source != nil && !s.pub.isSynced() {
+		return errors.New("local exports not published yet")
+	}
+	return nil
+}
+
+// SyncStatus is the etcd mirror's status.
+func (s *Service) SyncStatus() store.SyncStatus { return s.syncer.Status() }
+
+// HeartbeatAlive reports whether the heartbeat key is held.
+func (s *Service) HeartbeatAlive() bool { ok, _ := s.hb.Alive(); return ok }
+
+// Run runs the service until ctx ends. A discovery source that fails at start (a bad
+// exports file, an unreachable API server) ends Run with its error.
+func (s *Service) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return errors.New("federation service: Run called twice")
+	}
+	s.started = true
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	goRun := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	goRun(func() { _ = s.syncer.Run(ctx) })
+	goRun(func() { _ = s.hb.Run(ctx) })
+	goRun(func() { s.build(ctx) })
+	errc := make(chan error, 1)
+	if s.cfg.Source != nil {
+		goRun(func() { s.pub.run(ctx) })
+		goRun(func() {
+			if err := s.cfg.Source.Run(ctx, s.pub.offer); err != nil && ctx.Err() == nil {
+				s.mu.Lock()
+				s.srcErr = err
+				s.mu.Unlock()
+				errc <- fmt.Errorf("discovery source: %w", err)
+			}
+		})
+	}
+	s.log.Info("federation service running", "prefix", s.cfg.Store.KS.Prefix(), "stale_grace", s.cfg.StaleGrace)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// build turns mirror changes into new views until ctx ends.
+func (s *Service) build(ctx context.Context) {
+	stale := map[string]time.Time{}
+	expired := map[string]bool{}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.mr.changed:
+		case <-timer.C:
+			// A stale cluster's grace ended: re-merge its services without it.
+			now := time.Now()
+			var keys []string
+			for c, since := range stale {
+				if !expired[c] && now.Sub(since) >= s.cfg.StaleGrace {
+					expired[c] = true
+					keys = append(keys, s.mr.servicesOf(c)...)
+					s.log.Warn("stale cluster's grace period is over: its exports leave the import view", "stale_cluster", c, "stale_since", since)
+				}
+			}
+			s.mr.markDirty(keys)
+			continue
+		}
+		start := time.Now()
+		snap := s.mr.take(stale, start, s.cfg.StaleGrace)
+		s.trackStale(snap, stale, expired, start)
+		next := s.apply(snap)
+		s.m.viewBuilds.Inc()
+		s.m.viewBuildSecs.Observe(time.Since(start).Seconds())
+		// Arm the timer for the earliest grace expiry still ahead.
+		var due time.Duration = time.Hour
+		for c, since := range stale {
+			if !expired[c] {
+				if d := since.Add(s.cfg.StaleGrace).Sub(start); d < due {
+					due = max(d, time.Millisecond)
+				}
+			}
+		}
+		timer.Reset(due)
+		if next != nil {
+			s.publish(next)
+		}
+	}
+}
+
+func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired map[string]bool, now time.Time) {
+	for c := range snap.byClus {
+		if snap.alive[c] {
+			if _, was := stale[c]; was {
+				s.log.Info("cluster heartbeat is back: no longer stale", "other_cluster", c)
+			}
+			delete(stale, c)
+			delete(expired, c)
+			continue
+		}
+		if _, ok := stale[c]; !ok {
+			stale[c] = now
+			s.log.Warn("cluster heartbeat lost: its exports are kept, marked stale, until the grace period ends",
+				"other_cluster", c, "grace", s.cfg.StaleGrace)
+		}
+	}
+	for c := range stale {
+		if _, ok := snap.byClus[c]; !ok {
+			delete(stale, c) // no exports left
+			delete(expired, c)
+		}
+	}
+	n := 0
+	for c := range stale {
+		if !expired[c] {
+			n++
+		}
+	}
+	s.m.staleClusters.Set(float64(n))
+}
+
+// apply builds the next view from the previous one and the changes; nil when nothing
+// visible changed.
+func (s *Service) apply(snap *snapshot) *imports.View {
+	s.mu.RLock()
+	old := s.view
+	s.mu.RUnlock()
+	nv := &imports.View{Revision: snap.rev, Clusters: snap.clusters, Alive: snap.alive, Drills: snap.drills, Policies: snap.policies}
+	if snap.all {
+		nv.Services = make(map[string]*imports.Service, len(snap.exports))
+	} else {
+		nv.Services = make(map[string]*imports.Service, len(old.Services)+len(snap.dirty))
+		for k, v := range old.Services {
+			nv.Services[k] = v
+		}
+	}
+	changed := snap.meta
+	for _, sk := range snap.dirty {
+		prev := old.Services[sk]
+		var cur *imports.Service
+		if list := snap.exports[sk]; len(list) > 0 {
+			cur = imports.Merge(list)
+			nv.Services[sk] = cur
+		} else {
+			delete(nv.Services, sk)
+		}
+		if d := describeChange(sk, prev, cur); d != "" {
+			changed = true
+			s.log.Info("import view changed", "service", sk, "change", d)
+		}
+	}
+	if snap.all && len(old.Services) > 0 {
+		for sk, prev := range old.Services {
+			if _, ok := nv.Services[sk]; !ok {
+				changed = true
+				s.log.Info("import view changed", "service", sk, "change", describeChange(sk, prev, nil))
+			}
+		}
+	}
+	s.noteSelf(snap.clusters)
+	s.m.services.Set(float64(len(nv.Services)))
+	s.m.viewRevision.Set(float64(snap.rev))
+	if !changed && old.Revision != 0 {
+		// Keep the revision current for readers, without a push to subscribers.
+		s.mu.Lock()
+		cp := *old
+		cp.Revision = snap.rev
+		s.view = &cp
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Lock()
+	s.view = nv
+	s.mu.Unlock()
+	return nv
+}
+
+func (s *Service) publish(v *imports.View) {
+	s.mu.RLock()
+	subs := append(([]func(*imports.View))(nil), s.subs...)
+	s.mu.RUnlock()
+	for _, fn := range subs {
+		fn(v)
+	}
+}
+
+// noteSelf warns once while this cluster has no clusters/<name> record (it still
+// publishes; peers just cannot reach it through a gateway until `meshfed join`).
+func (s *Service) noteSelf(clusters map[string]*records.Cluster) {
+	_, ok := clusters[s.cfg.Cluster]
+	switch {
+	case ok && !s.selfKnown:
+		s.selfKnown = true
+		s.log.Info("cluster record found", "gateways", strings.Join(clusters[s.cfg.Cluster].Gateways, ","))
+	case !ok && !s.warned:
+		s.warned = true
+		s.log.Warn("no cluster record for this cluster yet: exports are published, but other clusters cannot route to them until `meshfed join` writes clusters/" + s.cfg.Cluster)
+	case !ok && s.selfKnown:
+		s.selfKnown = false
+		s.log.Warn("cluster record removed: other clusters can no longer route to this cluster")
+	}
+}
+
+// describeChange summarises how a service changed, or "" when nothing visible did.
+func describeChange(key string, prev, cur *imports.Service) string {
+	p, c := summary(prev), summary(cur)
+	switch {
+	case p == c:
+		return ""
+	case prev == nil:
+		return "added: " + c
+	case cur == nil:
+		return "removed (was " + p + ")"
+	}
+	return p + " -> " + c
+}
+
+func summary(s *imports.Service) string {
+	if s == nil {
+		return ""
+	}
+	var b strings.Builder
+	ports := make([]string, 0, len(s.Ports))
+	for _, p := range s.Ports {
+		ports = append(ports, fmt.Sprint(p.Port))
+	}
+	fmt.Fprintf(&b, "%s ports=%s clusters=[", s.Type, strings.Join(ports, ","))
+	for i, c := range s.Clusters {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s:%d", c.Cluster, c.ReadyEndpoints())
+		if c.Stale {
+			b.WriteString("(stale)")
+		}
+	}
+	b.WriteString("]")
+	if len(s.Conflicts) > 0 {
+		cs := make([]string, 0, len(s.Conflicts))
+		for _, c := range s.Conflicts {
+			cs = append(cs, c.Cluster+":"+c.Field)
+		}
+		sort.Strings(cs)
+		fmt.Fprintf(&b, " conflicts=%s", strings.Join(cs, ","))
+	}
+	return b.String()
+}

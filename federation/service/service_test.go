@@ -1,0 +1,281 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/discovery/file"
+	"github.com/meshfed/meshfed/federation/embedetcd"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/service"
+	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/testetcd"
+	"github.com/meshfed/meshfed/internal/waitfor"
+)
+
+type member struct {
+	name    string
+	path    string
+	svc     *service.Service
+	reg     *prometheus.Registry
+	cancel  context.CancelFunc
+	done    chan error
+	pushes  atomic.Int64
+	mu      sync.Mutex
+	history map[string][]string // service -> summaries pushed
+}
+
+type fed struct {
+	t   *testing.T
+	srv *embedetcd.Server
+	cli *clientv3.Client
+	st  *store.Store
+	dir string
+}
+
+func newFed(t *testing.T) *fed {
+	srv := testetcd.Start(t)
+	cli := testetcd.Client(t, srv)
+	st, err := store.New(cli, records.DefaultPrefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fed{t: t, srv: srv, cli: cli, st: st, dir: t.TempDir()}
+}
+
+func (f *fed) writeExports(name, content string) string {
+	f.t.Helper()
+	path := filepath.Join(f.dir, name+".yaml")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		f.t.Fatal(err)
+	}
+	return path
+}
+
+func (f *fed) start(name string, grace time.Duration) *member {
+	f.t.Helper()
+	m := &member{name: name, path: filepath.Join(f.dir, name+".yaml"), history: map[string][]string{}}
+	if _, err := os.Stat(m.path); err != nil {
+		f.writeExports(name, "services: []")
+	}
+	m.reg = prometheus.NewRegistry()
+	svc, err := service.New(service.Config{
+		Cluster: name, Store: f.st, HeartbeatTTL: 2 * time.Second, StaleGrace: grace,
+		Source:   &file.Source{Cluster: name, Path: m.path, Interval: 10 * time.Millisecond},
+		Registry: m.reg,
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	svc.OnView(func(v *imports.View) {
+		m.pushes.Add(1)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for k, s := range v.Services {
+			h := m.history[k]
+			sum := summarize(s)
+			if len(h) == 0 || h[len(h)-1] != sum {
+				m.history[k] = append(h, sum)
+			}
+		}
+	})
+	m.svc = svc
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel, m.done = cancel, make(chan error, 1)
+	go func() { m.done <- svc.Run(ctx) }()
+	f.t.Cleanup(m.stop)
+	waitfor.Cond(f.t, 10*time.Second, func() bool { return svc.Ready() == nil }, "%s ready: %v", name, svc.Ready())
+	return m
+}
+
+func (m *member) stop() {
+	if m.cancel != nil {
+		m.cancel()
+		<-m.done
+		m.cancel = nil
+	}
+}
+
+func summarize(s *imports.Service) string {
+	out := ""
+	for _, c := range s.Clusters {
+		out += fmt.Sprintf("%s:%d:%v ", c.Cluster, c.ReadyEndpoints(), c.Stale)
+	}
+	return out
+}
+
+// exporter returns cluster's entry for demo/echo in m's view.
+func (m *member) exporter(cluster string) *imports.ClusterExport {
+	s := m.svc.View().Services["demo/echo"]
+	if s == nil {
+		return nil
+	}
+	return s.Exporter(cluster)
+}
+
+const echoTwoReady = `services:
+  - name: echo
+    namespace: demo
+    ports: [{name: tls, port: 8443, targetPort: 9443}]
+    endpoints:
+      - {address: 127.0.1.1, zone: z1}
+      - {address: 127.0.1.2, zone: z2}
+`
+
+const echoOneReady = `services:
+  - name: echo
+    namespace: demo
+    ports: [{name: tls, port: 8443, targetPort: 9443}]
+    endpoints:
+      - {address: 127.0.1.1, zone: z1}
+      - {address: 127.0.1.2, zone: z2, ready: false}
+`
+
+func TestExportsFlowBetweenThreeClusters(t *testing.T) {
+	f := newFed(t)
+	f.writeExports("west", echoTwoReady)
+	east := f.start("east", time.Minute)
+	west := f.start("west", time.Minute)
+	north := f.start("north", time.Minute)
+
+	for _, m := range []*member{east, north, west} {
+		waitfor.Cond(t, 10*time.Second, func() bool {
+			e := m.exporter("west")
+			return e != nil && e.ReadyEndpoints() == 2 && !e.Stale
+		}, "%s sees west's export with 2 ready endpoints", m.name)
+	}
+	// North exports the same service too: both show up, merged.
+	f.writeExports("north", echoTwoReady)
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		s := east.svc.View().Services["demo/echo"]
+		return s != nil && len(s.Clusters) == 2 && len(s.Conflicts) == 0
+	}, "east sees west and north")
+
+	// Readiness change propagates.
+	f.writeExports("west", echoOneReady)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.ReadyEndpoints() == 1 }, "readiness change reaches east")
+	it, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo"))
+	if err != nil || it.Value.Revision != 2 {
+		t.Fatalf("west's export record = %+v, %v: want revision 2 after one change", it, err)
+	}
+
+	// Unexport removes it.
+	f.writeExports("west", "services: []")
+	waitfor.Cond(t, 10*time.Second, func() bool { return east.exporter("west") == nil && east.exporter("north") != nil }, "west's unexport reaches east")
+	if _, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo")); err == nil {
+		t.Fatal("west's export record is still in etcd after unexport")
+	}
+
+	// An invalid edit keeps the last good export published.
+	f.writeExports("north", "services: [{name: BAD}]")
+	f.writeExports("north", echoOneReady)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("north"); return e != nil && e.ReadyEndpoints() == 1 }, "north's good edit after a bad one")
+
+	// The import table serves the contract's JSON shape.
+	tab := service.ImportTable(east.svc.View())
+	if len(tab) != 1 || tab[0].Namespace != "demo" || tab[0].Name != "echo" || len(tab[0].Clusters) != 1 || tab[0].Clusters[0].Cluster != "north" {
+		t.Fatalf("import table = %+v", tab)
+	}
+}
+
+func TestStaleThenRemovedAfterGrace(t *testing.T) {
+	f := newFed(t)
+	f.writeExports("west", echoTwoReady)
+	east := f.start("east", 3*time.Second)
+	west := f.start("west", 3*time.Second)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && !e.Stale }, "east sees west")
+
+	west.stop() // the heartbeat lease (TTL 2s) now expires; exports stay in etcd
+	waitfor.Cond(t, 15*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.Stale }, "west marked stale")
+	if got := testutil.ToFloat64(gauge(t, east.reg, "meshfed_federation_stale_clusters")); got != 1 {
+		t.Errorf("stale clusters gauge = %v, want 1", got)
+	}
+	waitfor.Cond(t, 15*time.Second, func() bool { return east.exporter("west") == nil }, "west removed after the grace")
+	if _, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo")); err != nil {
+		t.Fatalf("west's record must stay in etcd (only west or an operator deletes it): %v", err)
+	}
+
+	// West comes back: its exports are live again.
+	f.start("west", 3*time.Second)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && !e.Stale }, "west back")
+}
+
+func TestRestartRepublishesWithoutFlapping(t *testing.T) {
+	f := newFed(t)
+	f.writeExports("west", echoTwoReady)
+	east := f.start("east", time.Minute)
+	west := f.start("west", time.Minute)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil }, "east sees west")
+	before, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	east.mu.Lock()
+	hist := len(east.history["demo/echo"])
+	east.mu.Unlock()
+
+	west.stop()
+	west2 := f.start("west", time.Minute) // ready = published (nothing to publish)
+	if got := testutil.ToFloat64(counter(t, west2.reg, "meshfed_federation_exports_published_total")); got != 0 {
+		t.Errorf("restarted west wrote %v export records; want 0 (content unchanged)", got)
+	}
+	after, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo"))
+	if err != nil || after.ModRevision != before.ModRevision {
+		t.Fatalf("export rewritten on restart: mod revision %d -> %d (%v)", before.ModRevision, after.ModRevision, err)
+	}
+	// A restart within the heartbeat TTL never makes west look stale to east.
+	east.mu.Lock()
+	defer east.mu.Unlock()
+	if h := east.history["demo/echo"]; len(h) != hist {
+		t.Fatalf("east's view of demo/echo changed across west's restart: %v", h)
+	}
+}
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	return findMetric(t, reg, name)
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	return findMetric(t, reg, name)
+}
+
+// findMetric wraps a gathered metric family so testutil.ToFloat64 can read its sum.
+func findMetric(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			}
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
+	g.Set(sum)
+	return g
+}
