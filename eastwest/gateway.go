@@ -707,3 +707,39 @@ func (p *proxied) idleNow() bool {
 }
 
 func nowNano() int64 { return time.Now().UnixNano() }
+
+// StartSource runs src in the background and returns once its first table is in force,
+// or with src's error when it cannot produce one (an invalid exports file at start-up is
+// an error, not an empty gateway). Later tables are put in force as they come.
+func (g *Gateway) StartSource(ctx context.Context, src RouteSource) error {
+	first := make(chan struct{})
+	var once sync.Once
+	errc := make(chan error, 1)
+	go func() {
+		errc <- src.Run(ctx, func(t *RouteTable) {
+			if err := t.Validate(); err != nil {
+				g.log.Error("route table refused; keeping the last good one", "origin", t.Origin, "err", err)
+				return
+			}
+			g.SetRoutes(t)
+			once.Do(func() { close(first) })
+		})
+	}()
+	select {
+	case <-first:
+		go func() {
+			if err := <-errc; err != nil {
+				g.log.Error("route source stopped; the last table stays in force", "err", err)
+			}
+		}()
+		return nil
+	case err := <-errc:
+		if err == nil {
+			err = errors.New("route source ended before delivering a table")
+		}
+		return err
+	}
+}
+
+// DefaultMaxHelloBytes is the default ClientHello size cap (16 KiB, records included).
+const DefaultMaxHelloBytes = hello.DefaultMaxBytes

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/internal/admin"
+)
+
+func init() { register(newGatewayCmd) }
+
+type gatewayFlags struct {
+	cluster, listen, admin, exports, domain string
+	healthCert, healthKey                   string
+	helloTimeout, idleTimeout               time.Duration
+	connectTimeout, drainTimeout            time.Duration
+	drainAccept, pollInterval               time.Duration
+	maxHelloBytes, maxConns, maxPerService  int
+	connectAttempts                         int
+	copyMode                                string
+}
+
+func newGatewayCmd() *cobra.Command {
+	var f gatewayFlags
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "East-west gateway: route TLS by SNI to this cluster's exported services, without terminating it",
+		Long: `The east-west gateway lets other clusters reach this cluster's exported services.
+It reads the SNI of each TLS ClientHello (never terminating TLS), routes names of the form
+
+  outbound_.<port>_._.<service>.<namespace>.svc.cluster.local
+
+to a ready endpoint of that exported service, and splices the bytes both ways. Any other
+name, a missing SNI, non-TLS bytes, an oversize or slow hello is closed without contacting
+a backend. health.meshfed.internal is answered by the gateway itself (one status line over
+TLS); it says "draining" from the moment SIGTERM arrives.
+
+The routes come from --exports, a YAML or JSON file re-read when it changes (an invalid
+file is refused and the last good table stays in force):
+
+  services:
+    - name: echo
+      namespace: demo
+      ports:
+        - {name: tls, port: 8443, targetPort: 9443}
+      endpoints:
+        - {address: 10.0.1.7, zone: z1}
+        - {address: 10.0.1.8, zone: z2, ready: false}
+
+Examples:
+  # Serve the exports of cluster "east" on :15443, metrics on 127.0.0.1:15000
+  meshfed gateway --cluster east --exports /etc/meshfed/exports.yaml
+
+  # Call through it (from another cluster): the SNI picks the service and port
+  openssl s_client -connect gw.east.example:15443 \
+    -servername outbound_.8443_._.echo.demo.svc.cluster.local
+
+  # Health-check it as a remote cluster does
+  openssl s_client -quiet -connect gw.east.example:15443 -servername health.meshfed.internal
+
+  # Metrics, liveness, readiness
+  curl -s 127.0.0.1:15000/metrics | grep meshfed_gateway_
+  curl -s 127.0.0.1:15000/readyz
+
+See docs/eastwest.md for the health wire protocol, metrics and limits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runGateway(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.cluster, "cluster", "", "this cluster's name (DNS label), reported by the health name (required)")
+	fl.StringVar(&f.listen, "listen", ":15443", "ADDR the gateway accepts TLS on")
+	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "ADDR of /metrics, /healthz and /readyz")
+	fl.StringVar(&f.exports, "exports", "", "exports FILE (YAML or JSON) naming the services and endpoints to route (required)")
+	fl.StringVar(&f.domain, "domain", "cluster.local", "cluster DNS domain carried in SNI names")
+	fl.StringVar(&f.healthCert, "health-cert", "", "PEM certificate for health.meshfed.internal (default: self-signed at start)")
+	fl.StringVar(&f.healthKey, "health-key", "", "PEM private key of --health-cert")
+	fl.DurationVar(&f.helloTimeout, "hello-timeout", 3*time.Second, "time a client has to send its whole ClientHello")
+	fl.IntVar(&f.maxHelloBytes, "max-hello-bytes", eastwest.DefaultMaxHelloBytes, "largest ClientHello accepted, records included (512-65536)")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", time.Hour, "close a proxied connection after this long without bytes either way (0: never)")
+	fl.DurationVar(&f.connectTimeout, "connect-timeout", 2*time.Second, "time to connect to one endpoint before trying another")
+	fl.IntVar(&f.connectAttempts, "connect-attempts", 3, "endpoints tried per connection before refusing it")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time live connections get to finish before they are cut")
+	fl.DurationVar(&f.drainAccept, "drain-accept-period", 0, "on SIGTERM, keep accepting this long (health answers \"draining\") before closing the listener")
+	fl.IntVar(&f.maxConns, "max-conns", 50000, "client connections held at once, all phases (0: unlimited)")
+	fl.IntVar(&f.maxPerService, "max-conns-per-service", 0, "proxied connections per service at once (0: unlimited)")
+	fl.DurationVar(&f.pollInterval, "exports-poll", time.Second, "how often --exports is checked for changes")
+	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyPollSplice), "byte mover: poll-splice (no pipe held by idle connections) or io-copy (stdlib io.Copy)")
+	return cmd
+}
+
+func (f *gatewayFlags) validate() error {
+	var errs validate.Errors
+	if f.cluster == "" {
+		errs.Add("--cluster", "required: this cluster's name, e.g. --cluster east")
+	} else if err := validate.DNSLabel(f.cluster); err != nil {
+		errs.Add("--cluster", "%v", err)
+	}
+	if f.exports == "" {
+		errs.Add("--exports", "required: the exports file to route, e.g. --exports /etc/meshfed/exports.yaml")
+	}
+	for name, v := range map[string]string{"--listen": f.listen, "--admin": f.admin} {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs.Add(name, "%q is not HOST:PORT (e.g. :15443 or 127.0.0.1:15000)", v)
+		}
+	}
+	if err := validate.DNSSubdomain(f.domain); err != nil {
+		errs.Add("--domain", "%v", err)
+	}
+	if (f.healthCert == "") != (f.healthKey == "") {
+		errs.Add("--health-cert", "give both --health-cert and --health-key, or neither for a self-signed certificate")
+	}
+	if f.maxHelloBytes < 512 || f.maxHelloBytes > 64<<10 {
+		errs.Add("--max-hello-bytes", "%d: use 512-65536 (a Go 1.26 hello is ~1.6 KiB, a browser's ~2 KiB)", f.maxHelloBytes)
+	}
+	for name, d := range map[string]time.Duration{"--hello-timeout": f.helloTimeout, "--connect-timeout": f.connectTimeout, "--exports-poll": f.pollInterval} {
+		if d <= 0 {
+			errs.Add(name, "%v: must be positive, e.g. 3s", d)
+		}
+	}
+	for name, d := range map[string]time.Duration{"--idle-timeout": f.idleTimeout, "--drain-timeout": f.drainTimeout, "--drain-accept-period": f.drainAccept} {
+		if d < 0 {
+			errs.Add(name, "%v: must not be negative", d)
+		}
+	}
+	for name, n := range map[string]int{"--max-conns": f.maxConns, "--max-conns-per-service": f.maxPerService} {
+		if n < 0 {
+			errs.Add(name, "%d: use 0 for unlimited or a positive limit", n)
+		}
+	}
+	if f.connectAttempts < 1 || f.connectAttempts > 16 {
+		errs.Add("--connect-attempts", "%d: use 1-16", f.connectAttempts)
+	}
+	if m := eastwest.CopyMode(f.copyMode); m != eastwest.CopyPollSplice && m != eastwest.CopyIOCopy {
+		errs.Add("--copy-mode", "%q: use poll-splice or io-copy", f.copyMode)
+	}
+	return errs.Err()
+}
+
+func runGateway(ctx context.Context, f gatewayFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	log := slog.Default().With("component", "gateway", "cluster", f.cluster)
+	var healthCert *tls.Certificate
+	if f.healthCert != "" {
+		c, err := tls.LoadX509KeyPair(f.healthCert, f.healthKey)
+		if err != nil {
+			return fmt.Errorf("--health-cert/--health-key: %w", err)
+		}
+		healthCert = &c
+	}
+	adm := admin.New(log)
+	g, err := eastwest.New(eastwest.Config{
+		Cluster: f.cluster, Domain: f.domain,
+		HelloTimeout: f.helloTimeout, MaxHelloBytes: f.maxHelloBytes, IdleTimeout: f.idleTimeout,
+		ConnectTimeout: f.connectTimeout, ConnectAttempts: f.connectAttempts,
+		DrainTimeout: f.drainTimeout, DrainAcceptPeriod: f.drainAccept,
+		MaxConns: f.maxConns, MaxConnsPerService: f.maxPerService,
+		CopyMode: eastwest.CopyMode(f.copyMode), HealthCert: healthCert,
+		Log: log, Registry: adm.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	adm.AddReadiness("routes", g.Ready)
+	adm.AddLiveness("gateway", func() error { return nil })
+
+	srcCtx, stopSrc := context.WithCancel(context.Background())
+	defer stopSrc()
+	// The route source: swap this line for the federation's xDS source later.
+	var src eastwest.RouteSource = &eastwest.FileSource{Path: f.exports, Interval: f.pollInterval, Log: log, OnReload: g.ObserveReload}
+	if err := g.StartSource(srcCtx, src); err != nil {
+		return fmt.Errorf("--exports: %w", err)
+	}
+
+	if err := adm.Listen(f.admin); err != nil {
+		return fmt.Errorf("--admin: %w", err)
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	admCtx, stopAdm := context.WithCancel(context.Background())
+	admDone := make(chan error, 1)
+	go func() { admDone <- adm.Serve(admCtx) }()
+	log.Info("gateway listening", "listen", ln.Addr().String(), "admin", adm.Addr(), "exports", f.exports, "pid", os.Getpid())
+	err = g.Serve(ctx, ln)
+	stopAdm()
+	<-admDone
+	log.Info("gateway stopped")
+	return err
+}
