@@ -128,7 +128,11 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
+		out := classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
+		if out.Result == ResultError {
+			out.Result = ResultTLS // not a network error: the handshake itself failed
+		}
+		return out
 	}
 	line, err := readLine(tc)
 	if err != nil {

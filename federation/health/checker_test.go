@@ -1,0 +1,444 @@
+package health
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/meshfed/meshfed/internal/waitfor"
+)
+
+// Modes of the test gateway: each is a real TCP behaviour.
+const (
+	modeOK        = "ok"
+	modeRST       = "rst"       // accept, then close with SO_LINGER 0: the client sees a reset
+	modeBlackhole = "blackhole" // accept and never answer: the TLS handshake never completes
+	modeDraining  = "draining"  // answer "draining ..."
+	modeWrong     = "wrong"     // answer as another cluster
+)
+
+// fakeGateway answers the health name like the real gateway (TLS with its own certificate,
+// one status line). It is not the eastwest gateway because this package's tests need to
+// switch the wire behaviour at will (RST, blackhole) without the data plane; the xDS end-to-
+// end test uses the real gateway.
+type fakeGateway struct {
+	t       testing.TB
+	cluster string
+	cert    tls.Certificate
+	mode    atomic.Value
+	ln      net.Listener
+	addr    string
+	mu      sync.Mutex
+	held    []net.Conn
+	wg      sync.WaitGroup
+}
+
+func newFakeGateway(t testing.TB, cluster string) *fakeGateway {
+	t.Helper()
+	g := &fakeGateway{t: t, cluster: cluster, cert: selfSigned(t, "health.meshfed.internal")}
+	g.mode.Store(modeOK)
+	g.listen("127.0.0.1:0")
+	t.Cleanup(g.close)
+	return g
+}
+
+func (g *fakeGateway) listen(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		g.t.Fatalf("listen %s: %v", addr, err)
+	}
+	g.mu.Lock()
+	g.ln, g.addr = ln, ln.Addr().String()
+	g.mu.Unlock()
+	g.wg.Add(1)
+	go g.serve(ln)
+}
+
+func (g *fakeGateway) serve(ln net.Listener) {
+	defer g.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		switch g.mode.Load().(string) {
+		case modeRST:
+			_ = c.(*net.TCPConn).SetLinger(0)
+			_ = c.Close()
+		case modeBlackhole:
+			g.mu.Lock()
+			g.held = append(g.held, c)
+			g.mu.Unlock()
+		default:
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{g.cert}})
+				if tc.Handshake() != nil {
+					return
+				}
+				line := "ok cluster=" + g.cluster + " service_ports=1 ready_endpoints=2\n"
+				switch g.mode.Load().(string) {
+				case modeDraining:
+					line = "draining cluster=" + g.cluster + "\n"
+				case modeWrong:
+					line = "ok cluster=someone-else\n"
+				}
+				_, _ = tc.Write([]byte(line))
+				_ = tc.CloseWrite()
+			}()
+		}
+	}
+}
+
+// stop closes the listener: connections are refused.
+func (g *fakeGateway) stop() {
+	g.mu.Lock()
+	ln := g.ln
+	g.mu.Unlock()
+	_ = ln.Close()
+}
+
+// restart listens again on the same address.
+func (g *fakeGateway) restart() { g.listen(g.addr) }
+
+func (g *fakeGateway) close() {
+	g.stop()
+	g.mu.Lock()
+	for _, c := range g.held {
+		_ = c.Close()
+	}
+	g.held = nil
+	g.mu.Unlock()
+	g.wg.Wait()
+}
+
+func selfSigned(t testing.TB, dns string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: dns},
+		DNSNames: []string{dns}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// fast options keep the suite quick; the hysteresis counts are the production ones.
+func fastOptions() Options {
+	return Options{Interval: 150 * time.Millisecond, Timeout: 120 * time.Millisecond}
+}
+
+func startChecker(t *testing.T, opts Options) (*Checker, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	c, err := New(opts, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c, reg
+}
+
+func waitState(t *testing.T, c *Checker, cluster, addr string, want State) {
+	t.Helper()
+	waitfor.Cond(t, 5*time.Second, func() bool { return c.State(cluster, addr) == want },
+		"%s %s: want %v, have %v", cluster, addr, want, c.State(cluster, addr))
+}
+
+func TestProbeOutcomes(t *testing.T) {
+	g := newFakeGateway(t, "west")
+	ctx := context.Background()
+	probe := func(timeout time.Duration) Outcome {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return Probe(pctx, "west", g.addr, nil)
+	}
+	cases := []struct {
+		mode       string
+		ok, hard   bool
+		result     string
+		wantInLine string
+	}{
+		{modeOK, true, false, ResultOK, "ok"},
+		{modeRST, false, true, ResultReset, ""},
+		{modeBlackhole, false, false, ResultTimeout, ""},
+		{modeDraining, false, true, ResultStatus, "draining"},
+		{modeWrong, false, true, ResultWrongCluster, "ok"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.mode, func(t *testing.T) {
+			g.mode.Store(tc.mode)
+			timeout := 5 * time.Second // generous: -race on 2 busy cores is slow
+			if tc.mode == modeBlackhole {
+				timeout = 300 * time.Millisecond
+			}
+			out := probe(timeout)
+			if out.OK != tc.ok || out.Hard != tc.hard || out.Result != tc.result {
+				t.Fatalf("mode %s: got ok=%v hard=%v result=%s err=%v; want ok=%v hard=%v result=%s",
+					tc.mode, out.OK, out.Hard, out.Result, out.Err, tc.ok, tc.hard, tc.result)
+			}
+			if out.Line.Word != tc.wantInLine {
+				t.Fatalf("line word %q, want %q", out.Line.Word, tc.wantInLine)
+			}
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		out := Probe(pctx, "west", addr, nil)
+		if out.OK || !out.Hard || out.Result != ResultRefused {
+			t.Fatalf("closed port: %+v", out)
+		}
+	})
+}
+
+func TestProbeRoots(t *testing.T) {
+	g := newFakeGateway(t, "west")
+	right := x509.NewCertPool()
+	right.AddCert(g.cert.Leaf)
+	wrong := x509.NewCertPool()
+	wrong.AddCert(selfSigned(t, "other").Leaf)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if out := Probe(ctx, "west", g.addr, right); !out.OK {
+		t.Fatalf("with the gateway's root: %+v", out)
+	}
+	out := Probe(ctx, "west", g.addr, wrong)
+	if out.OK || out.Hard || out.Result != ResultTLS {
+		t.Fatalf("with a foreign root: want a soft tls failure, got %+v", out)
+	}
+}
+
+// TestHysteresis walks one address through every transition with real TCP behaviours.
+func TestHysteresis(t *testing.T) {
+	g := newFakeGateway(t, "west")
+	c, reg := startChecker(t, fastOptions())
+	changes := c.Subscribe()
+	c.SetTargets(map[string][]string{"west": {g.addr}})
+	waitState(t, c, "west", g.addr, Up)
+	<-changes
+
+	// Blackhole: soft failures, down only after FallThreshold of them.
+	g.mode.Store(modeBlackhole)
+	waitState(t, c, "west", g.addr, Down)
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultTimeout)); n < 3 {
+		t.Fatalf("down after %v timeouts, want at least 3", n)
+	}
+
+	// Back to healthy: up after RiseThreshold successes.
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+
+	// RST: hard-down on the first reset.
+	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultReset))
+	g.mode.Store(modeRST)
+	waitState(t, c, "west", g.addr, HardDown)
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultReset)) - before; n != 1 {
+		t.Fatalf("hard-down after %v resets, want exactly 1", n)
+	}
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+
+	// Refused: hard-down on the first refusal; restore on the same port.
+	g.stop()
+	waitState(t, c, "west", g.addr, HardDown)
+	g.restart()
+	waitState(t, c, "west", g.addr, Up)
+
+	// Draining: the gateway says so: hard-down at once.
+	g.mode.Store(modeDraining)
+	waitState(t, c, "west", g.addr, HardDown)
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+
+	if got := testutil.ToFloat64(c.m.state.WithLabelValues("west", g.addr)); got != float64(Up) {
+		t.Fatalf("state gauge %v, want %v", got, float64(Up))
+	}
+	if n, err := testutil.GatherAndCount(reg, "meshfed_health_transitions_total"); err != nil || n == 0 {
+		t.Fatalf("transitions metric: n=%d err=%v", n, err)
+	}
+	st := c.Statuses()
+	if len(st) != 1 || st[0].State != Up || st[0].LastLine != "ok" {
+		t.Fatalf("statuses: %+v", st)
+	}
+}
+
+// TestUpNeedsRiseThreshold checks that one good answer between failures does not bring a
+// down address back: the rise needs RiseThreshold successes in a row.
+func TestUpNeedsRiseThreshold(t *testing.T) {
+	c, err := New(Options{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Target{"west", "127.0.0.1:1"}
+	c.SetTargets(map[string][]string{"west": {k.Addr}})
+	now := time.Now()
+	ok := Outcome{OK: true, Result: ResultOK}
+	soft := Outcome{Result: ResultTimeout, Err: errTest}
+	hard := Outcome{Hard: true, Result: ResultReset, Err: errTest}
+	steps := []struct {
+		out  Outcome
+		want State
+	}{
+		{ok, Up},         // first result decides
+		{soft, Up},       // 1 failure
+		{soft, Up},       // 2
+		{ok, Up},         // resets the count
+		{soft, Up},       // 1
+		{soft, Up},       // 2
+		{soft, Down},     // 3: down
+		{ok, Down},       // 1 success
+		{soft, Down},     // resets the rise
+		{ok, Down},       // 1
+		{ok, Up},         // 2: up
+		{hard, HardDown}, // at once
+		{soft, HardDown},
+		{ok, HardDown},
+		{ok, Up},
+	}
+	for i, s := range steps {
+		c.apply(k, s.out, now)
+		if got := c.State(k.Cluster, k.Addr); got != s.want {
+			t.Fatalf("step %d (%s): state %v, want %v", i, s.out.Result, got, s.want)
+		}
+	}
+	// An unknown address that fails its first check is down at once.
+	k2 := Target{"north", "127.0.0.1:2"}
+	c.SetTargets(map[string][]string{"north": {k2.Addr}})
+	c.apply(k2, soft, now)
+	if got := c.State(k2.Cluster, k2.Addr); got != Down {
+		t.Fatalf("first failure of an unknown address: %v, want down", got)
+	}
+	if c.State("west", k.Addr) != Unknown {
+		t.Fatal("a target removed by SetTargets must be forgotten")
+	}
+}
+
+type testErr string
+
+func (e testErr) Error() string { return string(e) }
+
+const errTest = testErr("test failure")
+
+func TestTargetsFollowSetTargets(t *testing.T) {
+	a := newFakeGateway(t, "west")
+	b := newFakeGateway(t, "north")
+	c, _ := startChecker(t, fastOptions())
+	c.SetTargets(map[string][]string{"west": {a.addr}, "north": {b.addr}})
+	waitState(t, c, "west", a.addr, Up)
+	waitState(t, c, "north", b.addr, Up)
+	c.SetTargets(map[string][]string{"north": {b.addr}})
+	if c.State("west", a.addr) != Unknown || len(c.Statuses()) != 1 {
+		t.Fatalf("west not forgotten: %+v", c.Statuses())
+	}
+}
+
+func TestOptionsValidation(t *testing.T) {
+	for _, o := range []Options{
+		{Interval: time.Millisecond},
+		{Interval: time.Second, Timeout: 2 * time.Second},
+		{FallThreshold: -1},
+	} {
+		if _, err := New(o, nil, nil); err == nil {
+			t.Errorf("%+v accepted", o)
+		} else if !strings.Contains(err.Error(), "default") {
+			t.Errorf("%+v: message %q does not give the default", o, err)
+		}
+	}
+}
+
+func TestParseLine(t *testing.T) {
+	good := map[string]Line{
+		"ok\n":                          {Word: "ok"},
+		"ok cluster=west ready=3\r\n":   {Word: "ok", Fields: map[string]string{"cluster": "west", "ready": "3"}},
+		"draining cluster=west":         {Word: "draining", Fields: map[string]string{"cluster": "west"}},
+		"not-ready   cluster=a  x=\n":   {Word: "not-ready", Fields: map[string]string{"cluster": "a", "x": ""}},
+		"ok future_field=1 cluster=c\n": {Word: "ok", Fields: map[string]string{"future_field": "1", "cluster": "c"}},
+	}
+	for in, want := range good {
+		got, err := ParseLine(in)
+		if err != nil || got.Word != want.Word || len(got.Fields) != len(want.Fields) {
+			t.Errorf("ParseLine(%q) = %+v, %v; want %+v", in, got, err, want)
+			continue
+		}
+		for k, v := range want.Fields {
+			if got.Fields[k] != v {
+				t.Errorf("ParseLine(%q) field %s = %q, want %q", in, k, got.Fields[k], v)
+			}
+		}
+	}
+	for _, in := range []string{"", "\n", "   ", "ok cluster", "ok =x", "ok\x00", strings.Repeat("a", MaxStatusLine+1), "ok a=\x01"} {
+		if got, err := ParseLine(in); err == nil {
+			t.Errorf("ParseLine(%q) = %+v, want an error", in, got)
+		}
+	}
+}
+
+func FuzzParseLine(f *testing.F) {
+	for _, s := range []string{
+		"ok cluster=west service_ports=3 ready_endpoints=7 open_connections=12\n",
+		"draining cluster=west service_ports=0 ready_endpoints=0 open_connections=1\n",
+		"not-ready cluster=x\n", "ok\n", "", "ok a", "ok =", "ok a==b\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := ParseLine(s)
+		if err != nil {
+			return
+		}
+		if l.Word == "" || !printableToken(l.Word) {
+			t.Fatalf("accepted word %q", l.Word)
+		}
+		for k, v := range l.Fields {
+			if k == "" || !printableToken(k) || !printableToken(v) {
+				t.Fatalf("accepted field %q=%q", k, v)
+			}
+		}
+		// Reformatting an accepted line parses to the same thing.
+		var b strings.Builder
+		b.WriteString(l.Word)
+		for k, v := range l.Fields {
+			b.WriteString(" " + k + "=" + v)
+		}
+		l2, err := ParseLine(b.String())
+		if err != nil || l2.Word != l.Word || len(l2.Fields) != len(l.Fields) {
+			t.Fatalf("round trip of %q: %+v %v", s, l2, err)
+		}
+	})
+}
