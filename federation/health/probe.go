@@ -41,7 +41,7 @@ type Outcome struct {
 	// cluster answering): the address goes hard-down at once.
 	Hard   bool
 	Result string // one of the Result* labels
-	Line   Line // the parsed status line, when one was read
+	Line   Line   // the parsed status line, when one was read
 	Err    error
 	RTT    time.Duration
 }
