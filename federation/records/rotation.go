@@ -86,6 +86,9 @@ type Rotation struct {
 	// Issuer is IssuerDev or IssuerExternal; DevCADir is where the dev CA lives (IssuerDev).
 	Issuer   string `json:"issuer"`
 	DevCADir string `json:"devCADir,omitempty"`
+	// OldIssuerFingerprint is the dev CA's issuing root when the job started: an abort after
+	// the switch moves issuance back to it.
+	OldIssuerFingerprint string `json:"oldIssuerFingerprint,omitempty"`
 	// SVIDLifetime is the longest lifetime of an SVID of this trust domain: the drain wait.
 	SVIDLifetimeSeconds int64 `json:"svidLifetimeSeconds"`
 	// BaseSequence is the bundle's sequence at preflight; the job publishes BaseSequence+1
