@@ -153,3 +153,37 @@ func HostPort(v string) error {
 	}
 	return nil
 }
+
+// ListenAddr reports whether v is an address to listen on: [HOST]:PORT, where an empty
+// host means every interface and port 0 picks a free port.
+func ListenAddr(v string) error {
+	i := strings.LastIndexByte(v, ':')
+	if i < 0 {
+		return fmt.Errorf("%q is not [HOST]:PORT (for example 127.0.0.1:15000, :15443, or 127.0.0.1:0 for a free port)", v)
+	}
+	host, port := v[:i], v[i+1:]
+	if host != "" {
+		if h, ok := strings.CutPrefix(host, "["); ok {
+			h, ok = strings.CutSuffix(h, "]")
+			if _, err := netip.ParseAddr(h); !ok || err != nil {
+				return fmt.Errorf("%q: bad IPv6 host %q", v, host)
+			}
+		} else if _, err := netip.ParseAddr(host); err != nil && DNSSubdomain(strings.ToLower(host)) != nil {
+			return fmt.Errorf("%q: host %q is neither an IP address nor a DNS name", v, host)
+		}
+	}
+	if port == "" {
+		return fmt.Errorf("%q has no port", v)
+	}
+	n := 0
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return fmt.Errorf("%q: port %q is not a number", v, port)
+		}
+		n = n*10 + int(c-'0')
+		if n > 65535 {
+			return fmt.Errorf("%q: port %s is over 65535", v, port)
+		}
+	}
+	return nil
+}

@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap/zapcore"
 )
 
 // Config says how to run the server.
@@ -34,6 +36,8 @@ type Config struct {
 	AutoCompactionRetention string
 	// LogLevel of etcd's own logger (default "error": etcd is chatty at info).
 	LogLevel string
+	// Log receives etcd's logs (default slog.Default()).
+	Log *slog.Logger
 }
 
 // TLSFiles are PEM files for the client listener.
@@ -45,6 +49,7 @@ type TLSFiles struct {
 // Server is a running embedded etcd.
 type Server struct {
 	etcd    *embed.Etcd
+	closing atomic.Bool
 	tmpDir  string
 	scheme  string
 	Clients []string // client endpoints as HOST:PORT
@@ -101,6 +106,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"
 	}
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("etcd log level %q: use debug, info, warn or error", cfg.LogLevel)
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(log, lvl, &s.closing))
 	if c.AutoCompactionRetention != "" {
 		cfg.AutoCompactionMode = embed.CompactorModePeriodic
 		cfg.AutoCompactionRetention = c.AutoCompactionRetention
@@ -143,6 +157,7 @@ func (s *Server) Etcd() *embed.Etcd { return s.etcd }
 
 // Close stops the server and removes a temporary data dir.
 func (s *Server) Close() {
+	s.closing.Store(true)
 	if s.etcd != nil {
 		s.etcd.Close()
 	}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/discovery"
+	"github.com/meshfed/meshfed/discovery/file"
+	"github.com/meshfed/meshfed/federation/service"
+	"github.com/meshfed/meshfed/internal/admin"
+)
+
+func init() { register(newFederationCmd) }
+
+type federationFlags struct {
+	etcd         etcdFlags
+	cluster      string
+	exports      string
+	kubeconfig   string
+	admin        string
+	staleGrace   time.Duration
+	heartbeatTTL time.Duration
+	pollInterval time.Duration
+}
+
+func newFederationCmd() *cobra.Command {
+	var f federationFlags
+	cmd := &cobra.Command{
+		Use:   "federation",
+		Short: "Federation service: publish this cluster's exports, merge everyone's, serve failover-aware xDS",
+		Long: `The federation service of one cluster. It
+
+  - publishes this cluster's exported services to etcd (from --exports, or from
+    ServiceExports with --kubeconfig), writing only what really changed;
+  - keeps this cluster's heartbeat (alive/<cluster>, on its own lease);
+  - watches the whole keyspace and merges every cluster's exports into the import view
+    (served as JSON at /debug/imports on --admin).
+
+Static stability: if etcd goes away, the last import view stays in use. A cluster whose
+heartbeat expires is marked stale; its exports stay for --stale-grace, then leave the view.
+
+` + etcdFlagsHelp + `
+
+Examples:
+  # One-machine federation on the embedded etcd ('meshfed etcd' in another terminal)
+  meshfed federation --cluster east --exports exports.yaml
+
+  # Against a production etcd with mTLS and the credentials 'meshfed join' wrote
+  meshfed federation --cluster east --exports exports.yaml \
+    --etcd-endpoints https://etcd-0.example:2379,https://etcd-1.example:2379 \
+    --etcd-cacert ca.pem --etcd-cert east.pem --etcd-key east-key.pem \
+    --etcd-user meshfed-cluster-east --etcd-password "$(jq -r .password east-creds.json)"
+
+  # What this cluster imports
+  curl -s 127.0.0.1:15001/debug/imports | jq .
+
+See docs/federation.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runFederation(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	addEtcdFlags(fl, &f.etcd)
+	fl.StringVar(&f.cluster, "cluster", "", "this cluster's name (a DNS label, as given to 'meshfed join')")
+	fl.StringVar(&f.exports, "exports", "", "exports file (YAML or JSON) listing the services this cluster exports; re-read on change")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "export from Kubernetes ServiceExports (path to a kubeconfig; \"in-cluster\" inside a pod)")
+	fl.StringVar(&f.admin, "admin", "127.0.0.1:15001", "admin listener: /metrics, /healthz, /readyz, /debug/imports")
+	fl.DurationVar(&f.staleGrace, "stale-grace", service.DefaultStaleGrace, "how long a cluster without heartbeat keeps its exports in the import view")
+	fl.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 10*time.Second, "TTL of this cluster's heartbeat lease (at least 2s)")
+	fl.DurationVar(&f.pollInterval, "exports-poll-interval", time.Second, "how often --exports is checked for changes")
+	addFederationExtensions(cmd, &f)
+	return cmd
+}
+
+func (f *federationFlags) validate() error {
+	var errs validate.Errors
+	if err := validate.DNSLabel(f.cluster); err != nil {
+		errs.Add("--cluster", "%v (e.g. --cluster east)", err)
+	}
+	if f.exports != "" && f.kubeconfig != "" {
+		errs.Add("--exports/--kubeconfig", "give one discovery source, not both")
+	}
+	if err := validate.ListenAddr(f.admin); err != nil {
+		errs.Add("--admin", "%v", err)
+	}
+	if f.staleGrace <= 0 {
+		errs.Add("--stale-grace", "must be positive, e.g. 10m")
+	}
+	if f.heartbeatTTL < 2*time.Second {
+		errs.Add("--heartbeat-ttl", "%v: at least 2s", f.heartbeatTTL)
+	}
+	if cfg := f.etcd.config(); cfg.Validate() != nil {
+		err := cfg.Validate()
+		errs.AddErr("", err)
+	}
+	return errs.Err()
+}
+
+// federationExtension is a part of the federation service that lives in its own file
+// (xDS, trust, Kubernetes importer): it adds flags, and starts once the service exists.
+type federationExtension struct {
+	name  string
+	start func(ctx context.Context, deps *federationDeps) (run func(context.Context) error, err error)
+}
+
+// federationDeps is what extensions get to work with.
+type federationDeps struct {
+	flags *federationFlags
+	svc   *service.Service
+	adm   *admin.Server
+	log   *slog.Logger
+}
+
+var federationExtensions []federationExtension
+
+// federationFlagHooks let extension files add their flags (from init funcs).
+var federationFlagHooks []func(cmd *cobra.Command)
+
+func addFederationExtensions(cmd *cobra.Command, _ *federationFlags) {
+	for _, h := range federationFlagHooks {
+		h(cmd)
+	}
+}
+
+func runFederation(ctx context.Context, f federationFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	log := slog.Default().With("cluster", f.cluster)
+	st, cli, err := f.etcd.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	adm := admin.New(log)
+	var src discovery.Source
+	var kube *kubeWiring
+	switch {
+	case f.exports != "":
+		src = &file.Source{Cluster: f.cluster, Path: f.exports, Interval: f.pollInterval, Log: log}
+	case f.kubeconfig != "":
+		kube, err = newKubeWiring(f.cluster, f.kubeconfig, adm, log)
+		if err != nil {
+			return err
+		}
+		src = kube.source
+	default:
+		log.Warn("no --exports or --kubeconfig: this cluster imports only")
+	}
+	svc, err := service.New(service.Config{Cluster: f.cluster, Store: st, Source: src,
+		HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace, Log: slog.Default(), Registry: adm.Registry})
+	if err != nil {
+		return err
+	}
+	adm.AddReadiness("federation", svc.Ready)
+	adm.Handle("/debug/imports", svc.ImportsHandler())
+	if err := adm.Listen(f.admin); err != nil {
+		return err
+	}
+	deps := &federationDeps{flags: &f, svc: svc, adm: adm, log: log}
+	type namedRun struct {
+		name string
+		run  func(context.Context) error
+	}
+	var runs []namedRun
+	if kube != nil {
+		runs = append(runs, namedRun{"kubernetes importer", kube.attach(svc)})
+	}
+	for _, ext := range federationExtensions {
+		run, err := ext.start(ctx, deps)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ext.name, err)
+		}
+		if run != nil {
+			runs = append(runs, namedRun{ext.name, run})
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(runs)+2)
+	start := func(name string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	start("admin", adm.Serve)
+	start("federation", svc.Run)
+	for _, r := range runs {
+		start(r.name, r.run)
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case runErr = <-errc:
+		log.Error("stopping after an error", "err", runErr)
+	}
+	cancel()
+	wg.Wait()
+	return runErr
+}
