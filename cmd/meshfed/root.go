@@ -79,4 +79,3 @@ func newLogger(w io.Writer, f logFlags) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: use text or json", f.format)
 	}
 }
-
