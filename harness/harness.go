@@ -266,7 +266,7 @@ func (c *Cluster) StopFederation() error {
 }
 
 func (c *Cluster) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		svc := c.Federation()
 		if svc == nil {
@@ -277,7 +277,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster %s: federation not ready after 20s: %w", c.Spec.Name, err)
+			return fmt.Errorf("cluster %s: federation not ready after 2m: %w", c.Spec.Name, err)
 		}
 		select {
 		case <-ctx.Done():

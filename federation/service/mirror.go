@@ -220,7 +220,8 @@ type snapshot struct {
 	alive    map[string]bool
 	drills   []*records.Drill
 	policies map[string]*records.Policy
-	byClus   map[string][]string // cluster -> its services (for stale expiry)
+	// exporters are the other clusters with at least one export (for stale tracking).
+	exporters map[string]bool
 }
 
 // take hands the builder everything changed since the last take.
@@ -283,13 +284,10 @@ func (mr *mirror) take(stale map[string]time.Time, now time.Time, grace time.Dur
 	for k, v := range mr.policies {
 		s.policies[k] = v
 	}
-	s.byClus = map[string][]string{}
+	s.exporters = make(map[string]bool, len(mr.byClus))
 	for c, set := range mr.byClus {
-		if c == mr.self && mr.hasLocal {
-			continue
-		}
-		for sk := range set {
-			s.byClus[c] = append(s.byClus[c], sk)
+		if len(set) > 0 && !(c == mr.self && mr.hasLocal) {
+			s.exporters[c] = true
 		}
 	}
 	mr.dirty = map[string]bool{}

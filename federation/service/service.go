@@ -258,7 +258,7 @@ func (s *Service) build(ctx context.Context) {
 }
 
 func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired map[string]bool, now time.Time) {
-	for c := range snap.byClus {
+	for c := range snap.exporters {
 		if snap.alive[c] {
 			if _, was := stale[c]; was {
 				s.log.Info("cluster heartbeat is back: no longer stale", "other_cluster", c)
@@ -274,7 +274,7 @@ func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired
 		}
 	}
 	for c := range stale {
-		if _, ok := snap.byClus[c]; !ok {
+		if !snap.exporters[c] {
 			delete(stale, c) // no exports left
 			delete(expired, c)
 		}

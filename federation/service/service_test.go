@@ -68,6 +68,10 @@ func (f *fed) writeExports(name, content string) string {
 }
 
 func (f *fed) start(name string, grace time.Duration) *member {
+	return f.startTTL(name, grace, 2*time.Second)
+}
+
+func (f *fed) startTTL(name string, grace, ttl time.Duration) *member {
 	f.t.Helper()
 	m := &member{name: name, path: filepath.Join(f.dir, name+".yaml"), history: map[string][]string{}}
 	if _, err := os.Stat(m.path); err != nil {
@@ -75,7 +79,7 @@ func (f *fed) start(name string, grace time.Duration) *member {
 	}
 	m.reg = prometheus.NewRegistry()
 	svc, err := service.New(service.Config{
-		Cluster: name, Store: f.st, HeartbeatTTL: 2 * time.Second, StaleGrace: grace,
+		Cluster: name, Store: f.st, HeartbeatTTL: ttl, StaleGrace: grace,
 		Source:   &file.Source{Cluster: name, Path: m.path, Interval: 10 * time.Millisecond},
 		Registry: m.reg,
 	})
@@ -219,7 +223,8 @@ func TestRestartRepublishesWithoutFlapping(t *testing.T) {
 	f := newFed(t)
 	f.writeExports("west", echoTwoReady)
 	east := f.start("east", time.Minute)
-	west := f.start("west", time.Minute)
+	// A long TTL: the restart below must fit inside it even on a loaded machine.
+	west := f.startTTL("west", time.Minute, 30*time.Second)
 	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil }, "east sees west")
 	before, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo"))
 	if err != nil {
@@ -230,7 +235,7 @@ func TestRestartRepublishesWithoutFlapping(t *testing.T) {
 	east.mu.Unlock()
 
 	west.stop()
-	west2 := f.start("west", time.Minute) // ready = published (nothing to publish)
+	west2 := f.startTTL("west", time.Minute, 30*time.Second) // ready = published (nothing to publish)
 	if got := testutil.ToFloat64(counter(t, west2.reg, "meshfed_federation_exports_published_total")); got != 0 {
 		t.Errorf("restarted west wrote %v export records; want 0 (content unchanged)", got)
 	}
