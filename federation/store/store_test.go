@@ -261,3 +261,30 @@ func itoa(i int) string {
 	}
 	return itoa(i/10) + d[i%10:i%10+1]
 }
+
+func TestCommitBatchAllOrNothing(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	a, b := s.KS.Cluster("a"), s.KS.Cluster("b")
+	rev, err := s.CommitBatch(ctx, []store.Write{{Key: a, Record: cluster("a")}, {Key: b, Record: cluster("b")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One stale compare fails the whole batch: neither key changes.
+	ca := cluster("a")
+	ca.Network = "n9"
+	if _, err := s.CommitBatch(ctx, []store.Write{{Key: a, Record: ca, ModRevision: rev}, {Key: b, Record: cluster("b")}}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("batch with a stale create: %v, want ErrConflict", err)
+	}
+	it, _ := store.Get[records.Cluster](ctx, s, a)
+	if it.Value.Network != "n1" {
+		t.Fatal("a failed batch changed a key")
+	}
+	// Deletes with the right revision go through.
+	if _, err := s.CommitBatch(ctx, []store.Write{{Key: a, ModRevision: rev}, {Key: b, ModRevision: rev}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Get[records.Cluster](ctx, s, a); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a after delete: %v", err)
+	}
+}
