@@ -553,7 +553,8 @@ func (g *Gateway) readHello(c *net.TCPConn, buf []byte, ch *hello.ClientHello) (
 func (g *Gateway) connect(r *route) (*net.TCPConn, *epState) {
 	var tried []*epState
 	attempts := min(g.cfg.ConnectAttempts, len(r.eps))
-	d := net.Dialer{Timeout: g.cfg.ConnectTimeout}
+	// No keepalive upstream either: the idle timeout covers dead peers.
+	d := net.Dialer{Timeout: g.cfg.ConnectTimeout, KeepAlive: -1}
 	for i := 0; i < attempts; i++ {
 		now := time.Now()
 		ep := pick(r.eps, tried, now.UnixNano())
@@ -592,10 +593,13 @@ type proxied struct {
 	left   atomic.Int32 // directions still running
 }
 
+// run starts both directions in fresh goroutines and returns: the handler goroutine's
+// stack, grown by the hello parse and the dial, is freed rather than kept for the life of
+// an idle connection (fresh goroutines start with the smallest stack).
 func (p *proxied) run() {
 	p.left.Store(2)
 	go p.direction(p.up, p.client, p.route.svc.bytesOut)
-	p.direction(p.client, p.up, p.route.svc.bytesIn)
+	go p.direction(p.client, p.up, p.route.svc.bytesIn)
 }
 
 // direction copies src to dst until src's EOF (then half-closes dst) or an error (then
@@ -707,6 +711,8 @@ func (p *proxied) idleNow() bool {
 }
 
 func nowNano() int64 { return time.Now().UnixNano() }
+
+func nowTime() time.Time { return time.Now() }
 
 // StartSource runs src in the background and returns once its first table is in force,
 // or with src's error when it cannot produce one (an invalid exports file at start-up is

@@ -457,6 +457,7 @@ func TestLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
+	idle.Write([]byte{22}) // one byte: accepted (TCP_DEFER_ACCEPT waits for data), hello incomplete
 	waitFor(t, "slot taken", 2*time.Second, func() bool { return g2.Active() == 1 })
 	if _, err := dialTLS(t, g2.addr, echoSNI, b.pool); err == nil {
 		t.Fatal("connection accepted over --max-conns=1")

@@ -120,7 +120,7 @@ func startGateway(t *testing.T, cfg Config, rt *RouteTable) *gw {
 	if rt != nil {
 		g.SetRoutes(rt)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen(context.Background(), "127.0.0.1:0", cfg.HelloTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,3 +208,24 @@ func (x *gw) rejected(reason string) float64 {
 }
 
 var errAny = errors.New("any")
+
+// startBenchGateway is startGateway for benchmarks (no per-test checks).
+func startBenchGateway(b *testing.B, cfg Config, rt *RouteTable) string {
+	b.Helper()
+	cfg.Registry = prometheus.NewRegistry()
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	g, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g.SetRoutes(rt)
+	ln, err := Listen(context.Background(), "127.0.0.1:0", cfg.HelloTimeout)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { g.Serve(ctx, ln); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return ln.Addr().String()
+}

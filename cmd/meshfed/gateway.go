@@ -187,7 +187,7 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 	if err := adm.Listen(f.admin); err != nil {
 		return fmt.Errorf("--admin: %w", err)
 	}
-	ln, err := net.Listen("tcp", f.listen)
+	ln, err := eastwest.Listen(ctx, f.listen, f.helloTimeout)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}

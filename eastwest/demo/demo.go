@@ -103,7 +103,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	admCtx, stopAdm := context.WithCancel(ctx)
 	defer stopAdm()
 	go adm.Serve(admCtx)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := eastwest.Listen(ctx, "127.0.0.1:0", 3*time.Second)
 	if err != nil {
 		return err
 	}
