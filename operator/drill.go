@@ -1,0 +1,575 @@
+package operator
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+)
+
+// Drill defaults.
+const (
+	DefaultDrillDuration   = 60 * time.Second
+	DefaultDrillLeaseTTL   = 10 * time.Second
+	DefaultDrillRate       = 20
+	DefaultRequestTimeout  = time.Second
+	DefaultDrillWarmup     = 3 * time.Second
+	DefaultRecoveryTimeout = 30 * time.Second
+)
+
+func leaseID(id int64) clientv3.LeaseID { return clientv3.LeaseID(id) }
+
+// DrillRequest is what `meshfed drill` asks for.
+type DrillRequest struct {
+	// ID names the drill (drills/<id>); default "<cluster>-<time>".
+	ID string
+	// Fail is the cluster to cordon; Namespace/Service narrow it to one service.
+	Fail      string
+	Namespace string
+	Service   string
+	Duration  time.Duration
+	// LeaseTTL of the cordon's own lease: how long the cordon outlives a dead drill process.
+	LeaseTTL time.Duration
+	// From and Target drive traffic during the drill, as cluster From's clients would.
+	From   string
+	Target string
+	// TargetSNI overrides the TLS server name sent to a direct Target.
+	TargetSNI string
+	Rate      int
+	// RequestTimeout bounds one request; Warmup is traffic before the cordon;
+	// RecoveryTimeout how long to wait for traffic to come back after it.
+	RequestTimeout  time.Duration
+	Warmup          time.Duration
+	RecoveryTimeout time.Duration
+	// TLS of the load generator: CAFile verifies the workload (without it the certificate
+	// is not verified: the drill measures routing, not authentication); CertFile/KeyFile
+	// present a client certificate (mTLS).
+	CAFile, CertFile, KeyFile string
+	DryRun                    bool
+	Actor                     string
+	// Progress receives a line per ProgressInterval (default 1s) while the drill runs.
+	Progress         io.Writer
+	ProgressInterval time.Duration
+	Now              time.Time
+}
+
+// target is a parsed --target.
+type target struct {
+	direct    bool
+	addr      string // direct
+	namespace string // service
+	name      string
+	port      uint32
+}
+
+// parseTarget reads --target: a service (NAMESPACE/NAME:PORT, the xDS listener name
+// NAME.NAMESPACE.svc.clusterset.local:PORT, or the xDS cluster name
+// outbound|PORT||NAME.NAMESPACE.svc.clusterset.local) or a direct HOST:PORT.
+func parseTarget(s string) (target, error) {
+	if strings.HasPrefix(s, "outbound|") {
+		sp, err := names.ParseClusterName(s)
+		if err != nil {
+			return target{}, err
+		}
+		return target{namespace: sp.Namespace, name: sp.Name, port: sp.Port}, nil
+	}
+	if host, _, err := net.SplitHostPort(s); err == nil && strings.HasSuffix(host, "."+names.ClustersetDomain) {
+		sp, err := names.ParseListenerName(s)
+		if err != nil {
+			return target{}, err
+		}
+		return target{namespace: sp.Namespace, name: sp.Name, port: sp.Port}, nil
+	}
+	if ref, portStr, ok := strings.Cut(s, ":"); ok && strings.Contains(ref, "/") {
+		ns, n, err := ParseServiceRef("--target", ref)
+		if err != nil {
+			return target{}, err
+		}
+		p, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || p == 0 {
+			return target{}, fmt.Errorf("port %q: use 1-65535", portStr)
+		}
+		return target{namespace: ns, name: n, port: uint32(p)}, nil
+	}
+	if err := validate.HostPort(s); err != nil {
+		return target{}, fmt.Errorf("%v; or name a service: NAMESPACE/NAME:PORT, NAME.NAMESPACE.svc.clusterset.local:PORT or outbound|PORT||NAME.NAMESPACE.svc.clusterset.local", err)
+	}
+	return target{direct: true, addr: s}, nil
+}
+
+// DrillPlan is what the drill cordons and whom it affects.
+type DrillPlan struct {
+	DryRun   bool              `json:"dry_run"`
+	ID       string            `json:"id"`
+	Key      string            `json:"key"`
+	Fail     string            `json:"fail"`
+	Service  string            `json:"service"` // "*" for every service
+	Duration time.Duration     `json:"duration_ns"`
+	LeaseTTL time.Duration     `json:"lease_ttl_ns"`
+	Affected []AffectedService `json:"affected"`
+	Traffic  *TrafficPlan      `json:"traffic,omitempty"`
+	Warnings []string          `json:"warnings,omitempty"`
+}
+
+// AffectedService is one service the cordon touches, and how each client cluster's
+// order changes (gateway health not considered: the order as if every gateway is up).
+type AffectedService struct {
+	Service string         `json:"service"`
+	Clients []ClientImpact `json:"clients"`
+}
+
+// ClientImpact is one client cluster and port.
+type ClientImpact struct {
+	Cluster string   `json:"cluster"`
+	Port    uint32   `json:"port"`
+	Before  []string `json:"before"`
+	After   []string `json:"after"`
+	// Impact: "moves" (the failed cluster was priority 0), "backup" (it was a lower
+	// priority), "outage" (nothing is left).
+	Impact string `json:"impact"`
+}
+
+// TrafficPlan says how the load generator routes.
+type TrafficPlan struct {
+	From   string `json:"from"`
+	Target string `json:"target"`
+	Rate   int    `json:"rate"`
+	Route  string `json:"route"`
+}
+
+func (r *DrillRequest) defaults() {
+	if r.Now.IsZero() {
+		r.Now = time.Now()
+	}
+	if r.Duration == 0 {
+		r.Duration = DefaultDrillDuration
+	}
+	if r.LeaseTTL == 0 {
+		r.LeaseTTL = DefaultDrillLeaseTTL
+	}
+	if r.Rate == 0 {
+		r.Rate = DefaultDrillRate
+	}
+	if r.RequestTimeout == 0 {
+		r.RequestTimeout = DefaultRequestTimeout
+	}
+	if r.Warmup == 0 {
+		r.Warmup = DefaultDrillWarmup
+	}
+	if r.RecoveryTimeout == 0 {
+		r.RecoveryTimeout = DefaultRecoveryTimeout
+	}
+	if r.ProgressInterval == 0 {
+		r.ProgressInterval = time.Second
+	}
+	if r.ID == "" && r.Fail != "" {
+		r.ID = r.Fail + "-" + strings.ToLower(r.Now.UTC().Format("20060102t150405"))
+		if len(r.ID) > 63 {
+			r.ID = strings.Trim(r.ID[len(r.ID)-63:], "-")
+		}
+	}
+}
+
+// PlanDrill validates a drill and works out whom it affects; nothing changes.
+func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan, *target, error) {
+	r.defaults()
+	p := newProblems("drill")
+	if err := validate.DNSLabel(r.Fail); err != nil {
+		p.add("--fail", "%v (the cluster to cordon, e.g. --fail west)", err)
+	}
+	if err := records.ValidateID(r.ID); err != nil {
+		p.add("--id", "%v", err)
+	}
+	if r.Duration < time.Second {
+		p.add("--duration", "%v: at least 1s (e.g. --duration 60s)", r.Duration)
+	}
+	if r.LeaseTTL < 2*time.Second || r.LeaseTTL > time.Minute {
+		p.add("--lease-ttl", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
+	}
+	if (r.From == "") != (r.Target == "") {
+		p.add("--from/--target", "give both (traffic from one cluster's point of view to a target) or neither")
+	}
+	if r.Rate < 1 || r.Rate > 1000 {
+		p.add("--rate", "%d: use 1-1000 requests per second", r.Rate)
+	}
+	if (r.CertFile == "") != (r.KeyFile == "") {
+		p.add("--tls-cert/--tls-key", "give both or neither")
+	}
+	var tgt *target
+	if r.Target != "" {
+		t, err := parseTarget(r.Target)
+		if err != nil {
+			p.add("--target", "%v", err)
+		} else {
+			tgt = &t
+		}
+	}
+	if p.len() > 0 {
+		return nil, nil, p.Err()
+	}
+	snap, err := ReadSnapshot(ctx, st)
+	if err != nil {
+		return nil, nil, fmt.Errorf("drill: %w", err)
+	}
+	plan := &DrillPlan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
+		Duration: r.Duration, LeaseTTL: r.LeaseTTL, Affected: []AffectedService{}}
+	if r.Service != "" {
+		plan.Service = imports.Key(r.Namespace, r.Service)
+	}
+	if _, ok := snap.Clusters[r.Fail]; !ok {
+		if len(snap.Exports[r.Fail]) == 0 {
+			p.add("--fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
+		}
+	}
+	if r.From != "" {
+		if _, ok := snap.Clusters[r.From]; !ok {
+			p.add("--from", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
+		}
+		if r.From == r.Fail {
+			p.add("--from", "traffic from the failed cluster itself stays local (local first): pick another cluster's point of view")
+		}
+	}
+	if r.Service != "" {
+		found := false
+		for _, e := range snap.Exports[r.Fail] {
+			if e.Value.Namespace == r.Namespace && e.Value.Name == r.Service {
+				found = true
+			}
+		}
+		if !found {
+			p.add("--service", "%s does not export %s/%s: nothing to cordon", r.Fail, r.Namespace, r.Service)
+		}
+	}
+	if _, err := st.Client().Get(ctx, plan.Key, clientv3.WithCountOnly()); err == nil {
+		if it, _ := store.Get[records.Drill](ctx, st, plan.Key); it != nil {
+			p.add("--id", "drill %s is already running (%s, started by %s): pick another --id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
+		}
+	}
+	for _, d := range snap.Drills {
+		if d.Value.Cluster == r.Fail && d.Value.ID != r.ID {
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("drill %s already cordons %s (service %s)", d.Value.ID, r.Fail, orStar(d.Value.Namespace, d.Value.Service)))
+		}
+	}
+
+	// Impact: every joined cluster is a potential client of every service.
+	view := snap.View()
+	cordoned := cloneViewWithDrill(view, &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service, Until: r.Now.Add(r.Duration)})
+	for _, k := range sortedKeys(view.Services) {
+		svc := view.Services[k]
+		if svc.Exporter(r.Fail) == nil || (r.Service != "" && k != plan.Service) {
+			continue
+		}
+		as := AffectedService{Service: k, Clients: []ClientImpact{}}
+		for _, client := range snap.ClusterNames() {
+			if client == r.Fail {
+				continue
+			}
+			before := planner.PlanService(&planner.Input{Local: client, View: view, Now: r.Now}, svc)
+			after := planner.PlanService(&planner.Input{Local: client, View: cordoned, Now: r.Now}, svc)
+			for _, pp := range before.Ports {
+				b := levelNames(pp.Levels)
+				idx := indexOf(b, r.Fail)
+				if idx < 0 {
+					continue
+				}
+				var a []string
+				if ap := after.Port(pp.Port); ap != nil {
+					a = levelNames(ap.Levels)
+				}
+				ci := ClientImpact{Cluster: client, Port: pp.Port, Before: b, After: orEmpty(a), Impact: "backup"}
+				switch {
+				case len(a) == 0:
+					ci.Impact = "outage"
+					plan.Warnings = append(plan.Warnings, fmt.Sprintf("%s's clients of %s port %d have no other cluster: their requests fail during the drill", client, k, pp.Port))
+				case idx == 0:
+					ci.Impact = "moves"
+				}
+				as.Clients = append(as.Clients, ci)
+			}
+		}
+		plan.Affected = append(plan.Affected, as)
+	}
+	if len(plan.Affected) == 0 {
+		plan.Warnings = append(plan.Warnings, fmt.Sprintf("%s exports nothing that matches: the cordon changes no plan", r.Fail))
+	}
+	if tgt != nil {
+		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
+		if tgt.direct {
+			tp.Route = "every request to " + tgt.addr + " (the proxy or load balancer there does the failover; the serving cluster is read from each response)"
+		} else {
+			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
+				r.From, tgt.namespace, tgt.name, tgt.port, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
+			if s := view.Services[imports.Key(tgt.namespace, tgt.name)]; s == nil {
+				p.add("--target", "no cluster exports %s/%s", tgt.namespace, tgt.name)
+			} else if !s.HasPort(int32(tgt.port)) {
+				p.add("--target", "%s/%s has no port %d (ports: %v)", tgt.namespace, tgt.name, tgt.port, portsOf(s))
+			}
+		}
+		plan.Traffic = tp
+	}
+	return plan, tgt, p.Err()
+}
+
+func portsOf(s *imports.Service) []int32 {
+	var out []int32
+	for _, p := range s.Ports {
+		out = append(out, p.Port)
+	}
+	return out
+}
+
+func orStar(ns, name string) string {
+	if name == "" {
+		return "*"
+	}
+	return ns + "/" + name
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func levelNames(ls []planner.Level) []string {
+	out := make([]string, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, l.Cluster)
+	}
+	return out
+}
+
+func indexOf(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+func cloneViewWithDrill(v *imports.View, d *records.Drill) *imports.View {
+	c := *v
+	c.Drills = append(append([]*records.Drill(nil), v.Drills...), d)
+	return &c
+}
+
+// Cordon is a live drill key on its own lease.
+type Cordon struct {
+	Key     string
+	Lease   clientv3.LeaseID
+	cli     *clientv3.Client
+	lost    chan struct{}
+	stopKA  context.CancelFunc
+	revoked bool
+}
+
+// StartCordon writes drills/<id> attached to a new lease of ttl and keeps the lease alive
+// until Lift (or until the process dies: the key then expires within ttl).
+func StartCordon(ctx context.Context, st *store.Store, d *records.Drill, ttl time.Duration) (*Cordon, error) {
+	cli := st.Client()
+	lease, err := cli.Grant(ctx, int64(ttl/time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("grant drill lease: %w", err)
+	}
+	key := st.KS.Drill(d.ID)
+	if _, err := st.Create(ctx, key, d, clientv3.WithLease(lease.ID)); err != nil {
+		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
+		if store.IsPermissionDenied(err) {
+			return nil, fmt.Errorf("%w (drills are written with operator credentials: --etcd-user root or an operator user made by `meshfed join --admin-user`)", err)
+		}
+		return nil, err
+	}
+	// The keep-alive must not end with the caller's context (Ctrl-C): Lift revokes.
+	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ka, err := cli.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		cancel()
+		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
+		return nil, fmt.Errorf("keep drill lease alive: %w", err)
+	}
+	c := &Cordon{Key: key, Lease: lease.ID, cli: cli, lost: make(chan struct{}), stopKA: cancel}
+	go func() {
+		for range ka {
+		}
+		close(c.lost)
+	}()
+	return c, nil
+}
+
+// Lost is closed when the keep-alive ends (after Lift, or when the lease was lost).
+func (c *Cordon) Lost() <-chan struct{} { return c.lost }
+
+// Lift revokes the lease, which deletes the cordon key at once.
+func (c *Cordon) Lift(ctx context.Context) error {
+	if c.revoked {
+		return nil
+	}
+	c.revoked = true
+	c.stopKA()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := c.cli.Revoke(rctx, c.Lease); err != nil {
+		return fmt.Errorf("revoke drill lease (the cordon %s ends by itself within the lease TTL): %w", c.Key, err)
+	}
+	return nil
+}
+
+// RunDrill runs a drill: validate, (with From/Target) start traffic, cordon for Duration,
+// lift, wait for traffic to come back, and report. With DryRun it returns the plan only.
+// If ctx ends early (Ctrl-C) the cordon is lifted and the report covers what happened.
+func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillReport, error) {
+	r.defaults()
+	plan, tgt, err := PlanDrill(ctx, st, r)
+	if err != nil {
+		return nil, err
+	}
+	rep := &DrillReport{Plan: plan}
+	if r.DryRun {
+		return rep, nil
+	}
+	prog := r.Progress
+	if prog == nil {
+		prog = io.Discard
+	}
+	var tr *traffic
+	if tgt != nil {
+		tlsCfg, err := drillTLS(&r)
+		if err != nil {
+			return nil, err
+		}
+		tr, err = startTraffic(ctx, st, &r, tgt, tlsCfg, prog)
+		if err != nil {
+			return nil, err
+		}
+		defer tr.stop()
+		fmt.Fprintf(prog, "warming up: %d req/s from %s to %s for %v\n", r.Rate, r.From, r.Target, r.Warmup)
+		if !sleepCtx(ctx, r.Warmup) {
+			return tr.finish(rep, r.Fail, true), ctx.Err()
+		}
+	}
+
+	now := time.Now()
+	d := &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service,
+		Until: now.Add(r.Duration).UTC(), StartedBy: actorOr(r.Actor), StartedAt: now.UTC()}
+	c, err := StartCordon(ctx, st, d, r.LeaseTTL)
+	if err != nil {
+		if tr != nil {
+			tr.finish(rep, r.Fail, true)
+		}
+		return rep, fmt.Errorf("drill %s: %w", r.ID, err)
+	}
+	rep.CordonAt = time.Now()
+	if tr != nil {
+		tr.mark(rep.CordonAt, "cordon "+r.Fail)
+	}
+	fmt.Fprintf(prog, "cordoned %s for %s (%s, lease TTL %v: a killed drill ends within that); until %s\n",
+		r.Fail, plan.Service, c.Key, r.LeaseTTL, d.Until.Format(time.RFC3339))
+
+	interrupted := false
+	var lostErr error
+	timer := time.NewTimer(r.Duration)
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+		interrupted = true
+		fmt.Fprintln(prog, "interrupted: lifting the cordon")
+	case <-c.Lost():
+		lostErr = fmt.Errorf("drill %s: the cordon's lease was lost (etcd unreachable for longer than %v?): the cordon has ended", r.ID, r.LeaseTTL)
+	}
+	timer.Stop()
+	liftErr := c.Lift(ctx)
+	rep.LiftAt = time.Now()
+	if tr != nil {
+		tr.mark(rep.LiftAt, "lift")
+	}
+	fmt.Fprintf(prog, "cordon lifted after %v\n", rep.LiftAt.Sub(rep.CordonAt).Round(10*time.Millisecond))
+	if tr != nil && !interrupted && lostErr == nil {
+		tr.waitBack(ctx, r.Fail, rep.LiftAt, r.RecoveryTimeout, prog)
+	}
+	if tr != nil {
+		tr.finish(rep, r.Fail, interrupted)
+	}
+	rep.Interrupted = interrupted
+	rep.Ended = time.Now()
+	return rep, errors.Join(lostErr, liftErr)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func drillTLS(r *DrillRequest) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if r.CAFile != "" {
+		b, err := os.ReadFile(r.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate", r.CAFile)
+		}
+		// Verify the chain only: workload certificates are SPIFFE SVIDs (URI SAN) and the
+		// SNI is a routing name, not the workload's host name.
+		cfg.InsecureSkipVerify = true //nolint:gosec // chain verified below
+		cfg.VerifyPeerCertificate = verifyChainOnly(pool)
+	} else {
+		// Documented: without --tls-ca the drill measures routing, not authentication.
+		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
+	}
+	if r.CertFile != "" {
+		kp, err := tls.LoadX509KeyPair(r.CertFile, r.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{kp}
+	}
+	return cfg, nil
+}
+
+func verifyChainOnly(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("workload sent no certificate")
+		}
+		certs := make([]*x509.Certificate, 0, len(raw))
+		for _, b := range raw {
+			c, err := x509.ParseCertificate(b)
+			if err != nil {
+				return err
+			}
+			certs = append(certs, c)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range certs[1:] {
+			inter.AddCert(c)
+		}
+		_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err
+	}
+}

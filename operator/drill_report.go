@@ -1,0 +1,172 @@
+package operator
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/meshfed/meshfed/operator/internal/timeline"
+)
+
+// WriteTable renders the drill plan (dry run) or the human summary of a finished drill.
+func (rep *DrillReport) WriteTable(w io.Writer) error {
+	p := rep.Plan
+	if p == nil {
+		return nil
+	}
+	if p.DryRun {
+		fmt.Fprintln(w, "DRY RUN: nothing is changed.")
+	}
+	fmt.Fprintf(w, "drill %s: cordon %s for %s, %v (key %s, lease TTL %v)\n", p.ID, p.Fail, p.Service, p.Duration, p.Key, p.LeaseTTL)
+	if p.DryRun || rep.CordonAt.IsZero() {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tCLIENTS IN\tPORT\tNOW\tDURING THE DRILL\tIMPACT")
+		for _, a := range p.Affected {
+			if len(a.Clients) == 0 {
+				fmt.Fprintf(tw, "%s\t(none)\t\t\t\tno cluster routes to %s for it\n", a.Service, p.Fail)
+			}
+			for _, c := range a.Clients {
+				after := strings.Join(c.After, " > ")
+				if after == "" {
+					after = "NOWHERE"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", a.Service, c.Cluster, c.Port, strings.Join(c.Before, " > "), after, c.Impact)
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if p.Traffic != nil {
+			fmt.Fprintf(w, "traffic: %d req/s from %s to %s: %s\n", p.Traffic.Rate, p.Traffic.From, p.Traffic.Target, p.Traffic.Route)
+		}
+	}
+	for _, x := range p.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", x)
+	}
+	if p.DryRun {
+		return nil
+	}
+	for _, l := range rep.SummaryLines() {
+		fmt.Fprintln(w, l)
+	}
+	return nil
+}
+
+// SummaryLines says in plain words what happened.
+func (rep *DrillReport) SummaryLines() []string {
+	var out []string
+	p := rep.Plan
+	if !rep.CordonAt.IsZero() {
+		held := rep.LiftAt.Sub(rep.CordonAt).Round(10e6)
+		s := fmt.Sprintf("The cordon of %s held for %v.", p.Fail, held)
+		if rep.Interrupted {
+			s += " (interrupted)"
+		}
+		out = append(out, s)
+	}
+	t := rep.Traffic
+	if t == nil {
+		return out
+	}
+	var by []string
+	for _, c := range sortedKeys(t.ByCluster) {
+		by = append(by, fmt.Sprintf("%s %d", c, t.ByCluster[c]))
+	}
+	out = append(out, fmt.Sprintf("Traffic: %d requests from %s's point of view to %s (%s), %d errors.", t.Requests, t.From, t.Target, strings.Join(by, ", "), t.Errors))
+	if t.BeforeRequests > 0 {
+		out = append(out, fmt.Sprintf("Before the cordon %s served %.0f%% of %d requests.", p.Fail, 100*t.BeforeShare, t.BeforeRequests))
+	}
+	if t.DrainedAfterMs != nil {
+		out = append(out, fmt.Sprintf("No request reached %s from %.0f ms after the cordon (%d requests still reached it while cordoned); %d errors during the switch, %d while cordoned.",
+			p.Fail, *t.DrainedAfterMs, t.HitsWhileCordoned, t.ErrorsDuringSwitch, t.ErrorsWhileCordoned))
+	}
+	if t.BackAfterMs != nil {
+		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the cordon lifted (the planner damps re-additions: at most one reassignment per 10 s).", p.Fail, *t.BackAfterMs))
+	}
+	if len(t.ErrorKinds) > 0 {
+		var ks []string
+		for _, k := range sortedKeys(t.ErrorKinds) {
+			ks = append(ks, fmt.Sprintf("%s ×%d", k, t.ErrorKinds[k]))
+		}
+		out = append(out, "Errors: "+strings.Join(ks, ", ")+".")
+	}
+	for _, n := range t.Notes {
+		out = append(out, "Note: "+n+".")
+	}
+	return out
+}
+
+// ReportPaths are the files WriteReport writes for --report FILE: FILE (JSON) and the
+// timeline page beside it (FILE with .html instead of its extension).
+func ReportPaths(file string) (jsonPath, htmlPath string) {
+	ext := filepath.Ext(file)
+	base := strings.TrimSuffix(file, ext)
+	if ext == ".html" {
+		return base + ".json", file
+	}
+	return file, base + ".html"
+}
+
+// WriteReport writes the JSON report and the HTML timeline.
+func (rep *DrillReport) WriteReport(file string) (jsonPath, htmlPath string, err error) {
+	jsonPath, htmlPath = ReportPaths(file)
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
+		return "", "", fmt.Errorf("--report: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := timeline.WriteHTML(&buf, rep.chart()); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(htmlPath, buf.Bytes(), 0o644); err != nil {
+		return "", "", fmt.Errorf("--report: %w", err)
+	}
+	return jsonPath, htmlPath, nil
+}
+
+func (rep *DrillReport) chart() timeline.Chart {
+	p := rep.Plan
+	c := timeline.Chart{Title: fmt.Sprintf("meshfed drill %s: %s cordoned (%s)", p.ID, p.Fail, p.Service), Summary: rep.SummaryLines()}
+	c.Facts = append(c.Facts, [2]string{"drill key", p.Key}, [2]string{"lease TTL", p.LeaseTTL.String()}, [2]string{"duration", p.Duration.String()})
+	t := rep.Traffic
+	if t == nil {
+		c.Summary = append(c.Summary, "No traffic was driven (give --from and --target for a timeline).")
+		return c
+	}
+	c.BucketMs = t.BucketMs
+	c.Facts = append(c.Facts, [2]string{"from", t.From}, [2]string{"target", t.Target}, [2]string{"route", t.Route}, [2]string{"rate", fmt.Sprintf("%d req/s", t.Rate)})
+	for _, o := range t.Orders {
+		c.Facts = append(c.Facts, [2]string{fmt.Sprintf("order at %.1fs", o.AtMs/1000), o.Order})
+	}
+	clusters := map[string]bool{}
+	for _, b := range t.Timeline {
+		for k := range b.ByCluster {
+			clusters[k] = true
+		}
+	}
+	names := sortedKeys(clusters)
+	sort.Strings(names)
+	for _, n := range names {
+		s := timeline.Series{Name: n}
+		for _, b := range t.Timeline {
+			s.Values = append(s.Values, b.ByCluster[n])
+		}
+		c.Series = append(c.Series, s)
+	}
+	for _, b := range t.Timeline {
+		c.Errors = append(c.Errors, b.Errors)
+	}
+	for _, m := range t.Marks {
+		c.Marks = append(c.Marks, timeline.Mark{AtMs: int64(m.AtMs), Label: m.Label})
+	}
+	return c
+}

@@ -1,0 +1,231 @@
+package operator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/operator/internal/loadgen"
+)
+
+// planRouter routes the drill's requests the way cluster `from` routes them: it mirrors
+// the keyspace from etcd (one watch), checks every gateway like a federation service does
+// (federation/health, same defaults), plans with federation/planner and damps changes
+// with planner.Stabilizer, then sends each request to priority 0 (weighted among its
+// endpoints). It measures the etcd watch → plan path; a client behind a real xDS server
+// adds that server's push latency on top (see docs/operations.md, "Drills").
+type planRouter struct {
+	st      *store.Store
+	from    string
+	ns      string
+	name    string
+	port    uint32
+	checker *health.Checker
+	stab    *planner.Stabilizer
+	onPlan  func(order string)
+
+	mu      sync.Mutex
+	kvs     map[string]store.KV
+	view    *imports.View
+	levels  []planner.Level
+	order   string
+	synced  chan struct{}
+	once    sync.Once
+	kick    chan struct{}
+	retryAt time.Time
+}
+
+var _ loadgen.Router = (*planRouter)(nil)
+var _ store.Handler = (*planRouter)(nil)
+
+func newPlanRouter(st *store.Store, from, ns, name string, port uint32, onPlan func(string)) (*planRouter, error) {
+	chk, err := health.New(health.Options{}, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		return nil, err
+	}
+	return &planRouter{st: st, from: from, ns: ns, name: name, port: port, checker: chk,
+		stab: planner.NewStabilizer(0), onPlan: onPlan, kvs: map[string]store.KV{},
+		synced: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
+}
+
+// Reset implements store.Handler.
+func (r *planRouter) Reset(kvs []store.KV, _ int64) {
+	r.mu.Lock()
+	r.kvs = make(map[string]store.KV, len(kvs))
+	for _, kv := range kvs {
+		r.kvs[kv.Key] = kv
+	}
+	r.mu.Unlock()
+	r.rebuild()
+	r.once.Do(func() { close(r.synced) })
+}
+
+// Apply implements store.Handler.
+func (r *planRouter) Apply(evs []store.Event, _ int64) {
+	r.mu.Lock()
+	for _, e := range evs {
+		if e.Delete {
+			delete(r.kvs, e.KV.Key)
+		} else {
+			r.kvs[e.KV.Key] = e.KV
+		}
+	}
+	r.mu.Unlock()
+	r.rebuild()
+}
+
+func (r *planRouter) rebuild() {
+	r.mu.Lock()
+	snap := newSnapshot()
+	for _, kv := range r.kvs {
+		snap.add(r.st.KS, []byte(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease)
+	}
+	snap.finish()
+	r.view = snap.View()
+	targets := map[string][]string{}
+	for n, c := range r.view.Clusters {
+		if n != r.from {
+			targets[n] = c.Gateways
+		}
+	}
+	r.mu.Unlock()
+	r.checker.SetTargets(targets)
+	r.replan()
+}
+
+func (r *planRouter) replan() {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.view == nil {
+		return
+	}
+	svc := r.view.Services[imports.Key(r.ns, r.name)]
+	if svc == nil {
+		svc = &imports.Service{Namespace: r.ns, Name: r.name}
+	}
+	in := &planner.Input{Local: r.from, View: r.view, Now: now, Health: r.checker.State}
+	d := r.stab.Apply(now, planner.PlanService(in, svc))
+	r.retryAt = time.Time{}
+	if d.Held {
+		r.retryAt = d.RetryAt
+	}
+	if next := planner.NextEvent(in, svc); !next.IsZero() && (r.retryAt.IsZero() || next.Before(r.retryAt)) {
+		r.retryAt = next
+	}
+	r.levels = nil
+	if pp := d.Plan.Port(r.port); pp != nil {
+		r.levels = pp.Levels
+	}
+	var parts []string
+	for _, l := range r.levels {
+		parts = append(parts, l.Cluster)
+	}
+	order := strings.Join(parts, " > ")
+	if order == "" {
+		order = "(nowhere)"
+	}
+	if order != r.order {
+		r.order = order
+		if r.onPlan != nil {
+			r.onPlan(order)
+		}
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run mirrors etcd, checks gateways and replans on every change (and when a held change
+// is due) until ctx ends.
+func (r *planRouter) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = r.st.NewSyncer(r.st.KS.Prefix(), r).Run(ctx) }()
+	go func() { defer wg.Done(); _ = r.checker.Run(ctx) }()
+	changes := r.checker.Subscribe()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		r.mu.Lock()
+		at := r.retryAt
+		r.mu.Unlock()
+		if !at.IsZero() {
+			timer.Reset(max(time.Until(at), time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-changes:
+			r.replan()
+		case <-timer.C:
+			r.replan()
+		case <-r.kick:
+		}
+	}
+}
+
+// waitSynced waits for the first full list of the keyspace.
+func (r *planRouter) waitSynced(ctx context.Context) error {
+	select {
+	case <-r.synced:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Order is the current order, e.g. "west > north".
+func (r *planRouter) Order() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.order
+}
+
+// Route implements loadgen.Router.
+func (r *planRouter) Route() (loadgen.Route, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.levels) == 0 {
+		return loadgen.Route{}, fmt.Errorf("no cluster serves %s/%s port %d as seen from %s", r.ns, r.name, r.port, r.from)
+	}
+	lv := r.levels[0]
+	if len(lv.Endpoints) == 0 {
+		return loadgen.Route{}, errors.New("priority 0 has no endpoint")
+	}
+	var total uint64
+	for _, e := range lv.Endpoints {
+		total += uint64(max(e.Weight, 1))
+	}
+	pick := rand.Uint64N(total)
+	ep := lv.Endpoints[len(lv.Endpoints)-1]
+	for _, e := range lv.Endpoints {
+		w := uint64(max(e.Weight, 1))
+		if pick < w {
+			ep = e
+			break
+		}
+		pick -= w
+	}
+	return loadgen.Route{Cluster: lv.Cluster, Addr: ep.HostPort(), SNI: names.ServiceSNI(r.ns, r.name, r.port)}, nil
+}
+
+// directRouter sends every request to one address (a client-side proxy or a load
+// balancer that does the failover itself); the serving cluster comes from the response.
+type directRouter struct{ addr, sni string }
+
+func (d directRouter) Route() (loadgen.Route, error) {
+	return loadgen.Route{Addr: d.addr, SNI: d.sni}, nil
+}

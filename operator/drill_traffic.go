@@ -1,0 +1,373 @@
+package operator
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/operator/internal/loadgen"
+)
+
+// DrillReport is what a drill did and measured. Field names are the --report JSON contract.
+type DrillReport struct {
+	Plan        *DrillPlan     `json:"plan"`
+	CordonAt    time.Time      `json:"cordon_at,omitzero"`
+	LiftAt      time.Time      `json:"lift_at,omitzero"`
+	Ended       time.Time      `json:"ended,omitzero"`
+	Interrupted bool           `json:"interrupted"`
+	Traffic     *TrafficReport `json:"traffic,omitempty"`
+}
+
+// TrafficReport is the load generator's measurements. Times in milliseconds are relative
+// to the moment named in the field (cordon or lift), *_at_ms to the traffic's start.
+type TrafficReport struct {
+	From   string    `json:"from"`
+	Target string    `json:"target"`
+	Rate   int       `json:"rate"`
+	Start  time.Time `json:"start"`
+	// Requests and Errors in total; ByCluster counts requests by serving cluster.
+	Requests  int            `json:"requests"`
+	Errors    int            `json:"errors"`
+	ByCluster map[string]int `json:"by_cluster"`
+	// BeforeShare is the failed cluster's share of the requests before the cordon.
+	BeforeRequests int     `json:"before_requests"`
+	BeforeShare    float64 `json:"before_share_failed"`
+	// DrainedAfterMs: from the cordon until the end of the last request the failed
+	// cluster served while cordoned (0: none did). Nil when it never served --from.
+	DrainedAfterMs *float64 `json:"drained_after_ms"`
+	// HitsWhileCordoned counts requests the failed cluster served while cordoned.
+	HitsWhileCordoned int `json:"hits_while_cordoned"`
+	// ErrorsDuringSwitch counts failed requests started from one request timeout before
+	// the cordon until one request timeout after DrainedAfterMs.
+	ErrorsDuringSwitch  int `json:"errors_during_switch"`
+	ErrorsWhileCordoned int `json:"errors_while_cordoned"`
+	// BackAfterMs: from the lift until the end of the first request the failed cluster
+	// served again. Nil when it did not come back within the recovery timeout.
+	BackAfterMs *float64         `json:"back_after_ms"`
+	Notes       []string         `json:"notes,omitempty"`
+	ErrorKinds  map[string]int   `json:"error_kinds,omitempty"`
+	Orders      []OrderChange    `json:"order_changes,omitempty"`
+	Marks       []TimelineMark   `json:"marks"`
+	BucketMs    int64            `json:"bucket_ms"`
+	Timeline    []TimelineBucket `json:"timeline"`
+	Samples     []TrafficSample  `json:"samples"`
+	Route       string           `json:"route"`
+}
+
+// OrderChange is the router's failover order changing (plan mode).
+type OrderChange struct {
+	AtMs  float64 `json:"at_ms"`
+	Order string  `json:"order"`
+}
+
+// TimelineMark is a moment of the drill.
+type TimelineMark struct {
+	AtMs  float64 `json:"at_ms"`
+	Label string  `json:"label"`
+}
+
+// TimelineBucket counts requests (by start time) per serving cluster in one bucket.
+type TimelineBucket struct {
+	AtMs      int64          `json:"at_ms"`
+	ByCluster map[string]int `json:"by_cluster"`
+	Errors    int            `json:"errors"`
+}
+
+// TrafficSample is one request.
+type TrafficSample struct {
+	AtMs      float64 `json:"at_ms"`
+	LatencyMs float64 `json:"latency_ms"`
+	Cluster   string  `json:"cluster,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// traffic runs the generator for the whole drill and collects results.
+type traffic struct {
+	r      *DrillRequest
+	start  time.Time
+	cancel context.CancelFunc
+	done   chan struct{}
+	router *planRouter
+
+	mu      sync.Mutex
+	results []loadgen.Result
+	marks   []TimelineMark
+	orders  []OrderChange
+	phase   string
+	newRes  chan struct{}
+	route   string
+}
+
+func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *target, tlsCfg *tls.Config, prog io.Writer) (*traffic, error) {
+	t := &traffic{r: r, start: time.Now(), done: make(chan struct{}), phase: "warmup", newRes: make(chan struct{}, 1)}
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	t.cancel = cancel
+	var router loadgen.Router
+	if tgt.direct {
+		router = directRouter{addr: tgt.addr, sni: r.TargetSNI}
+		t.route = "direct " + tgt.addr
+	} else {
+		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, func(order string) {
+			at := time.Since(t.start)
+			t.mu.Lock()
+			t.orders = append(t.orders, OrderChange{AtMs: ms(at), Order: order})
+			t.mu.Unlock()
+			fmt.Fprintf(prog, "[%6.1fs] %s's order for %s/%s:%d is now %s\n", at.Seconds(), r.From, tgt.namespace, tgt.name, tgt.port, order)
+		})
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		go pr.run(gctx)
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		err = pr.waitSynced(sctx)
+		scancel()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("drill: read the keyspace for --from %s: %w", r.From, err)
+		}
+		router, t.router = pr, pr
+		t.route = "plan of " + r.From + " (etcd + federation/planner), SNI " + names.ServiceSNI(tgt.namespace, tgt.name, tgt.port)
+	}
+	gen := &loadgen.Generator{Router: router, Rate: r.Rate, Timeout: r.RequestTimeout, TLS: tlsCfg}
+	go func() {
+		defer close(t.done)
+		_ = gen.Run(gctx, func(res loadgen.Result) {
+			t.mu.Lock()
+			t.results = append(t.results, res)
+			t.mu.Unlock()
+			select {
+			case t.newRes <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	go t.progress(gctx, prog)
+	return t, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (t *traffic) mark(at time.Time, label string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.marks = append(t.marks, TimelineMark{AtMs: ms(at.Sub(t.start)), Label: label})
+	switch {
+	case strings.HasPrefix(label, "cordon"):
+		t.phase = "cordoned"
+	case label == "lift":
+		t.phase = "lifted"
+	}
+}
+
+// progress prints one line per interval: requests per serving cluster and errors.
+func (t *traffic) progress(ctx context.Context, w io.Writer) {
+	tick := time.NewTicker(t.r.ProgressInterval)
+	defer tick.Stop()
+	seen := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		batch := t.results[seen:]
+		seen = len(t.results)
+		phase := t.phase
+		t.mu.Unlock()
+		by := map[string]int{}
+		errs := 0
+		for _, r := range batch {
+			if r.Err != "" {
+				errs++
+			} else {
+				by[r.Cluster]++
+			}
+		}
+		var parts []string
+		for _, c := range sortedKeys(by) {
+			parts = append(parts, fmt.Sprintf("%s %d", c, by[c]))
+		}
+		if len(parts) == 0 {
+			parts = []string{"no answers"}
+		}
+		fmt.Fprintf(w, "[%6.1fs] %-9s %s  errors %d\n", time.Since(t.start).Seconds(), phase, strings.Join(parts, "  "), errs)
+	}
+}
+
+// waitBack waits until the failed cluster serves a request started after the lift (or
+// timeout), then one more second of traffic for the picture.
+func (t *traffic) waitBack(ctx context.Context, fail string, lift time.Time, timeout time.Duration, prog io.Writer) {
+	if !t.servedBefore(fail) {
+		fmt.Fprintf(prog, "%s served none of the traffic before the drill: not waiting for it to come back\n", fail)
+		sleepCtx(ctx, 2*time.Second)
+		return
+	}
+	fmt.Fprintf(prog, "waiting up to %v for traffic to come back to %s\n", timeout, fail)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		t.mu.Lock()
+		back := false
+		for i := len(t.results) - 1; i >= 0; i-- {
+			r := t.results[i]
+			if r.Start.Before(lift) {
+				break
+			}
+			if r.Cluster == fail {
+				back = true
+				break
+			}
+		}
+		t.mu.Unlock()
+		if back {
+			sleepCtx(ctx, time.Second)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-t.newRes:
+		}
+	}
+}
+
+func (t *traffic) servedBefore(fail string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range t.results {
+		if r.Cluster == fail {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *traffic) stop() {
+	t.cancel()
+	<-t.done
+}
+
+// finish stops the traffic and computes the report.
+func (t *traffic) finish(rep *DrillReport, fail string, interrupted bool) *DrillReport {
+	t.stop()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	res := append([]loadgen.Result(nil), t.results...)
+	sort.Slice(res, func(i, j int) bool { return res[i].Start.Before(res[j].Start) })
+	tr := &TrafficReport{From: t.r.From, Target: t.r.Target, Rate: t.r.Rate, Start: t.start.UTC(),
+		ByCluster: map[string]int{}, ErrorKinds: map[string]int{}, Orders: t.orders, Marks: t.marks, Route: t.route,
+		Samples: make([]TrafficSample, 0, len(res)), Timeline: []TimelineBucket{}}
+	cordon, lift := rep.CordonAt, rep.LiftAt
+	timeout := t.r.RequestTimeout
+	var lastHit time.Time
+	var firstBack time.Time
+	beforeFail := 0
+	for _, r := range res {
+		end := r.Start.Add(r.Latency)
+		s := TrafficSample{AtMs: ms(r.Start.Sub(t.start)), LatencyMs: ms(r.Latency), Cluster: r.Cluster, Error: r.Err}
+		tr.Samples = append(tr.Samples, s)
+		tr.Requests++
+		if r.Err != "" {
+			tr.Errors++
+			tr.ErrorKinds[errorKind(r.Err)]++
+		} else {
+			tr.ByCluster[r.Cluster]++
+		}
+		switch {
+		case cordon.IsZero() || r.Start.Before(cordon):
+			tr.BeforeRequests++
+			if r.Cluster == fail {
+				beforeFail++
+			}
+		case lift.IsZero() || r.Start.Before(lift):
+			if r.Err != "" {
+				tr.ErrorsWhileCordoned++
+			}
+			if r.Cluster == fail {
+				tr.HitsWhileCordoned++
+				if end.After(lastHit) {
+					lastHit = end
+				}
+			}
+		default:
+			if r.Cluster == fail && (firstBack.IsZero() || end.Before(firstBack)) {
+				firstBack = end
+			}
+		}
+	}
+	if tr.BeforeRequests > 0 {
+		tr.BeforeShare = float64(beforeFail) / float64(tr.BeforeRequests)
+	}
+	if !cordon.IsZero() && beforeFail > 0 {
+		d := 0.0
+		if !lastHit.IsZero() {
+			d = ms(lastHit.Sub(cordon))
+		}
+		tr.DrainedAfterMs = &d
+		winEnd := cordon.Add(time.Duration(d*float64(time.Millisecond)) + timeout)
+		for _, r := range res {
+			if r.Err != "" && !r.Start.Before(cordon.Add(-timeout)) && r.Start.Before(winEnd) {
+				tr.ErrorsDuringSwitch++
+			}
+		}
+		if lastHit.IsZero() {
+			tr.Notes = append(tr.Notes, fmt.Sprintf("no request reached %s after the cordon was written (resolution: one request every %v)", fail, time.Second/time.Duration(t.r.Rate)))
+		}
+		if !lift.IsZero() && !firstBack.IsZero() {
+			b := ms(firstBack.Sub(lift))
+			tr.BackAfterMs = &b
+		} else if !lift.IsZero() && !interrupted {
+			tr.Notes = append(tr.Notes, fmt.Sprintf("traffic did not come back to %s within %v after the lift", fail, t.r.RecoveryTimeout))
+		}
+	} else if !cordon.IsZero() {
+		tr.Notes = append(tr.Notes, fmt.Sprintf("%s served none of %s's requests before the cordon (it was not priority 0 for them): nothing to switch", fail, t.r.From))
+	}
+	// Timeline buckets: about 200 over the run, at least 100 ms.
+	total := time.Since(t.start)
+	if n := len(res); n > 0 {
+		total = max(total, res[n-1].Start.Sub(t.start)+time.Millisecond)
+	}
+	bucket := max(100*time.Millisecond, (total / 200).Round(100*time.Millisecond))
+	tr.BucketMs = bucket.Milliseconds()
+	nb := int(total/bucket) + 1
+	for i := 0; i < nb; i++ {
+		tr.Timeline = append(tr.Timeline, TimelineBucket{AtMs: int64(i) * tr.BucketMs, ByCluster: map[string]int{}})
+	}
+	for _, r := range res {
+		i := int(r.Start.Sub(t.start) / bucket)
+		if i < 0 || i >= nb {
+			continue
+		}
+		if r.Err != "" {
+			tr.Timeline[i].Errors++
+		} else {
+			tr.Timeline[i].ByCluster[r.Cluster]++
+		}
+	}
+	rep.Traffic = tr
+	return rep
+}
+
+// errorKind shortens an error to its kind for counting (addresses and numbers vary).
+func errorKind(e string) string {
+	for _, k := range []string{"connection refused", "connection reset", "i/o timeout", "deadline exceeded", "no route", "EOF", "tls", "does not name its cluster", "in flight"} {
+		if strings.Contains(e, k) {
+			return k
+		}
+	}
+	if len(e) > 60 {
+		return e[:60]
+	}
+	return e
+}

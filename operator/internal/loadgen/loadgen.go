@@ -1,0 +1,181 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Route is where one request goes.
+type Route struct {
+	// Cluster is the cluster the router expects to serve it ("" when unknown, e.g. a
+	// direct target behind a proxy).
+	Cluster string
+	Addr    string // HOST:PORT to dial
+	SNI     string // TLS server name to send
+}
+
+// Router picks the route of each request.
+type Router interface {
+	Route() (Route, error)
+}
+
+// Result is one request.
+type Result struct {
+	Seq     int64
+	Start   time.Time
+	Latency time.Duration
+	// Cluster is the serving cluster as the response names it; "" on error.
+	Cluster string
+	// Expected is the cluster the router picked ("" when unknown).
+	Expected string
+	Addr     string
+	Err      string
+}
+
+// MaxLine bounds the response line read.
+const MaxLine = 1024
+
+// Generator drives requests at Rate per second until its context ends.
+type Generator struct {
+	Router  Router
+	Rate    int
+	Timeout time.Duration
+	// TLS is the client config; ServerName is set per request from the route.
+	TLS *tls.Config
+	// MaxInFlight bounds concurrent requests (default Rate*timeout seconds + 16); a tick
+	// that finds the limit reached records an error instead of piling up goroutines.
+	MaxInFlight int
+
+	seq atomic.Int64
+}
+
+// Run sends requests until ctx ends, calling onResult (from many goroutines) for each;
+// it returns once every request in flight has finished.
+func (g *Generator) Run(ctx context.Context, onResult func(Result)) error {
+	if g.Rate < 1 {
+		return errors.New("loadgen: rate must be at least 1 per second")
+	}
+	if g.Timeout <= 0 {
+		g.Timeout = time.Second
+	}
+	limit := g.MaxInFlight
+	if limit <= 0 {
+		limit = int(float64(g.Rate)*g.Timeout.Seconds()) + 16
+	}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	t := time.NewTicker(time.Second / time.Duration(g.Rate))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-t.C:
+		}
+		seq := g.seq.Add(1)
+		select {
+		case sem <- struct{}{}:
+		default:
+			onResult(Result{Seq: seq, Start: time.Now(), Err: fmt.Sprintf("%d requests in flight: not sending", limit)})
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			onResult(g.one(ctx, seq))
+		}()
+	}
+}
+
+func (g *Generator) one(ctx context.Context, seq int64) Result {
+	start := time.Now()
+	res := Result{Seq: seq, Start: start}
+	rt, err := g.Router.Route()
+	if err != nil {
+		res.Err = "no route: " + err.Error()
+		res.Latency = time.Since(start)
+		return res
+	}
+	res.Expected, res.Addr = rt.Cluster, rt.Addr
+	cluster, err := g.Request(ctx, rt, seq)
+	res.Latency = time.Since(start)
+	if err != nil {
+		res.Err = err.Error()
+		return res
+	}
+	res.Cluster = cluster
+	return res
+}
+
+// Request sends one request over a new TLS connection and returns the serving cluster.
+func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, error) {
+	rctx, cancel := context.WithTimeout(ctx, g.Timeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(rctx, "tcp", rt.Addr)
+	if err != nil {
+		return "", fmt.Errorf("connect %s: %w", rt.Addr, err)
+	}
+	defer raw.Close()
+	dl, _ := rctx.Deadline()
+	_ = raw.SetDeadline(dl)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if g.TLS != nil {
+		cfg = g.TLS.Clone()
+	}
+	if rt.SNI != "" {
+		cfg.ServerName = rt.SNI
+	}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(rctx); err != nil {
+		return "", fmt.Errorf("tls with %s: %w", rt.Addr, err)
+	}
+	if _, err := fmt.Fprintf(tc, "meshfed-drill %d\n", seq); err != nil {
+		return "", fmt.Errorf("write to %s: %w", rt.Addr, err)
+	}
+	line, err := bufio.NewReaderSize(io.LimitReader(tc, MaxLine), MaxLine).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read from %s: %w", rt.Addr, err)
+	}
+	return ParseServer(line)
+}
+
+// ParseServer reads the serving cluster from a response line "<cluster> <workload>: ...".
+func ParseServer(line string) (string, error) {
+	f := strings.Fields(line)
+	if len(f) < 2 || !strings.HasSuffix(f[1], ":") || !label(f[0]) {
+		return "", fmt.Errorf("response %q does not name its cluster (want \"<cluster> <workload>: ...\")", truncate(line, 80))
+	}
+	return f[0], nil
+}
+
+func label(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return s[0] != '-' && s[len(s)-1] != '-'
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}

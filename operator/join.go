@@ -1,0 +1,652 @@
+package operator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+)
+
+// When join creates etcd users and roles.
+const (
+	// UsersAuto creates them when etcd auth is enabled (the default).
+	UsersAuto = "auto"
+	// UsersAlways creates them even while auth is off, to prepare before enabling it.
+	UsersAlways = "always"
+	// UsersNever never touches etcd users and roles.
+	UsersNever = "never"
+)
+
+// JoinRequest is what `meshfed join` asks for.
+type JoinRequest struct {
+	Cluster     string
+	Region      string
+	Zone        string
+	Network     string
+	TrustDomain string
+	Gateways    []string
+	// Force overwrites a different record of the same name (audited).
+	Force  bool
+	DryRun bool
+	// Users is UsersAuto, UsersAlways or UsersNever.
+	Users string
+	// CredentialsOut receives the new cluster user's {"user","password"} (mode 0600).
+	CredentialsOut string
+	// RotatePassword gives an existing cluster user a new password (into CredentialsOut).
+	RotatePassword bool
+	// CertAuth creates the cluster user without a password: it authenticates with a client
+	// certificate whose CN is the user name (etcd --client-cert-auth).
+	CertAuth bool
+	// AdminUser, when set, gets the operator role (readwrite on the whole keyspace);
+	// AdminCredentialsOut receives its password when it is created.
+	AdminUser           string
+	AdminCredentialsOut string
+	// EmitManifests renders DeployDir/kustomize into this directory.
+	EmitManifests string
+	DeployDir     string
+	// ManifestExtra adds placeholder values (e.g. MESHFED_VERSION).
+	ManifestExtra ManifestValues
+	// ProbeTimeout bounds the gateway reachability check (default 2s).
+	ProbeTimeout time.Duration
+	Actor        string
+	Now          time.Time
+}
+
+// Join actions on the cluster record.
+const (
+	ActionCreate    = "create"
+	ActionUnchanged = "unchanged"
+	ActionOverwrite = "overwrite"
+)
+
+// JoinPlan is what join does (or, with --dry-run, would do).
+type JoinPlan struct {
+	DryRun   bool             `json:"dry_run"`
+	Key      string           `json:"key"`
+	Action   string           `json:"action"`
+	Cluster  *records.Cluster `json:"cluster"`
+	Previous *records.Cluster `json:"previous,omitempty"`
+	AuditKey string           `json:"audit_key"`
+	Gateways []GatewayCheck   `json:"gateway_checks"`
+	EtcdAuth AuthPlan         `json:"etcd_auth"`
+	Admin    *AdminPlan       `json:"admin,omitempty"`
+	Manifest *ManifestPlan    `json:"manifests,omitempty"`
+	Warnings []string         `json:"warnings,omitempty"`
+	// Done lists what was changed (empty for a dry run).
+	Done []string `json:"done,omitempty"`
+}
+
+// GatewayCheck is one gateway address probed through its health name.
+type GatewayCheck struct {
+	Address string `json:"address"`
+	OK      bool   `json:"ok"`
+	Result  string `json:"result"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// AuthPlan is the cluster's etcd user and role.
+type AuthPlan struct {
+	// Enabled is whether etcd auth is on; Manage whether join manages the user and role.
+	Enabled     bool         `json:"enabled"`
+	Manage      bool         `json:"manage"`
+	User        string       `json:"user,omitempty"`
+	Role        string       `json:"role,omitempty"`
+	UserExists  bool         `json:"user_exists"`
+	RoleExists  bool         `json:"role_exists"`
+	Password    string       `json:"password,omitempty"` // what happens to it: new, unchanged, rotated, client-certificate
+	Permissions []Permission `json:"permissions,omitempty"`
+	Grant       []string     `json:"grant,omitempty"`
+	Revoke      []string     `json:"revoke,omitempty"`
+	Credentials string       `json:"credentials_out,omitempty"`
+}
+
+// AdminPlan is the operator user join creates with --admin-user.
+type AdminPlan struct {
+	User        string       `json:"user"`
+	Role        string       `json:"role"`
+	UserExists  bool         `json:"user_exists"`
+	Permissions []Permission `json:"permissions"`
+	Credentials string       `json:"credentials_out,omitempty"`
+}
+
+// Credentials is the file --credentials-out writes.
+type Credentials struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+func (r *JoinRequest) record() *records.Cluster {
+	return &records.Cluster{Name: r.Cluster, Network: r.Network, Region: r.Region, Zone: r.Zone,
+		TrustDomain: r.TrustDomain, Gateways: append([]string(nil), r.Gateways...), JoinedAt: r.Now.UTC()}
+}
+
+// validateFlags checks the request's own fields, naming each flag.
+func (r *JoinRequest) validateFlags(p *problems) {
+	label := func(flag, v, example string) {
+		if err := validate.DNSLabel(v); err != nil {
+			p.add(flag, "%v (e.g. %s %s)", err, flag, example)
+		}
+	}
+	label("--cluster", r.Cluster, "east")
+	label("--region", r.Region, "eu-west-1")
+	label("--zone", r.Zone, "eu-west-1a")
+	label("--network", r.Network, "net-east")
+	if strings.HasPrefix(r.TrustDomain, "spiffe://") {
+		p.add("--trust-domain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
+	} else if err := validate.DNSSubdomain(r.TrustDomain); err != nil {
+		p.add("--trust-domain", "%v (e.g. --trust-domain east.example.org)", err)
+	}
+	if len(r.Gateways) == 0 {
+		p.add("--gateway", "at least one east-west gateway address is required (e.g. --gateway 203.0.113.10:15443; repeat for more)")
+	}
+	seen := map[string]bool{}
+	for _, g := range r.Gateways {
+		if err := validate.HostPort(g); err != nil {
+			p.add("--gateway", "%v", err)
+		}
+		if seen[g] {
+			p.add("--gateway", "%s is given twice", g)
+		}
+		seen[g] = true
+	}
+	switch r.Users {
+	case "", UsersAuto, UsersAlways, UsersNever:
+	default:
+		p.add("--etcd-users", "%q: use auto, always or never", r.Users)
+	}
+	if r.RotatePassword && r.CertAuth {
+		p.add("--rotate-password", "a client-certificate user has no password: leave out --rotate-password or --cert-auth")
+	}
+	if r.AdminUser != "" {
+		if err := validate.DNSLabel(r.AdminUser); err != nil {
+			p.add("--admin-user", "%v (e.g. --admin-user meshfed-admin)", err)
+		}
+	}
+	for flag, path := range map[string]string{"--credentials-out": r.CredentialsOut, "--admin-credentials-out": r.AdminCredentialsOut} {
+		if path == "" {
+			continue
+		}
+		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+			p.add(flag, "directory %s does not exist: create it first", filepath.Dir(path))
+		}
+	}
+	if r.CredentialsOut != "" && r.CredentialsOut == r.AdminCredentialsOut {
+		p.add("--admin-credentials-out", "must differ from --credentials-out")
+	}
+}
+
+// PlanJoin validates everything a join needs and says what it would do, without changing
+// anything. Every problem is collected and returned at once (a *multierror.Error);
+// gateways that do not answer are warnings, not errors (the gateway may start later).
+func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error) {
+	if r.Now.IsZero() {
+		r.Now = time.Now()
+	}
+	if r.Users == "" {
+		r.Users = UsersAuto
+	}
+	p := newProblems("join " + r.Cluster)
+	r.validateFlags(p)
+	plan := &JoinPlan{DryRun: r.DryRun, Key: st.KS.Cluster(r.Cluster), Cluster: r.record()}
+	if p.len() > 0 {
+		// The keys would be meaningless with a bad name; stop before touching etcd.
+		return plan, p.Err()
+	}
+	plan.AuditKey = st.KS.Audit(r.Now, "join-"+r.Cluster)
+
+	snap, err := ReadSnapshot(ctx, st)
+	if err != nil {
+		return plan, fmt.Errorf("join %s: %w", r.Cluster, err)
+	}
+	checkMembership(st, snap, &r, plan, p)
+
+	plan.Gateways = probeGateways(ctx, r.Cluster, r.Gateways, r.ProbeTimeout)
+	for _, g := range plan.Gateways {
+		if !g.OK {
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("gateway %s does not answer its health check (%s: %s); join goes on, but other clusters will not route to %s until it does", g.Address, g.Result, g.Detail, r.Cluster))
+		}
+	}
+
+	if err := planAuth(ctx, st, &r, plan, p); err != nil {
+		return plan, fmt.Errorf("join %s: %w", r.Cluster, err)
+	}
+
+	if r.EmitManifests != "" {
+		mp, err := planManifests(r.DeployDir, r.EmitManifests, r.manifestValues(st, plan))
+		if err != nil {
+			p.add("--emit-manifests", "%v", err)
+		}
+		plan.Manifest = mp
+	}
+	return plan, p.Err()
+}
+
+// checkMembership compares the request with the keyspace: same name, trust domain,
+// gateways.
+func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan, p *problems) {
+	plan.Action = ActionCreate
+	if prev, ok := snap.Clusters[r.Cluster]; ok {
+		plan.Previous = prev.Value
+		if prev.Value.SameMember(plan.Cluster) {
+			plan.Action = ActionUnchanged
+			plan.Cluster.JoinedAt = prev.Value.JoinedAt // idempotent: nothing to rewrite
+		} else if r.Force {
+			plan.Action = ActionOverwrite
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("--force: overwriting %s (%s); an audit record keeps the previous value", plan.Key, describeCluster(prev.Value)))
+		} else {
+			p.add("--cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, run `meshfed leave --cluster %s` first, or add --force to overwrite (audited)",
+				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), r.Cluster)
+		}
+	}
+	for _, name := range snap.ClusterNames() {
+		if name == r.Cluster {
+			continue
+		}
+		c := snap.Clusters[name].Value
+		if c.TrustDomain == r.TrustDomain {
+			p.add("--trust-domain", "%s is the trust domain of cluster %s (%s): every cluster has its own trust domain; pick another", r.TrustDomain, name, st.KS.Cluster(name))
+		}
+		for _, g := range r.Gateways {
+			for _, og := range c.Gateways {
+				if g == og {
+					p.add("--gateway", "%s is a gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
+				}
+			}
+		}
+	}
+	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != r.Cluster {
+		p.add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
+	}
+}
+
+func describeCluster(c *records.Cluster) string {
+	return fmt.Sprintf("region=%s zone=%s network=%s trust-domain=%s gateways=%s", c.Region, c.Zone, c.Network, c.TrustDomain, strings.Join(c.Gateways, ","))
+}
+
+// probeGateways checks each address through the gateway's TLS health name, in parallel,
+// bounded by timeout each.
+func probeGateways(ctx context.Context, cluster string, addrs []string, timeout time.Duration) []GatewayCheck {
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	out := make([]GatewayCheck, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			o := health.Probe(pctx, cluster, a, nil)
+			gc := GatewayCheck{Address: a, OK: o.OK, Result: o.Result}
+			if o.Err != nil {
+				gc.Detail = o.Err.Error()
+			}
+			out[i] = gc
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// planAuth decides what happens to the etcd user and role. Errors returned are etcd
+// failures; problems go to p.
+func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPlan, p *problems) error {
+	cli := st.Client()
+	enabled, err := AuthEnabled(ctx, cli)
+	if err != nil {
+		return err
+	}
+	a := &plan.EtcdAuth
+	a.Enabled = enabled
+	a.Manage = r.Users == UsersAlways || (r.Users == UsersAuto && enabled)
+	if !a.Manage {
+		if !enabled && r.Users != UsersNever {
+			plan.Warnings = append(plan.Warnings, "etcd auth is off: every cluster can write every key. For production enable it (docs/operations.md, \"etcd auth\"); then run join again for each cluster to create its etcd user")
+		}
+		if r.CredentialsOut != "" || r.AdminUser != "" {
+			plan.Warnings = append(plan.Warnings, "no etcd user is created (etcd auth is off or --etcd-users=never): --credentials-out and --admin-user are ignored")
+		}
+		return nil
+	}
+	a.User = ClusterUserName(st.KS, r.Cluster)
+	a.Role = a.User
+	a.Permissions = ClusterPermissions(st.KS, r.Cluster, r.TrustDomain)
+	exists, _, err := userState(ctx, cli, a.User)
+	if store.IsPermissionDenied(err) {
+		p.add("--etcd-user", "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	a.UserExists = exists
+	d, err := diffRole(ctx, cli, a.Role, a.Permissions)
+	if err != nil {
+		return err
+	}
+	a.RoleExists = !d.create
+	for _, g := range d.grant {
+		a.Grant = append(a.Grant, g.String())
+	}
+	for _, h := range d.revoke {
+		k := string(h.Key)
+		if len(h.RangeEnd) > 0 {
+			k += "*"
+		}
+		a.Revoke = append(a.Revoke, k)
+	}
+	switch {
+	case r.CertAuth && !exists:
+		a.Password = "client-certificate"
+	case !exists:
+		a.Password = "new"
+		if r.CredentialsOut == "" {
+			p.add("--credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. --credentials-out %s-etcd.json", a.User, r.Cluster)
+		}
+	case r.RotatePassword:
+		a.Password = "rotated"
+		if r.CredentialsOut == "" {
+			p.add("--credentials-out", "required with --rotate-password: the new password is written only to this file")
+		}
+	default:
+		a.Password = "unchanged"
+		if r.CredentialsOut != "" {
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("etcd user %s exists; its password is unchanged and --credentials-out is not written (add --rotate-password for a new one)", a.User))
+		}
+	}
+	if a.Password == "new" || a.Password == "rotated" {
+		a.Credentials = r.CredentialsOut
+	}
+	if r.AdminUser != "" {
+		ap := &AdminPlan{User: r.AdminUser, Role: OperatorRoleName(st.KS), Permissions: OperatorPermissions(st.KS)}
+		ex, _, err := userState(ctx, cli, r.AdminUser)
+		if err != nil {
+			return err
+		}
+		ap.UserExists = ex
+		if !ex {
+			if r.AdminCredentialsOut == "" {
+				p.add("--admin-credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600)", r.AdminUser)
+			}
+			ap.Credentials = r.AdminCredentialsOut
+		}
+		plan.Admin = ap
+	}
+	return nil
+}
+
+func (r *JoinRequest) manifestValues(st *store.Store, plan *JoinPlan) ManifestValues {
+	v := ManifestValues{
+		"MESHFED_CLUSTER":      r.Cluster,
+		"MESHFED_REGION":       r.Region,
+		"MESHFED_ZONE":         r.Zone,
+		"MESHFED_NETWORK":      r.Network,
+		"MESHFED_TRUST_DOMAIN": r.TrustDomain,
+		"MESHFED_GATEWAYS":     strings.Join(r.Gateways, ","),
+		"MESHFED_GATEWAY":      "",
+		"MESHFED_PREFIX":       st.KS.Prefix(),
+		"MESHFED_ETCD_USER":    plan.EtcdAuth.User,
+	}
+	if len(r.Gateways) > 0 {
+		v["MESHFED_GATEWAY"] = r.Gateways[0]
+	}
+	eps := st.Client().Endpoints()
+	v["MESHFED_ETCD_ENDPOINTS"] = strings.Join(eps, ",")
+	for k, x := range r.ManifestExtra {
+		v[k] = x
+	}
+	return v
+}
+
+// Join validates (PlanJoin) and, unless DryRun, applies the plan: the etcd role and user
+// first (so the cluster can write the moment its record exists), then the cluster record
+// and the audit record in one transaction, then the operator user and the manifests.
+// Errors name what was already done, so a re-run (idempotent) finishes the job.
+func Join(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error) {
+	if r.Now.IsZero() {
+		r.Now = time.Now()
+	}
+	if r.Users == "" {
+		r.Users = UsersAuto
+	}
+	plan, err := PlanJoin(ctx, st, r)
+	if err != nil || r.DryRun {
+		return plan, err
+	}
+	cli := st.Client()
+	fail := func(err error) (*JoinPlan, error) {
+		if len(plan.Done) > 0 {
+			return plan, fmt.Errorf("join %s: %w (already done: %s; fix the cause and run join again: it is idempotent)", r.Cluster, err, strings.Join(plan.Done, "; "))
+		}
+		return plan, fmt.Errorf("join %s: %w", r.Cluster, err)
+	}
+
+	a := plan.EtcdAuth
+	if a.Manage {
+		if err := ensureRole(ctx, cli, a.Role, a.Permissions); err != nil {
+			return fail(err)
+		}
+		if !a.RoleExists || len(a.Grant)+len(a.Revoke) > 0 {
+			plan.Done = append(plan.Done, "etcd role "+a.Role+" set ("+joinPerms(a.Permissions)+")")
+		}
+		switch a.Password {
+		case "new", "rotated":
+			pw, err := NewPassword()
+			if err != nil {
+				return fail(err)
+			}
+			// The file first: a password etcd holds but nobody wrote down is useless.
+			if err := writeCredentials(r.CredentialsOut, Credentials{User: a.User, Password: pw}); err != nil {
+				return fail(fmt.Errorf("--credentials-out: %w", err))
+			}
+			if a.Password == "new" {
+				if _, err := ensureUser(ctx, cli, a.User, pw, false, a.Role); err != nil {
+					_ = os.Remove(r.CredentialsOut)
+					return fail(err)
+				}
+				plan.Done = append(plan.Done, "etcd user "+a.User+" created; credentials in "+r.CredentialsOut)
+			} else {
+				if _, err := cli.UserChangePassword(ctx, a.User, pw); err != nil {
+					_ = os.Remove(r.CredentialsOut)
+					return fail(fmt.Errorf("change password of etcd user %s: %w", a.User, err))
+				}
+				if _, err := ensureUser(ctx, cli, a.User, "", false, a.Role); err != nil {
+					return fail(err)
+				}
+				plan.Done = append(plan.Done, "etcd user "+a.User+" has a new password in "+r.CredentialsOut)
+			}
+		default:
+			created, err := ensureUser(ctx, cli, a.User, "", r.CertAuth, a.Role)
+			if err != nil {
+				return fail(err)
+			}
+			if created {
+				plan.Done = append(plan.Done, "etcd user "+a.User+" created for client-certificate auth (CN="+a.User+")")
+			}
+		}
+	}
+
+	if err := writeJoin(ctx, st, &r, plan); err != nil {
+		return fail(err)
+	}
+
+	if plan.Admin != nil {
+		ad := plan.Admin
+		if err := ensureRole(ctx, cli, ad.Role, ad.Permissions); err != nil {
+			return fail(err)
+		}
+		if !ad.UserExists {
+			pw, err := NewPassword()
+			if err != nil {
+				return fail(err)
+			}
+			if err := writeCredentials(r.AdminCredentialsOut, Credentials{User: ad.User, Password: pw}); err != nil {
+				return fail(fmt.Errorf("--admin-credentials-out: %w", err))
+			}
+			if _, err := ensureUser(ctx, cli, ad.User, pw, false, ad.Role); err != nil {
+				_ = os.Remove(r.AdminCredentialsOut)
+				return fail(err)
+			}
+			plan.Done = append(plan.Done, "operator user "+ad.User+" created (role "+ad.Role+"); credentials in "+r.AdminCredentialsOut)
+		} else {
+			if _, err := ensureUser(ctx, cli, ad.User, "", false, ad.Role); err != nil {
+				return fail(err)
+			}
+			plan.Done = append(plan.Done, "operator user "+ad.User+" has role "+ad.Role)
+		}
+	}
+
+	if plan.Manifest != nil {
+		if err := renderManifests(plan.Manifest, r.manifestValues(st, plan)); err != nil {
+			return fail(err)
+		}
+		plan.Done = append(plan.Done, fmt.Sprintf("%d manifest files written to %s", len(plan.Manifest.Files), plan.Manifest.Out))
+	}
+	return plan, nil
+}
+
+func joinPerms(ps []Permission) string {
+	s := make([]string, 0, len(ps))
+	for _, p := range sortedPerms(ps) {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+// JoinAudit is the detail of a join audit record.
+type JoinAudit struct {
+	Action   string           `json:"action"`
+	Cluster  *records.Cluster `json:"cluster"`
+	Previous *records.Cluster `json:"previous,omitempty"`
+	Forced   bool             `json:"forced,omitempty"`
+	EtcdUser string           `json:"etcdUser,omitempty"`
+}
+
+// writeJoin writes the cluster record and the audit record in one transaction that
+// compares the record's revision with what the plan read.
+func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPlan) error {
+	key := plan.Key
+	cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	var ops []clientv3.Op
+	action := "join"
+	switch plan.Action {
+	case ActionUnchanged, ActionOverwrite:
+		it, err := store.Get[records.Cluster](ctx, st, key)
+		if err != nil {
+			return err
+		}
+		if plan.Action == ActionUnchanged && !it.Value.SameMember(plan.Cluster) || plan.Action == ActionOverwrite && plan.Previous != nil && !it.Value.SameMember(plan.Previous) {
+			return fmt.Errorf("%s changed while joining: %w; run join again", key, store.ErrConflict)
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", it.ModRevision)
+		if plan.Action == ActionOverwrite {
+			action = "join-force"
+		}
+	}
+	if plan.Action != ActionUnchanged {
+		b, err := records.Encode(plan.Cluster)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(key, string(b)))
+	}
+	detail, _ := json.Marshal(JoinAudit{Action: plan.Action, Cluster: plan.Cluster, Previous: plan.Previous, Forced: plan.Action == ActionOverwrite, EtcdUser: plan.EtcdAuth.User})
+	audit := &records.Audit{Time: r.Now.UTC(), Actor: actorOr(r.Actor), Action: action, Cluster: r.Cluster, Detail: string(detail)}
+	ab, err := records.Encode(audit)
+	if err != nil {
+		return err
+	}
+	ops = append(ops, clientv3.OpPut(plan.AuditKey, string(ab)))
+	resp, err := st.Client().Txn(ctx).If(cmp).Then(ops...).Commit()
+	if err != nil {
+		if store.IsPermissionDenied(err) {
+			return fmt.Errorf("write %s: %w (join writes with operator credentials: --etcd-user root or an operator user)", key, err)
+		}
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%s changed while joining: %w; run join again", key, store.ErrConflict)
+	}
+	switch plan.Action {
+	case ActionCreate:
+		plan.Done = append(plan.Done, "wrote "+key)
+	case ActionOverwrite:
+		plan.Done = append(plan.Done, "overwrote "+key+" (--force)")
+	default:
+		plan.Done = append(plan.Done, key+" unchanged (already a member with these settings)")
+	}
+	plan.Done = append(plan.Done, "audit record "+plan.AuditKey)
+	return nil
+}
+
+func actorOr(a string) string {
+	if a == "" {
+		return Actor("")
+	}
+	return a
+}
+
+// writeCredentials writes c as JSON, mode 0600, atomically (temp file + rename).
+func writeCredentials(path string, c Credentials) error {
+	if path == "" {
+		return errors.New("no file given")
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".meshfed-credentials-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// ReadCredentials reads a file written by --credentials-out.
+func ReadCredentials(path string) (Credentials, error) {
+	var c Credentials
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	if c.User == "" || c.Password == "" {
+		return c, fmt.Errorf("%s: want {\"user\": ..., \"password\": ...}", path)
+	}
+	return c, nil
+}
+
+// sortStrings returns s sorted (a copy).
+func sortStrings(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
+}

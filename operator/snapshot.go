@@ -1,0 +1,237 @@
+package operator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+)
+
+// Snapshot is the whole keyspace read at one etcd revision, decoded. Records that do not
+// decode are listed in Bad (one broken writer must not hide the rest).
+type Snapshot struct {
+	Revision  int64
+	Clusters  map[string]*store.Item[records.Cluster]
+	Alive     map[string]*store.Item[records.Alive]
+	Exports   map[string][]*store.Item[records.Export] // by cluster, sorted by key
+	Bundles   map[string]*store.Item[records.Bundle]   // by trust domain
+	Acks      map[string][]*store.Item[records.Ack]    // by cluster
+	Drills    []*store.Item[records.Drill]
+	Rotations map[string]*RotationEntry // by trust domain
+	Policies  map[string]*store.Item[records.Policy] // by namespace/name
+	Audits    int
+	Bad       []error
+}
+
+// RotationEntry is one rotations/<td> record: decoded when this binary knows the type,
+// and always as generic JSON (so that status shows a newer writer's record too).
+type RotationEntry struct {
+	Rotation    *records.Rotation
+	Raw         map[string]any
+	ModRevision int64
+}
+
+// scanPage bounds one range request.
+const scanPage = 1000
+
+// ReadSnapshot reads every key under the store's prefix at one revision.
+func ReadSnapshot(ctx context.Context, st *store.Store) (*Snapshot, error) {
+	s := newSnapshot()
+	cli := st.Client()
+	prefix := st.KS.Prefix()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
+		if s.Revision != 0 {
+			opts = append(opts, clientv3.WithRev(s.Revision))
+		}
+		r, err := cli.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", prefix, err)
+		}
+		if s.Revision == 0 {
+			s.Revision = r.Header.Revision
+		}
+		for _, kv := range r.Kvs {
+			s.add(st.KS, kv.Key, kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease)
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			break
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	}
+	s.finish()
+	return s, nil
+}
+
+func newSnapshot() *Snapshot {
+	return &Snapshot{
+		Clusters:  map[string]*store.Item[records.Cluster]{},
+		Alive:     map[string]*store.Item[records.Alive]{},
+		Exports:   map[string][]*store.Item[records.Export]{},
+		Bundles:   map[string]*store.Item[records.Bundle]{},
+		Acks:      map[string][]*store.Item[records.Ack]{},
+		Rotations: map[string]*RotationEntry{},
+		Policies:  map[string]*store.Item[records.Policy]{},
+	}
+}
+
+// finish sorts what add appended.
+func (s *Snapshot) finish() {
+	for c := range s.Exports {
+		sort.Slice(s.Exports[c], func(i, j int) bool { return s.Exports[c][i].Key < s.Exports[c][j].Key })
+	}
+	for c := range s.Acks {
+		sort.Slice(s.Acks[c], func(i, j int) bool { return s.Acks[c][i].Key < s.Acks[c][j].Key })
+	}
+	sort.Slice(s.Drills, func(i, j int) bool { return s.Drills[i].Key < s.Drills[j].Key })
+}
+
+func item[T any, PT interface {
+	*T
+	records.Record
+}](s *Snapshot, key string, value []byte, create, mod, lease int64) *store.Item[T] {
+	v, err := records.Decode[T, PT](value)
+	if err != nil {
+		s.Bad = append(s.Bad, fmt.Errorf("%s: %w", key, err))
+		return nil
+	}
+	return &store.Item[T]{Key: key, Value: v, CreateRevision: create, ModRevision: mod, Lease: lease}
+}
+
+func (s *Snapshot) add(ks records.Keyspace, rawKey, value []byte, create, mod, lease int64) {
+	key := string(rawKey)
+	k, err := ks.Parse(key)
+	if err != nil {
+		s.Bad = append(s.Bad, err)
+		return
+	}
+	switch k.Kind {
+	case records.KindCluster:
+		if it := item[records.Cluster](s, key, value, create, mod, lease); it != nil {
+			s.Clusters[k.Cluster] = it
+		}
+	case records.KindAlive:
+		if it := item[records.Alive](s, key, value, create, mod, lease); it != nil {
+			s.Alive[k.Cluster] = it
+		}
+	case records.KindExport:
+		if it := item[records.Export](s, key, value, create, mod, lease); it != nil {
+			s.Exports[k.Cluster] = append(s.Exports[k.Cluster], it)
+		}
+	case records.KindBundle:
+		if it := item[records.Bundle](s, key, value, create, mod, lease); it != nil {
+			s.Bundles[k.TrustDomain] = it
+		}
+	case records.KindAck:
+		if it := item[records.Ack](s, key, value, create, mod, lease); it != nil {
+			s.Acks[k.Cluster] = append(s.Acks[k.Cluster], it)
+		}
+	case records.KindDrill:
+		if it := item[records.Drill](s, key, value, create, mod, lease); it != nil {
+			s.Drills = append(s.Drills, it)
+		}
+	case records.KindRotation:
+		e := &RotationEntry{ModRevision: mod}
+		if err := json.Unmarshal(value, &e.Raw); err != nil {
+			s.Bad = append(s.Bad, fmt.Errorf("%s: not JSON: %w", key, err))
+			return
+		}
+		if r, err := records.Decode[records.Rotation](value); err == nil {
+			e.Rotation = r
+		} else {
+			s.Bad = append(s.Bad, fmt.Errorf("%s: %w (shown as raw JSON)", key, err))
+		}
+		s.Rotations[k.TrustDomain] = e
+	case records.KindPolicy:
+		if it := item[records.Policy](s, key, value, create, mod, lease); it != nil {
+			s.Policies[imports.Key(k.Namespace, k.Name)] = it
+		}
+	case records.KindAudit:
+		s.Audits++
+	}
+}
+
+// ClusterNames lists the clusters with a clusters/ record, sorted.
+func (s *Snapshot) ClusterNames() []string {
+	out := make([]string, 0, len(s.Clusters))
+	for n := range s.Clusters {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// View builds the import view the way a federation service would from this snapshot: a
+// cluster without heartbeat is stale (since when is unknown: etcd keeps no time for a
+// deletion, so StaleSince stays zero and the grace never runs out here).
+func (s *Snapshot) View() *imports.View {
+	v := &imports.View{Revision: s.Revision, Services: map[string]*imports.Service{},
+		Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
+	for n, it := range s.Clusters {
+		v.Clusters[n] = it.Value
+	}
+	for n := range s.Alive {
+		v.Alive[n] = true
+	}
+	for _, d := range s.Drills {
+		v.Drills = append(v.Drills, d.Value)
+	}
+	for k, p := range s.Policies {
+		v.Policies[k] = p.Value
+	}
+	by := map[string][]*imports.ClusterExport{}
+	for c, exps := range s.Exports {
+		for _, e := range exps {
+			by[e.Value.ServiceKey()] = append(by[e.Value.ServiceKey()], &imports.ClusterExport{Cluster: c, Export: e.Value, Stale: !v.Alive[c]})
+		}
+	}
+	for k, ces := range by {
+		sort.Slice(ces, func(i, j int) bool { return ces[i].Cluster < ces[j].Cluster })
+		if m := imports.Merge(ces); m != nil {
+			v.Services[k] = m
+		}
+	}
+	return v
+}
+
+// ServiceKeys lists the services exported by any cluster, sorted.
+func (s *Snapshot) ServiceKeys() []string {
+	seen := map[string]bool{}
+	for _, exps := range s.Exports {
+		for _, e := range exps {
+			seen[e.Value.ServiceKey()] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// lastActivity is the latest time a cluster's own records say it did something (export
+// updates, acks): a hint of when a stale cluster was last seen.
+func (s *Snapshot) lastActivity(cluster string) time.Time {
+	var t time.Time
+	for _, e := range s.Exports[cluster] {
+		if e.Value.UpdatedAt.After(t) {
+			t = e.Value.UpdatedAt
+		}
+	}
+	for _, a := range s.Acks[cluster] {
+		if a.Value.AppliedAt.After(t) {
+			t = a.Value.AppliedAt
+		}
+	}
+	return t
+}

@@ -1,0 +1,207 @@
+package operator
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// WriteTable renders the status for people (-o table).
+func (s *Status) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "CLUSTERS  (etcd revision %d, prefix %s)\n", s.Revision, s.Prefix)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tREGION/ZONE\tHEARTBEAT\tGATEWAYS (probed from here)\tEXPORTS\tBUNDLE\tACKS")
+	for _, c := range s.Clusters {
+		loc := c.Region + "/" + c.Zone
+		if !c.Joined {
+			loc = "(not joined)"
+		}
+		hb := "alive"
+		if c.AliveSince != nil {
+			hb += ", up " + ago(s.Time, *c.AliveSince)
+		}
+		if c.Stale {
+			hb = "STALE"
+			if c.LastActivity != nil {
+				hb += " (last write " + ago(s.Time, *c.LastActivity) + " ago)"
+			}
+		}
+		if len(c.Cordoned) > 0 {
+			hb += " cordoned:" + strings.Join(c.Cordoned, ",")
+		}
+		var gws []string
+		for _, g := range c.Gateways {
+			switch {
+			case !g.Probed:
+				gws = append(gws, g.Address+" (not probed)")
+			case g.Healthy:
+				gws = append(gws, fmt.Sprintf("%s ok %.1fms", g.Address, g.RTTMs))
+			default:
+				gws = append(gws, fmt.Sprintf("%s DOWN (%s)", g.Address, g.Result))
+			}
+		}
+		bundle := "-"
+		if c.Bundle != nil {
+			bundle = fmt.Sprintf("seq %d", c.Bundle.Sequence)
+			if c.Bundle.LockedBy != "" {
+				bundle += " locked"
+			}
+			if c.Bundle.Error != "" {
+				bundle += " INVALID"
+			}
+		}
+		acks := "ok"
+		if len(c.AcksBehind) > 0 {
+			acks = "behind: " + strings.Join(c.AcksBehind, ",")
+		}
+		if len(c.Acks) == 0 && len(c.AcksBehind) == 0 {
+			acks = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Name, loc, hb, orDash(strings.Join(gws, ", ")), c.Exports, bundle, acks)
+	}
+	if len(s.Clusters) == 0 {
+		fmt.Fprintln(tw, "(none: run meshfed join)\t\t\t\t\t\t")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	if s.From != "" {
+		fmt.Fprintf(w, "SERVICES  (failover order as seen from %s)\n", s.From)
+	} else {
+		fmt.Fprintln(w, "SERVICES  (add --from CLUSTER for the failover order)")
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	hdr := "SERVICE\tPORTS\tEXPORTED BY (ready endpoints)"
+	if s.From != "" {
+		hdr += "\tORDER"
+	}
+	fmt.Fprintln(tw, hdr)
+	for _, sv := range s.Services {
+		var ports []string
+		for _, p := range sv.Ports {
+			ports = append(ports, fmt.Sprint(p))
+		}
+		var ex []string
+		for _, e := range sv.Exporters {
+			x := fmt.Sprintf("%s(%d)", e.Cluster, e.ReadyEndpoints)
+			if e.Stale {
+				x += "stale"
+			}
+			if e.Cordoned {
+				x += "cordoned"
+			}
+			ex = append(ex, x)
+		}
+		line := sv.Service + "\t" + strings.Join(ports, ",") + "\t" + strings.Join(ex, " ")
+		if s.From != "" {
+			var orders []string
+			for _, po := range sv.Order {
+				var lv []string
+				for _, l := range po.Levels {
+					n := l.Cluster
+					if l.Direct {
+						n += "(local)"
+					}
+					if l.Panic {
+						n += "(panic)"
+					}
+					lv = append(lv, n)
+				}
+				o := strings.Join(lv, " > ")
+				if o == "" {
+					o = "NOWHERE"
+				}
+				if len(sv.Order) > 1 {
+					o = fmt.Sprintf("%d: %s", po.Port, o)
+				}
+				orders = append(orders, o)
+			}
+			var excl []string
+			for _, x := range sv.Excluded {
+				excl = append(excl, x.Cluster+":"+x.Reason)
+			}
+			o := strings.Join(orders, "; ")
+			if len(excl) > 0 {
+				o += "  [left out: " + strings.Join(excl, ", ") + "]"
+			}
+			if sv.Policy != nil {
+				o += "  (policy)"
+			}
+			line += "\t" + o
+		}
+		fmt.Fprintln(tw, line)
+		for _, c := range sv.Conflicts {
+			fmt.Fprintf(tw, "  conflict: %s\t\t\n", c)
+		}
+	}
+	if len(s.Services) == 0 {
+		fmt.Fprintln(tw, "(no exported services)\t\t")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	if len(s.Drills) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "LIVE DRILLS")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tCLUSTER\tSERVICE\tUNTIL\tLEASE TTL\tSTARTED BY")
+		for _, d := range s.Drills {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%ds\t%s\n", d.ID, d.Cluster, d.Service, d.Until.Format(time.RFC3339), d.LeaseTTL, d.StartedBy)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(s.Rotations) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "ROTATIONS")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TRUST DOMAIN\tID\tPHASE\tWAITING FOR\tUPDATED")
+		for _, r := range s.Rotations {
+			upd := "-"
+			if r.UpdatedAt != nil {
+				upd = ago(s.Time, *r.UpdatedAt) + " ago"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.TrustDomain, orDash(r.ID), r.Phase, orDash(strings.Join(r.Waiting, ", ")), upd)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(s.Warnings) > 0 {
+		fmt.Fprintln(w)
+		for _, x := range s.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", x)
+		}
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ago formats now-t coarsely: 3s, 4m, 2h, 5d.
+func ago(now, t time.Time) string {
+	d := now.Sub(t)
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+}
