@@ -1,0 +1,53 @@
+package kube
+
+import (
+	"fmt"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+)
+
+// Clients are the two clientsets the source and the importer use.
+type Clients struct {
+	Config *rest.Config
+	Kube   kubernetes.Interface
+	MCS    mcsclient.Interface
+}
+
+// NewClients builds clients from a kubeconfig file (--kubeconfig), or from the in-cluster
+// service account when path is empty; $KUBECONFIG and ~/.kube/config are used as kubectl
+// would when path is empty and meshfed is not running in a pod.
+func NewClients(path string) (*Clients, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if path != "" {
+		rules.ExplicitPath = path
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		where := path
+		if where == "" {
+			where = "in-cluster config, $KUBECONFIG or ~/.kube/config"
+		}
+		return nil, fmt.Errorf("--kubeconfig: load %s: %w", where, err)
+	}
+	return ClientsFor(cfg)
+}
+
+// ClientsFor builds clients from a rest.Config (tests pass kubetest's).
+func ClientsFor(cfg *rest.Config) (*Clients, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "meshfed"
+	}
+	k, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
+	}
+	m, err := mcsclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("MCS client for %s: %w", cfg.Host, err)
+	}
+	return &Clients{Config: cfg, Kube: k, MCS: m}, nil
+}
