@@ -275,6 +275,8 @@ func (c *Checker) apply(k Target, out Outcome, now time.Time) {
 	if out.OK {
 		t.fails, t.LastError = 0, ""
 		t.oks++
+		// The first good answer is enough for an unknown address; a down one needs
+		// RiseThreshold in a row.
 		if prev == Unknown || (prev != Up && t.oks >= c.opts.RiseThreshold) {
 			next = Up
 		}
@@ -285,9 +287,9 @@ func (c *Checker) apply(k Target, out Outcome, now time.Time) {
 		switch {
 		case out.Hard:
 			next = HardDown
-		case prev == Unknown:
-			next = Down // the first result decides an unknown address
-		case prev == Up && t.fails >= c.opts.FallThreshold:
+		case (prev == Up || prev == Unknown) && t.fails >= c.opts.FallThreshold:
+			// An unknown address falls like an up one: one slow first check must not
+			// drop a cluster when a federation service restarts (static stability).
 			next = Down
 		}
 	}

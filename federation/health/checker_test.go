@@ -337,12 +337,20 @@ func TestUpNeedsRiseThreshold(t *testing.T) {
 			t.Fatalf("step %d (%s): state %v, want %v", i, s.out.Result, got, s.want)
 		}
 	}
-	// An unknown address that fails its first check is down at once.
+	// An unknown address falls like an up one (FallThreshold soft failures), and goes
+	// hard-down at once.
 	k2 := Target{"north", "127.0.0.1:2"}
-	c.SetTargets(map[string][]string{"north": {k2.Addr}})
-	c.apply(k2, soft, now)
-	if got := c.State(k2.Cluster, k2.Addr); got != Down {
-		t.Fatalf("first failure of an unknown address: %v, want down", got)
+	k3 := Target{"south", "127.0.0.1:3"}
+	c.SetTargets(map[string][]string{"north": {k2.Addr}, "south": {k3.Addr}})
+	for i, want := range []State{Unknown, Unknown, Down} {
+		c.apply(k2, soft, now)
+		if got := c.State(k2.Cluster, k2.Addr); got != want {
+			t.Fatalf("unknown address, soft failure %d: %v, want %v", i+1, got, want)
+		}
+	}
+	c.apply(k3, hard, now)
+	if got := c.State(k3.Cluster, k3.Addr); got != HardDown {
+		t.Fatalf("unknown address, reset: %v, want hard-down", got)
 	}
 	if c.State("west", k.Addr) != Unknown {
 		t.Fatal("a target removed by SetTargets must be forgotten")

@@ -1,0 +1,467 @@
+package xds_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	grpcxds "google.golang.org/grpc/xds"
+)
+
+// TestMain re-executes the test binary with the grpc-go xDS features meshfed relies on
+// switched on: grpc-go v1.85.0 reads them once, at package init, from the environment
+// (internal/envconfig), exactly as a user's process would be started.
+func TestMain(m *testing.M) {
+	want := map[string]string{"GRPC_EXPERIMENTAL_XDS_SNI": "true", "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE": "true"}
+	missing := false
+	for k, v := range want {
+		if os.Getenv(k) != v {
+			missing = true
+			os.Setenv(k, v)
+		}
+	}
+	if missing {
+		exe, err := os.Executable()
+		if err == nil {
+			err = syscall.Exec(exe, os.Args, os.Environ())
+		}
+		fmt.Fprintf(os.Stderr, "re-exec with grpc xDS env vars: %v\n", err)
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+// ---- PKI: one CA per trust domain, SPIFFE SVIDs, the files a gRPC bootstrap points at.
+
+type testCA struct {
+	td   string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newTestCA(t testing.TB, td string) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: td + " test CA"},
+		URIs: []*url.URL{{Scheme: "spiffe", Host: td}}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return &testCA{td: td, cert: c, key: key}
+}
+
+// svid issues an X.509-SVID for spiffe://<td><path>, usable as client and server.
+func (ca *testCA) svid(t testing.TB, path string) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: path},
+		URIs: []*url.URL{{Scheme: "spiffe", Host: ca.td, Path: path}}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// clientFiles writes what a proxyless gRPC client's file_watcher provider reads: its SVID
+// and key, the roots as PEM, and the SPIFFE bundle map.
+type clientFiles struct{ cert, key, roots, bundleMap string }
+
+func writeClientFiles(t testing.TB, dir string, id tls.Certificate, cas ...*testCA) clientFiles {
+	t.Helper()
+	f := clientFiles{cert: filepath.Join(dir, "cert.pem"), key: filepath.Join(dir, "key.pem"),
+		roots: filepath.Join(dir, "roots.pem"), bundleMap: filepath.Join(dir, "bundles.json")}
+	kb, err := x509.MarshalECPrivateKey(id.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roots bytes.Buffer
+	bm := map[string]json.RawMessage{}
+	for _, ca := range cas {
+		pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+		b := spiffebundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(ca.td), []*x509.Certificate{ca.cert})
+		js, err := b.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bm[ca.td] = js
+	}
+	bmJSON, _ := json.Marshal(map[string]any{"trust_domains": bm})
+	for path, data := range map[string][]byte{
+		f.cert:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Certificate[0]}),
+		f.key:       pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}),
+		f.roots:     roots.Bytes(),
+		f.bundleMap: bmJSON,
+	} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// grpcBootstrap is the bootstrap a user writes for a proxyless gRPC client of cluster
+// (docs/xds.md shows the same).
+func grpcBootstrap(xdsAddr, nodeID, cluster string, f clientFiles) []byte {
+	b := map[string]any{
+		"xds_servers": []any{map[string]any{
+			"server_uri":      xdsAddr,
+			"channel_creds":   []any{map[string]any{"type": "insecure"}},
+			"server_features": []any{"xds_v3"},
+		}},
+		"node": map[string]any{"id": nodeID, "cluster": cluster},
+		"certificate_providers": map[string]any{
+			"meshfed": map[string]any{"plugin_name": "file_watcher", "config": map[string]any{
+				"certificate_file": f.cert, "private_key_file": f.key,
+				"ca_certificate_file": f.roots, "spiffe_trust_bundle_map_file": f.bundleMap,
+				"refresh_interval": "1s",
+			}},
+		},
+	}
+	js, _ := json.Marshal(b)
+	return js
+}
+
+// xdsClient is a real grpc-go client on the xds:/// resolver with xDS credentials.
+type xdsClient struct {
+	cc *grpc.ClientConn
+	hc healthpb.HealthClient
+}
+
+func newXDSClient(t testing.TB, bootstrap []byte, target string) *xdsClient {
+	t.Helper()
+	res, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		t.Fatalf("xds resolver: %v", err)
+	}
+	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(target, grpc.WithResolvers(res), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatalf("grpc client %s: %v", target, err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return &xdsClient{cc: cc, hc: healthpb.NewHealthClient(cc)}
+}
+
+// callResult is one call: who answered (the peer's SPIFFE ID trust domain) and through
+// which address.
+type callResult struct {
+	TrustDomain string
+	SPIFFEID    string
+	Peer        string
+	Err         error
+}
+
+func (c *xdsClient) call(timeout time.Duration) callResult {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var p peer.Peer
+	_, err := c.hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p))
+	if err != nil {
+		return callResult{Err: err}
+	}
+	r := callResult{}
+	if p.Addr != nil {
+		r.Peer = p.Addr.String()
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 && len(ti.State.PeerCertificates[0].URIs) > 0 {
+		u := ti.State.PeerCertificates[0].URIs[0]
+		r.SPIFFEID, r.TrustDomain = u.String(), u.Host
+	} else {
+		r.Err = fmt.Errorf("call answered without a TLS peer certificate (auth info %T)", p.AuthInfo)
+	}
+	return r
+}
+
+// grpcWorkload is a gRPC server with TLS (its SVID; client certificates required and
+// verified against every trust domain given), serving the standard health service.
+type grpcWorkload struct {
+	addr string
+	srv  *grpc.Server
+}
+
+func startGRPCWorkload(t testing.TB, addr string, id tls.Certificate, trust ...*testCA) *grpcWorkload {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, ca := range trust {
+		pool.AddCert(ca.cert)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("workload listen %s: %v", addr, err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, MinVersion: tls.VersionTLS12})))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return &grpcWorkload{addr: ln.Addr().String(), srv: srv}
+}
+
+// ---- Network faults in front of a gateway.
+
+// faultProxy stands between clients and a gateway and injects the network faults the
+// failover tests need, in user space (no root, no network namespaces here): "kill" closes
+// the listener and resets every connection (what clients see when the gateway host
+// dies), "blackhole" stalls every connection and accepts new ones without ever answering
+// (packets dropped), "restore" brings it back on the same address.
+type faultProxy struct {
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	cond  *sync.Cond
+	mode  string // pass, blackhole, down
+	ln    net.Listener
+	conns map[net.Conn]bool
+	held  []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newFaultProxy(t testing.TB, listen, target string) *faultProxy {
+	t.Helper()
+	p := &faultProxy{target: target, mode: "pass", conns: map[net.Conn]bool{}}
+	p.cond = sync.NewCond(&p.mu)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Fatalf("fault proxy listen %s: %v", listen, err)
+	}
+	p.ln, p.addr = ln, ln.Addr().String()
+	p.wg.Add(1)
+	go p.serve(ln)
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *faultProxy) serve(ln net.Listener) {
+	defer p.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		switch p.mode {
+		case "blackhole":
+			p.held = append(p.held, c)
+			p.mu.Unlock()
+		case "down":
+			p.mu.Unlock()
+			rst(c)
+		default:
+			p.mu.Unlock()
+			p.connect(c)
+		}
+	}
+}
+
+func (p *faultProxy) connect(c net.Conn) {
+	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		rst(c)
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[up] = true, true
+	p.mu.Unlock()
+	p.wg.Add(2)
+	go p.copy(up, c)
+	go p.copy(c, up)
+}
+
+// copy forwards src to dst; while blackholed, bytes read wait (as if in flight) until
+// restore.
+func (p *faultProxy) copy(dst, src net.Conn) {
+	defer p.wg.Done()
+	defer func() {
+		dst.Close()
+		src.Close()
+		p.mu.Lock()
+		delete(p.conns, dst)
+		delete(p.conns, src)
+		p.mu.Unlock()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.mode == "blackhole" {
+				p.cond.Wait()
+			}
+			down := p.mode == "down"
+			p.mu.Unlock()
+			if down {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func rst(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
+// kill: refuse new connections, reset every open one.
+func (p *faultProxy) kill() {
+	p.mu.Lock()
+	p.mode = "down"
+	_ = p.ln.Close()
+	for c := range p.conns {
+		rst(c)
+	}
+	for _, c := range p.held {
+		rst(c)
+	}
+	p.held = nil
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+func (p *faultProxy) blackhole() {
+	p.mu.Lock()
+	p.mode = "blackhole"
+	p.mu.Unlock()
+}
+
+// restore: listen again if killed, let stalled bytes through, connect held connections.
+func (p *faultProxy) restore(t testing.TB) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mode == "down" {
+		ln, err := net.Listen("tcp", p.addr)
+		if err != nil {
+			t.Fatalf("fault proxy re-listen %s: %v", p.addr, err)
+		}
+		p.ln = ln
+		p.wg.Add(1)
+		go p.serve(ln)
+	}
+	p.mode = "pass"
+	held := p.held
+	p.held = nil
+	p.cond.Broadcast()
+	for _, c := range held {
+		go p.connect(c)
+	}
+}
+
+func (p *faultProxy) close() {
+	p.kill()
+	p.wg.Wait()
+}
+
+// ---- Logs: kept in memory, printed only when the test fails.
+
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuf) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(b)
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	lb := &logBuf{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			lb.mu.Lock()
+			t.Log("logs:\n" + lb.buf.String())
+			lb.mu.Unlock()
+		}
+	})
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// metricValue sums a metric's samples whose labels include every given label.
+func metricValue(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+var _ = io.Discard
+var _ = errors.New
+var _ = strings.Cut
