@@ -1,0 +1,293 @@
+package xds_test
+
+import (
+	"context"
+	"crypto/x509"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/xds"
+)
+
+// These tests speak ADS on the wire as the two clients that cannot run here do: Envoy (not
+// packaged in Debian; delta ADS) and the gateway's xDS client (written later, inside
+// eastwest/; state of the world). The resources they get are the contract of docs/xds.md.
+
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+func localView(rev int64, eps ...records.Endpoint) *imports.View {
+	exp := &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP,
+		Ports: []records.Port{{Name: "grpc", Port: 8443, TargetPort: 9443, Protocol: "TCP"}}, Endpoints: eps,
+		Revision: rev, ExportedAt: t0, UpdatedAt: t0.Add(time.Duration(rev) * time.Second)}
+	v := &imports.View{Revision: rev,
+		Clusters: map[string]*records.Cluster{"east": {Name: "east", Network: "n", Region: "r1", Zone: "r1a",
+			TrustDomain: "east.example", Gateways: []string{"127.0.0.1:1"}, JoinedAt: t0}},
+		Services: map[string]*imports.Service{}, Alive: map[string]bool{"east": true}}
+	if len(eps) > 0 {
+		v.Services["demo/echo"] = imports.Merge([]*imports.ClusterExport{{Cluster: "east", Export: exp}})
+	}
+	return v
+}
+
+func startServer(t *testing.T, first *imports.View) (*xds.Server, *xds.Feed, *prometheus.Registry) {
+	t.Helper()
+	log := testLogger(t)
+	reg := prometheus.NewRegistry()
+	hc, err := health.New(health.Options{}, log, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := xds.NewFeed()
+	s, err := xds.New("east", feed.C(), hc, log, reg, xds.Options{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(); err == nil {
+		t.Fatal("ready before any view")
+	}
+	feed.Send(first)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = hc.Run(ctx) }()
+	go func() { _ = s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s, feed, reg
+}
+
+func dial(t *testing.T, addr string) discoverygrpc.AggregatedDiscoveryServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return discoverygrpc.NewAggregatedDiscoveryServiceClient(cc)
+}
+
+// sotwClient is a state-of-the-world ADS client that ACKs everything.
+type sotwClient struct {
+	t      *testing.T
+	node   *corev3.Node
+	stream discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	sent   bool
+}
+
+func newSotw(t *testing.T, ads discoverygrpc.AggregatedDiscoveryServiceClient, node *corev3.Node) *sotwClient {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &sotwClient{t: t, node: node, stream: st}
+}
+
+func (c *sotwClient) subscribe(typeURL string, names ...string) {
+	c.t.Helper()
+	req := &discoverygrpc.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names}
+	if !c.sent {
+		req.Node, c.sent = c.node, true
+	}
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// recv waits for the next response of typeURL (ACKing others) and ACKs it.
+func (c *sotwClient) recv(typeURL string, names ...string) *discoverygrpc.DiscoveryResponse {
+	c.t.Helper()
+	for {
+		resp, err := recvTimeout(c.stream.Recv, 10*time.Second)
+		if err != nil {
+			c.t.Fatalf("recv %s: %v", typeURL, err)
+		}
+		ack := &discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: names}
+		if err := c.stream.Send(ack); err != nil {
+			c.t.Fatal(err)
+		}
+		if resp.TypeUrl == typeURL {
+			return resp
+		}
+	}
+}
+
+func recvTimeout[T any](recv func() (T, error), d time.Duration) (T, error) {
+	type r struct {
+		v   T
+		err error
+	}
+	ch := make(chan r, 1)
+	go func() { v, err := recv(); ch <- r{v, err} }()
+	select {
+	case x := <-ch:
+		return x.v, x.err
+	case <-time.After(d):
+		var zero T
+		return zero, context.DeadlineExceeded
+	}
+}
+
+func endpointsOf(t *testing.T, cla *endpointv3.ClusterLoadAssignment) string {
+	var out []string
+	for _, l := range cla.Endpoints {
+		for _, e := range l.LbEndpoints {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			out = append(out, l.GetLocality().GetZone()+"/"+sa.GetAddress()+":"+strconv.FormatUint(uint64(sa.GetPortValue()), 10))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+// TestGatewayContract: a node with metadata meshfed.role=gateway gets this cluster's own
+// exports as inbound clusters with the ready endpoints at their target ports, and follows
+// changes; it gets nothing of the outbound world.
+func TestGatewayContract(t *testing.T) {
+	eps := []records.Endpoint{{Address: "10.0.0.1", Zone: "a", Ready: true}, {Address: "10.0.0.2", Zone: "b", Ready: true}, {Address: "10.0.0.3", Zone: "a"}}
+	s, feed, _ := startServer(t, localView(1, eps...))
+	md, _ := structpb.NewStruct(map[string]any{names.NodeRoleKey: names.NodeRoleGateway})
+	gw := newSotw(t, dial(t, s.Addr()), &corev3.Node{Id: "gw-east", Cluster: "east", UserAgentName: "meshfed-gateway", Metadata: md})
+
+	gw.subscribe(resourcev3.ClusterType) // wildcard: every exported service port
+	resp := gw.recv(resourcev3.ClusterType)
+	inbound := "inbound|8443||echo.demo.svc.cluster.local"
+	if len(resp.Resources) != 1 {
+		t.Fatalf("gateway CDS: %d resources", len(resp.Resources))
+	}
+	var c clusterv3.Cluster
+	if err := resp.Resources[0].UnmarshalTo(&c); err != nil || c.Name != inbound || c.TransportSocket != nil {
+		t.Fatalf("gateway cluster %v (%v)", &c, err)
+	}
+	gw.subscribe(resourcev3.EndpointType, inbound)
+	resp = gw.recv(resourcev3.EndpointType, inbound)
+	var cla endpointv3.ClusterLoadAssignment
+	if err := resp.Resources[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpointsOf(t, &cla); got != "a/10.0.0.1:9443 b/10.0.0.2:9443" {
+		t.Fatalf("gateway endpoints %q", got)
+	}
+
+	// A readiness change reaches the gateway.
+	eps[1].Ready = false
+	feed.Send(localView(2, eps...))
+	resp = gw.recv(resourcev3.EndpointType, inbound)
+	cla.Reset()
+	if err := resp.Resources[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpointsOf(t, &cla); got != "a/10.0.0.1:9443" {
+		t.Fatalf("after readiness change: %q", got)
+	}
+
+	// Unexport: the cluster disappears from the gateway's (full-state) CDS.
+	feed.Send(localView(3))
+	resp = gw.recv(resourcev3.ClusterType)
+	if len(resp.Resources) != 0 {
+		t.Fatalf("unexported service still routed: %d clusters", len(resp.Resources))
+	}
+}
+
+// TestEnvoyDelta: an Envoy (delta ADS) gets the outbound cluster with SDS validation, the
+// SPIFFE validator secret once bundles are set, and endpoints; removals arrive as delta
+// removals.
+func TestEnvoyDelta(t *testing.T) {
+	eps := []records.Endpoint{{Address: "10.0.0.1", Zone: "a", Ready: true}}
+	s, feed, reg := startServer(t, localView(1, eps...))
+	ca := newTestCA(t, "east.example")
+	if err := s.SetTrustBundles(map[string][]*x509.Certificate{"east.example": {ca.cert}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := dial(t, s.Addr()).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "envoy-1", Cluster: "east", UserAgentName: "envoy"}
+	send := func(r *discoverygrpc.DeltaDiscoveryRequest) {
+		t.Helper()
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func(typeURL string) *discoverygrpc.DeltaDiscoveryResponse {
+		t.Helper()
+		for {
+			r, err := recvTimeout(st.Recv, 10*time.Second)
+			if err != nil {
+				t.Fatalf("delta recv %s: %v", typeURL, err)
+			}
+			send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
+			if r.TypeUrl == typeURL {
+				return r
+			}
+		}
+	}
+	send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	r := recv(resourcev3.ClusterType)
+	outbound := "outbound|8443||echo.demo.svc.clusterset.local"
+	if len(r.Resources) != 1 || r.Resources[0].Name != outbound {
+		t.Fatalf("envoy CDS %v", r.Resources)
+	}
+	var c clusterv3.Cluster
+	if err := r.Resources[0].Resource.UnmarshalTo(&c); err != nil {
+		t.Fatal(err)
+	}
+	var utc tlsv3.UpstreamTlsContext
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(&utc); err != nil {
+		t.Fatal(err)
+	}
+	if utc.Sni != "outbound_.8443_._.echo.demo.svc.cluster.local" ||
+		utc.GetCommonTlsContext().GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName() != xds.SPIFFEValidatorSecret {
+		t.Fatalf("envoy tls %v", &utc)
+	}
+
+	send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNamesSubscribe: []string{xds.SPIFFEValidatorSecret}})
+	sr := recv(resourcev3.SecretType)
+	var sec tlsv3.Secret
+	if len(sr.Resources) != 1 || sr.Resources[0].Resource.UnmarshalTo(&sec) != nil ||
+		sec.GetValidationContext().GetCustomValidatorConfig().GetName() != "envoy.tls.cert_validator.spiffe" {
+		t.Fatalf("envoy SDS %v", sr.Resources)
+	}
+
+	send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{outbound}})
+	er := recv(resourcev3.EndpointType)
+	var cla endpointv3.ClusterLoadAssignment
+	if len(er.Resources) != 1 || er.Resources[0].Resource.UnmarshalTo(&cla) != nil {
+		t.Fatalf("envoy EDS %v", er.Resources)
+	}
+	if got := endpointsOf(t, &cla); got != "a/10.0.0.1:9443" {
+		t.Fatalf("envoy endpoints %q: this cluster's own endpoint, direct, at the target port", got)
+	}
+
+	feed.Send(localView(2))
+	r = recv(resourcev3.ClusterType)
+	if len(r.RemovedResources) != 1 || r.RemovedResources[0] != outbound {
+		t.Fatalf("unexport: delta %v removed %v", r.Resources, r.RemovedResources)
+	}
+	if n := metricValue(t, reg, "meshfed_xds_streams", "class", "envoy", "protocol", "delta"); n != 1 {
+		t.Fatalf("streams metric %v", n)
+	}
+}
