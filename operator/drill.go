@@ -57,6 +57,10 @@ type DrillRequest struct {
 	RequestTimeout  time.Duration
 	Warmup          time.Duration
 	RecoveryTimeout time.Duration
+	// MinReassign is the planner's damping of the drill's own router (default
+	// planner.DefaultMinReassign, as the federation services use): a cluster coming back
+	// is re-added at most this long after the last reassignment.
+	MinReassign time.Duration
 	// TLS of the load generator: CAFile verifies the workload (without it the certificate
 	// is not verified: the drill measures routing, not authentication); CertFile/KeyFile
 	// present a client certificate (mTLS).
@@ -115,16 +119,18 @@ func parseTarget(s string) (target, error) {
 
 // DrillPlan is what the drill cordons and whom it affects.
 type DrillPlan struct {
-	DryRun   bool              `json:"dry_run"`
-	ID       string            `json:"id"`
-	Key      string            `json:"key"`
-	Fail     string            `json:"fail"`
-	Service  string            `json:"service"` // "*" for every service
-	Duration time.Duration     `json:"duration_ns"`
-	LeaseTTL time.Duration     `json:"lease_ttl_ns"`
-	Affected []AffectedService `json:"affected"`
-	Traffic  *TrafficPlan      `json:"traffic,omitempty"`
-	Warnings []string          `json:"warnings,omitempty"`
+	DryRun   bool          `json:"dry_run"`
+	ID       string        `json:"id"`
+	Key      string        `json:"key"`
+	Fail     string        `json:"fail"`
+	Service  string        `json:"service"` // "*" for every service
+	Duration time.Duration `json:"duration_ns"`
+	LeaseTTL time.Duration `json:"lease_ttl_ns"`
+	// MinReassign is the damping the traffic's router applies (see DrillRequest).
+	MinReassign time.Duration     `json:"min_reassign_ns"`
+	Affected    []AffectedService `json:"affected"`
+	Traffic     *TrafficPlan      `json:"traffic,omitempty"`
+	Warnings    []string          `json:"warnings,omitempty"`
 }
 
 // AffectedService is one service the cordon touches, and how each client cluster's
@@ -174,6 +180,9 @@ func (r *DrillRequest) defaults() {
 	}
 	if r.RecoveryTimeout == 0 {
 		r.RecoveryTimeout = DefaultRecoveryTimeout
+	}
+	if r.MinReassign == 0 {
+		r.MinReassign = planner.DefaultMinReassign
 	}
 	if r.ProgressInterval == 0 {
 		r.ProgressInterval = time.Second
@@ -228,7 +237,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 		return nil, nil, fmt.Errorf("drill: %w", err)
 	}
 	plan := &DrillPlan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
-		Duration: r.Duration, LeaseTTL: r.LeaseTTL, Affected: []AffectedService{}}
+		Duration: r.Duration, LeaseTTL: r.LeaseTTL, MinReassign: r.MinReassign, Affected: []AffectedService{}}
 	if r.Service != "" {
 		plan.Service = imports.Key(r.Namespace, r.Service)
 	}

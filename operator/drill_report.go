@@ -87,7 +87,7 @@ func (rep *DrillReport) SummaryLines() []string {
 			p.Fail, *t.DrainedAfterMs, t.HitsWhileCordoned, t.ErrorsDuringSwitch, t.ErrorsWhileCordoned))
 	}
 	if t.BackAfterMs != nil {
-		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the cordon lifted (the planner damps re-additions: at most one reassignment per 10 s).", p.Fail, *t.BackAfterMs))
+		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the cordon lifted (the planner damps re-additions: at most one reassignment per %v).", p.Fail, *t.BackAfterMs, p.MinReassign))
 	}
 	if len(t.ErrorKinds) > 0 {
 		var ks []string

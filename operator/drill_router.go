@@ -48,13 +48,13 @@ type planRouter struct {
 var _ loadgen.Router = (*planRouter)(nil)
 var _ store.Handler = (*planRouter)(nil)
 
-func newPlanRouter(st *store.Store, from, ns, name string, port uint32, onPlan func(string)) (*planRouter, error) {
+func newPlanRouter(st *store.Store, from, ns, name string, port uint32, minReassign time.Duration, onPlan func(string)) (*planRouter, error) {
 	chk, err := health.New(health.Options{}, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return nil, err
 	}
 	return &planRouter{st: st, from: from, ns: ns, name: name, port: port, checker: chk,
-		stab: planner.NewStabilizer(0), onPlan: onPlan, kvs: map[string]store.KV{},
+		stab: planner.NewStabilizer(minReassign), onPlan: onPlan, kvs: map[string]store.KV{},
 		synced: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
 }
 

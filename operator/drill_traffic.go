@@ -114,7 +114,7 @@ func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *ta
 		router = directRouter{addr: tgt.addr, sni: r.TargetSNI}
 		t.route = "direct " + tgt.addr
 	} else {
-		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, func(order string) {
+		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, r.MinReassign, func(order string) {
 			at := time.Since(t.start)
 			t.mu.Lock()
 			t.orders = append(t.orders, OrderChange{AtMs: ms(at), Order: order})

@@ -266,4 +266,3 @@ func plural(n int) string {
 	}
 	return "s"
 }
-

@@ -24,7 +24,7 @@ type Snapshot struct {
 	Bundles   map[string]*store.Item[records.Bundle]   // by trust domain
 	Acks      map[string][]*store.Item[records.Ack]    // by cluster
 	Drills    []*store.Item[records.Drill]
-	Rotations map[string]*RotationEntry // by trust domain
+	Rotations map[string]*RotationEntry              // by trust domain
 	Policies  map[string]*store.Item[records.Policy] // by namespace/name
 	Audits    int
 	Bad       []error

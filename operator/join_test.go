@@ -1,0 +1,385 @@
+package operator
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+)
+
+func testExport(cluster, ns, name string, ready ...string) *records.Export {
+	now := time.Now().UTC()
+	e := &records.Export{Cluster: cluster, Namespace: ns, Name: name, Type: records.TypeClusterSetIP, Revision: 1,
+		ExportedAt: now, UpdatedAt: now, Ports: []records.Port{{Name: "tls", Port: 8443, Protocol: "TCP"}}}
+	for _, a := range ready {
+		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: a, Ready: true})
+	}
+	if len(e.Endpoints) == 0 {
+		e.Endpoints = []records.Endpoint{{Address: "10.0.0.1", Ready: true}}
+	}
+	return e
+}
+
+func testBundle(td, owner string) *records.Bundle {
+	return &records.Bundle{TrustDomain: td, Owner: owner, Sequence: 1, JWKS: json.RawMessage(`{"keys":[]}`),
+		Digest: "sha256:" + strings.Repeat("0", 64), Revoked: true, UpdatedAt: time.Now().UTC()}
+}
+
+// put writes rec at key with st's credentials (a plain put, as a federation service does
+// for its own keys).
+func put(t *testing.T, st *store.Store, key string, rec records.Record) error {
+	t.Helper()
+	b, err := records.Encode(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Client().Put(tctx(t), key, string(b))
+	return err
+}
+
+// TestJoinedClusterWritesOnlyItsOwnKeys: with etcd auth on, join creates one user and
+// role per cluster; a cluster's credentials write its own keys and etcd itself denies
+// writes to another cluster's keys (and to operator keys).
+func TestJoinedClusterWritesOnlyItsOwnKeys(t *testing.T) {
+	t.Parallel()
+	srv, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	eastCreds, westCreds := credsPath(t, "east"), credsPath(t, "west")
+	re := joinReq(t, "east", "eu", "east.example.org")
+	re.CredentialsOut = eastCreds
+	plan, err := Join(ctx, root, re)
+	if err != nil {
+		t.Fatalf("join east: %v", err)
+	}
+	if !plan.EtcdAuth.Enabled || !plan.EtcdAuth.Manage || plan.EtcdAuth.User != "meshfed-cluster-east" || plan.EtcdAuth.Password != "new" {
+		t.Fatalf("auth plan = %+v", plan.EtcdAuth)
+	}
+	rw := joinReq(t, "west", "us", "west.example.org")
+	rw.CredentialsOut = westCreds
+	if _, err := Join(ctx, root, rw); err != nil {
+		t.Fatalf("join west: %v", err)
+	}
+	fi, err := os.Stat(eastCreds)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("credentials file: %v mode %v, want 0600", err, fi.Mode())
+	}
+	ec, err := ReadCredentials(eastCreds)
+	if err != nil || ec.User != "meshfed-cluster-east" {
+		t.Fatalf("credentials %+v %v", ec, err)
+	}
+	east := openStore(t, srv, ec.User, ec.Password)
+	ks := east.KS
+
+	// Its own keys: allowed.
+	own := map[string]records.Record{
+		ks.Export("east", "demo", "echo"):         testExport("east", "demo", "echo"),
+		ks.Ack("east", "west.example.org"):        &records.Ack{Cluster: "east", TrustDomain: "west.example.org", Sequence: 1, AppliedAt: time.Now()},
+		ks.Bundle("east.example.org"):             testBundle("east.example.org", "east"),
+		ks.Alive("east"):                          &records.Alive{Cluster: "east", Instance: "test", TTL: 10, Since: time.Now()},
+		ks.Cluster("east"):                        plan.Cluster,
+		ks.Export("east", "other", "svc"):         testExport("east", "other", "svc"),
+		ks.Ack("east", "east.example.org"):        &records.Ack{Cluster: "east", TrustDomain: "east.example.org", Sequence: 1, AppliedAt: time.Now()},
+		ks.Export("east", "demo", "echo-backend"): testExport("east", "demo", "echo-backend"),
+	}
+	for key, rec := range own {
+		if err := put(t, east, key, rec); err != nil {
+			t.Errorf("east writing its own %s: %v", key, err)
+		}
+	}
+	// Everyone else's keys: denied by etcd.
+	foreign := map[string]records.Record{
+		ks.Export("west", "demo", "echo"):  testExport("west", "demo", "echo"),
+		ks.Cluster("west"):                 &records.Cluster{Name: "west", Network: "n", Region: "r", Zone: "z", TrustDomain: "evil.example.org", Gateways: []string{"1.2.3.4:1"}, JoinedAt: time.Now()},
+		ks.Alive("west"):                   &records.Alive{Cluster: "west", Instance: "x", TTL: 10},
+		ks.Bundle("west.example.org"):      testBundle("west.example.org", "east"),
+		ks.Ack("west", "east.example.org"): &records.Ack{Cluster: "west", TrustDomain: "east.example.org", Sequence: 9, AppliedAt: time.Now()},
+		ks.Policy("demo", "echo"):          &records.Policy{Namespace: "demo", Name: "echo", Order: []string{"east"}},
+		ks.Drill("evil"):                   &records.Drill{ID: "evil", Cluster: "west", Until: time.Now().Add(time.Hour), StartedBy: "east"},
+		ks.Cluster("mallory"):              &records.Cluster{Name: "mallory", Network: "n", Region: "r", Zone: "z", TrustDomain: "m.example.org", Gateways: []string{"1.2.3.4:1"}, JoinedAt: time.Now()},
+	}
+	for key, rec := range foreign {
+		err := put(t, east, key, rec)
+		if !store.IsPermissionDenied(err) {
+			t.Errorf("east writing %s: err = %v, want etcd permission denied", key, err)
+		}
+	}
+	// Deleting another cluster's exports is denied too.
+	if _, err := east.Client().Delete(ctx, ks.ExportsOf("west"), clientv3.WithPrefix()); !store.IsPermissionDenied(err) {
+		t.Errorf("east deleting west's exports: %v, want permission denied", err)
+	}
+	// Reading the whole keyspace is allowed (imports need it).
+	snap, err := ReadSnapshot(ctx, east)
+	if err != nil {
+		t.Fatalf("east reading the keyspace: %v", err)
+	}
+	if snap.Clusters["west"] == nil || len(snap.Exports["east"]) != 3 {
+		t.Fatalf("east's read: clusters %v, east exports %d", snap.ClusterNames(), len(snap.Exports["east"]))
+	}
+	// Operator-only work fails with a cluster's credentials, with a message naming the fix.
+	if _, err := SetPolicy(ctx, east, PolicyRequest{Namespace: "demo", Name: "echo", Order: []string{"west"}}); err == nil || !strings.Contains(err.Error(), "operator credentials") {
+		t.Errorf("policy set as east: %v", err)
+	}
+	// A cluster cannot create users (join as a cluster fails before changing anything).
+	r3 := joinReq(t, "north", "eu", "north.example.org")
+	r3.CredentialsOut = credsPath(t, "north")
+	if _, err := Join(ctx, east, r3); err == nil || !strings.Contains(err.Error(), "root") {
+		t.Errorf("join as east: %v, want a message asking for root", err)
+	}
+	if keysUnder(t, root, "clusters/north") != 0 {
+		t.Error("a refused join wrote clusters/north")
+	}
+}
+
+// TestJoinIdempotentConflictForce: the same join twice changes nothing (and still
+// audits); a different cluster under the same name is refused without --force; --force
+// overwrites and its audit record keeps the previous value.
+func TestJoinIdempotentConflictForce(t *testing.T) {
+	t.Parallel()
+	_, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	r := joinReq(t, "east", "eu", "east.example.org")
+	r.CredentialsOut = credsPath(t, "east")
+	first, err := Join(ctx, root, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Action != ActionCreate {
+		t.Fatalf("first join action %s", first.Action)
+	}
+	rev1 := mustGet(t, root, root.KS.Cluster("east")).ModRevision
+
+	r2 := r
+	r2.CredentialsOut = "" // user exists: no new password needed
+	again, err := Join(ctx, root, r2)
+	if err != nil {
+		t.Fatalf("repeat join: %v", err)
+	}
+	if again.Action != ActionUnchanged || again.EtcdAuth.Password != "unchanged" {
+		t.Fatalf("repeat join: action %s password %s", again.Action, again.EtcdAuth.Password)
+	}
+	if rev := mustGet(t, root, root.KS.Cluster("east")).ModRevision; rev != rev1 {
+		t.Fatalf("repeat join rewrote the record (rev %d -> %d)", rev1, rev)
+	}
+
+	conflict := r2
+	conflict.Region = "us"
+	conflict.Zone = "us-a"
+	_, err = Join(ctx, root, conflict)
+	if err == nil || !strings.Contains(err.Error(), "--force") || !strings.Contains(err.Error(), "--cluster") {
+		t.Fatalf("conflicting join: %v, want a refusal naming --cluster and --force", err)
+	}
+	if got := mustGet(t, root, root.KS.Cluster("east")).Value.Region; got != "eu" {
+		t.Fatalf("refused join changed region to %s", got)
+	}
+
+	conflict.Force = true
+	forced, err := Join(ctx, root, conflict)
+	if err != nil {
+		t.Fatalf("forced join: %v", err)
+	}
+	if forced.Action != ActionOverwrite {
+		t.Fatalf("forced action %s", forced.Action)
+	}
+	if got := mustGet(t, root, root.KS.Cluster("east")).Value.Region; got != "us" {
+		t.Fatalf("forced join: region %s", got)
+	}
+	as := audits(t, root)
+	if len(as) != 3 {
+		t.Fatalf("%d audit records, want 3 (join, join, join-force)", len(as))
+	}
+	last := as[2]
+	if last.Action != "join-force" || last.Cluster != "east" || last.Actor != "test" {
+		t.Fatalf("forced join audit = %+v", last)
+	}
+	var d JoinAudit
+	if err := json.Unmarshal([]byte(last.Detail), &d); err != nil || d.Previous == nil || d.Previous.Region != "eu" || !d.Forced {
+		t.Fatalf("forced join audit detail %s (%v)", last.Detail, err)
+	}
+}
+
+func mustGet(t *testing.T, st *store.Store, key string) *store.Item[records.Cluster] {
+	t.Helper()
+	it, err := store.Get[records.Cluster](tctx(t), st, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return it
+}
+
+// TestJoinCollectsEveryProblem: bad flags are all reported at once; so are conflicts with
+// other members (trust domain, gateway), and nothing is written.
+func TestJoinCollectsEveryProblem(t *testing.T) {
+	t.Parallel()
+	_, st := etcdNoAuth(t)
+	ctx := tctx(t)
+	_, err := Join(ctx, st, JoinRequest{Cluster: "East", Region: "", Zone: "z", Network: "n", TrustDomain: "spiffe://x", Gateways: []string{"nope", "nope"}, Users: "sometimes"})
+	var me *multierror.Error
+	if !errors.As(err, &me) {
+		t.Fatalf("err %T %v, want *multierror.Error", err, err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"--cluster", "--region", "--trust-domain", "--gateway", "given twice", "--etcd-users"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %q:\n%s", want, msg)
+		}
+	}
+	if len(me.Errors) < 6 {
+		t.Errorf("%d problems, want every one:\n%s", len(me.Errors), msg)
+	}
+
+	gw := closedAddr(t)
+	if _, err := Join(ctx, st, joinReq(t, "west", "us", "shared.example.org", gw)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Join(ctx, st, joinReq(t, "east", "eu", "shared.example.org", gw))
+	if !errors.As(err, &me) || len(me.Errors) != 2 {
+		t.Fatalf("want 2 problems (trust domain, gateway), got %v", err)
+	}
+	if !strings.Contains(err.Error(), "trust domain of cluster west") || !strings.Contains(err.Error(), "gateway of cluster west") {
+		t.Fatalf("problems: %v", err)
+	}
+	if keysUnder(t, st, "clusters/east") != 0 {
+		t.Fatal("refused join wrote clusters/east")
+	}
+	// A bundle owned by another cluster claims its trust domain too.
+	if err := put(t, st, st.KS.Bundle("taken.example.org"), testBundle("taken.example.org", "west")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Join(ctx, st, joinReq(t, "east", "eu", "taken.example.org"))
+	if err == nil || !strings.Contains(err.Error(), "owned by cluster west") {
+		t.Fatalf("join with a trust domain whose bundle west owns: %v", err)
+	}
+}
+
+// TestJoinDryRunWritesNothing: the plan lists keys, role and permissions; etcd keeps no
+// key, user or role, and no credentials file appears.
+func TestJoinDryRunWritesNothing(t *testing.T) {
+	t.Parallel()
+	_, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	r := joinReq(t, "east", "eu", "east.example.org")
+	r.CredentialsOut = credsPath(t, "east")
+	r.AdminUser = "ops"
+	r.AdminCredentialsOut = credsPath(t, "ops")
+	r.DryRun = true
+	before, _ := root.Client().Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	plan, err := Join(ctx, root, r)
+	if err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	if !plan.DryRun || plan.Action != ActionCreate || len(plan.EtcdAuth.Permissions) != 6 || plan.Admin == nil || len(plan.Done) != 0 {
+		t.Fatalf("plan = %+v", plan)
+	}
+	var perms []string
+	for _, p := range plan.EtcdAuth.Permissions {
+		perms = append(perms, p.String())
+	}
+	joined := strings.Join(perms, "; ")
+	for _, want := range []string{"read /meshfed/v1/*", "readwrite /meshfed/v1/exports/east/*", "readwrite /meshfed/v1/bundles/east.example.org", "readwrite /meshfed/v1/acks/east/*", "readwrite /meshfed/v1/alive/east", "readwrite /meshfed/v1/clusters/east"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("plan permissions %q lack %q", joined, want)
+		}
+	}
+	after, _ := root.Client().Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if before.Count != after.Count || after.Header.Revision != before.Header.Revision {
+		t.Fatalf("dry run changed etcd: %d keys rev %d -> %d keys rev %d", before.Count, before.Header.Revision, after.Count, after.Header.Revision)
+	}
+	users, err := root.Client().UserList(ctx)
+	if err != nil || len(users.Users) != 1 {
+		t.Fatalf("users after dry run: %v %v (want only root)", users, err)
+	}
+	roles, _ := root.Client().RoleList(ctx)
+	if len(roles.Roles) != 1 {
+		t.Fatalf("roles after dry run: %v", roles.Roles)
+	}
+	for _, f := range []string{r.CredentialsOut, r.AdminCredentialsOut} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Fatalf("dry run wrote %s", f)
+		}
+	}
+	var b strings.Builder
+	_ = plan.WriteTable(&b)
+	if !strings.Contains(b.String(), "DRY RUN") || !strings.Contains(b.String(), "meshfed-cluster-east") {
+		t.Fatalf("dry-run table:\n%s", b.String())
+	}
+}
+
+// TestJoinWarnsAndRequires: an unreachable gateway is a warning; with auth on a new user
+// needs --credentials-out; with auth off join says so.
+func TestJoinWarnsAndRequires(t *testing.T) {
+	t.Parallel()
+	_, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	r := joinReq(t, "east", "eu", "east.example.org")
+	_, err := Join(ctx, root, r)
+	if err == nil || !strings.Contains(err.Error(), "--credentials-out: required") {
+		t.Fatalf("join without --credentials-out: %v", err)
+	}
+	r.CredentialsOut = credsPath(t, "east")
+	plan, err := Join(ctx, root, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Gateways) != 1 || plan.Gateways[0].OK || plan.Gateways[0].Result != "refused" {
+		t.Fatalf("gateway check %+v", plan.Gateways)
+	}
+	if !strings.Contains(strings.Join(plan.Warnings, "\n"), "does not answer its health check") {
+		t.Fatalf("warnings %v", plan.Warnings)
+	}
+	// --rotate-password issues a new password that works; the old one stops working.
+	old, _ := ReadCredentials(r.CredentialsOut)
+	r.RotatePassword = true
+	r.CredentialsOut = credsPath(t, "east2")
+	if _, err := Join(ctx, root, r); err != nil {
+		t.Fatal(err)
+	}
+	nw, _ := ReadCredentials(r.CredentialsOut)
+	if nw.Password == old.Password {
+		t.Fatal("rotated password is the old one")
+	}
+
+	_, noauth := etcdNoAuth(t)
+	plan, err = Join(ctx, noauth, joinReq(t, "east", "eu", "east.example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.EtcdAuth.Enabled || plan.EtcdAuth.Manage || !strings.Contains(strings.Join(plan.Warnings, "\n"), "etcd auth is off") {
+		t.Fatalf("no-auth plan %+v warnings %v", plan.EtcdAuth, plan.Warnings)
+	}
+}
+
+// TestJoinForcedTrustDomainChangeMovesBundlePermission: the role follows the record.
+func TestJoinForcedTrustDomainChangeMovesBundlePermission(t *testing.T) {
+	t.Parallel()
+	srv, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	r := joinReq(t, "east", "eu", "old.example.org")
+	r.CredentialsOut = credsPath(t, "east")
+	if _, err := Join(ctx, root, r); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ReadCredentials(r.CredentialsOut)
+	r.TrustDomain, r.Force, r.CredentialsOut = "new.example.org", true, ""
+	plan, err := Join(ctx, root, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.EtcdAuth.Revoke) != 1 || !strings.HasSuffix(plan.EtcdAuth.Revoke[0], "bundles/old.example.org") {
+		t.Fatalf("revoke %v", plan.EtcdAuth.Revoke)
+	}
+	east := openStore(t, srv, c.User, c.Password)
+	if err := put(t, east, east.KS.Bundle("old.example.org"), testBundle("old.example.org", "east")); !store.IsPermissionDenied(err) {
+		t.Fatalf("old bundle write: %v", err)
+	}
+	if err := put(t, east, east.KS.Bundle("new.example.org"), testBundle("new.example.org", "east")); err != nil {
+		t.Fatalf("new bundle write: %v", err)
+	}
+}
