@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the manifest and monitoring tools (helm, kustomize, promtool) from the Go module
+# proxy when they are not cached, and prints one `export VAR=path` line per tool:
+#
+#   eval "$(hack/tools/ensure.sh)"            # all: MESHFED_HELM, MESHFED_KUSTOMIZE, MESHFED_PROMTOOL
+#   eval "$(hack/tools/ensure.sh helm)"       # one
+#
+# Each tool has its own wrapper module here (hack/tools/<tool>/go.mod with a `tool` line), so
+# the project's go.mod never sees their dependencies and their versions never fight each other
+# (helm and promtool pin different k8s.io and cloud SDK versions).
+#
+# Only `export ...` lines go to stdout; every message goes to stderr. The cache key of a tool
+# is a hash of its go.mod and go.sum, so bumping a version builds into a new directory:
+#   ${MESHFED_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed-tools}/<tool>-<hash>/<tool>
+# Cold builds on 2 cores (empty build cache): see docs/deploy.md ("How validation works").
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="${MESHFED_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed-tools}"
+
+declare -A pkg=(
+  [helm]=helm.sh/helm/v3/cmd/helm
+  [kustomize]=sigs.k8s.io/kustomize/kustomize/v5
+  [promtool]=github.com/prometheus/prometheus/cmd/promtool
+)
+declare -A var=([helm]=MESHFED_HELM [kustomize]=MESHFED_KUSTOMIZE [promtool]=MESHFED_PROMTOOL)
+
+tools=("$@")
+if [ ${#tools[@]} -eq 0 ]; then tools=(helm kustomize promtool); fi
+
+for t in "${tools[@]}"; do
+  if [ -z "${pkg[$t]:-}" ]; then
+    echo "tools: unknown tool $t (known: ${!pkg[*]})" >&2
+    exit 2
+  fi
+  mod="$here/$t"
+  key="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)"
+  dir="$root/$t-$key"
+  bin="$dir/$t"
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$dir"
+    # One builder per tool and cache dir: parallel test runs would race on the output file.
+    exec 9>"$dir/.lock"
+    flock 9
+    if [ ! -x "$bin" ]; then
+      echo "tools: building $t (${pkg[$t]}) into $dir" >&2
+      start=$(date +%s)
+      # GOFLAGS from the caller (-race, -mod=vendor) must not leak into the build; GOWORK=off
+      # keeps a go.work in a parent directory from swallowing the wrapper module.
+      (cd "$mod" && GOFLAGS=-mod=readonly GOWORK=off CGO_ENABLED=0 \
+        go build -trimpath -ldflags "-s -w" -o "$bin.tmp" "${pkg[$t]}") >&2
+      mv "$bin.tmp" "$bin"
+      echo "tools: built $t in $(( $(date +%s) - start ))s" >&2
+    fi
+    exec 9>&-
+  fi
+  echo "export ${var[$t]}=$bin"
+done
