@@ -475,9 +475,13 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 		}
 	}
 
+	// Until is a backstop, not the schedule: the drill lifts the cordon itself after
+	// Duration (revoking the lease); Until only bounds a cordon whose process hangs but
+	// keeps its lease alive. It leaves room for a slow etcd write, so that the planner never
+	// ends the cordon before the lift.
 	now := time.Now()
 	d := &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service,
-		Until: now.Add(r.Duration).UTC(), StartedBy: actorOr(r.Actor), StartedAt: now.UTC()}
+		Until: now.Add(r.Duration + r.LeaseTTL).UTC(), StartedBy: actorOr(r.Actor), StartedAt: now.UTC()}
 	c, err := StartCordon(ctx, st, d, r.LeaseTTL)
 	if err != nil {
 		if tr != nil {
@@ -489,8 +493,8 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 	if tr != nil {
 		tr.mark(rep.CordonAt, "cordon "+r.Fail)
 	}
-	fmt.Fprintf(prog, "cordoned %s for %s (%s, lease TTL %v: a killed drill ends within that); until %s\n",
-		r.Fail, plan.Service, c.Key, r.LeaseTTL, d.Until.Format(time.RFC3339))
+	fmt.Fprintf(prog, "cordoned %s for %s (%s, lease TTL %v: if this process dies the cordon ends within that); lifting in %v\n",
+		r.Fail, plan.Service, c.Key, r.LeaseTTL, r.Duration)
 
 	interrupted := false
 	var lostErr error

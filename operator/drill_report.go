@@ -80,7 +80,7 @@ func (rep *DrillReport) SummaryLines() []string {
 	}
 	out = append(out, fmt.Sprintf("Traffic: %d requests from %s's point of view to %s (%s), %d errors.", t.Requests, t.From, t.Target, strings.Join(by, ", "), t.Errors))
 	if t.BeforeRequests > 0 {
-		out = append(out, fmt.Sprintf("Before the cordon %s served %.0f%% of %d requests.", p.Fail, 100*t.BeforeShare, t.BeforeRequests))
+		out = append(out, fmt.Sprintf("Before the cordon %s served %.0f%% of %d answered requests.", p.Fail, 100*t.BeforeShare, t.BeforeRequests))
 	}
 	if t.DrainedAfterMs != nil {
 		out = append(out, fmt.Sprintf("No request reached %s from %.0f ms after the cordon (%d requests still reached it while cordoned); %d errors during the switch, %d while cordoned.",

@@ -135,6 +135,18 @@ func (r *planRouter) replan() {
 	if order == "" {
 		order = "(nowhere)"
 	}
+	var why []string
+	for _, x := range d.Plan.Excluded {
+		if x.Port == 0 || x.Port == r.port {
+			why = append(why, x.Cluster+": "+x.Reason)
+		}
+	}
+	if len(why) > 0 {
+		order += " (left out: " + strings.Join(why, ", ") + ")"
+	}
+	if d.Held {
+		order += " (a change is held until " + d.RetryAt.Format("15:04:05.000") + ")"
+	}
 	if order != r.order {
 		r.order = order
 		if r.onPlan != nil {

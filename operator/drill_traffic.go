@@ -36,7 +36,7 @@ type TrafficReport struct {
 	Requests  int            `json:"requests"`
 	Errors    int            `json:"errors"`
 	ByCluster map[string]int `json:"by_cluster"`
-	// BeforeShare is the failed cluster's share of the requests before the cordon.
+	// BeforeShare is the failed cluster's share of the answered requests before the cordon.
 	BeforeRequests int     `json:"before_requests"`
 	BeforeShare    float64 `json:"before_share_failed"`
 	// DrainedAfterMs: from the cordon until the end of the last request the failed
@@ -286,7 +286,9 @@ func (t *traffic) finish(rep *DrillReport, fail string, interrupted bool) *Drill
 		}
 		switch {
 		case cordon.IsZero() || r.Start.Before(cordon):
-			tr.BeforeRequests++
+			if r.Err == "" {
+				tr.BeforeRequests++
+			}
 			if r.Cluster == fail {
 				beforeFail++
 			}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,4 +133,26 @@ func audits(t *testing.T, st *store.Store) []*records.Audit {
 		out = append(out, it.Value)
 	}
 	return out
+}
+
+func newStoreFor(cli *clientv3.Client) (*store.Store, error) {
+	return store.New(cli, records.DefaultPrefix, nil)
+}
+
+// syncWriter collects progress written from several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

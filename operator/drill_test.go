@@ -1,0 +1,353 @@
+package operator
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/internal/testetcd"
+	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/operator/internal/loadgen"
+)
+
+// TestDrillDryRunShowsImpact: the dry run names every client cluster whose order changes
+// and how, and writes nothing.
+func TestDrillDryRunShowsImpact(t *testing.T) {
+	t.Parallel()
+	_, st := etcdNoAuth(t)
+	ctx := tctx(t)
+	for _, c := range [][2]string{{"east", "eu"}, {"west", "eu"}, {"north", "us"}} {
+		if _, err := Join(ctx, st, joinReq(t, c[0], c[1], c[0]+".example.org")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for key, rec := range map[string]records.Record{
+		st.KS.Export("west", "demo", "echo"):  testExport("west", "demo", "echo"),
+		st.KS.Export("north", "demo", "echo"): testExport("north", "demo", "echo"),
+		st.KS.Export("west", "demo", "solo"):  testExport("west", "demo", "solo"),
+	} {
+		if err := put(t, st, key, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev0 := keysUnder(t, st, "")
+	rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", DryRun: true, ID: "dry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rep.Plan
+	if !p.DryRun || p.Service != "*" || len(p.Affected) != 2 {
+		t.Fatalf("plan %+v", p)
+	}
+	impact := map[string]string{}
+	for _, a := range p.Affected {
+		for _, c := range a.Clients {
+			impact[a.Service+" "+c.Cluster] = c.Impact + " " + strings.Join(c.Before, ">") + " -> " + strings.Join(c.After, ">")
+		}
+	}
+	want := map[string]string{
+		"demo/echo east":  "moves west>north -> north",  // same region first
+		"demo/echo north": "backup north>west -> north", // local first
+		"demo/solo east":  "outage west -> ",
+		"demo/solo north": "outage west -> ",
+	}
+	for k, v := range want {
+		if impact[k] != v {
+			t.Errorf("%s: %q, want %q", k, impact[k], v)
+		}
+	}
+	if !strings.Contains(strings.Join(p.Warnings, "\n"), "have no other cluster") {
+		t.Errorf("warnings %v", p.Warnings)
+	}
+	if keysUnder(t, st, "") != rev0 || keysUnder(t, st, "drills/") != 0 {
+		t.Fatal("dry run wrote")
+	}
+	var b strings.Builder
+	_ = rep.WriteTable(&b)
+	if !strings.Contains(b.String(), "DRY RUN") || !strings.Contains(b.String(), "outage") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+
+	// Validation names flags, all at once.
+	_, err = RunDrill(ctx, st, DrillRequest{Fail: "nosuch", Service: "echo", Namespace: "demo", From: "east", Rate: 5000, LeaseTTL: time.Hour})
+	if err == nil {
+		t.Fatal("bad drill accepted")
+	}
+	for _, w := range []string{"--from/--target", "--rate", "--lease-ttl"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %s: %v", w, err)
+		}
+	}
+	_, err = RunDrill(ctx, st, DrillRequest{Fail: "nosuch", Service: "echo", Namespace: "demo", DryRun: true})
+	if err == nil || !strings.Contains(err.Error(), "--fail") || !strings.Contains(err.Error(), "--service") {
+		t.Fatalf("unknown cluster and service: %v", err)
+	}
+}
+
+// TestDrillCordonLiftsAtEnd: the cordon key lives on its own lease while the drill runs
+// and is gone (lease revoked) when --duration ends.
+func TestDrillCordonLiftsAtEnd(t *testing.T) {
+	t.Parallel()
+	_, st := etcdNoAuth(t)
+	ctx := tctx(t)
+	if _, err := Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *DrillReport, 1)
+	go func() {
+		rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", ID: "short", Duration: 1500 * time.Millisecond, Actor: "test"})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	key := st.KS.Drill("short")
+	var lease int64
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		r, err := st.Client().Get(ctx, key)
+		if err != nil || len(r.Kvs) == 0 {
+			return false
+		}
+		lease = r.Kvs[0].Lease
+		return true
+	}, "cordon key written")
+	if lease == 0 {
+		t.Fatal("cordon key has no lease")
+	}
+	ttl, err := st.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
+	if err != nil || ttl.GrantedTTL != 10 {
+		t.Fatalf("lease TTL %+v %v, want 10s granted", ttl, err)
+	}
+	rep := <-done
+	if rep == nil || rep.CordonAt.IsZero() || rep.LiftAt.Sub(rep.CordonAt) < 1500*time.Millisecond {
+		t.Fatalf("report %+v", rep)
+	}
+	if keysUnder(t, st, "drills/") != 0 {
+		t.Fatal("cordon key still there after the drill")
+	}
+	if ttl, _ := st.Client().TimeToLive(ctx, clientv3.LeaseID(lease)); ttl != nil && ttl.TTL > 0 {
+		t.Fatalf("lease not revoked: %+v", ttl)
+	}
+}
+
+const drillChildEnv = "MESHFED_OPERATOR_TEST_DRILL_CHILD"
+
+// TestDrillChildProcess is the drill process of TestDrillCordonExpiresWhenKilled (it only
+// runs as that test's child).
+func TestDrillChildProcess(t *testing.T) {
+	ep := os.Getenv(drillChildEnv)
+	if ep == "" {
+		t.Skip("runs only as the child of TestDrillCordonExpiresWhenKilled")
+	}
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := newStoreFor(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = RunDrill(ctx, st, DrillRequest{Fail: "west", ID: "killed", Duration: 10 * time.Minute, Progress: os.Stdout, Actor: "child"})
+	t.Fatalf("the drill returned (%v): it should have been killed", err)
+}
+
+// TestDrillCordonExpiresWhenKilled: a real drill process is killed with SIGKILL while
+// the cordon holds; nobody revokes its lease, and the cordon disappears by itself within
+// the lease TTL (10 s) plus etcd's expiry check.
+func TestDrillCordonExpiresWhenKilled(t *testing.T) {
+	t.Parallel()
+	srv := testetcd.Start(t)
+	st := openStore(t, srv, "", "")
+	ctx := tctx(t)
+	if _, err := Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDrillChildProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), drillChildEnv+"="+srv.Clients[0])
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	deadline := time.After(30 * time.Second)
+	for cordoned := false; !cordoned; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("child exited before cordoning")
+			}
+			cordoned = strings.HasPrefix(l, "cordoned west")
+		case <-deadline:
+			t.Fatal("child did not cordon within 30s")
+		}
+	}
+	key := st.KS.Drill("killed")
+	if keysUnder(t, st, "drills/killed") != 1 {
+		t.Fatal("cordon key missing while the drill runs")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	killed := time.Now()
+	// Right after the kill the cordon is still there: only the lease can end it.
+	if r, err := st.Client().Get(ctx, key); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("cordon gone at once after SIGKILL (%v): something revoked it", err)
+	}
+	waitfor.Cond(t, 10*time.Second+5*time.Second, func() bool {
+		r, err := st.Client().Get(ctx, key, clientv3.WithCountOnly())
+		return err == nil && r.Count == 0
+	}, "cordon %s to expire after the drill process was killed", key)
+	t.Logf("cordon expired %v after SIGKILL", time.Since(killed).Round(100*time.Millisecond))
+}
+
+// TestDrillMeasuresTrafficSwitch: three simulated clusters; east's clients call
+// demo/echo exported by west (same region: priority 0) and north. The drill cordons west
+// while driving traffic as east's clients: traffic leaves west, goes to north, and
+// returns after the lift; the report and its HTML timeline are written.
+func TestDrillMeasuresTrafficSwitch(t *testing.T) {
+	t.Parallel()
+	ctx := tctx(t)
+	f, _ := startFederation(t, ctx)
+	st := harnessStore(t, f)
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		s, err := ReadSnapshot(ctx, st)
+		return err == nil && len(s.Exports["west"]) == 1 && len(s.Exports["north"]) == 1 && len(s.Clusters) == 3
+	}, "west and north export demo/echo")
+	prog := &syncWriter{}
+	rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", From: "east", Target: "demo/echo:8443", Rate: 10, RequestTimeout: 2 * time.Second,
+		Duration: 2 * time.Second, Warmup: time.Second, MinReassign: time.Second, RecoveryTimeout: 10 * time.Second,
+		Progress: prog, ProgressInterval: 500 * time.Millisecond, Actor: "test"})
+	if err != nil {
+		t.Fatalf("drill: %v\n%s", err, prog.String())
+	}
+	tr := rep.Traffic
+	if tr == nil {
+		t.Fatal("no traffic report")
+	}
+	t.Logf("progress:\n%s", prog.String())
+	var sum strings.Builder
+	_ = rep.WriteTable(&sum)
+	t.Logf("summary:\n%s", sum.String())
+	if tr.BeforeRequests == 0 || tr.BeforeShare < 0.9 {
+		t.Fatalf("before the cordon west served %.2f of %d requests, want all", tr.BeforeShare, tr.BeforeRequests)
+	}
+	if tr.DrainedAfterMs == nil || *tr.DrainedAfterMs > 1500 {
+		t.Fatalf("drained after %v ms", tr.DrainedAfterMs)
+	}
+	if tr.ByCluster["north"] == 0 {
+		t.Fatalf("north served nothing: %v", tr.ByCluster)
+	}
+	if tr.BackAfterMs == nil {
+		t.Fatalf("traffic did not come back to west: notes %v", tr.Notes)
+	}
+	// A cordon moves new requests and breaks none; errors here can only be timeouts of
+	// an overloaded test machine (-race, parallel tests), never "no route".
+	if tr.ErrorKinds["no route"] != 0 || tr.Errors*5 > tr.Requests {
+		t.Fatalf("%d errors of %d requests (%v)", tr.Errors, tr.Requests, tr.ErrorKinds)
+	}
+	// Every request after the drain and before the lift went to north.
+	for _, s := range tr.Samples {
+		at := tr.Start.Add(time.Duration(s.AtMs * float64(time.Millisecond)))
+		if at.After(rep.CordonAt.Add(time.Duration(*tr.DrainedAfterMs*float64(time.Millisecond)))) && at.Before(rep.LiftAt) && s.Cluster != "north" {
+			t.Fatalf("request at %.0f ms went to %q while west was cordoned and drained", s.AtMs, s.Cluster)
+		}
+	}
+	if !strings.Contains(prog.String(), "east's order for demo/echo:8443 is now north") || !strings.Contains(prog.String(), "cordoned west") {
+		t.Fatalf("progress:\n%s", prog.String())
+	}
+	dir := t.TempDir()
+	jp, hp, err := rep.WriteReport(filepath.Join(dir, "drill.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back DrillReport
+	b, _ := os.ReadFile(jp)
+	if err := json.Unmarshal(b, &back); err != nil || back.Traffic == nil || len(back.Traffic.Timeline) == 0 {
+		t.Fatalf("report JSON: %v", err)
+	}
+	h, _ := os.ReadFile(hp)
+	for _, want := range []string{"<svg", "polyline", "north", "west", "cordon west", "lift"} {
+		if !strings.Contains(string(h), want) {
+			t.Errorf("HTML timeline lacks %q", want)
+		}
+	}
+	if keysUnder(t, st, "drills/") != 0 {
+		t.Fatal("cordon left behind")
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	t.Parallel()
+	cases := map[string]target{
+		"demo/echo:8443":                                {namespace: "demo", name: "echo", port: 8443},
+		"echo.demo.svc.clusterset.local:8443":           {namespace: "demo", name: "echo", port: 8443},
+		"outbound|8443||echo.demo.svc.clusterset.local": {namespace: "demo", name: "echo", port: 8443},
+		"127.0.0.1:15001":                               {direct: true, addr: "127.0.0.1:15001"},
+		"envoy.local:9000":                              {direct: true, addr: "envoy.local:9000"},
+	}
+	for in, want := range cases {
+		got, err := parseTarget(in)
+		if err != nil || got != want {
+			t.Errorf("parseTarget(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"demo/echo", "demo/echo:0", "demo/echo:x", "nope", "echo.demo.svc.clusterset.local:0", "outbound|x||y"} {
+		if _, err := parseTarget(bad); err == nil {
+			t.Errorf("parseTarget(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"demo/echo:8443", "echo.demo.svc.clusterset.local:8443", "outbound|8443||echo.demo.svc.clusterset.local", "127.0.0.1:1", "[::1]:80", "a/b:", ":", "outbound|"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tg, err := parseTarget(s)
+		if err != nil {
+			return
+		}
+		if tg.direct && tg.addr != s {
+			t.Fatalf("direct %q became %q", s, tg.addr)
+		}
+		if !tg.direct && (tg.port == 0 || tg.namespace == "" || tg.name == "") {
+			t.Fatalf("%q parsed as %+v", s, tg)
+		}
+	})
+}
+
+func FuzzParseServer(f *testing.F) {
+	for _, s := range []string{"west echo-0: hello\n", "x y: z", "", "west", "West echo: x", "a b:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := loadgen.ParseServer(s)
+		if err == nil && (c == "" || !strings.HasPrefix(strings.TrimLeft(s, " \t\r\n\v\f"), c)) {
+			t.Fatalf("%q -> %q", s, c)
+		}
+	})
+}
