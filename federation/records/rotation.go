@@ -89,8 +89,9 @@ type Rotation struct {
 	// OldIssuerFingerprint is the dev CA's issuing root when the job started: an abort after
 	// the switch moves issuance back to it.
 	OldIssuerFingerprint string `json:"oldIssuerFingerprint,omitempty"`
-	// SVIDLifetime is the longest lifetime of an SVID of this trust domain: the drain wait.
-	SVIDLifetimeSeconds int64 `json:"svidLifetimeSeconds"`
+	// SVIDLifetimeMillis is the longest lifetime of an SVID of this trust domain: the
+	// drain wait (milliseconds, so tests can use short lifetimes).
+	SVIDLifetimeMillis int64 `json:"svidLifetimeMillis"`
 	// BaseSequence is the bundle's sequence at preflight; the job publishes BaseSequence+1
 	// (old+new), then BaseSequence+2 (new only) or, on abort, one more (old only).
 	BaseSequence  uint64 `json:"baseSequence"`
@@ -149,9 +150,9 @@ func (r *Rotation) IsExcluded(cluster string) bool {
 	return false
 }
 
-// SVIDLifetime is SVIDLifetimeSeconds as a duration.
+// SVIDLifetime is SVIDLifetimeMillis as a duration.
 func (r *Rotation) SVIDLifetime() time.Duration {
-	return time.Duration(r.SVIDLifetimeSeconds) * time.Second
+	return time.Duration(r.SVIDLifetimeMillis) * time.Millisecond
 }
 
 // Validate implements Record.
@@ -180,8 +181,8 @@ func (r *Rotation) Validate() error {
 	default:
 		errs.Add("issuer", "%q: use %s or %s", r.Issuer, IssuerDev, IssuerExternal)
 	}
-	if r.SVIDLifetimeSeconds < 0 {
-		errs.Add("svidLifetimeSeconds", "must not be negative")
+	if r.SVIDLifetimeMillis < 0 {
+		errs.Add("svidLifetimeMillis", "must not be negative")
 	}
 	if r.BaseSequence < 1 {
 		errs.Add("baseSequence", "must be at least 1")

@@ -11,7 +11,7 @@ func validRotation() *Rotation {
 		TrustDomain: "a.example", ID: "rot-1", Phase: PhaseWaitAcksBoth,
 		OldRoots: "-----BEGIN CERTIFICATE-----\n", NewRoot: "-----BEGIN CERTIFICATE-----\n",
 		NewRootFingerprint: "sha256:" + strings.Repeat("ab", 32), Issuer: IssuerExternal,
-		SVIDLifetimeSeconds: 3600, BaseSequence: 4, BothSequence: 5,
+		SVIDLifetimeMillis: 3600000, BaseSequence: 4, BothSequence: 5,
 		Excluded: []Exclusion{{Cluster: "c", By: "ops", At: time.Unix(1, 0)}},
 		Holder:   "host/1", StartedBy: "ops", StartedAt: time.Unix(1, 0).UTC(),
 	}

@@ -68,7 +68,7 @@ type rootState struct {
 type state struct {
 	Version     int         `json:"version"`
 	TrustDomain string      `json:"trustDomain"`
-	SVIDTTL     int64       `json:"svidTTLSeconds"`
+	SVIDTTL     int64       `json:"svidTTLMillis"`
 	Roots       []rootState `json:"roots"`
 }
 
@@ -111,7 +111,7 @@ func Init(dir, td string, opts Options) (*CA, error) {
 			return err
 		}
 		rs.Issuer = true
-		return ca.saveState(&state{Version: 1, TrustDomain: td, SVIDTTL: int64(opts.SVIDTTL / time.Second), Roots: []rootState{rs}})
+		return ca.saveState(&state{Version: 1, TrustDomain: td, SVIDTTL: opts.SVIDTTL.Milliseconds(), Roots: []rootState{rs}})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dev CA %s: %w", td, err)
@@ -156,7 +156,7 @@ func (ca *CA) SVIDTTL() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	return time.Duration(st.SVIDTTL) * time.Second, nil
+	return time.Duration(st.SVIDTTL) * time.Millisecond, nil
 }
 
 func (ca *CA) statePath() string { return filepath.Join(ca.dir, "state.json") }
@@ -385,7 +385,7 @@ func (ca *CA) Issue(req IssueRequest) (*SVID, error) {
 	if err != nil {
 		return nil, err
 	}
-	maxTTL := time.Duration(st.SVIDTTL) * time.Second
+	maxTTL := time.Duration(st.SVIDTTL) * time.Millisecond
 	ttl := req.TTL
 	if ttl <= 0 || ttl > maxTTL {
 		ttl = maxTTL
@@ -452,15 +452,18 @@ func (ca *CA) Keep(ctx context.Context, req IssueRequest, poll time.Duration, on
 		poll = time.Second
 	}
 	var cur *SVID
+	var renewAt time.Time
 	for {
 		issuer, err := ca.Issuer()
-		if err == nil && (cur == nil || !sameIssuer(cur, issuer) || time.Now().After(halfLife(cur.Chain[0]))) {
+		if err == nil && (cur == nil || !sameIssuer(cur, issuer) || time.Now().After(renewAt)) {
+			issued := time.Now()
 			svid, ierr := ca.Issue(req)
 			if ierr == nil {
 				ierr = onIssue(svid)
 			}
 			if ierr == nil {
-				cur = svid
+				// Half of the lifetime from issuance (NotBefore is back-dated for skew).
+				cur, renewAt = svid, issued.Add(svid.Chain[0].NotAfter.Sub(issued)/2)
 			}
 			err = ierr
 		}
@@ -477,10 +480,6 @@ func (ca *CA) Keep(ctx context.Context, req IssueRequest, poll time.Duration, on
 
 func sameIssuer(s *SVID, issuer *x509.Certificate) bool {
 	return s.Chain[0].CheckSignatureFrom(issuer) == nil
-}
-
-func halfLife(c *x509.Certificate) time.Time {
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 }
 
 // NewRoot makes a self-signed root CA certificate for td (ECDSA P-256), valid from a

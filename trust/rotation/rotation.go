@@ -286,7 +286,7 @@ func (j *Job) create(ctx context.Context) error {
 	rot := &records.Rotation{
 		TrustDomain: j.td, ID: "rot-" + now.Format("20060102t150405"), Phase: records.PhasePreflight,
 		OldRoots: string(trust.CertsPEM(old)), NewRoot: string(trust.CertsPEM([]*x509.Certificate{nc})), NewRootFingerprint: newFP,
-		Issuer: issuer, SVIDLifetimeSeconds: int64(j.lifetimeFor(issuer) / time.Second), BaseSequence: bit.Value.Sequence,
+		Issuer: issuer, SVIDLifetimeMillis: j.lifetimeFor(issuer).Milliseconds(), BaseSequence: bit.Value.Sequence,
 		Holder: j.holder, StartedBy: j.cfg.Actor, StartedAt: now, UpdatedAt: now,
 		History: []records.Progress{{Phase: records.PhasePreflight, At: now, Note: "created by " + j.cfg.Actor}},
 	}
@@ -328,6 +328,17 @@ func (j *Job) create(ctx context.Context) error {
 	}
 	j.printf("job %s created: %d old root(s) → new root %s, issuer %s, SVID lifetime %s, bundle sequence %d",
 		rot.ID, len(old), newFP, issuer, j.lifetimeFor(issuer), rot.BaseSequence)
+	if issuer == records.IssuerDev {
+		// The dev CA keeps the key from now on (never etcd), so a resume needs no key. Its
+		// source cannot publish the extra root: the job exists, so the publisher refuses.
+		ca, err := devca.Open(j.cfg.DevCADir, j.td)
+		if err != nil {
+			return err
+		}
+		if err := ca.AddRoot(nc, j.cfg.NewCAKey); err != nil {
+			return fmt.Errorf("add the new root to the dev CA: %w (resume with --new-ca-key)", err)
+		}
+	}
 	return nil
 }
 

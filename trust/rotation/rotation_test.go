@@ -39,10 +39,15 @@ type fixture struct {
 	a, b *trusttest.Cluster
 }
 
-// svidTTL is the dev CA's SVID lifetime in these tests: the drain wait of every rotation.
-const svidTTL = 600 * time.Millisecond
+// Dev CA SVID lifetimes (the drain wait of every rotation). X.509 validity has one-second
+// resolution, so SVIDs that carry live traffic get a few seconds; jobs that issue none can
+// drain in a fraction of a second.
+const (
+	trafficSVIDTTL = 3 * time.Second
+	quickSVIDTTL   = 300 * time.Millisecond
+)
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, svidTTL time.Duration) *fixture {
 	env := trusttest.NewEnv(t)
 	f := &fixture{env: env,
 		a: env.StartCluster("a", "a.example", trusttest.ClusterOptions{SVIDTTL: svidTTL}),
@@ -164,7 +169,7 @@ func (f *fixture) checkDone(t *testing.T, rot *records.Rotation, newRoot *x509.C
 // TestRotationUnderLiveMTLS rotates a.example's root while a workload of b.example keeps
 // opening mTLS connections to a workload of a.example and back: zero handshake failures.
 func TestRotationUnderLiveMTLS(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, trafficSVIDTTL)
 	wa := trusttest.StartWorkload(t, f.a.CA(t), "spiffe://a.example/ns/default/sa/server")
 	wb := trusttest.StartWorkload(t, f.b.CA(t), "spiffe://b.example/ns/default/sa/client")
 	srvA := trusttest.Serve(t, wa, f.a.Bundles(), "b.example")
@@ -232,7 +237,7 @@ func TestRotationUnderLiveMTLS(t *testing.T) {
 // (failpoints) and resumes it: every run ends in the same final state, with the sequences
 // base+1 and base+2 published exactly once each.
 func TestKillAtEveryPhaseAndResume(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, quickSVIDTTL)
 	steps := [][2]records.RotationPhase{
 		{records.PhasePreflight, records.PhaseWaitAcksBoth},
 		{records.PhaseWaitAcksBoth, records.PhaseSwitchIssuer},
@@ -284,7 +289,7 @@ func TestKillAtEveryPhaseAndResume(t *testing.T) {
 // TestAbortIsForwardOnly aborts before and after the issuer switch: the old roots come back
 // as a new sequence, issuance is back on the old root, and the lock is released.
 func TestAbortIsForwardOnly(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, quickSVIDTTL)
 	for _, at := range []records.RotationPhase{records.PhaseSwitchIssuer, records.PhaseWaitAcksNew} {
 		t.Run(string(at), func(t *testing.T) {
 			out := &syncBuf{}
@@ -353,7 +358,7 @@ func TestAbortIsForwardOnly(t *testing.T) {
 // is named; an explicit exclusion is recorded and lets the job finish. One job per trust
 // domain at a time.
 func TestUnreachableClusterBlocksUntilExcluded(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, quickSVIDTTL)
 	f.env.StartCluster("c", "c.example", trusttest.ClusterOptions{NoService: true})
 	out := &syncBuf{}
 	nc, nk := newRoot(t)
@@ -385,7 +390,7 @@ func TestUnreachableClusterBlocksUntilExcluded(t *testing.T) {
 // TestExternalIssuerPausesForConfirmation: without a dev CA key the job pauses at the
 // issuer switch with instructions, and continues once the operator confirms.
 func TestExternalIssuerPausesForConfirmation(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, quickSVIDTTL)
 	out := &syncBuf{}
 	nc, _ := newRoot(t)
 	cfg := f.cfg(out)
