@@ -1,0 +1,373 @@
+package deploy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+
+	meshdisc "github.com/meshfed/meshfed/discovery"
+	"github.com/meshfed/meshfed/discovery/kube"
+	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/internal/kubetest"
+)
+
+const wait = 60 * time.Second
+
+// warnings collects the apiserver's Warning headers (deprecated APIs, Pod Security
+// violations, unknown fields under a lenient validation).
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) HandleWarningHeader(_ int, _ string, msg string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, msg)
+}
+
+func (w *warnings) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.msgs
+	w.msgs = nil
+	return m
+}
+
+// applier applies objects with server-side apply, for real or as a dry run.
+type applier struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+	warn   *warnings
+}
+
+func newApplier(t *testing.T, cfg *rest.Config) *applier {
+	t.Helper()
+	w := &warnings{}
+	cfg = rest.CopyConfig(cfg)
+	cfg.WarningHandler = w
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)), warn: w}
+}
+
+func (a *applier) apply(ctx context.Context, o obj, dryRun bool) error {
+	gvk := schema.FromAPIVersionAndKind(o.apiVersion(), o.kind())
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		a.mapper.Reset() // a CRD applied a moment ago
+		if m, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			return fmt.Errorf("the apiserver does not serve %s: %w", gvk, err)
+		}
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		if o.namespace() == "" {
+			return fmt.Errorf("namespaced %s rendered without a namespace", o.kind())
+		}
+		ri = a.dyn.Resource(m.Resource).Namespace(o.namespace())
+	}
+	data, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	force := true
+	opts := metav1.PatchOptions{FieldManager: "meshfed-deploy-test", Force: &force, FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	_, err = ri.Patch(ctx, o.name(), types.ApplyPatchType, data, opts)
+	return err
+}
+
+// TestAPIServerDryRun applies every object of every render to a real kube-apiserver v1.37
+// with a server-side dry run and strict field validation: the apiserver's own OpenAPI schema,
+// defaulting, validation and admission (Pod Security "restricted" in the namespace, CRD
+// schemas) judge each object. Any warning fails too. The MCS CRDs and the namespace are
+// applied for real first, as an installation would.
+func TestAPIServerDryRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no kube-apiserver")
+	}
+	api := kubetest.Start(t)
+	ctx := context.Background()
+	a := newApplier(t, api.Config)
+
+	var crdDocs [][]byte
+	for _, n := range []string{"multicluster.x-k8s.io_serviceexports.yaml", "multicluster.x-k8s.io_serviceimports.yaml"} {
+		b, err := os.ReadFile(repoPath("deploy", "crds", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crdDocs = append(crdDocs, b)
+	}
+	if err := kubetest.ApplyCRDs(ctx, api.Config, crdDocs...); err != nil {
+		t.Fatal(err)
+	}
+	ns := parseObjects(t, mustRead(t, repoPath("deploy", "kustomize", "base", "namespace.yaml")))[0]
+	if err := a.apply(ctx, ns, false); err != nil {
+		t.Fatalf("namespace: %v", err)
+	}
+	a.mapper.Reset()
+
+	for _, r := range renders() {
+		t.Run(r.name, func(t *testing.T) {
+			n := 0
+			for _, o := range r.objs(t) {
+				if strings.HasPrefix(o.apiVersion(), "monitoring.coreos.com/") {
+					t.Logf("%s: not applied (the Prometheus Operator CRDs are not installed here); its rules pass promtool in TestPromtool", o.id())
+					continue
+				}
+				if err := a.apply(ctx, o, true); err != nil {
+					t.Errorf("%s: %v", o.id(), err)
+				}
+				if w := a.warn.take(); len(w) > 0 {
+					t.Errorf("%s: the apiserver warns: %s", o.id(), strings.Join(w, "; "))
+				}
+				n++
+			}
+			t.Logf("%d objects accepted by kube-apiserver %s (dry run, strict field validation)", n, api.Version)
+		})
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func sa(name string) (string, []string) {
+	return "system:serviceaccount:meshfed-system:" + name,
+		[]string{"system:serviceaccounts", "system:serviceaccounts:meshfed-system", "system:authenticated"}
+}
+
+// TestFederationRBACSuffices installs the chart's ServiceAccounts and RBAC for real and runs
+// meshfed's real Kubernetes source and importer as the meshfed-federation ServiceAccount
+// (impersonated): exporting a Service (including ServiceExport status) and importing a
+// remote one (create, then delete) must work under the rules, and a set of things the
+// federation service and the gateway must never do are denied by the apiserver.
+func TestFederationRBACSuffices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no kube-apiserver")
+	}
+	api := kubetest.Start(t, kubetest.WithMCSCRDs())
+	ctx := context.Background()
+	a := newApplier(t, api.Config)
+	objs, err := helmTemplate(t, minimalValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.apply(ctx, parseObjects(t, mustRead(t, repoPath("deploy", "kustomize", "base", "namespace.yaml")))[0], false); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		switch o.kind() {
+		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+			if err := a.apply(ctx, o, false); err != nil {
+				t.Fatalf("%s: %v", o.id(), err)
+			}
+		}
+	}
+
+	admin, err := kube.ClientsFor(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, groups := sa("meshfed-federation")
+	imp := rest.CopyConfig(api.Config)
+	imp.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: groups}
+	fed, err := kube.ClientsFor(imp)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// What the federation service reads: a Service with a ready endpoint, exported.
+	if _, err := admin.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Kube.CoreV1().Services("demo").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tls", Port: 8443, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(9443)}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready, name, port, proto := true, "tls", int32(9443), corev1.ProtocolTCP
+	if _, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "demo", Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.MCS.MulticlusterV1alpha1().ServiceExports("demo").Create(ctx, &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	src, err := kube.NewSource(kube.SourceConfig{Cluster: "east", Kube: fed.Kube, MCS: fed.MCS, Log: testLog(t).With("part", "source"), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var last *meshdisc.Snapshot
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := src.Run(runCtx, func(s meshdisc.Snapshot) { mu.Lock(); last = &s; mu.Unlock() }); err != nil {
+			t.Errorf("source as meshfed-federation: %v", err)
+		}
+	}()
+	kubetest.Eventually(t, wait, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if last == nil || len(last.Exports) != 1 || last.Exports[0].ServiceKey() != "demo/echo" {
+			return fmt.Errorf("source snapshot %+v, want demo/echo (informers as meshfed-federation: %v)", last, src.Ready())
+		}
+		return nil
+	})
+	kubetest.Eventually(t, wait, func() error {
+		se, err := admin.MCS.MulticlusterV1alpha1().ServiceExports("demo").Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range se.Status.Conditions {
+			if string(c.Type) == mcsv1a1.ServiceExportValid && c.Status == metav1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("ServiceExport demo/echo conditions %+v: no Valid=True written as meshfed-federation", se.Status.Conditions)
+	})
+
+	im, err := kube.NewImporter(kube.ImporterConfig{Cluster: "east", Kube: fed.Kube, MCS: fed.MCS, Log: testLog(t).With("part", "importer"), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := im.Run(runCtx); err != nil {
+			t.Errorf("importer as meshfed-federation: %v", err)
+		}
+	}()
+	kubetest.Eventually(t, wait, im.Ready)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	west := &records.Cluster{Name: "west", Network: "net-west", Region: "r1", Zone: "z1", TrustDomain: "west.example.org", Gateways: []string{"192.0.2.10:15443"}, JoinedAt: t0}
+	exp := &records.Export{Cluster: "west", Namespace: "demo", Name: "web", Type: records.TypeClusterSetIP, SessionAffinity: records.AffinityNone,
+		Ports: []records.Port{{Name: "https", Port: 443, Protocol: "TCP"}}, ExportedAt: t0, Revision: 1,
+		Endpoints: []records.Endpoint{{Address: "10.9.0.1", Ready: true}}}
+	view := &imports.View{Revision: 10, Services: map[string]*imports.Service{
+		"demo/web": imports.Merge([]*imports.ClusterExport{{Cluster: "west", Export: exp}}),
+	}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}}
+	im.Update(view)
+	sliceSel := metav1.ListOptions{LabelSelector: mcsv1a1.LabelServiceName + "=web"}
+	kubetest.Eventually(t, wait, func() error {
+		if _, err := admin.MCS.MulticlusterV1alpha1().ServiceImports("demo").Get(ctx, "web", metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("ServiceImport demo/web not created as meshfed-federation: %w", err)
+		}
+		l, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").List(ctx, sliceSel)
+		if err != nil || len(l.Items) == 0 {
+			return fmt.Errorf("imported EndpointSlice for demo/web not created as meshfed-federation (%v)", err)
+		}
+		return nil
+	})
+	im.Update(&imports.View{Revision: 11, Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}})
+	kubetest.Eventually(t, wait, func() error {
+		_, err := admin.MCS.MulticlusterV1alpha1().ServiceImports("demo").Get(ctx, "web", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("ServiceImport demo/web still there after its export went away (%v)", err)
+		}
+		l, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").List(ctx, sliceSel)
+		if err != nil || len(l.Items) > 0 {
+			return fmt.Errorf("imported EndpointSlices of demo/web still there (%d, %v)", len(l.Items), err)
+		}
+		return nil
+	})
+
+	// What must stay denied.
+	gwUser, gwGroups := sa("meshfed-gateway")
+	checks := []struct {
+		who    string
+		groups []string
+		attr   authzv1.ResourceAttributes
+		allow  bool
+	}{
+		{user, groups, authzv1.ResourceAttributes{Verb: "list", Resource: "services"}, true},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "get", Resource: "secrets"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "list", Resource: "secrets"}, false},
+		{user, groups, authzv1.ResourceAttributes{Verb: "create", Resource: "namespaces"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "list", Resource: "pods"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Resource: "services"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "delete", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "create", Resource: "configmaps"}, false},
+		{user, groups, authzv1.ResourceAttributes{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
+		{gwUser, gwGroups, authzv1.ResourceAttributes{Verb: "list", Resource: "services"}, false},
+		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "list", Group: "discovery.k8s.io", Resource: "endpointslices"}, false},
+		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "get", Resource: "secrets"}, false},
+	}
+	for _, c := range checks {
+		attr := c.attr
+		r, err := admin.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
+			Spec: authzv1.SubjectAccessReviewSpec{User: c.who, Groups: c.groups, ResourceAttributes: &attr}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.allow {
+			t.Errorf("%s %s %s/%s in %q: allowed=%v, want %v (%s)", c.who, attr.Verb, attr.Group, attr.Resource, attr.Namespace, r.Status.Allowed, c.allow, r.Status.Reason)
+		}
+	}
+}
