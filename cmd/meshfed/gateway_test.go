@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/eastwest/healthcheck"
+)
+
+func TestGatewayFlagsNameTheFieldAndFix(t *testing.T) {
+	f := gatewayFlags{cluster: "East", listen: "nope", admin: "127.0.0.1:0", domain: "cluster.local",
+		healthCert: "x.pem", maxHelloBytes: 100, helloTimeout: 0, connectTimeout: time.Second,
+		pollInterval: time.Second, connectAttempts: 3, copyMode: "fast"}
+	err := f.validate()
+	if err == nil {
+		t.Fatal("invalid flags accepted")
+	}
+	for _, want := range []string{"--cluster", "--exports: required", "--listen", "--health-cert", "--max-hello-bytes", "--hello-timeout", "--copy-mode"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+// The command wired end to end: flags to a running gateway, health on its listener, and
+// a clean exit on cancellation (what SIGTERM does through main's signal context).
+func TestGatewayCommandRunsAndDrains(t *testing.T) {
+	dir := t.TempDir()
+	exports := filepath.Join(dir, "exports.yaml")
+	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1}]}\n"), 0o644)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := newGatewayCmd()
+	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", "127.0.0.1:0", "--exports", exports, "--drain-timeout", "2s"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := healthcheck.Probe(context.Background(), addr, nil)
+		if err == nil {
+			if r.Fields["cluster"] != "east" || r.Fields["service_ports"] != "1" {
+				t.Fatalf("health: %q", r.Line)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway never healthy: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not exit after cancellation")
+	}
+	// A bad exports file stops the command at start with the field named.
+	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 0}]}\n"), 0o644)
+	cmd = newGatewayCmd()
+	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", "127.0.0.1:0", "--exports", exports})
+	err := cmd.ExecuteContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "services[0].ports[0].port") {
+		t.Fatalf("bad exports: %v", err)
+	}
+}
