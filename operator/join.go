@@ -201,18 +201,19 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 	p := newProblems("join " + r.Cluster)
 	r.validateFlags(p)
 	plan := &JoinPlan{DryRun: r.DryRun, Key: st.KS.Cluster(r.Cluster), Cluster: r.record()}
-	if p.len() > 0 {
-		// The keys would be meaningless with a bad name; stop before touching etcd.
-		return plan, p.Err()
-	}
-	plan.AuditKey = st.KS.Audit(r.Now, "join-"+r.Cluster)
-
+	flagsOK := p.len() == 0
+	// Conflicts with other members are checked even when a flag is bad, so that every
+	// problem shows at once.
 	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
 		return plan, fmt.Errorf("join %s: %w", r.Cluster, err)
 	}
 	checkMembership(st, snap, &r, plan, p)
-
+	if !flagsOK {
+		// Keys, users and probes would be meaningless with a bad name or address.
+		return plan, p.Err()
+	}
+	plan.AuditKey = st.KS.Audit(r.Now, "join-"+r.Cluster)
 	plan.Gateways = probeGateways(ctx, r.Cluster, r.Gateways, r.ProbeTimeout)
 	for _, g := range plan.Gateways {
 		if !g.OK {

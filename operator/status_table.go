@@ -23,9 +23,9 @@ func (s *Status) WriteTable(w io.Writer) error {
 			hb += ", up " + ago(s.Time, *c.AliveSince)
 		}
 		if c.Stale {
-			hb = "STALE"
+			hb = "no heartbeat"
 			if c.LastActivity != nil {
-				hb += " (last write " + ago(s.Time, *c.LastActivity) + " ago)"
+				hb = "STALE (last write " + ago(s.Time, *c.LastActivity) + " ago)"
 			}
 		}
 		if len(c.Cordoned) > 0 {

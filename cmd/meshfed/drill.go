@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/operator"
+)
+
+func init() { register(newDrillCmd) }
+
+type drillFlags struct {
+	etcd    etcdFlags
+	req     operator.DrillRequest
+	service string
+	report  string
+	output  string
+}
+
+func newDrillCmd() *cobra.Command {
+	var f drillFlags
+	cmd := &cobra.Command{
+		Use:   "drill --fail CLUSTER",
+		Short: "Failover drill: cordon a cluster for a while, optionally drive traffic and measure the switch",
+		Long: `A drill cordons one cluster (for one service with --service, or for all) for
+--duration: every federation service treats it as down and moves traffic to the next
+cluster in order. The cordon is the key drills/<id>, attached to its own etcd lease
+(--lease-ttl, default 10s) that this process keeps alive: if the drill process dies
+(kill -9, a lost laptop), the cordon ends by itself within the lease TTL. At the end of
+--duration, or on Ctrl-C, the drill revokes the lease and the cordon ends at once.
+
+--dry-run shows which services and which clients (the other clusters) the drill would
+affect and where their traffic would go, and changes nothing.
+
+With --from CLUSTER --target T the drill also drives traffic itself, as CLUSTER's clients
+would, during the whole drill (--warmup before the cordon, then until traffic is back after
+it), and measures: how long after the cordon no request reached the failed cluster, errors
+during the switch, and how long after the lift traffic came back. --target is
+
+  NAMESPACE/NAME:PORT, NAME.NAMESPACE.svc.clusterset.local:PORT or
+  outbound|PORT||NAME.NAMESPACE.svc.clusterset.local
+      a service: each request follows CLUSTER's failover plan, computed from etcd by the
+      federation planner (with gateway health checks from this machine), over TLS with
+      the service's SNI to the chosen gateway;
+  HOST:PORT
+      a fixed address (a local Envoy listener, a load balancer) that does the failover
+      itself.
+
+Each request is one TLS connection that sends a line and reads one back; the answer must
+start with the serving cluster's name ("<cluster> <workload>: ...", as the demo workloads
+answer). Progress is printed every second; the end is a summary in plain words. --report
+FILE writes the measurements as JSON and a timeline of requests per cluster over time as
+a self-contained HTML page beside it (FILE with .html).
+
+Drills are written with operator credentials (etcd root or 'meshfed join --admin-user').
+
+` + etcdFlagsHelp + `
+
+Examples:
+  meshfed drill --fail west --dry-run
+  meshfed drill --fail west --service demo/echo --duration 2m
+  meshfed drill --fail west --duration 30s --from east --target demo/echo:8443 \
+    --rate 20 --report west-drill.json        # then open west-drill.html
+
+See docs/operations.md ("Failover drills").`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDrill(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), &f)
+		},
+	}
+	fl := cmd.Flags()
+	addEtcdFlags(fl, &f.etcd)
+	r := &f.req
+	fl.StringVar(&r.Fail, "fail", "", "the cluster to cordon")
+	fl.StringVar(&f.service, "service", "", "cordon only this service, NAMESPACE/NAME (default: every service)")
+	fl.DurationVar(&r.Duration, "duration", operator.DefaultDrillDuration, "how long the cordon holds")
+	fl.DurationVar(&r.LeaseTTL, "lease-ttl", operator.DefaultDrillLeaseTTL, "TTL of the cordon's own lease: how long it outlives a killed drill (2s-60s)")
+	fl.StringVar(&r.ID, "id", "", "drill id, the key drills/<id> (default <cluster>-<time>)")
+	fl.StringVar(&r.From, "from", "", "drive traffic as this cluster's clients (with --target)")
+	fl.StringVar(&r.Target, "target", "", "what the traffic calls: NAMESPACE/NAME:PORT, an xDS name, or HOST:PORT (see above)")
+	fl.StringVar(&r.TargetSNI, "target-sni", "", "TLS server name for a HOST:PORT target")
+	fl.IntVar(&r.Rate, "rate", operator.DefaultDrillRate, "requests per second (1-1000), one TLS connection each")
+	fl.DurationVar(&r.RequestTimeout, "request-timeout", operator.DefaultRequestTimeout, "timeout of one request")
+	fl.DurationVar(&r.Warmup, "warmup", operator.DefaultDrillWarmup, "traffic before the cordon (the baseline)")
+	fl.DurationVar(&r.RecoveryTimeout, "recovery-timeout", operator.DefaultRecoveryTimeout, "how long to wait for traffic to come back after the lift")
+	fl.DurationVar(&r.MinReassign, "min-reassign", 0, "damping of the traffic's failover plan; match the federation services' (default 10s)")
+	fl.StringVar(&r.CAFile, "tls-ca", "", "PEM CA the target's certificate must chain to (default: not verified; the drill measures routing)")
+	fl.StringVar(&r.CertFile, "tls-cert", "", "PEM client certificate for mTLS targets (with --tls-key)")
+	fl.StringVar(&r.KeyFile, "tls-key", "", "PEM key of --tls-cert")
+	fl.StringVar(&f.report, "report", "", "write the report as JSON to FILE and its HTML timeline beside it")
+	fl.BoolVar(&r.DryRun, "dry-run", false, "show which services and clients the drill would affect; change nothing")
+	addOutputFlag(fl, &f.output)
+	return cmd
+}
+
+func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
+	if err := checkOutput(f.output); err != nil {
+		return err
+	}
+	if f.service != "" {
+		ns, name, err := operator.ParseServiceRef("--service", f.service)
+		if err != nil {
+			return err
+		}
+		f.req.Namespace, f.req.Service = ns, name
+	}
+	st, cli, err := f.etcd.open(ctx, slog.Default())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	f.req.Actor = operator.Actor(f.etcd.user)
+	f.req.Progress = out
+	if machineOutput(f.output) {
+		f.req.Progress = errOut
+	}
+	rep, err := operator.RunDrill(ctx, st, f.req)
+	if rep == nil {
+		return err
+	}
+	if werr := writeOutput(out, f.output, rep); werr != nil && err == nil {
+		err = werr
+	}
+	if f.report != "" && !f.req.DryRun {
+		jp, hp, rerr := rep.WriteReport(f.report)
+		if rerr != nil && err == nil {
+			err = rerr
+		} else if rerr == nil {
+			fmt.Fprintf(f.req.Progress, "report: %s, timeline: %s\n", jp, hp)
+		}
+	}
+	if err == nil && rep.Interrupted {
+		return exitError{code: 130}
+	}
+	return err
+}
