@@ -139,6 +139,39 @@ func Start(ctx context.Context, cfg Config) (*records.Rotation, error) {
 	return j.run(ctx)
 }
 
+// ErrAlreadyDone: the trust domain already rotated to the new root (Ensure did nothing).
+var ErrAlreadyDone = errors.New("already rotated to this root")
+
+// Ensure is what a schedule runs with the same arguments every time: it resumes the job
+// if one runs towards cfg.NewCA, does nothing (ErrAlreadyDone) if the trust domain's last
+// job already moved to it, and starts a job otherwise. A running job towards another root
+// is an error.
+func Ensure(ctx context.Context, cfg Config) (*records.Rotation, error) {
+	j, err := newJob(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NewCA == nil {
+		return nil, errors.New("--new-ca: give the new root certificate (PEM)")
+	}
+	fp := trust.Fingerprint(cfg.NewCA)
+	it, err := store.Get[records.Rotation](ctx, j.st, j.st.KS.Rotation(j.td))
+	switch {
+	case err == nil && !it.Value.Phase.Terminal():
+		if it.Value.NewRootFingerprint != fp {
+			return nil, fmt.Errorf("%w: job %s rotates to %s, not to --new-ca %s; finish or abort it first", ErrJobRunning, it.Value.ID, it.Value.NewRootFingerprint, fp)
+		}
+		j.printf("job %s towards this root is in phase %s: resuming", it.Value.ID, it.Value.Phase)
+		return Resume(ctx, cfg)
+	case err == nil && it.Value.Phase == records.PhaseDone && it.Value.NewRootFingerprint == fp:
+		j.printf("job %s already rotated to %s (%s): nothing to do", it.Value.ID, fp, it.Value.UpdatedAt.Format(time.RFC3339))
+		return it.Value, ErrAlreadyDone
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	return Start(ctx, cfg)
+}
+
 // Resume runs the existing job of the trust domain from its recorded phase. Exclusions in
 // cfg are added to the job first.
 func Resume(ctx context.Context, cfg Config) (*records.Rotation, error) {
