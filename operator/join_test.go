@@ -249,6 +249,13 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 	if keysUnder(t, st, "clusters/east") != 0 {
 		t.Fatal("refused join wrote clusters/east")
 	}
+	// Bad flags and conflicts with other members come in the same report.
+	bad := joinReq(t, "east", "eu", "shared.example.org")
+	bad.Region = "EU"
+	_, err = Join(ctx, st, bad)
+	if !errors.As(err, &me) || len(me.Errors) != 2 || !strings.Contains(err.Error(), "--region") || !strings.Contains(err.Error(), "trust domain of cluster west") {
+		t.Fatalf("bad flag plus conflict: %v", err)
+	}
 	// A bundle owned by another cluster claims its trust domain too.
 	if err := put(t, st, st.KS.Bundle("taken.example.org"), testBundle("taken.example.org", "west")); err != nil {
 		t.Fatal(err)
