@@ -30,9 +30,10 @@ type Endpoint struct {
 	td     spiffeid.TrustDomain
 	client *http.Client
 
-	mu      sync.Mutex
-	auth    *x509bundle.Bundle // https_spiffe: authenticates the endpoint
-	lastSeq uint64
+	mu         sync.Mutex
+	auth       *x509bundle.Bundle // https_spiffe: authenticates the endpoint
+	lastSeq    uint64
+	lastDigest string
 }
 
 // NewEndpoint makes an endpoint source (reading ca= and bundle= files now, so a typo fails
@@ -157,17 +158,16 @@ func (e *Endpoint) Fetch(ctx context.Context) (*trust.Bundle, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	last := e.Status().Last
 	if b.Sequence != 0 && e.lastSeq != 0 {
 		if b.Sequence < e.lastSeq {
 			return nil, fmt.Errorf("bundle endpoint %s: spiffe_sequence went backwards (%d after %d): refusing a replayed or rolled-back bundle", e.cfg.URL, b.Sequence, e.lastSeq)
 		}
-		if b.Sequence == e.lastSeq && last != nil && last.Digest() != b.Digest() {
+		if b.Sequence == e.lastSeq && e.lastDigest != b.Digest() {
 			return nil, fmt.Errorf("bundle endpoint %s: content changed but spiffe_sequence stayed %d: refusing it (the SPIFFE spec requires a new sequence)", e.cfg.URL, b.Sequence)
 		}
 	}
 	if b.Sequence != 0 {
-		e.lastSeq = b.Sequence
+		e.lastSeq, e.lastDigest = b.Sequence, b.Digest()
 	}
 	// Per the SPIFFE federation spec, once fetched, the endpoint's own trust domain bundle
 	// authenticates the next fetch.
