@@ -59,6 +59,9 @@ type JoinRequest struct {
 	DeployDir     string
 	// ManifestExtra adds placeholder values (e.g. MESHFED_VERSION).
 	ManifestExtra ManifestValues
+	// EtcdEndpoints is what the manifests tell the federation service to dial, as the
+	// operator gave it (with https:// when TLS); default the endpoints join dialled.
+	EtcdEndpoints string
 	// ProbeTimeout bounds the gateway reachability check (default 2s).
 	ProbeTimeout time.Duration
 	Actor        string
@@ -405,8 +408,10 @@ func (r *JoinRequest) manifestValues(st *store.Store, plan *JoinPlan) ManifestVa
 	if len(r.Gateways) > 0 {
 		v["MESHFED_GATEWAY"] = r.Gateways[0]
 	}
-	eps := st.Client().Endpoints()
-	v["MESHFED_ETCD_ENDPOINTS"] = strings.Join(eps, ",")
+	v["MESHFED_ETCD_ENDPOINTS"] = r.EtcdEndpoints
+	if r.EtcdEndpoints == "" {
+		v["MESHFED_ETCD_ENDPOINTS"] = strings.Join(st.Client().Endpoints(), ",")
+	}
 	for k, x := range r.ManifestExtra {
 		v[k] = x
 	}

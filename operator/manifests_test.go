@@ -67,3 +67,34 @@ func TestJoinEmitManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestJoinRendersTheRealTemplate: the deploy/kustomize template of this repository renders
+// with every placeholder filled.
+func TestJoinRendersTheRealTemplate(t *testing.T) {
+	t.Parallel()
+	deploy := filepath.Join("..", "deploy")
+	if _, err := os.Stat(filepath.Join(deploy, KustomizeSubdir, "kustomization.yaml")); err != nil {
+		t.Skip("deploy/kustomize is not in this tree yet")
+	}
+	_, st := etcdNoAuth(t)
+	out := filepath.Join(t.TempDir(), "east")
+	r := joinReq(t, "east", "eu", "east.example.org")
+	r.EmitManifests, r.DeployDir, r.EtcdEndpoints = out, deploy, "https://etcd-0.example.org:2379"
+	plan, err := Join(tctx(t), st, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range plan.Manifest.Files {
+		b, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := placeholderRE.FindString(string(b)); m != "" {
+			t.Errorf("%s: %s left unfilled", f, m)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(out, "kustomization.yaml"))
+	if err != nil || !strings.Contains(string(b), "MESHFED_CLUSTER=east") || !strings.Contains(string(b), "MESHFED_ETCD_ENDPOINTS=https://etcd-0.example.org:2379") {
+		t.Fatalf("kustomization.yaml: %v\n%s", err, b)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -107,6 +108,7 @@ func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {
 	defer cli.Close()
 	f.req.Actor = operator.Actor(f.etcd.user)
 	f.req.ManifestExtra = operator.ManifestValues{"MESHFED_VERSION": Version}
+	f.req.EtcdEndpoints = strings.Join(f.etcd.config().Endpoints, ",")
 	plan, err := operator.Join(ctx, st, f.req)
 	if plan != nil && (err == nil || len(plan.Done) > 0 || f.req.DryRun) {
 		if werr := writeOutput(out, f.output, plan); werr != nil {
