@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
@@ -230,7 +231,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 
 	for _, p := range svc.Ports {
 		pp := PortPlan{Port: uint32(p.Port)}
-		seen := map[string]bool{} // grpc-go NACKs a CLA that lists an address twice
+		seen := map[hostPort]bool{} // grpc-go NACKs a CLA that lists an address twice
 		for _, c := range cands {
 			ep := exportedPort(c.ce.Export, p.Port)
 			if ep == nil {
@@ -255,7 +256,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 						w = 1
 					}
 					x := Endpoint{Host: e.Address, Port: target, Weight: w, Zone: e.Zone}
-					if hp := x.HostPort(); !seen[hp] {
+					if hp := (hostPort{x.Host, x.Port}); !seen[hp] {
 						seen[hp] = true
 						lv.Endpoints = append(lv.Endpoints, x)
 					}
@@ -274,7 +275,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 						continue // validated in the record; defensive
 					}
 					x := Endpoint{Host: host, Port: port, Weight: uint32(c.ready)}
-					if hp := x.HostPort(); !seen[hp] {
+					if hp := (hostPort{x.Host, x.Port}); !seen[hp] {
 						seen[hp] = true
 						lv.Endpoints = append(lv.Endpoints, x)
 					}
@@ -283,13 +284,27 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 			if len(lv.Endpoints) == 0 {
 				continue
 			}
-			sort.Slice(lv.Endpoints, func(i, j int) bool { return lv.Endpoints[i].HostPort() < lv.Endpoints[j].HostPort() })
+			slices.SortFunc(lv.Endpoints, compareEndpoints)
 			pp.Levels = append(pp.Levels, lv)
 		}
 		plan.Ports = append(plan.Ports, pp)
 	}
 	sort.Slice(plan.Ports, func(i, j int) bool { return plan.Ports[i].Port < plan.Ports[j].Port })
 	return plan
+}
+
+type hostPort struct {
+	host string
+	port uint32
+}
+
+// compareEndpoints orders by host then port (no allocation: this runs for every endpoint
+// of every service on a full re-plan).
+func compareEndpoints(a, b Endpoint) int {
+	if c := strings.Compare(a.Host, b.Host); c != 0 {
+		return c
+	}
+	return int(a.Port) - int(b.Port)
 }
 
 func exportedPort(e *records.Export, port int32) *records.Port {

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,50 +79,129 @@ func mustAny(m proto.Message) *anypb.Any {
 }
 
 // buildCLA turns a port plan into a ClusterLoadAssignment: one locality per level (per
-// zone for this cluster's own endpoints), priority = level index.
-func buildCLA(name string, pp *planner.PortPlan) (*endpointv3.ClusterLoadAssignment, error) {
+// zone for this cluster's own endpoints), priority = level index. bld (may be nil) shares
+// remote levels between services.
+func buildCLA(name string, pp *planner.PortPlan, bld *builder) (*endpointv3.ClusterLoadAssignment, error) {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	if pp != nil {
+		cla.Endpoints = make([]*endpointv3.LocalityLbEndpoints, 0, len(pp.Levels)+2)
 		for prio, lv := range pp.Levels {
 			if lv.Direct {
-				// Split the local cluster's endpoints by zone: a node locality can then
-				// prefer its own zone (Envoy zone-aware routing).
-				byZone := map[string][]planner.Endpoint{}
-				for _, e := range lv.Endpoints {
-					z := e.Zone
-					if z == "" {
-						z = lv.Zone
-					}
-					byZone[z] = append(byZone[z], e)
-				}
-				zones := make([]string, 0, len(byZone))
-				for z := range byZone {
-					zones = append(zones, z)
-				}
-				sort.Strings(zones)
-				for _, z := range zones {
-					cla.Endpoints = append(cla.Endpoints, locality(lv, z, uint32(prio), byZone[z]))
-				}
+				cla.Endpoints = appendByZone(cla.Endpoints, lv, uint32(prio))
 				continue
 			}
-			cla.Endpoints = append(cla.Endpoints, locality(lv, lv.Zone, uint32(prio), lv.Endpoints))
+			cla.Endpoints = append(cla.Endpoints, bld.level(lv, uint32(prio)))
 		}
 	}
 	return checked(cla)
 }
 
+// appendByZone splits this cluster's own endpoints by zone (one locality each), so that a
+// node locality can prefer its own zone (Envoy zone-aware routing).
+func appendByZone(out []*endpointv3.LocalityLbEndpoints, lv planner.Level, prio uint32) []*endpointv3.LocalityLbEndpoints {
+	zoneOf := func(e planner.Endpoint) string {
+		if e.Zone == "" {
+			return lv.Zone
+		}
+		return e.Zone
+	}
+	eps := lv.Endpoints
+	sorted := true
+	for i := 1; i < len(eps); i++ {
+		if zoneOf(eps[i-1]) > zoneOf(eps[i]) {
+			sorted = false
+			break
+		}
+	}
+	if !sorted {
+		eps = slices.Clone(eps)
+		slices.SortStableFunc(eps, func(a, b planner.Endpoint) int { return strings.Compare(zoneOf(a), zoneOf(b)) })
+	}
+	for i := 0; i < len(eps); {
+		j := i + 1
+		for j < len(eps) && zoneOf(eps[j]) == zoneOf(eps[i]) {
+			j++
+		}
+		out = append(out, locality(lv, zoneOf(eps[i]), prio, eps[i:j]))
+		i = j
+	}
+	return out
+}
+
+// builder makes resources for one worker of one planning pass. A remote cluster's level
+// is the same for every service it exports with the same weight and priority (same
+// gateways), so its LocalityLbEndpoints is built once and shared: protobuf messages are
+// never changed after they are built, and marshalling only reads them.
+type builder struct {
+	levels map[levelKey]cachedLevel
+}
+
+type levelKey struct {
+	cluster, region, zone string
+	prio, weight          uint32
+}
+
+type cachedLevel struct {
+	eps []planner.Endpoint
+	lle *endpointv3.LocalityLbEndpoints
+}
+
+func newBuilder() *builder { return &builder{levels: map[levelKey]cachedLevel{}} }
+
+func (b *builder) level(lv planner.Level, prio uint32) *endpointv3.LocalityLbEndpoints {
+	if b == nil {
+		return locality(lv, lv.Zone, prio, lv.Endpoints)
+	}
+	k := levelKey{lv.Cluster, lv.Region, lv.Zone, prio, lv.Weight}
+	if c, ok := b.levels[k]; ok && slices.Equal(c.eps, lv.Endpoints) {
+		return c.lle
+	}
+	lle := locality(lv, lv.Zone, prio, lv.Endpoints)
+	b.levels[k] = cachedLevel{eps: lv.Endpoints, lle: lle}
+	return lle
+}
+
+// weights are shared wrappers of small weights (immutable).
+var weights = func() []*wrapperspb.UInt32Value {
+	w := make([]*wrapperspb.UInt32Value, 1025)
+	for i := range w {
+		w[i] = wrapperspb.UInt32(uint32(i))
+	}
+	return w
+}()
+
+func weight(v uint32) *wrapperspb.UInt32Value {
+	if int(v) < len(weights) {
+		return weights[v]
+	}
+	return wrapperspb.UInt32(v)
+}
+
+// locality builds one LocalityLbEndpoints; the per-endpoint messages are allocated in
+// slabs (one allocation per message type, not per endpoint).
 func locality(lv planner.Level, zone string, prio uint32, eps []planner.Endpoint) *endpointv3.LocalityLbEndpoints {
+	n := len(eps)
+	lbs := make([]endpointv3.LbEndpoint, n)
+	ends := make([]endpointv3.Endpoint, n)
+	hids := make([]endpointv3.LbEndpoint_Endpoint, n)
+	addrs := make([]corev3.Address, n)
+	sas := make([]corev3.SocketAddress, n)
+	asas := make([]corev3.Address_SocketAddress, n)
+	pvs := make([]corev3.SocketAddress_PortValue, n)
+	ptrs := make([]*endpointv3.LbEndpoint, n)
 	var sum uint32
-	lb := make([]*endpointv3.LbEndpoint, 0, len(eps))
-	for _, e := range eps {
+	for i, e := range eps {
 		sum += e.Weight
-		lb = append(lb, &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: socketAddress(e.Host, e.Port),
-			}},
-			HealthStatus:        corev3.HealthStatus_HEALTHY,
-			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
-		})
+		pvs[i].PortValue = e.Port
+		sa := &sas[i]
+		sa.Protocol, sa.Address, sa.PortSpecifier = corev3.SocketAddress_TCP, e.Host, &pvs[i]
+		asas[i].SocketAddress = sa
+		addrs[i].Address = &asas[i]
+		ends[i].Address = &addrs[i]
+		hids[i].Endpoint = &ends[i]
+		lb := &lbs[i]
+		lb.HostIdentifier, lb.HealthStatus, lb.LoadBalancingWeight = &hids[i], corev3.HealthStatus_HEALTHY, weight(e.Weight)
+		ptrs[i] = lb
 	}
 	w := lv.Weight
 	if lv.Direct || w == 0 {
@@ -129,18 +209,12 @@ func locality(lv planner.Level, zone string, prio uint32, eps []planner.Endpoint
 	}
 	return &endpointv3.LocalityLbEndpoints{
 		Locality:            &corev3.Locality{Region: lv.Region, Zone: zone, SubZone: lv.Cluster},
-		LbEndpoints:         lb,
-		LoadBalancingWeight: wrapperspb.UInt32(w),
+		LbEndpoints:         ptrs,
+		LoadBalancingWeight: weight(w),
 		Priority:            prio,
 	}
 }
 
-func socketAddress(host string, port uint32) *corev3.Address {
-	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-		Protocol: corev3.SocketAddress_TCP, Address: host,
-		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
-	}}}
-}
 
 // clusterTLS is what the outbound cluster's TLS depends on.
 type clusterTLS struct {
@@ -262,7 +336,8 @@ func buildInboundCLA(name, cluster, region string, e *records.Export, p records.
 	if p.TargetPort != 0 {
 		target = uint32(p.TargetPort)
 	}
-	byZone := map[string][]planner.Endpoint{}
+	lv := planner.Level{Cluster: cluster, Direct: true, Region: region}
+	lv.Endpoints = make([]planner.Endpoint, 0, len(e.Endpoints))
 	for _, ep := range e.Endpoints {
 		if !ep.Ready {
 			continue
@@ -271,18 +346,10 @@ func buildInboundCLA(name, cluster, region string, e *records.Export, p records.
 		if w == 0 {
 			w = 1
 		}
-		byZone[ep.Zone] = append(byZone[ep.Zone], planner.Endpoint{Host: ep.Address, Port: target, Weight: w})
+		lv.Endpoints = append(lv.Endpoints, planner.Endpoint{Host: ep.Address, Port: target, Weight: w, Zone: ep.Zone})
 	}
-	zones := make([]string, 0, len(byZone))
-	for z := range byZone {
-		zones = append(zones, z)
-	}
-	sort.Strings(zones)
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-	for _, z := range zones {
-		lv := planner.Level{Cluster: cluster, Direct: true, Region: region}
-		cla.Endpoints = append(cla.Endpoints, locality(lv, z, 0, byZone[z]))
-	}
+	cla.Endpoints = appendByZone(nil, lv, 0)
 	return checked(cla)
 }
 

@@ -65,7 +65,7 @@ func TestBuildCLA(t *testing.T) {
 		{Cluster: "north", Region: "r2", Zone: "r2a", Weight: 1, Endpoints: []planner.Endpoint{{Host: "198.51.100.1", Port: 15443, Weight: 1}}},
 	}}
 	name := names.ClusterName("demo", "echo", 8443)
-	cla, err := buildCLA(name, pp)
+	cla, err := buildCLA(name, pp, newBuilder())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestBuildCLA(t *testing.T) {
 	}
 
 	// No plan at all (every cluster excluded) is a valid, empty assignment.
-	empty, err := buildCLA(name, &planner.PortPlan{Port: 8443})
+	empty, err := buildCLA(name, &planner.PortPlan{Port: 8443}, nil)
 	if err != nil || len(empty.Endpoints) != 0 {
 		t.Fatalf("empty: %v %v", empty, err)
 	}

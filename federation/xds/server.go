@@ -33,13 +33,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
 )
 
 // DefaultListen is the xDS listen address (loopback: data planes of this host only).
@@ -347,14 +345,24 @@ func (s *Server) onView(v *imports.View) map[string]bool {
 	keys := map[string]bool{}
 	all := old == nil
 	if old != nil {
+		// One lookup per service (the only part of a pass that grows with the number of
+		// services, ~0.1µs each); removals are looked for only when the counts say so.
+		added := 0
 		for k, sv := range v.Services {
-			if o := old.Services[k]; o != sv && !sameService(o, sv) {
+			o, ok := old.Services[k]
+			switch {
+			case !ok:
+				added++
+				keys[k] = true
+			case o != sv && !sameService(o, sv):
 				keys[k] = true
 			}
 		}
-		for k := range old.Services {
-			if v.Services[k] == nil {
-				keys[k] = true
+		if len(old.Services) != len(v.Services)-added {
+			for k := range old.Services {
+				if _, ok := v.Services[k]; !ok {
+					keys[k] = true
+				}
 			}
 		}
 		for name := range union(old.Clusters, v.Clusters) {
@@ -502,200 +510,6 @@ func (b batch) ops(cache string) *cacheOps {
 		b[cache] = o
 	}
 	return o
-}
-
-// replan plans the given services and pushes what changed.
-func (s *Server) replan(now time.Time, keys map[string]bool) {
-	if len(keys) == 0 {
-		return
-	}
-	start := time.Now()
-	in := &planner.Input{Local: s.cluster, View: s.view, Now: now, StaleGrace: s.opts.StaleGrace,
-		Health: func(c, a string) health.State {
-			if u, ok := s.usable[health.Target{Cluster: c, Addr: a}]; ok && !u {
-				return health.Down
-			}
-			return health.Up
-		}}
-	b := batch{}
-	sorted := make([]string, 0, len(keys))
-	for k := range keys {
-		sorted = append(sorted, k)
-	}
-	sort.Strings(sorted) // deterministic logs
-	for _, k := range sorted {
-		s.replanOne(in, k, b)
-	}
-	for ck, o := range b {
-		if len(o.set) == 0 && len(o.del) == 0 {
-			continue
-		}
-		if err := s.caches[ck].UpdateResources(o.set, o.del); err != nil {
-			s.log.Error("xds cache update failed", "cache", ck, "err", err)
-		}
-		s.m.updates.WithLabelValues(ck).Add(float64(len(o.set) + len(o.del)))
-	}
-	s.m.services.Set(float64(len(s.svcs)))
-	s.m.planSeconds.Observe(time.Since(start).Seconds())
-	s.m.planServices.Observe(float64(len(keys)))
-	n := 0
-	for _, p := range s.panicking {
-		n += p
-	}
-	s.m.panicking.Set(float64(n))
-}
-
-func (s *Server) replanOne(in *planner.Input, key string, b batch) {
-	svc := s.view.Services[key]
-	st := s.svcs[key]
-	if svc == nil {
-		if st != nil {
-			s.dropService(key, st, b)
-		}
-		return
-	}
-	if st == nil {
-		st = &svcState{cla: map[uint32]*endpointv3.ClusterLoadAssignment{}}
-		s.svcs[key] = st
-	}
-	s.index(key, st, svc)
-
-	dec := s.stab.Apply(in.Now, planner.PlanService(in, svc))
-	next := planner.NextEvent(in, svc)
-	if dec.Held {
-		s.m.held.Inc()
-		if next.IsZero() || dec.RetryAt.Before(next) {
-			next = dec.RetryAt
-		}
-	}
-	if !next.Equal(st.wakeAt) {
-		st.wakeAt = next
-		if !next.IsZero() {
-			heap.Push(&s.wakes, wake{at: next, key: key})
-		}
-	}
-	if dec.Reassigned {
-		s.m.reassigned.Inc()
-	}
-
-	ports := make([]uint32, 0, len(svc.Ports))
-	for _, p := range svc.Ports {
-		ports = append(ports, uint32(p.Port))
-	}
-	for _, p := range st.ports {
-		if !slices.Contains(ports, p) {
-			delete(st.cla, p)
-			name := names.ClusterName(svc.Namespace, svc.Name, p)
-			lname := names.ListenerName(svc.Namespace, svc.Name, p)
-			b.del(keyEDS, name)
-			b.del(keyGRPCCDS, name)
-			b.del(keyEnvoyCDS, name)
-			b.del(keyGRPCLDS, lname)
-			b.del(keyGRPCRDS, lname)
-		}
-	}
-	tlsCfg := clusterTLS{TrustDomains: s.trustDomains(svc)}
-	tlsKey := tlsCfg.key()
-	panicPorts := 0
-	for _, p := range ports {
-		name := names.ClusterName(svc.Namespace, svc.Name, p)
-		isNew := !slices.Contains(st.ports, p)
-		if isNew || tlsKey != st.tlsKey {
-			tc := tlsCfg
-			tc.SNI = names.SNI{Port: p, Service: svc.Name, Namespace: svc.Namespace, Domain: s.opts.Domain}.String()
-			s.put(b, keyGRPCCDS, name, "cds", func() (types.Resource, error) { return buildGRPCCluster(name, tc, s.opts.CertProviderInstance) })
-			s.put(b, keyEnvoyCDS, name, "cds", func() (types.Resource, error) { return buildEnvoyCluster(name, tc, s.opts.EnvoyIdentitySecret) })
-		}
-		if isNew {
-			lname := names.ListenerName(svc.Namespace, svc.Name, p)
-			s.put(b, keyGRPCLDS, lname, "lds", func() (types.Resource, error) { return buildListener(lname) })
-			s.put(b, keyGRPCRDS, lname, "rds", func() (types.Resource, error) {
-				return buildRoute(lname, names.ServiceHost(svc.Namespace, svc.Name), name)
-			})
-		}
-		pp := dec.Plan.Port(p)
-		if dec.Changed || isNew {
-			// Push only what really changed on the wire (a stale flag, say, is not).
-			cla, err := buildCLA(name, pp)
-			switch {
-			case err != nil:
-				s.m.invalid.WithLabelValues("eds").Inc()
-				s.log.Error("built an invalid xDS resource; not serving it", "type", "eds", "name", name, "err", err)
-			case isNew || !proto.Equal(cla, st.cla[p]):
-				b.set(keyEDS, name, cla)
-				st.cla[p] = cla
-			}
-		}
-		if pp != nil && len(pp.Levels) > 0 && pp.Levels[0].Panic {
-			panicPorts++
-		}
-	}
-	if panicPorts > 0 {
-		s.panicking[key] = panicPorts
-	} else {
-		delete(s.panicking, key)
-	}
-	st.ports, st.tlsKey = ports, tlsKey
-	s.inbound(svc, st, b)
-
-	if dec.Changed {
-		s.debugMu.Lock()
-		s.debug[key] = dec.Plan
-		s.debugMu.Unlock()
-		lvl := slog.LevelDebug
-		if dec.Reassigned || len(st.ports) > 0 && dec.Plan.Port(st.ports[0]) != nil && len(dec.Plan.Port(st.ports[0]).Levels) == 0 {
-			lvl = slog.LevelInfo
-		}
-		s.log.Log(context.Background(), lvl, "plan changed", "service", key, "order", orderString(&dec.Plan),
-			"held", dec.Held, "excluded", exclusionString(dec.Plan.Excluded))
-	}
-}
-
-// inbound serves this cluster's own export of the service to the local gateway.
-func (s *Server) inbound(svc *imports.Service, st *svcState, b batch) {
-	var fp string
-	var exp *records.Export
-	if ce := svc.Exporter(s.cluster); ce != nil && ce.Export != nil {
-		exp = ce.Export
-		fp = fmt.Sprintf("%d/%d", exp.Revision, exp.UpdatedAt.UnixNano())
-	}
-	if fp == st.inboundFP {
-		return
-	}
-	var ports []uint32
-	region := ""
-	if rec := s.view.Clusters[s.cluster]; rec != nil {
-		region = rec.Region
-	}
-	if exp != nil {
-		for _, p := range exp.Ports {
-			name := names.InboundClusterName(svc.Namespace, svc.Name, uint32(p.Port), s.opts.Domain)
-			p := p
-			ports = append(ports, uint32(p.Port))
-			s.put(b, keyGwCDS, name, "cds", func() (types.Resource, error) { return buildInboundCluster(name) })
-			s.put(b, keyGwEDS, name, "eds", func() (types.Resource, error) {
-				return buildInboundCLA(name, s.cluster, region, exp, p)
-			})
-		}
-	}
-	for _, p := range st.inbound {
-		if !slices.Contains(ports, p) {
-			name := names.InboundClusterName(svc.Namespace, svc.Name, p, s.opts.Domain)
-			b.del(keyGwCDS, name)
-			b.del(keyGwEDS, name)
-		}
-	}
-	st.inbound, st.inboundFP = ports, fp
-}
-
-func (s *Server) put(b batch, cache, name, typ string, build func() (types.Resource, error)) {
-	r, err := build()
-	if err != nil {
-		s.m.invalid.WithLabelValues(typ).Inc()
-		s.log.Error("built an invalid xDS resource; not serving it", "type", typ, "name", name, "err", err)
-		return
-	}
-	b.set(cache, name, r)
 }
 
 func (s *Server) dropService(key string, st *svcState, b batch) {
