@@ -215,7 +215,6 @@ func locality(lv planner.Level, zone string, prio uint32, eps []planner.Endpoint
 	}
 }
 
-
 // clusterTLS is what the outbound cluster's TLS depends on.
 type clusterTLS struct {
 	SNI          string
