@@ -76,6 +76,8 @@ type ClusterOptions struct {
 	// SVIDTTL of the dev CA (default 1 h).
 	SVIDTTL  time.Duration
 	Endpoint bool
+	// EndpointCert/Key serve the bundle endpoint with these files instead of a dev SVID.
+	EndpointCert, EndpointKey string
 	// NoHeartbeat leaves alive/<name> out (an unreachable member).
 	NoHeartbeat bool
 	// NoService registers the member without running anything.
@@ -108,6 +110,9 @@ func (e *Env) StartCluster(name, td string, o ClusterOptions) *Cluster {
 	cfg := federate.Config{Cluster: name, TrustDomain: td, Source: src, BundleDir: c.BundleDir, Store: e.St, Log: Quiet(), RetryInterval: 50 * time.Millisecond}
 	if o.Endpoint {
 		cfg.Endpoint = &federate.EndpointConfig{Addr: "127.0.0.1:0", DevCADir: c.DevDir}
+		if o.EndpointCert != "" {
+			cfg.Endpoint = &federate.EndpointConfig{Addr: "127.0.0.1:0", CertFile: o.EndpointCert, KeyFile: o.EndpointKey}
+		}
 	}
 	svc, err := federate.New(cfg)
 	if err != nil {
