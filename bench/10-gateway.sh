@@ -6,16 +6,18 @@
 # and memory and file descriptors per idle connection at $IDLE idle connections.
 # Prints a markdown table with ratios against direct and against HAProxy.
 #
-# Knobs (environment): IDLE=10000 CONC=16 LAT_TIME=3s CONN_TIME=4s BULK_TIME=4s STREAMS=4
+# Knobs (environment): IDLE=10000 CONC=16 LAT_TIME=6s CONN_TIME=9s BULK_TIME=9s STREAMS=4 ROUNDS=3
+# (each phase time is split over ROUNDS rounds that interleave the targets)
 # Runs as root on Debian: installs haproxy and nginx (with its stream module) if absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IDLE=${IDLE:-10000}
 CONC=${CONC:-16}
-LAT_TIME=${LAT_TIME:-3s}
-CONN_TIME=${CONN_TIME:-4s}
-BULK_TIME=${BULK_TIME:-4s}
+LAT_TIME=${LAT_TIME:-6s}
+CONN_TIME=${CONN_TIME:-9s}
+BULK_TIME=${BULK_TIME:-9s}
+ROUNDS=${ROUNDS:-3}
 STREAMS=${STREAMS:-4}
 
 if ! command -v haproxy >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
@@ -134,7 +136,7 @@ done
 # nginx: the master and its workers (the workers do the proxying).
 { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
 
-echo "== east-west gateway benchmark: $(nproc) cores, $(uname -r), $(go version | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3)"
+echo "== east-west gateway benchmark: $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), $(uname -r), $(go version | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3)"
 "$WORK/benchload" run \
   --target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD" \
   --target "meshfed=127.0.0.1:$GW@$WORK/meshfed.pids" \
@@ -142,7 +144,7 @@ echo "== east-west gateway benchmark: $(nproc) cores, $(uname -r), $(go version 
   --target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" \
   --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids" \
   --idle "$IDLE" --conc "$CONC" --lat-time "$LAT_TIME" --conn-time "$CONN_TIME" \
-  --bulk-time "$BULK_TIME" --streams "$STREAMS" --json "${BENCH_JSON:-$WORK/result.json}"
+  --bulk-time "$BULK_TIME" --streams "$STREAMS" --rounds "$ROUNDS" --json "${BENCH_JSON:-$WORK/result.json}"
 cat <<'TXT'
 
 Columns: conn/s = new connections per second (TCP + TLS 1.3 handshake + 32-byte echo + close,

@@ -309,18 +309,17 @@ func oneConn(addr string) error {
 	return nil
 }
 
-func latency(addr string, d time.Duration, max int) (p50, p99 time.Duration, n int, err error) {
+func latency(addr string, d time.Duration, max int) ([]time.Duration, error) {
 	var lat []time.Duration
 	end := time.Now().Add(d)
 	for time.Now().Before(end) && len(lat) < max {
 		t0 := time.Now()
 		if err := oneConn(addr); err != nil {
-			return 0, 0, 0, err
+			return nil, err
 		}
 		lat = append(lat, time.Since(t0))
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return lat[len(lat)/2], lat[len(lat)*99/100], len(lat), nil
+	return lat, nil
 }
 
 func connRate(addr string, conc int, d time.Duration) (n, errs int64, el time.Duration) {
@@ -481,6 +480,7 @@ func run(args []string) error {
 	streams := fs.Int("streams", 4, "parallel bulk streams")
 	nIdle := fs.Int("idle", 10000, "idle connections held per target")
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
+	rounds := fs.Int("rounds", 3, "rounds interleaving the targets in the latency, conns and bulk phases")
 	fs.Parse(args)
 	if len(targets) < 2 {
 		return errors.New("give the direct baseline and at least one proxy with --target")
@@ -502,39 +502,63 @@ func run(args []string) error {
 			return fmt.Errorf("%s (%s): warm-up connection: %w", t.Name, t.AddrEcho, err)
 		}
 	}
-	for i, t := range targets {
-		p50, p99, n, err := latency(t.AddrEcho, *latTime, *latMax)
-		if err != nil {
-			return fmt.Errorf("%s latency: %w", t.Name, err)
+	// Rounds interleave the targets so that load from elsewhere on the machine falls on all
+	// of them alike; each round gives every target 1/rounds of each phase's time.
+	R := time.Duration(*rounds)
+	lat := make([][]time.Duration, len(targets))
+	type acc struct {
+		n, errs int64
+		el, cpu time.Duration
+	}
+	cr := make([]acc, len(targets))
+	br := make([]acc, len(targets))
+	for round := 0; round < *rounds; round++ {
+		for i, t := range targets {
+			l, err := latency(t.AddrEcho, *latTime/R, *latMax / *rounds)
+			if err != nil {
+				return fmt.Errorf("%s latency: %w", t.Name, err)
+			}
+			lat[i] = append(lat[i], l...)
 		}
-		res[i].LatP50, res[i].LatP99, res[i].LatN = p50, p99, n
-		logf("latency  %-18s p50 %v p99 %v (%d conns)", t.Name, p50, p99, n)
+		for i, t := range targets {
+			before, _ := readProc(t.pids)
+			n, errs, el := connRate(t.AddrEcho, *conc, *connTime/R)
+			after, _ := readProc(t.pids)
+			cr[i].n += n
+			cr[i].errs += errs
+			cr[i].el += el
+			cr[i].cpu += after.cpu - before.cpu
+		}
+		for i, t := range targets {
+			before, _ := readProc(t.pids)
+			n, el, err := bulk(t.AddrBulk, *streams, *bulkTime/R)
+			after, _ := readProc(t.pids)
+			if err != nil {
+				logf("bulk %s: %v", t.Name, err)
+			}
+			br[i].n += n
+			br[i].el += el
+			br[i].cpu += after.cpu - before.cpu
+		}
+		logf("round %d/%d done", round+1, *rounds)
 	}
 	for i, t := range targets {
-		before, _ := readProc(t.pids)
-		n, errs, el := connRate(t.AddrEcho, *conc, *connTime)
-		after, _ := readProc(t.pids)
-		res[i].ConnsPerSec = float64(n) / el.Seconds()
-		res[i].ConnErrors = errs
-		if n > 0 {
-			res[i].CPUPer1000Conns = (after.cpu - before.cpu) * 1000 / time.Duration(n)
+		l := lat[i]
+		sort.Slice(l, func(a, b int) bool { return l[a] < l[b] })
+		res[i].LatP50, res[i].LatP99, res[i].LatN = l[len(l)/2], l[len(l)*99/100], len(l)
+		res[i].ConnsPerSec = float64(cr[i].n) / cr[i].el.Seconds()
+		res[i].ConnErrors = cr[i].errs
+		if cr[i].n > 0 {
+			res[i].CPUPer1000Conns = cr[i].cpu * 1000 / time.Duration(cr[i].n)
 		}
-		res[i].CPUMeasuredConns = after.cpu - before.cpu
-		logf("conns    %-18s %.0f/s (%d errors), proxy CPU %v", t.Name, res[i].ConnsPerSec, errs, after.cpu-before.cpu)
-	}
-	for i, t := range targets {
-		before, _ := readProc(t.pids)
-		n, el, err := bulk(t.AddrBulk, *streams, *bulkTime)
-		after, _ := readProc(t.pids)
-		if err != nil {
-			logf("bulk %s: %v", t.Name, err)
+		res[i].CPUMeasuredConns = cr[i].cpu
+		res[i].BulkGBps = float64(br[i].n) / br[i].el.Seconds() / 1e9
+		if br[i].n > 0 {
+			res[i].CPUPerGB = time.Duration(float64(br[i].cpu) * 1e9 / float64(br[i].n))
 		}
-		res[i].BulkGBps = float64(n) / el.Seconds() / 1e9
-		if n > 0 {
-			res[i].CPUPerGB = time.Duration(float64(after.cpu-before.cpu) * 1e9 / float64(n))
-		}
-		res[i].CPUBulk = after.cpu - before.cpu
-		logf("bulk     %-18s %.2f GB/s, proxy CPU %v", t.Name, res[i].BulkGBps, after.cpu-before.cpu)
+		res[i].CPUBulk = br[i].cpu
+		logf("%-16s latency p50 %v p99 %v (%d) | %.0f conn/s (%d errors) proxy CPU %v | bulk %.2f GB/s proxy CPU %v",
+			t.Name, res[i].LatP50, res[i].LatP99, len(l), res[i].ConnsPerSec, cr[i].errs, cr[i].cpu, res[i].BulkGBps, br[i].cpu)
 	}
 	for i, t := range targets {
 		procFDs := func() int64 { s, _ := readProc(t.pids); return int64(s.fds) }
