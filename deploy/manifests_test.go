@@ -40,7 +40,7 @@ var allOnValues = map[string]any{
 		"xdsListen":      ":15010",
 		"extraArgs":      []any{"--heartbeat-ttl=15s"},
 	},
-	"trust": map[string]any{"enabled": true, "bundleSource": "devca:/var/run/meshfed/devca",
+	"trust": map[string]any{"enabled": true, "bundleSource": "workload:/run/spire/sockets/agent.sock",
 		"configMap": map[string]any{"enabled": true}},
 	"gateway": map[string]any{
 		"federationAddress": "meshfed-federation:15010",
@@ -576,9 +576,9 @@ func TestHelmRejectsBadValues(t *testing.T) {
 	}{
 		{map[string]any{"etcd": map[string]any{"endpoints": "https://etcd:2379"}}, "cluster.name is required"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}}, "etcd.endpoints is required"},
-		{map[string]any{"cluster": map[string]any{"name": "East_1"}, "etcd": map[string]any{"endpoints": "e:2379"}}, "cluster.name"},
-		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379", "prefix": "meshfed"}}, "etcd.prefix"},
-		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "gateway": map[string]any{"drainTimeout": "1m"}}, "gateway.drainTimeout"},
+		{map[string]any{"cluster": map[string]any{"name": "East_1"}, "etcd": map[string]any{"endpoints": "e:2379"}}, "/cluster/name"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379", "prefix": "meshfed"}}, "/etcd/prefix"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "gateway": map[string]any{"drainTimeout": "1m"}}, "/gateway/drainTimeout"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "gateway": map[string]any{"replica": 3}}, "replica"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "trust": map[string]any{"enabled": true}}, "trust.bundleSource is required"},
 	}

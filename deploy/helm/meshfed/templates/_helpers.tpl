@@ -6,7 +6,6 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: meshfed
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-meshfed.io/cluster: {{ .Values.cluster.name | quote }}
 {{- end }}
 
 {{- define "meshfed.selector" -}}
