@@ -51,7 +51,11 @@ type DrillRequest struct {
 	Target string
 	// TargetSNI overrides the TLS server name sent to a direct Target.
 	TargetSNI string
-	Rate      int
+	// XDS, when set, is the xDS server of cluster From's federation service: a service
+	// Target then follows the EDS it serves (the real client path) instead of a plan
+	// computed from etcd by the drill itself.
+	XDS  string
+	Rate int
 	// RequestTimeout bounds one request; Warmup is traffic before the cordon;
 	// RecoveryTimeout how long to wait for traffic to come back after it.
 	RequestTimeout  time.Duration
@@ -217,6 +221,14 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	if r.Rate < 1 || r.Rate > 1000 {
 		p.add("--rate", "%d: use 1-1000 requests per second", r.Rate)
 	}
+	if r.XDS != "" {
+		if err := validate.HostPort(r.XDS); err != nil {
+			p.add("--xds", "%v (the xDS address of the --from cluster's federation service, e.g. 127.0.0.1:15010)", err)
+		}
+		if r.Target == "" {
+			p.add("--xds", "needs --from and a service --target")
+		}
+	}
 	if (r.CertFile == "") != (r.KeyFile == "") {
 		p.add("--tls-cert/--tls-key", "give both or neither")
 	}
@@ -321,6 +333,9 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
 		if tgt.direct {
 			tp.Route = "every request to " + tgt.addr + " (the proxy or load balancer there does the failover; the serving cluster is read from each response)"
+		} else if r.XDS != "" {
+			tp.Route = fmt.Sprintf("as %s's clients: EDS %s from the xDS server at %s (lowest priority with a healthy endpoint), TLS with SNI %s",
+				r.From, names.ClusterName(tgt.namespace, tgt.name, tgt.port), r.XDS, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
 		} else {
 			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
 				r.From, tgt.namespace, tgt.name, tgt.port, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
@@ -508,8 +523,10 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 		lostErr = fmt.Errorf("drill %s: the cordon's lease was lost (etcd unreachable for longer than %v?): the cordon has ended", r.ID, r.LeaseTTL)
 	}
 	timer.Stop()
-	liftErr := c.Lift(ctx)
+	// The lift starts now: the key may be gone any moment after the revoke is sent, so
+	// requests from here on count as after the cordon.
 	rep.LiftAt = time.Now()
+	liftErr := c.Lift(ctx)
 	if tr != nil {
 		tr.mark(rep.LiftAt, "lift")
 	}

@@ -4,17 +4,24 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/federation/xds"
+	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/operator/internal/loadgen"
@@ -227,7 +234,9 @@ func TestDrillCordonExpiresWhenKilled(t *testing.T) {
 // TestDrillMeasuresTrafficSwitch: three simulated clusters; east's clients call
 // demo/echo exported by west (same region: priority 0) and north. The drill cordons west
 // while driving traffic as east's clients: traffic leaves west, goes to north, and
-// returns after the lift; the report and its HTML timeline are written.
+// returns after the lift; the report and its HTML timeline are written. The traffic is
+// routed twice: by the drill's own plan from etcd, and by the EDS of east's real xDS
+// server (federation/xds, as cmd/meshfed wires it).
 func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 	t.Parallel()
 	ctx := tctx(t)
@@ -237,9 +246,43 @@ func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 		s, err := ReadSnapshot(ctx, st)
 		return err == nil && len(s.Exports["west"]) == 1 && len(s.Exports["north"]) == 1 && len(s.Clusters) == 3
 	}, "west and north export demo/echo")
+	t.Run("etcd-plan", func(t *testing.T) { checkDrillTraffic(t, st, "") })
+	t.Run("xds", func(t *testing.T) { checkDrillTraffic(t, st, startXDS(t, f)) })
+}
+
+// startXDS runs east's xDS server fed by east's federation service, as cmd/meshfed does.
+func startXDS(t *testing.T, f *harness.Federation) string {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	east := f.Cluster("east").Federation()
+	hc, err := health.New(health.Options{}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := xds.NewFeed()
+	east.OnView(feed.Send)
+	feed.Send(east.View())
+	xs, err := xds.New("east", feed.C(), hc, log, nil, xds.Options{Listen: "127.0.0.1:0", MinReassign: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := xs.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = hc.Run(ctx) }()
+	go func() { defer wg.Done(); _ = xs.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return xs.Addr()
+}
+
+func checkDrillTraffic(t *testing.T, st *store.Store, xdsAddr string) {
+	ctx := tctx(t)
 	prog := &syncWriter{}
 	rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", From: "east", Target: "demo/echo:8443", Rate: 10, RequestTimeout: 2 * time.Second,
-		Duration: 2 * time.Second, Warmup: time.Second, MinReassign: time.Second, RecoveryTimeout: 10 * time.Second,
+		Duration: 2 * time.Second, Warmup: time.Second, MinReassign: time.Second, RecoveryTimeout: 10 * time.Second, XDS: xdsAddr,
 		Progress: prog, ProgressInterval: 500 * time.Millisecond, Actor: "test"})
 	if err != nil {
 		t.Fatalf("drill: %v\n%s", err, prog.String())
@@ -256,7 +299,7 @@ func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 		t.Fatalf("before the cordon west served %.2f of %d requests, want all", tr.BeforeShare, tr.BeforeRequests)
 	}
 	if tr.DrainedAfterMs == nil || *tr.DrainedAfterMs > 1500 {
-		t.Fatalf("drained after %v ms", tr.DrainedAfterMs)
+		t.Fatalf("drained after %v ms", ptrStr(tr.DrainedAfterMs))
 	}
 	if tr.ByCluster["north"] == 0 {
 		t.Fatalf("north served nothing: %v", tr.ByCluster)
@@ -272,12 +315,15 @@ func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 	// Every request after the drain and before the lift went to north.
 	for _, s := range tr.Samples {
 		at := tr.Start.Add(time.Duration(s.AtMs * float64(time.Millisecond)))
-		if at.After(rep.CordonAt.Add(time.Duration(*tr.DrainedAfterMs*float64(time.Millisecond)))) && at.Before(rep.LiftAt) && s.Cluster != "north" {
+		if at.After(rep.CordonAt.Add(time.Duration(*tr.DrainedAfterMs*float64(time.Millisecond)))) && at.Before(rep.LiftAt) && s.Cluster != "north" && s.Error == "" {
 			t.Fatalf("request at %.0f ms went to %q while west was cordoned and drained", s.AtMs, s.Cluster)
 		}
 	}
 	if !strings.Contains(prog.String(), "east's order for demo/echo:8443 is now north") || !strings.Contains(prog.String(), "cordoned west") {
 		t.Fatalf("progress:\n%s", prog.String())
+	}
+	if xdsAddr != "" && !strings.Contains(tr.Route, "xDS "+xdsAddr) {
+		t.Fatalf("route %q", tr.Route)
 	}
 	dir := t.TempDir()
 	jp, hp, err := rep.WriteReport(filepath.Join(dir, "drill.json"))
@@ -350,4 +396,11 @@ func FuzzParseServer(f *testing.F) {
 			t.Fatalf("%q -> %q", s, c)
 		}
 	})
+}
+
+func ptrStr(p *float64) string {
+	if p == nil {
+		return "nil"
+	}
+	return strconv.FormatFloat(*p, 'f', 0, 64)
 }

@@ -110,17 +110,31 @@ func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *ta
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	t.cancel = cancel
 	var router loadgen.Router
-	if tgt.direct {
+	onPlan := func(order string) {
+		at := time.Since(t.start)
+		t.mu.Lock()
+		t.orders = append(t.orders, OrderChange{AtMs: ms(at), Order: order})
+		t.mu.Unlock()
+		fmt.Fprintf(prog, "[%6.1fs] %s's order for %s/%s:%d is now %s\n", at.Seconds(), r.From, tgt.namespace, tgt.name, tgt.port, order)
+	}
+	switch {
+	case tgt.direct:
 		router = directRouter{addr: tgt.addr, sni: r.TargetSNI}
 		t.route = "direct " + tgt.addr
-	} else {
-		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, r.MinReassign, func(order string) {
-			at := time.Since(t.start)
-			t.mu.Lock()
-			t.orders = append(t.orders, OrderChange{AtMs: ms(at), Order: order})
-			t.mu.Unlock()
-			fmt.Fprintf(prog, "[%6.1fs] %s's order for %s/%s:%d is now %s\n", at.Seconds(), r.From, tgt.namespace, tgt.name, tgt.port, order)
-		})
+	case r.XDS != "":
+		xr := newXDSRouter(r.XDS, r.From, tgt.namespace, tgt.name, tgt.port, onPlan)
+		go xr.run(gctx)
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		err := xr.waitFirst(sctx)
+		scancel()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("drill: --xds: %w", err)
+		}
+		router = xr
+		t.route = "xDS " + r.XDS + " EDS " + names.ClusterName(tgt.namespace, tgt.name, tgt.port) + ", SNI " + names.ServiceSNI(tgt.namespace, tgt.name, tgt.port)
+	default:
+		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, r.MinReassign, onPlan)
 		if err != nil {
 			cancel()
 			return nil, err

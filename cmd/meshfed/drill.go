@@ -43,9 +43,11 @@ during the switch, and how long after the lift traffic came back. --target is
 
   NAMESPACE/NAME:PORT, NAME.NAMESPACE.svc.clusterset.local:PORT or
   outbound|PORT||NAME.NAMESPACE.svc.clusterset.local
-      a service: each request follows CLUSTER's failover plan, computed from etcd by the
-      federation planner (with gateway health checks from this machine), over TLS with
-      the service's SNI to the chosen gateway;
+      a service: each request follows CLUSTER's failover order over TLS with the
+      service's SNI to the chosen gateway. With --xds ADDR (the xDS address of CLUSTER's
+      federation service) the order is the EDS that server sends its clients: the real
+      path, etcd → federation → xDS push. Without it the drill computes the order itself
+      from etcd with the same planner (and gateway health checks from this machine);
   HOST:PORT
       a fixed address (a local Envoy listener, a load balancer) that does the failover
       itself.
@@ -65,6 +67,7 @@ Examples:
   meshfed drill --fail west --service demo/echo --duration 2m
   meshfed drill --fail west --duration 30s --from east --target demo/echo:8443 \
     --rate 20 --report west-drill.json        # then open west-drill.html
+  meshfed drill --fail west --from east --target demo/echo:8443 --xds 127.0.0.1:15010
 
 See docs/operations.md ("Failover drills").`,
 		Args: cobra.NoArgs,
@@ -83,6 +86,7 @@ See docs/operations.md ("Failover drills").`,
 	fl.StringVar(&r.From, "from", "", "drive traffic as this cluster's clients (with --target)")
 	fl.StringVar(&r.Target, "target", "", "what the traffic calls: NAMESPACE/NAME:PORT, an xDS name, or HOST:PORT (see above)")
 	fl.StringVar(&r.TargetSNI, "target-sni", "", "TLS server name for a HOST:PORT target")
+	fl.StringVar(&r.XDS, "xds", "", "route a service --target by the EDS of this xDS server (the --from cluster's federation service, e.g. 127.0.0.1:15010) instead of a plan computed from etcd")
 	fl.IntVar(&r.Rate, "rate", operator.DefaultDrillRate, "requests per second (1-1000), one TLS connection each")
 	fl.DurationVar(&r.RequestTimeout, "request-timeout", operator.DefaultRequestTimeout, "timeout of one request")
 	fl.DurationVar(&r.Warmup, "warmup", operator.DefaultDrillWarmup, "traffic before the cordon (the baseline)")
