@@ -1,0 +1,13 @@
+// Package rotation runs root rotation jobs: a resumable state machine stored at
+// rotations/<td> that moves a trust domain from its current roots to a new root without an
+// outage. Every transition is one etcd transaction comparing the mod revision of the job
+// record (and of bundles/<td> when the bundle changes with it), so a job survives its own
+// crash, two runners never both win a step, and a resumed job redoes only idempotent work.
+//
+//	preflight ──publish old+new (seq+1), lock──▶ wait-acks-both ──every cluster acked──▶
+//	switch-issuer ──issuance on the new root──▶ drain ──longest SVID lifetime passed──▶
+//	publish new only (seq+1) ──▶ wait-acks-new ──every cluster acked, unlock──▶ done
+//
+// An abort is possible until the old root is removed; it goes forward only (a new
+// sequence with the old roots), moving issuance back first if it had moved.
+package rotation
