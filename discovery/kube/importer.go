@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
 	"github.com/meshfed/meshfed/federation/imports"
@@ -128,14 +127,10 @@ func (im *Importer) Run(ctx context.Context) error {
 			o.LabelSelector = discoveryv1.LabelManagedBy + "=" + ManagedByValue
 		}))
 	nf := informers.NewSharedInformerFactory(im.cfg.Kube, im.cfg.Resync)
-	mf := mcsinformers.NewSharedInformerFactoryWithOptions(im.cfg.MCS, im.cfg.Resync,
-		mcsinformers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = LabelImportManagedBy + "=" + ImportManagedByValue
-		}))
-	siInf := mf.Multicluster().V1alpha1().ServiceImports()
+	siInf := serviceImportInformer(im.cfg.MCS, LabelImportManagedBy+"="+ImportManagedByValue, im.cfg.Resync)
 	epsInf := kf.Discovery().V1().EndpointSlices()
 	nsInf := nf.Core().V1().Namespaces()
-	im.siLister, im.epsLister, im.nsLister = siInf.Lister(), epsInf.Lister(), nsInf.Lister()
+	im.siLister, im.epsLister, im.nsLister = mcslisters.NewServiceImportLister(siInf.GetIndexer()), epsInf.Lister(), nsInf.Lister()
 
 	// Someone editing or deleting our objects, or a namespace coming or going, calls for a
 	// pass; our own writes do too, and find nothing to do.
@@ -144,18 +139,26 @@ func (im *Importer) Run(ctx context.Context) error {
 		UpdateFunc: func(_, _ any) { im.queue.Add(passKey) },
 		DeleteFunc: func(any) { im.queue.Add(passKey) },
 	}
-	for _, inf := range []cache.SharedIndexInformer{siInf.Informer(), epsInf.Informer(), nsInf.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{siInf, epsInf.Informer(), nsInf.Informer()} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("kube importer: %w", err)
 		}
 	}
 	kf.Start(ctx.Done())
 	nf.Start(ctx.Done())
-	mf.Start(ctx.Done())
+	ctx, cancel := context.WithCancel(ctx)
+	siDone := make(chan struct{})
+	go func() {
+		defer close(siDone)
+		siInf.Run(ctx.Done())
+	}()
+	defer func() {
+		cancel()
+		<-siDone
+	}()
 	defer kf.Shutdown()
 	defer nf.Shutdown()
-	defer mf.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), siInf.Informer().HasSynced, epsInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), siInf.HasSynced, epsInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -186,7 +189,12 @@ func (im *Importer) Run(ctx context.Context) error {
 		im.m.duration.Observe(time.Since(start).Seconds())
 		if err != nil && ctx.Err() == nil {
 			im.m.passes.WithLabelValues("error").Inc()
-			im.log.Warn("import pass incomplete; retrying", "err", err)
+			if onlyConflicts(err) {
+				// Our informer cache lagged one of our own writes: normal, retried at once.
+				im.log.Debug("import pass hit a write conflict; retrying", "err", err)
+			} else {
+				im.log.Warn("import pass incomplete; retrying", "err", err)
+			}
 			im.queue.AddRateLimited(k)
 		} else {
 			im.m.passes.WithLabelValues("ok").Inc()
@@ -457,6 +465,23 @@ func (im *Importer) reportNoGateways(cs []string) {
 	}
 	im.noGW = now
 	im.m.noGateways.Set(float64(len(now)))
+}
+
+// onlyConflicts reports whether every error joined in err is an optimistic-concurrency
+// conflict (HTTP 409 on update).
+func onlyConflicts(err error) bool {
+	var list []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	} else {
+		list = []error{err}
+	}
+	for _, e := range list {
+		if !apierrors.IsConflict(e) {
+			return false
+		}
+	}
+	return len(list) > 0
 }
 
 func hasLabels(have, want map[string]string) bool {

@@ -24,7 +24,6 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
 	"github.com/meshfed/meshfed/discovery"
@@ -158,15 +157,13 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	// implementation's) carry multicluster labels instead and must not be re-exported.
 	sf := informers.NewSharedInformerFactoryWithOptions(s.cfg.Kube, s.cfg.Resync, informers.WithNamespace(ns),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discoveryv1.LabelServiceName }))
-	mf := mcsinformers.NewSharedInformerFactoryWithOptions(s.cfg.MCS, s.cfg.Resync, mcsinformers.WithNamespace(ns))
-
-	seInf := mf.Multicluster().V1alpha1().ServiceExports()
+	seInf := serviceExportInformer(s.cfg.MCS, ns, s.cfg.Resync)
 	svcInf := kf.Core().V1().Services()
 	epsInf := sf.Discovery().V1().EndpointSlices()
-	s.seLister, s.svcLister, s.epsLister = seInf.Lister(), svcInf.Lister(), epsInf.Lister()
+	s.seLister, s.svcLister, s.epsLister = mcslisters.NewServiceExportLister(seInf.GetIndexer()), svcInf.Lister(), epsInf.Lister()
 
 	full := func(key string) { s.queue.Add(item{key: key, full: true}) }
-	for _, inf := range []cache.SharedIndexInformer{seInf.Informer(), svcInf.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{seInf, svcInf.Informer()} {
 		if _, err := inf.AddEventHandler(keyHandler(full)); err != nil {
 			return fmt.Errorf("kube source: %w", err)
 		}
@@ -176,14 +173,22 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	}
 	kf.Start(ctx.Done())
 	sf.Start(ctx.Done())
-	mf.Start(ctx.Done())
+	ctx, cancel := context.WithCancel(ctx)
+	seDone := make(chan struct{})
+	go func() {
+		defer close(seDone)
+		seInf.Run(ctx.Done())
+	}()
+	defer func() {
+		cancel()
+		<-seDone
+	}()
 	defer kf.Shutdown()
 	defer sf.Shutdown()
-	defer mf.Shutdown()
 
 	s.log.Info("kube source starting", "namespace", s.cfg.Namespace)
 	for _, ok := range []bool{
-		cache.WaitForCacheSync(ctx.Done(), seInf.Informer().HasSynced),
+		cache.WaitForCacheSync(ctx.Done(), seInf.HasSynced),
 		cache.WaitForCacheSync(ctx.Done(), svcInf.Informer().HasSynced, epsInf.Informer().HasSynced),
 	} {
 		if !ok {
@@ -266,7 +271,12 @@ func (s *Source) process(ctx context.Context, it item) bool {
 	}
 	changed, err := s.reconcile(ctx, it)
 	if err != nil {
-		s.log.Warn("ServiceExport not reconciled; retrying", "export", it.key, "err", err)
+		if apierrors.IsConflict(err) {
+			// Our cached copy lagged a newer one (often our own last status write).
+			s.log.Debug("ServiceExport status write conflict; retrying", "export", it.key)
+		} else {
+			s.log.Warn("ServiceExport not reconciled; retrying", "export", it.key, "err", err)
+		}
 		s.queue.AddRateLimited(it)
 	} else {
 		s.queue.Forget(it)
