@@ -170,13 +170,19 @@ func (ca *CA) saveState(st *state) error {
 }
 
 // withLock runs fn holding an exclusive lock on the CA directory.
-func (ca *CA) withLock(fn func() error) error {
+func (ca *CA) withLock(fn func() error) error { return ca.lock(syscall.LOCK_EX, fn) }
+
+// withReadLock runs fn holding a shared lock: a reader never sees state.json naming a root
+// file that a concurrent RemoveRoot has just deleted.
+func (ca *CA) withReadLock(fn func() error) error { return ca.lock(syscall.LOCK_SH, fn) }
+
+func (ca *CA) lock(how int, fn func() error) error {
 	f, err := os.OpenFile(filepath.Join(ca.dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
 		return fmt.Errorf("lock %s: %w", ca.dir, err)
 	}
 	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN) //nolint:errcheck // closing unlocks too
@@ -229,28 +235,35 @@ func (ca *CA) issuer(st *state) (*x509.Certificate, crypto.Signer, error) {
 
 // Roots are the roots the CA trusts (during a rotation, old and new).
 func (ca *CA) Roots() ([]*x509.Certificate, error) {
-	st, err := ca.loadState()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*x509.Certificate, 0, len(st.Roots))
-	for _, rs := range st.Roots {
-		c, err := ReadCert(filepath.Join(ca.dir, rs.Cert))
+	var out []*x509.Certificate
+	err := ca.withReadLock(func() error {
+		st, err := ca.loadState()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, c)
-	}
-	return out, nil
+		for _, rs := range st.Roots {
+			c, err := ReadCert(filepath.Join(ca.dir, rs.Cert))
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Issuer is the root that issues SVIDs now.
 func (ca *CA) Issuer() (*x509.Certificate, error) {
-	st, err := ca.loadState()
-	if err != nil {
-		return nil, err
-	}
-	c, _, err := ca.issuer(st)
+	var c *x509.Certificate
+	err := ca.withReadLock(func() error {
+		st, err := ca.loadState()
+		if err != nil {
+			return err
+		}
+		c, _, err = ca.issuer(st)
+		return err
+	})
 	return c, err
 }
 
@@ -362,11 +375,17 @@ func (ca *CA) Issue(req IssueRequest) (*SVID, error) {
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("--spiffe-id %s is not in trust domain %s", req.ID, ca.td.Name())
 	}
-	st, err := ca.loadState()
-	if err != nil {
-		return nil, err
-	}
-	issuer, ikey, err := ca.issuer(st)
+	var st *state
+	var issuer *x509.Certificate
+	var ikey crypto.Signer
+	err = ca.withReadLock(func() error {
+		var err error
+		if st, err = ca.loadState(); err != nil {
+			return err
+		}
+		issuer, ikey, err = ca.issuer(st)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

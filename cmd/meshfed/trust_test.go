@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/testetcd"
+	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/devca"
+)
+
+func TestTrustFlagsValidate(t *testing.T) {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	f := addTrustFlags(fs)
+	if err := fs.Parse([]string{"--bundle-source", "file:/x", "--bundle-endpoint", "127.0.0.1:8443", "--bundle-configmap", "nope"}); err != nil {
+		t.Fatal(err)
+	}
+	err := f.validate()
+	for _, want := range []string{"--trust-domain", "--bundle-endpoint-cert", "--bundle-configmap"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+	empty := addTrustFlags(pflag.NewFlagSet("e", pflag.ContinueOnError))
+	if svc, err := empty.build("a", nil, nil, nil); svc != nil || err != nil {
+		t.Fatal("without trust flags there is no trust component")
+	}
+}
+
+// TestTrustFlagsAndRotateCLI builds the trust component from flags as `meshfed federation`
+// does, then rotates through the CLI entry point twice (the second run has nothing to do).
+func TestTrustFlagsAndRotateCLI(t *testing.T) {
+	e := testetcd.Start(t)
+	st, err := store.New(testetcd.Client(t, e), records.DefaultPrefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caDir, bundleDir := filepath.Join(dir, "ca"), filepath.Join(dir, "bundles")
+	if _, err := devca.Init(caDir, "a.example", devca.Options{SVIDTTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	fs := pflag.NewFlagSet("federation", pflag.ContinueOnError)
+	f := addTrustFlags(fs)
+	if err := fs.Parse([]string{"--trust-domain", "a.example", "--bundle-source", "dev:" + caDir, "--bundle-dir", bundleDir,
+		"--bundle-endpoint", "127.0.0.1:0", "--bundle-poll-interval", "20ms"}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := f.build("a", st, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go svc.Run(ctx)
+	hb := st.NewHeartbeat("a", "test", 2*time.Second)
+	go hb.Run(ctx)
+	waitfor.Cond(t, 20*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(bundleDir, "a.example.pem"))
+		return err == nil && svc.EndpointAddr() != ""
+	}, "bundle written out and endpoint up")
+
+	nc, nk, _ := devca.NewRoot("a.example", 90*24*time.Hour)
+	certPath, keyPath := filepath.Join(dir, "new.pem"), filepath.Join(dir, "new-key.pem")
+	_ = os.WriteFile(certPath, trust.CertsPEM([]*x509.Certificate{nc}), 0o644)
+	if err := devca.WriteKey(keyPath, nk); err != nil {
+		t.Fatal(err)
+	}
+	rf := &rotateFlags{td: "a.example", newCA: certPath, newCAKey: keyPath, devCADir: caDir, poll: 10 * time.Millisecond,
+		minValidity: time.Hour, gateTimeout: time.Minute}
+	rf.etcd = etcdFlags{endpoints: strings.Join(e.Clients, ","), prefix: records.DefaultPrefix, dialTimeout: 5 * time.Second}
+	var out bytes.Buffer
+	if err := runRotate(ctx, &out, rf); err != nil {
+		t.Fatalf("rotate: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), ": done") {
+		t.Fatalf("no done line:\n%s", out.String())
+	}
+	out.Reset()
+	if err := runRotate(ctx, &out, rf); err != nil || !strings.Contains(out.String(), "nothing to do") {
+		t.Fatalf("second run: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := writeTrustStatus(ctx, &out, st, 30*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "a.example") || !strings.Contains(out.String(), "done") {
+		t.Fatalf("status:\n%s", out.String())
+	}
+	t.Logf("meshfed trust status:\n%s", out.String())
+}
