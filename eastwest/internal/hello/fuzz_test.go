@@ -15,6 +15,9 @@ import (
 // the same SNI, ALPN and extensions (we may refuse more, never less).
 // Seeds: real hellos (Go 1.26 crypto/tls, openssl s_client, curl, a Chrome-like hello with
 // ECH GREASE), each also split into small records.
+// An exec costs ~100 µs (it runs crypto/tls), so minimizing each new interesting input of a
+// few KiB can take the whole default -fuzzminimizetime (60 s), during which the exec count
+// stands still: for short runs pass -fuzzminimizetime=2s.
 func FuzzParse(f *testing.F) {
 	for _, raw := range corpus(f) {
 		f.Add(raw)
