@@ -7,6 +7,6 @@ fail=0
 while IFS=: read -r file name; do
   pkg=./$(dirname "$file")
   echo "== $pkg $name ($FUZZTIME)"
-  go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg" || fail=1
+  go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=2s "$pkg" || fail=1
 done < <(git grep -o -E '^func Fuzz[A-Za-z0-9_]+' -- '*_test.go' | sed -E 's/:func /:/')
 exit $fail
