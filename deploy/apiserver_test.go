@@ -120,7 +120,7 @@ func TestAPIServerDryRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kube-apiserver")
 	}
-	api := kubetest.Start(t)
+	api := sharedAPIServer(t)
 	ctx := context.Background()
 	a := newApplier(t, api.Config)
 
@@ -149,18 +149,46 @@ func TestAPIServerDryRun(t *testing.T) {
 					t.Logf("%s: not applied (the Prometheus Operator CRDs are not installed here); its rules pass promtool in TestPromtool", o.id())
 					continue
 				}
-				if err := a.apply(ctx, o, true); err != nil {
+				err := a.apply(ctx, o, true)
+				w := a.warn.take()
+				switch {
+				case err != nil:
 					t.Errorf("%s: %v", o.id(), err)
-				}
-				if w := a.warn.take(); len(w) > 0 {
+				case len(w) > 0:
 					t.Errorf("%s: the apiserver warns: %s", o.id(), strings.Join(w, "; "))
+				default:
+					n++
 				}
-				n++
 			}
 			t.Logf("%d objects accepted by kube-apiserver %s (dry run, strict field validation)", n, api.Version)
 		})
 	}
 }
+
+// sharedAPIServer starts one kube-apiserver (MCS CRDs installed) for the package's tests,
+// stopped by TestMain: the tests touch different objects, and one start is ~5-30 s.
+func sharedAPIServer(t *testing.T) *kubetest.APIServer {
+	t.Helper()
+	if os.Getenv(kubetest.EnvAPIServer) == "" {
+		t.Skip(kubetest.SkipHint)
+	}
+	apiOnce.Do(func() {
+		apiSrv, apiErr = kubetest.Launch(context.Background(), kubetest.Config{MCSCRDs: true})
+		if apiErr == nil {
+			t.Logf("kube-apiserver %s %s ready in %v", apiSrv.URL, apiSrv.Version, apiSrv.StartDuration.Round(time.Millisecond))
+		}
+	})
+	if apiErr != nil {
+		t.Fatal(apiErr)
+	}
+	return apiSrv
+}
+
+var (
+	apiOnce sync.Once
+	apiSrv  *kubetest.APIServer
+	apiErr  error
+)
 
 func mustRead(t *testing.T, path string) []byte {
 	t.Helper()
@@ -199,7 +227,7 @@ func TestFederationRBACSuffices(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kube-apiserver")
 	}
-	api := kubetest.Start(t, kubetest.WithMCSCRDs())
+	api := sharedAPIServer(t)
 	ctx := context.Background()
 	a := newApplier(t, api.Config)
 	objs, err := helmTemplate(t, minimalValues)

@@ -18,6 +18,9 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if apiSrv != nil {
+		apiSrv.Close()
+	}
 	if meshfedPath != "" {
 		os.RemoveAll(filepath.Dir(meshfedPath))
 	}
