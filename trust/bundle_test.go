@@ -255,6 +255,9 @@ func TestBundleMapReadByGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if pc := set.PoolsByCluster(map[string]string{"east": "a.example", "west": "b.example", "gone": "c.example"}); len(pc) != 2 || pc["east"] == nil {
+		t.Fatalf("pools by cluster: %v", pc)
+	}
 	if len(km.SPIFFEBundleMap) != 2 {
 		t.Fatalf("grpc read %d trust domains", len(km.SPIFFEBundleMap))
 	}

@@ -85,6 +85,20 @@ func (s *Set) Pools() map[string]*x509.CertPool {
 	return out
 }
 
+// PoolsByCluster maps each cluster to the root pool of its trust domain (clusterTD: cluster
+// name → trust domain, from the clusters/ records). A cluster whose trust domain has no
+// bundle is left out: the health checker must not trust it with someone else's roots.
+func (s *Set) PoolsByCluster(clusterTD map[string]string) map[string]*x509.CertPool {
+	pools := s.Pools()
+	out := make(map[string]*x509.CertPool, len(clusterTD))
+	for c, td := range clusterTD {
+		if p, ok := pools[td]; ok {
+			out[c] = p
+		}
+	}
+	return out
+}
+
 // GetX509BundleForTrustDomain implements x509bundle.Source.
 func (s *Set) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	b, ok := s.Get(td.Name())
