@@ -714,6 +714,11 @@ func (j *Job) gate(ctx context.Context, it *store.Item[records.Rotation], seq ui
 			return fmt.Errorf("gate: %w", err)
 		}
 		if bit.Value.Sequence != seq {
+			if it.Value.Phase == records.PhasePreflight {
+				// The source published just before it saw the job (the bundle is not
+				// locked yet): re-step, and preflight re-bases on the new sequence.
+				return store.ErrConflict
+			}
 			return fmt.Errorf("gate: bundles/%s is at sequence %d, the job expects %d: someone wrote it behind the job's back (see `meshfed trust status`)", j.td, bit.Value.Sequence, seq)
 		}
 		members, alive, err := j.required(ctx, it.Value)
