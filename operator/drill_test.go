@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/records"
@@ -403,4 +407,41 @@ func ptrStr(p *float64) string {
 		return "nil"
 	}
 	return strconv.FormatFloat(*p, 'f', 0, 64)
+}
+
+// FuzzXDSApply: whatever ClusterLoadAssignment an xDS server sends, the router neither
+// panics nor routes to an endpoint that is not in it.
+func FuzzXDSApply(f *testing.F) {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		Locality: &corev3.Locality{SubZone: "west"}, Priority: 0,
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 1}}}}}}}},
+	}}}
+	b, _ := proto.Marshal(cla)
+	f.Add(b)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var c endpointv3.ClusterLoadAssignment
+		if proto.Unmarshal(data, &c) != nil {
+			return
+		}
+		x := newXDSRouter("127.0.0.1:1", "east", "demo", "echo", 8443, nil)
+		x.apply(&c)
+		rt, err := x.Route()
+		if err != nil {
+			return
+		}
+		found := false
+		for _, l := range c.Endpoints {
+			for _, e := range l.LbEndpoints {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa != nil && net.JoinHostPort(sa.Address, strconv.FormatUint(uint64(sa.GetPortValue()), 10)) == rt.Addr {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("routed to %s, not in the assignment", rt.Addr)
+		}
+	})
 }

@@ -93,7 +93,9 @@ func (g *Generator) Run(ctx context.Context, onResult func(Result)) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			onResult(g.one(ctx, seq))
+			// Stopping the generator stops new requests; those in flight finish within
+			// their own timeout (a stop must not turn them into errors).
+			onResult(g.one(context.WithoutCancel(ctx), seq))
 		}()
 	}
 }
