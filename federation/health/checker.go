@@ -24,6 +24,12 @@ type Options struct {
 	FallThreshold int
 	// RiseThreshold good checks in a row mark it up again (default 2).
 	RiseThreshold int
+	// FastInterval is the interval while an address is changing state (it failed a check
+	// but is not down yet, or passed one but is not up yet), like HAProxy's fastinter:
+	// the thresholds still apply, they are just confirmed sooner (default 250ms; at most
+	// Interval). A blackholed gateway is then down after about Timeout*FallThreshold plus
+	// up to one Interval, instead of (FallThreshold-1)*Interval + Timeout.
+	FastInterval time.Duration
 }
 
 func (o *Options) defaults() error {
@@ -39,11 +45,16 @@ func (o *Options) defaults() error {
 	if o.RiseThreshold == 0 {
 		o.RiseThreshold = 2
 	}
+	if o.FastInterval == 0 {
+		o.FastInterval = min(250*time.Millisecond, o.Interval)
+	}
 	switch {
 	case o.Interval < 10*time.Millisecond:
 		return fmt.Errorf("health interval %v: use at least 10ms (default 1s)", o.Interval)
 	case o.Timeout <= 0 || o.Timeout > o.Interval:
 		return fmt.Errorf("health timeout %v: use more than 0 and at most the interval %v (default 500ms)", o.Timeout, o.Interval)
+	case o.FastInterval < 0 || o.FastInterval > o.Interval:
+		return fmt.Errorf("health fast interval %v: use more than 0 and at most the interval %v (default 250ms)", o.FastInterval, o.Interval)
 	case o.FallThreshold < 1 || o.RiseThreshold < 1:
 		return fmt.Errorf("health thresholds fall=%d rise=%d: use at least 1 (defaults 3 and 2)", o.FallThreshold, o.RiseThreshold)
 	}
@@ -233,20 +244,27 @@ func (c *Checker) start(t *target) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		tick := time.NewTicker(c.opts.Interval)
-		defer tick.Stop()
+		timer := time.NewTimer(0)
+		defer timer.Stop()
 		for {
-			c.check(ctx, k)
 			select {
 			case <-ctx.Done():
 				return
-			case <-tick.C:
+			case <-timer.C:
 			}
+			start := time.Now()
+			next := c.opts.Interval
+			if c.check(ctx, k) {
+				next = c.opts.FastInterval
+			}
+			timer.Reset(max(time.Until(start.Add(next)), 0))
 		}
 	}()
 }
 
-func (c *Checker) check(ctx context.Context, k Target) {
+// check probes k once and applies the result; it reports whether k is changing state
+// (the next check then comes after FastInterval).
+func (c *Checker) check(ctx context.Context, k Target) bool {
 	c.mu.Lock()
 	roots := c.roots[k.Cluster]
 	c.mu.Unlock()
@@ -254,21 +272,25 @@ func (c *Checker) check(ctx context.Context, k Target) {
 	out := Probe(pctx, k.Cluster, k.Addr, roots)
 	cancel()
 	if ctx.Err() != nil {
-		return // stopped (target removed or shutting down): not a result
+		return false // stopped (target removed or shutting down): not a result
 	}
 	c.m.checks.WithLabelValues(k.Cluster, out.Result).Inc()
 	c.m.duration.WithLabelValues(k.Cluster).Observe(out.RTT.Seconds())
-	c.apply(k, out, time.Now())
+	return c.apply(k, out, time.Now())
 }
 
-// apply runs the hysteresis for one result.
-func (c *Checker) apply(k Target, out Outcome, now time.Time) {
+// apply runs the hysteresis for one result; it reports whether the address is between
+// states (failing but not down, or passing but not up).
+func (c *Checker) apply(k Target, out Outcome, now time.Time) (transitioning bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, ok := c.targets[k]
 	if !ok {
-		return
+		return false
 	}
+	defer func() {
+		transitioning = (t.State.Usable() && t.fails > 0) || (!t.State.Usable() && t.oks > 0)
+	}()
 	t.LastCheck, t.RTT, t.LastLine = now, out.RTT, out.Line.Word
 	prev := t.State
 	next := prev
@@ -306,4 +328,5 @@ func (c *Checker) apply(k Target, out Outcome, now time.Time) {
 	c.log.Log(context.Background(), lvl, "gateway health changed", "cluster", k.Cluster, "gateway", k.Addr,
 		"from", prev.String(), "to", next.String(), "result", out.Result, "err", t.LastError)
 	c.notifyLocked()
+	return // transitioning is set by the deferred func
 }

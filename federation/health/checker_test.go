@@ -332,9 +332,16 @@ func TestUpNeedsRiseThreshold(t *testing.T) {
 		{ok, Up},
 	}
 	for i, s := range steps {
-		c.apply(k, s.out, now)
-		if got := c.State(k.Cluster, k.Addr); got != s.want {
+		fast := c.apply(k, s.out, now)
+		got := c.State(k.Cluster, k.Addr)
+		if got != s.want {
 			t.Fatalf("step %d (%s): state %v, want %v", i, s.out.Result, got, s.want)
+		}
+		// Between states (failing while usable, passing while not) the next check comes
+		// after FastInterval.
+		wantFast := (got.Usable() && !s.out.OK) || (!got.Usable() && s.out.OK)
+		if fast != wantFast {
+			t.Fatalf("step %d (%s, now %v): fast=%v, want %v", i, s.out.Result, got, fast, wantFast)
 		}
 	}
 	// An unknown address falls like an up one (FallThreshold soft failures), and goes
@@ -381,6 +388,7 @@ func TestOptionsValidation(t *testing.T) {
 		{Interval: time.Millisecond},
 		{Interval: time.Second, Timeout: 2 * time.Second},
 		{FallThreshold: -1},
+		{Interval: time.Second, FastInterval: 2 * time.Second},
 	} {
 		if _, err := New(o, nil, nil); err == nil {
 			t.Errorf("%+v accepted", o)

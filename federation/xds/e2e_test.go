@@ -32,6 +32,7 @@ type failoverEnv struct {
 	reg               *prometheus.Registry
 	client            *xdsClient
 	cancel            context.CancelFunc
+	callTimeout       time.Duration // per call while waiting (default 300ms)
 }
 
 const (
@@ -130,7 +131,11 @@ func (e *failoverEnv) waitServedBy(t testing.TB, td string, within time.Duration
 	misses := 0
 	var last callResult
 	for time.Now().Before(deadline) {
-		last = e.client.call(300 * time.Millisecond)
+		ct := e.callTimeout
+		if ct == 0 {
+			ct = 300 * time.Millisecond
+		}
+		last = e.client.call(ct)
 		if last.Err == nil && last.TrustDomain == td {
 			return last, misses
 		}
