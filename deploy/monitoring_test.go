@@ -209,3 +209,19 @@ func dashboardExprs(t *testing.T) []string {
 	t.Logf("%d panels, %d queries", len(titles), len(exprs))
 	return exprs
 }
+
+// TestHelmPrometheusRule: the chart's PrometheusRule carries the rules file's groups.
+func TestHelmPrometheusRule(t *testing.T) {
+	objs, err := helmTemplate(t, allOnValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := find(objs, "PrometheusRule", "meshfed")
+	if pr == nil {
+		t.Fatal("prometheusRule.enabled=true renders no PrometheusRule meshfed")
+	}
+	plain := readYAML(t, repoPath("deploy", "monitoring", "meshfed.rules.yaml"))
+	if !reflect.DeepEqual(plain["groups"], dig(map[string]any(pr), "spec", "groups")) {
+		t.Error("the chart's PrometheusRule groups differ from deploy/monitoring/meshfed.rules.yaml")
+	}
+}

@@ -10,7 +10,7 @@
 # (helm and promtool pin different k8s.io and cloud SDK versions).
 #
 # Only `export ...` lines go to stdout; every message goes to stderr. The cache key of a tool
-# is a hash of its go.mod and go.sum, so bumping a version builds into a new directory:
+# is a hash of its go.mod, go.sum and ldflags, so bumping a version builds into a new directory:
 #   ${MESHFED_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed-tools}/<tool>-<hash>/<tool>
 # Cold builds on 2 cores (empty build cache): see docs/deploy.md ("How validation works").
 set -euo pipefail
@@ -24,6 +24,18 @@ declare -A pkg=(
   [promtool]=github.com/prometheus/prometheus/cmd/promtool
 )
 declare -A var=([helm]=MESHFED_HELM [kustomize]=MESHFED_KUSTOMIZE [promtool]=MESHFED_PROMTOOL)
+# helm's default Kubernetes version (helm template without --kube-version, helm lint's
+# deprecation rules) comes from ldflags, as helm's own Makefile sets them from client-go's
+# version; without them it is v1.20 and charts requiring newer refuse to render.
+helm_ldflags=""
+for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  helm_ldflags="$helm_ldflags -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=37"
+done
+declare -A ldflags=(
+  [helm]="-X helm.sh/helm/v3/internal/version.version=v3.22.0$helm_ldflags"
+  [kustomize]=""
+  [promtool]=""
+)
 
 tools=("$@")
 if [ ${#tools[@]} -eq 0 ]; then tools=(helm kustomize promtool); fi
@@ -34,7 +46,7 @@ for t in "${tools[@]}"; do
     exit 2
   fi
   mod="$here/$t"
-  key="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)"
+  key="$( (cat "$mod/go.mod" "$mod/go.sum"; [ -z "${ldflags[$t]}" ] || echo "${ldflags[$t]}") | sha256sum | cut -c1-16)"
   dir="$root/$t-$key"
   bin="$dir/$t"
   if [ ! -x "$bin" ]; then
@@ -48,7 +60,7 @@ for t in "${tools[@]}"; do
       # GOFLAGS from the caller (-race, -mod=vendor) must not leak into the build; GOWORK=off
       # keeps a go.work in a parent directory from swallowing the wrapper module.
       (cd "$mod" && GOFLAGS=-mod=readonly GOWORK=off CGO_ENABLED=0 \
-        go build -trimpath -ldflags "-s -w" -o "$bin.tmp" "${pkg[$t]}") >&2
+        go build -trimpath -ldflags "-s -w ${ldflags[$t]}" -o "$bin.tmp" "${pkg[$t]}") >&2
       mv "$bin.tmp" "$bin"
       echo "tools: built $t in $(( $(date +%s) - start ))s" >&2
     fi
