@@ -54,6 +54,9 @@ type xdsEndpoint struct {
 
 var _ loadgen.Router = (*xdsRouter)(nil)
 
+// maxXDSWeight caps weights from the wire so that products and sums cannot overflow.
+const maxXDSWeight = 1 << 20
+
 func newXDSRouter(addr, from, ns, name string, port uint32, onPlan func(string)) *xdsRouter {
 	return &xdsRouter{addr: addr, cluster: names.ClusterName(ns, name, port), sni: names.ServiceSNI(ns, name, port),
 		node: "meshfed-drill-" + from, onPlan: onPlan, got: make(chan struct{})}
@@ -135,7 +138,7 @@ func (x *xdsRouter) apply(cla *endpointv3.ClusterLoadAssignment) {
 	for _, l := range cla.Endpoints {
 		lw := uint64(1)
 		if l.LoadBalancingWeight != nil && l.LoadBalancingWeight.Value > 0 {
-			lw = uint64(l.LoadBalancingWeight.Value)
+			lw = min(uint64(l.LoadBalancingWeight.Value), maxXDSWeight)
 		}
 		c := l.GetLocality().GetSubZone()
 		var eps []xdsEndpoint
@@ -150,7 +153,7 @@ func (x *xdsRouter) apply(cla *endpointv3.ClusterLoadAssignment) {
 			}
 			w := uint64(1)
 			if e.LoadBalancingWeight != nil && e.LoadBalancingWeight.Value > 0 {
-				w = uint64(e.LoadBalancingWeight.Value)
+				w = min(uint64(e.LoadBalancingWeight.Value), maxXDSWeight)
 			}
 			sum += w
 			eps = append(eps, xdsEndpoint{cluster: c, addr: net.JoinHostPort(sa.Address, strconv.FormatUint(uint64(sa.GetPortValue()), 10)), weight: w})
