@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,10 +14,11 @@ import (
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/expiry"
 )
 
 // DefaultExpiryWarning: status warns about trust roots that expire sooner than this.
-const DefaultExpiryWarning = 30 * 24 * time.Hour
+const DefaultExpiryWarning = expiry.WarnBefore
 
 // OrderSource says how status computes the failover order: with the failover planner the
 // federation services use (federation/planner), fed with this machine's gateway probes.
@@ -204,7 +206,7 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 		Clusters: []ClusterStatus{}, Services: []ServiceStatus{}, Drills: []DrillStatus{}, Rotations: []RotationStatus{},
 		Policies: []PolicyView{}, Warnings: []string{}}
 	for _, b := range snap.Bad {
-		s.Warnings = append(s.Warnings, "unreadable record: "+b.Error())
+		s.Warnings = append(s.Warnings, "unreadable record: "+strings.ReplaceAll(b.Error(), "\n", "; "))
 	}
 	probes := map[string]GatewayStatus{}
 	if !opts.NoProbe {
@@ -212,6 +214,14 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 	}
 	view := snap.View()
 	s.Clusters = clusterStatuses(st, snap, probes, &opts, s)
+	// Roots close to expiry (and bundles that do not validate): the trust package's check.
+	ws, err := expiry.CheckBundles(ctx, st, opts.Now, opts.ExpiryWarning)
+	if err != nil {
+		s.Warnings = append(s.Warnings, "bundle expiry check: "+err.Error())
+	}
+	for _, w := range ws {
+		s.Warnings = append(s.Warnings, w.String()+": rotate it (meshfed trust rotate, docs/trust.md)")
+	}
 	s.Drills = drillStatuses(ctx, st, snap)
 	s.Rotations = rotationStatuses(snap)
 	for _, k := range sortedKeys(snap.Policies) {
@@ -366,7 +376,7 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 		}
 		if cs.TrustDomain != "" {
 			if b, ok := snap.Bundles[cs.TrustDomain]; ok {
-				cs.Bundle = bundleStatus(b.Value, opts, s)
+				cs.Bundle = bundleStatus(b.Value, opts)
 			}
 		}
 		acked := map[string]uint64{}
@@ -394,34 +404,24 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 	return out
 }
 
-func bundleStatus(b *records.Bundle, opts *StatusOptions, s *Status) *BundleStatus {
+func bundleStatus(b *records.Bundle, opts *StatusOptions) *BundleStatus {
 	bs := &BundleStatus{TrustDomain: b.TrustDomain, Owner: b.Owner, Sequence: b.Sequence, Digest: b.Digest,
 		Revoked: b.Revoked, UpdatedAt: b.UpdatedAt.UTC()}
 	if b.Lock != nil {
 		bs.LockedBy = b.Lock.Job + " (" + b.Lock.Holder + ")"
 	}
-	tb, err := trust.FromRecord(b, opts.Now)
-	if err != nil {
+	// The warnings come from trust/expiry (CheckBundles, in GetStatus); here only the
+	// earliest expiry and whether the record validates, for the table and JSON.
+	if _, err := trust.FromRecord(b, opts.Now); err != nil {
 		bs.Error = err.Error()
-		s.Warnings = append(s.Warnings, fmt.Sprintf("bundle of %s does not validate: %v", b.TrustDomain, err))
-		return bs
 	}
-	if exp := tb.EarliestExpiry(); !exp.IsZero() {
-		e := exp.UTC()
-		bs.RootsExpire = &e
-		if left := exp.Sub(opts.Now); left < opts.ExpiryWarning {
-			s.Warnings = append(s.Warnings, fmt.Sprintf("a root of %s expires in %s (%s): rotate it (meshfed trust rotate, docs/trust.md)",
-				b.TrustDomain, roundDays(left), e.Format(time.RFC3339)))
+	if tb, err := trust.Parse(b.TrustDomain, b.JWKS, trust.ParseOptions{Now: opts.Now, AllowEmpty: true, DropExpired: true}); err == nil {
+		if exp := tb.EarliestExpiry(); !exp.IsZero() {
+			e := exp.UTC()
+			bs.RootsExpire = &e
 		}
 	}
 	return bs
-}
-
-func roundDays(d time.Duration) string {
-	if d < 48*time.Hour {
-		return d.Round(time.Minute).String()
-	}
-	return fmt.Sprintf("%d days", int(d/(24*time.Hour)))
 }
 
 func drillStatuses(ctx context.Context, st *store.Store, snap *Snapshot) []DrillStatus {

@@ -139,7 +139,7 @@ func TestStatus(t *testing.T) {
 	if len(byName["east"].AcksBehind) != 0 || strings.Join(byName["north"].AcksBehind, ",") != "west.meshfed.test" {
 		t.Fatalf("acks behind: east %v north %v", byName["east"].AcksBehind, byName["north"].AcksBehind)
 	}
-	if !strings.Contains(strings.Join(s.Warnings, "\n"), "a root of west.meshfed.test expires in 9 days") {
+	if w := strings.Join(s.Warnings, "\n"); !strings.Contains(w, "root of west.meshfed.test") || !strings.Contains(w, "expires in 9 days") {
 		t.Fatalf("warnings %v", s.Warnings)
 	}
 	if len(s.Drills) != 1 || s.Drills[0].Cluster != "north" || s.Drills[0].LeaseTTL <= 0 || s.Drills[0].Service != "*" {
@@ -202,7 +202,7 @@ func TestStatus(t *testing.T) {
 	if err := s.WriteTable(&tb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"CLUSTERS", "west", "DOWN (refused)", "demo/echo", "LIVE DRILLS", "ROTATIONS", "warning: a root"} {
+	for _, want := range []string{"CLUSTERS", "west", "DOWN (refused)", "demo/echo", "LIVE DRILLS", "ROTATIONS", "warning: root of west.meshfed.test"} {
 		if !strings.Contains(tb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, tb.String())
 		}
