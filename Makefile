@@ -4,7 +4,7 @@ BIN     := bin/meshfed
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.Version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint clean
+.PHONY: all build run test test-short bench fuzz lint docs clean
 
 all: build
 
@@ -35,6 +35,10 @@ fuzz:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## docs: regenerate docs/reference.md from the command tree (a test fails when it is stale)
+docs:
+	MESHFED_UPDATE_DOCS=1 $(GO) test ./cmd/meshfed -run TestReferenceDoc
 
 clean:
 	rm -rf bin
