@@ -60,8 +60,11 @@ func (s *Stabilizer) Apply(now time.Time, desired ServicePlan) Decision {
 	removal, reorder := false, false
 	for _, pd := range desired.Ports {
 		pp := st.served.Port(pd.Port)
-		if pp == nil {
-			continue // a new port: its first plan, not a reassignment
+		if pp == nil || len(pp.Levels) == 0 {
+			// A new port, or one with nowhere to go: its first plan, not a reassignment
+			// (there is no traffic to flap away from, and holding it would prolong an
+			// outage).
+			continue
 		}
 		sd, sp := sequence(pd.Levels), sequence(pp.Levels)
 		if slices.Equal(sd, sp) {
@@ -135,7 +138,7 @@ func holdOrder(served, desired ServicePlan) ServicePlan {
 	out.Ports = make([]PortPlan, len(desired.Ports))
 	for i, pd := range desired.Ports {
 		pp := served.Port(pd.Port)
-		if pp == nil {
+		if pp == nil || len(pp.Levels) == 0 {
 			out.Ports[i] = pd
 			continue
 		}

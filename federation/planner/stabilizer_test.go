@@ -97,3 +97,26 @@ func TestStabilizerPorts(t *testing.T) {
 		t.Fatalf("port removal: %+v", d)
 	}
 }
+
+// TestStabilizerEmptyPortNotHeld: a port left with no cluster at all takes a returning
+// cluster at once, whatever the interval: holding it would only prolong an outage.
+func TestStabilizerEmptyPortNotHeld(t *testing.T) {
+	p80 := []int32{80}
+	s := NewStabilizer(10 * time.Second)
+	mk := func(ready bool) ServicePlan {
+		ep := "a"
+		if !ready {
+			ep = "a!"
+		}
+		v := view(export("west", p80, ep))
+		return PlanService(&Input{Local: "east", View: v, Now: t0}, v.Services["demo/echo"])
+	}
+	s.Apply(t0, mk(true))
+	if d := s.Apply(t0.Add(time.Second), mk(false)); !d.Changed || len(d.Plan.Port(80).Levels) != 0 {
+		t.Fatalf("west without ready endpoints: %+v", d)
+	}
+	d := s.Apply(t0.Add(2*time.Second), mk(true))
+	if !d.Changed || d.Held || len(d.Plan.Port(80).Levels) != 1 {
+		t.Fatalf("west back on an empty port within the interval must not be held: %+v", d)
+	}
+}

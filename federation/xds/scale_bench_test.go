@@ -83,7 +83,9 @@ func heapInUse() uint64 {
 func BenchmarkFullRecompute(b *testing.B) {
 	for _, sz := range []struct{ svc, cl, ep int }{{1000, 10, 10}, {10000, 10, 10}} {
 		b.Run(fmt.Sprintf("services=%d/clusters=%d/endpoints=%d", sz.svc, sz.cl, sz.ep), func(b *testing.B) {
+			h0 := heapInUse()
 			v := scaleView(sz.svc, sz.cl, sz.ep)
+			viewMiB := float64(heapInUse()-h0) / (1 << 20)
 			var heap float64
 			var cpu time.Duration
 			b.ResetTimer()
@@ -104,7 +106,9 @@ func BenchmarkFullRecompute(b *testing.B) {
 				b.StartTimer()
 			}
 			b.ReportMetric(heap, "server-MiB")
+			b.ReportMetric(viewMiB, "view-MiB")
 			b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+			runtime.KeepAlive(v)
 		})
 	}
 }
