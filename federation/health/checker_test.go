@@ -405,6 +405,8 @@ func TestParseLine(t *testing.T) {
 		"draining cluster=west":         {Word: "draining", Fields: map[string]string{"cluster": "west"}},
 		"not-ready   cluster=a  x=\n":   {Word: "not-ready", Fields: map[string]string{"cluster": "a", "x": ""}},
 		"ok future_field=1 cluster=c\n": {Word: "ok", Fields: map[string]string{"future_field": "1", "cluster": "c"}},
+		"ok cluster":                    {Word: "ok"},
+		"ok =x free text a=b":           {Word: "ok", Fields: map[string]string{"a": "b"}},
 	}
 	for in, want := range good {
 		got, err := ParseLine(in)
@@ -418,7 +420,7 @@ func TestParseLine(t *testing.T) {
 			}
 		}
 	}
-	for _, in := range []string{"", "\n", "   ", "ok cluster", "ok =x", "ok\x00", strings.Repeat("a", MaxStatusLine+1), "ok a=\x01"} {
+	for _, in := range []string{"", "\n", "   ", "ok\x00", strings.Repeat("a", MaxStatusLine+1), "ok a=\x01", "\xffok"} {
 		if got, err := ParseLine(in); err == nil {
 			t.Errorf("ParseLine(%q) = %+v, want an error", in, got)
 		}

@@ -54,8 +54,9 @@ type Line struct {
 }
 
 // ParseLine parses one status line (without or with its trailing newline). The first
-// word is the status; the rest are key=value pairs, unknown keys tolerated; a token without
-// '=' is refused (the line is a contract: see docs/eastwest.md).
+// word is the status; the rest are key=value pairs (docs/eastwest.md), unknown keys and
+// tokens that are not key=value ignored, so that a newer gateway never fails an older
+// checker. Only non-printable bytes make the line bad.
 func ParseLine(line string) (Line, error) {
 	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 	if len(line) > MaxStatusLine {
@@ -70,9 +71,12 @@ func ParseLine(line string) (Line, error) {
 		return Line{}, fmt.Errorf("status word %q is not printable ASCII", st.Word)
 	}
 	for _, t := range toks[1:] {
+		if !printableToken(t) {
+			return Line{}, fmt.Errorf("status field %q is not printable ASCII", t)
+		}
 		k, v, ok := strings.Cut(t, "=")
-		if !ok || k == "" || !printableToken(k) || !printableToken(v) {
-			return Line{}, fmt.Errorf("status field %q: want key=value", t)
+		if !ok || k == "" {
+			continue // not key=value: ignored, like unknown keys (only the status word decides)
 		}
 		if st.Fields == nil {
 			st.Fields = make(map[string]string, len(toks)-1)
