@@ -2,7 +2,9 @@ package xds_test
 
 import (
 	"context"
+	"encoding/json"
 	"net"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -101,5 +103,27 @@ func TestTimers(t *testing.T) {
 	}
 	if err := s.Ready(); err != nil {
 		t.Fatal(err)
+	}
+
+	rec := httptest.NewRecorder()
+	s.DebugHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/xds", nil))
+	var dbg struct {
+		Services []struct {
+			Service string `json:"service"`
+			Ports   []struct {
+				Priorities []struct {
+					Cluster string `json:"cluster"`
+				} `json:"priorities"`
+			} `json:"ports"`
+		} `json:"services"`
+		Gateways []struct {
+			Cluster, State string
+		} `json:"gateways"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &dbg); err != nil {
+		t.Fatalf("/debug/xds: %v\n%s", err, rec.Body)
+	}
+	if len(dbg.Services) != 1 || dbg.Services[0].Service != "demo/echo" || dbg.Services[0].Ports[0].Priorities[0].Cluster != "north" || len(dbg.Gateways) != 2 {
+		t.Fatalf("/debug/xds: %s", rec.Body)
 	}
 }
