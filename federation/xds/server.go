@@ -286,7 +286,7 @@ func (s *Server) Run(ctx context.Context) error {
 			serveErr <- nil
 			return
 		}
-		s.log.Info("xds serving", "addr", s.Addr(), "cluster", s.cluster)
+		s.log.Info("xds serving", "addr", s.Addr(), "local_cluster", s.cluster)
 		serveErr <- gs.Serve(s.ln)
 	}()
 	defer func() {
