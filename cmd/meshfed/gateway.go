@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/eastwest/xdsroutes"
 	"github.com/meshfed/meshfed/internal/admin"
 )
 
@@ -20,6 +21,7 @@ func init() { register(newGatewayCmd) }
 
 type gatewayFlags struct {
 	cluster, listen, admin, exports, domain string
+	federation                              string
 	healthCert, healthKey                   string
 	helloTimeout, idleTimeout               time.Duration
 	connectTimeout, drainTimeout            time.Duration
@@ -44,8 +46,13 @@ name, a missing SNI, non-TLS bytes, an oversize or slow hello is closed without 
 a backend. health.meshfed.internal is answered by the gateway itself (one status line over
 TLS); it says "draining" from the moment SIGTERM arrives.
 
-The routes come from --exports, a YAML or JSON file re-read when it changes (an invalid
-file is refused and the last good table stays in force):
+The routes come from exactly one of two sources. --federation ADDR takes them from this
+cluster's federation service over xDS (gRPC ADS): its exported service ports and their
+ready endpoints. The gateway is ready once the first whole table has arrived, and keeps
+routing with the last good table while the federation is unreachable (it reconnects with
+backoff and reports how stale the table is). --exports FILE takes them from a YAML or JSON
+file re-read when it changes (an invalid file is refused and the last good table stays in
+force):
 
   services:
     - name: echo
@@ -57,7 +64,10 @@ file is refused and the last good table stays in force):
         - {address: 10.0.1.8, zone: z2, ready: false}
 
 Examples:
-  # Serve the exports of cluster "east" on :15443, metrics on 127.0.0.1:15000
+  # Route what cluster "east" exports, as its federation service says (xDS on loopback)
+  meshfed gateway --cluster east --federation 127.0.0.1:15010
+
+  # Serve the exports of cluster "east" from a file on :15443, metrics on 127.0.0.1:15000
   meshfed gateway --cluster east --exports /etc/meshfed/exports.yaml
 
   # Call through it (from another cluster): the SNI picks the service and port
@@ -81,7 +91,8 @@ See docs/eastwest.md for the health wire protocol, metrics and limits.`,
 	fl.StringVar(&f.cluster, "cluster", "", "this cluster's name (DNS label), reported by the health name (required)")
 	fl.StringVar(&f.listen, "listen", ":15443", "ADDR the gateway accepts TLS on")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "ADDR of /metrics, /healthz and /readyz")
-	fl.StringVar(&f.exports, "exports", "", "exports FILE (YAML or JSON) naming the services and endpoints to route (required)")
+	fl.StringVar(&f.exports, "exports", "", "exports FILE (YAML or JSON) naming the services and endpoints to route (this or --federation)")
+	fl.StringVar(&f.federation, "federation", "", "HOST:PORT of this cluster's federation xDS server to take the routes from (this or --exports), e.g. 127.0.0.1:15010")
 	fl.StringVar(&f.domain, "domain", "cluster.local", "cluster DNS domain carried in SNI names")
 	fl.StringVar(&f.healthCert, "health-cert", "", "PEM certificate for health.meshfed.internal (default: self-signed at start)")
 	fl.StringVar(&f.healthKey, "health-key", "", "PEM private key of --health-cert")
@@ -106,8 +117,15 @@ func (f *gatewayFlags) validate() error {
 	} else if err := validate.DNSLabel(f.cluster); err != nil {
 		errs.Add("--cluster", "%v", err)
 	}
-	if f.exports == "" {
-		errs.Add("--exports", "required: the exports file to route, e.g. --exports /etc/meshfed/exports.yaml")
+	switch {
+	case f.exports == "" && f.federation == "":
+		errs.Add("--exports", "required: the exports file to route, e.g. --exports /etc/meshfed/exports.yaml, or --federation 127.0.0.1:15010 to take the routes from the federation service")
+	case f.exports != "" && f.federation != "":
+		errs.Add("--federation", "give --federation or --exports, not both: one route source")
+	case f.federation != "":
+		if _, _, err := net.SplitHostPort(f.federation); err != nil {
+			errs.Add("--federation", "%q is not HOST:PORT of the federation's xDS server (e.g. 127.0.0.1:15010)", f.federation)
+		}
 	}
 	for name, v := range map[string]string{"--listen": f.listen, "--admin": f.admin} {
 		if _, _, err := net.SplitHostPort(v); err != nil {
@@ -175,29 +193,61 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 	}
 	adm.AddReadiness("routes", g.Ready)
 	adm.AddLiveness("gateway", func() error { return nil })
-
-	srcCtx, stopSrc := context.WithCancel(context.Background())
-	defer stopSrc()
-	// The route source: swap this line for the federation's xDS source later.
-	var src eastwest.RouteSource = &eastwest.FileSource{Path: f.exports, Interval: f.pollInterval, Log: log, OnReload: g.ObserveReload}
-	if err := g.StartSource(srcCtx, src); err != nil {
-		return fmt.Errorf("--exports: %w", err)
+	var src eastwest.RouteSource
+	srcFlag, origin := "--exports", f.exports
+	if f.federation != "" {
+		srcFlag, origin = "--federation", f.federation
+		xs, err := xdsroutes.New(xdsroutes.Config{Address: f.federation, Cluster: f.cluster, Domain: f.domain,
+			Version: Version, Log: log, Registry: adm.Registry})
+		if err != nil {
+			return fmt.Errorf("--federation: %w", err)
+		}
+		src = xs
+	} else {
+		src = &eastwest.FileSource{Path: f.exports, Interval: f.pollInterval, Log: log, OnReload: g.ObserveReload}
 	}
-
+	// The admin endpoints come up before the first table: waiting for the federation can
+	// take a while, and meanwhile /healthz answers, /readyz says why not and /metrics shows
+	// the xDS link.
 	if err := adm.Listen(f.admin); err != nil {
 		return fmt.Errorf("--admin: %w", err)
-	}
-	ln, err := eastwest.Listen(ctx, f.listen, f.helloTimeout)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
 	}
 	admCtx, stopAdm := context.WithCancel(context.Background())
 	admDone := make(chan error, 1)
 	go func() { admDone <- adm.Serve(admCtx) }()
-	log.Info("gateway listening", "listen", ln.Addr().String(), "admin", adm.Addr(), "exports", f.exports, "pid", os.Getpid())
+	stopAdmin := func() { stopAdm(); <-admDone }
+
+	// The source outlives ctx (it feeds the table during the drain); only a stop before
+	// the first table ends it early.
+	srcCtx, stopSrc := context.WithCancel(context.Background())
+	defer stopSrc()
+	started := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			stopSrc()
+		case <-started:
+		}
+	}()
+	err = g.StartSource(srcCtx, src)
+	close(started)
+	if err != nil {
+		stopAdmin()
+		if ctx.Err() != nil {
+			log.Info("stopped before the first route table")
+			return nil
+		}
+		return fmt.Errorf("%s: %w", srcFlag, err)
+	}
+
+	ln, err := eastwest.Listen(ctx, f.listen, f.helloTimeout)
+	if err != nil {
+		stopAdmin()
+		return fmt.Errorf("--listen: %w", err)
+	}
+	log.Info("gateway listening", "listen", ln.Addr().String(), "admin", adm.Addr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
 	err = g.Serve(ctx, ln)
-	stopAdm()
-	<-admDone
+	stopAdmin()
 	log.Info("gateway stopped")
 	return err
 }
