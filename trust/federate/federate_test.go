@@ -255,3 +255,32 @@ func TestFileSourceLockAndUndo(t *testing.T) {
 		t.Fatal("identical content must not take a new sequence")
 	}
 }
+
+// TestExpiredRootLeftOut: a root that expires after its record was written is left out of
+// what a (re)starting cluster writes out; the other root of the trust domain stays trusted
+// and the cluster still acks the record as published.
+func TestExpiredRootLeftOut(t *testing.T) {
+	env := trusttest.NewEnv(t)
+	short, _, _ := devca.NewRootAt("b.example", time.Now().Add(-time.Hour), time.Hour+1500*time.Millisecond)
+	long, _, _ := devca.NewRoot("b.example", 24*time.Hour)
+	b, err := trust.Parse("b.example", trust.CertsPEM([]*x509.Certificate{short, long}), trust.ParseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := b.WithMeta(3, 0).Record("b", time.Now())
+	if _, err := env.St.Create(context.Background(), env.St.KS.Bundle("b.example"), rec); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the root's own expiry (time itself is what this test is about).
+	waitfor.Cond(t, 10*time.Second, func() bool { return time.Now().After(short.NotAfter) }, "short root expired")
+	a := env.StartCluster("a", "a.example", trusttest.ClusterOptions{})
+	waitfor.Cond(t, 20*time.Second, func() bool { return a.Has("b.example", 3) }, "b.example mirrored despite its expired root")
+	got, _ := a.Svc.Set().Get("b.example")
+	if len(got.X509Roots) != 1 || !got.X509Roots[0].Equal(long) {
+		t.Fatalf("roots in force: %d", len(got.X509Roots))
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		ack, err := store.Get[records.Ack](context.Background(), env.St, env.St.KS.Ack("a", "b.example"))
+		return err == nil && ack.Value.Sequence == 3 && ack.Value.Digest == rec.Digest
+	}, "acked with the record's digest")
+}

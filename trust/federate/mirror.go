@@ -80,10 +80,13 @@ func (m *mirror) put(kv store.KV) string {
 		m.reject(td, "invalid-record", fmt.Errorf("record names trust domain %q under key %s", rec.TrustDomain, kv.Key))
 		return td
 	}
-	b, err := trust.FromRecord(rec, time.Now())
+	b, dropped, err := trust.FromRecordKeepValid(rec, time.Now())
 	if err != nil {
 		m.reject(td, "invalid-bundle", err)
 		return td
+	}
+	for _, d := range dropped {
+		m.s.log.Warn("expired root left out of a federated bundle; rotate it", "trust_domain", td, "sequence", rec.Sequence, "root", d)
 	}
 	if last, ok := m.good[td]; ok {
 		switch {
@@ -142,9 +145,17 @@ func sameSet(a, b *trust.Set) bool {
 // sequence and digest this cluster has written out (exactly what it applied, even if that
 // is a lower sequence than an earlier ack after a bundle record was re-created).
 func (s *Service) ack(ctx context.Context, set *trust.Set, acked map[string]ackKey) error {
+	s.mu.Lock()
+	recs := s.records
+	s.mu.Unlock()
 	for _, b := range set.Bundles() {
 		td := b.TrustDomain.Name()
+		// The ack names the record as published (its digest), even when an expired root
+		// was left out of what is written out.
 		want := ackKey{b.Sequence, b.Digest()}
+		if r, ok := recs[td]; ok && r.Sequence == b.Sequence {
+			want.digest = r.Digest
+		}
 		if acked[td] == want {
 			continue
 		}
