@@ -3,7 +3,6 @@ package planner
 import (
 	"net"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -154,7 +153,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 		order = pol.Order
 	}
 
-	var cands []*candidate
+	cands := make([]*candidate, 0, len(svc.Clusters))
 	for _, ce := range svc.Clusters {
 		if ce == nil || ce.Export == nil {
 			continue
@@ -196,20 +195,25 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 		}
 		cands = append(cands, c)
 	}
-	sort.SliceStable(cands, func(i, j int) bool {
-		a, b := cands[i], cands[j]
+	slices.SortStableFunc(cands, func(a, b *candidate) int {
 		if localFirst && a.direct != b.direct {
-			return a.direct
+			if a.direct {
+				return -1
+			}
+			return 1
 		}
 		if a.rank != b.rank {
-			return a.rank < b.rank
+			return a.rank - b.rank
 		}
 		// Without localFirst the local cluster sorts as a same-region one.
 		ar, br := a.direct || a.sameReg, b.direct || b.sameReg
 		if ar != br {
-			return ar
+			if ar {
+				return -1
+			}
+			return 1
 		}
-		return a.ce.Cluster < b.ce.Cluster
+		return strings.Compare(a.ce.Cluster, b.ce.Cluster)
 	})
 
 	// Panic: every remote candidate is unhealthy and nothing direct is left for a port.
@@ -231,7 +235,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 
 	for _, p := range svc.Ports {
 		pp := PortPlan{Port: uint32(p.Port)}
-		seen := map[hostPort]bool{} // grpc-go NACKs a CLA that lists an address twice
+		var seen addrSet // grpc-go NACKs a CLA that lists an address twice
 		for _, c := range cands {
 			ep := exportedPort(c.ce.Export, p.Port)
 			if ep == nil {
@@ -256,8 +260,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 						w = 1
 					}
 					x := Endpoint{Host: e.Address, Port: target, Weight: w, Zone: e.Zone}
-					if hp := (hostPort{x.Host, x.Port}); !seen[hp] {
-						seen[hp] = true
+					if seen.add(hostPort{x.Host, x.Port}) {
 						lv.Endpoints = append(lv.Endpoints, x)
 					}
 				}
@@ -275,8 +278,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 						continue // validated in the record; defensive
 					}
 					x := Endpoint{Host: host, Port: port, Weight: uint32(c.ready)}
-					if hp := (hostPort{x.Host, x.Port}); !seen[hp] {
-						seen[hp] = true
+					if seen.add(hostPort{x.Host, x.Port}) {
 						lv.Endpoints = append(lv.Endpoints, x)
 					}
 				}
@@ -289,8 +291,38 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 		}
 		plan.Ports = append(plan.Ports, pp)
 	}
-	sort.Slice(plan.Ports, func(i, j int) bool { return plan.Ports[i].Port < plan.Ports[j].Port })
+	slices.SortFunc(plan.Ports, func(a, b PortPlan) int { return int(a.Port) - int(b.Port) })
 	return plan
+}
+
+// addrSet is a set of addresses: a slice while small (the common case: tens of addresses
+// per service port), a map beyond.
+type addrSet struct {
+	list []hostPort
+	m    map[hostPort]bool
+}
+
+// add reports whether hp was not in the set, and adds it.
+func (s *addrSet) add(hp hostPort) bool {
+	if s.m != nil {
+		if s.m[hp] {
+			return false
+		}
+		s.m[hp] = true
+		return true
+	}
+	if slices.Contains(s.list, hp) {
+		return false
+	}
+	s.list = append(s.list, hp)
+	if len(s.list) > 64 {
+		s.m = make(map[hostPort]bool, 2*len(s.list))
+		for _, x := range s.list {
+			s.m[x] = true
+		}
+		s.list = nil
+	}
+	return true
 }
 
 type hostPort struct {

@@ -112,6 +112,14 @@ func (s *Stabilizer) Served(key string) (ServicePlan, bool) {
 	return st.served, true
 }
 
+// Reserve makes room for n services before a first big pass (a full re-plan of 10k
+// services otherwise spends a noticeable part of its time growing the map).
+func (s *Stabilizer) Reserve(n int) {
+	if len(s.svcs) == 0 && n > 0 {
+		s.svcs = make(map[string]*stabState, n)
+	}
+}
+
 // Forget drops a service (it is no longer imported).
 func (s *Stabilizer) Forget(key string) { delete(s.svcs, key) }
 

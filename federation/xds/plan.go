@@ -114,7 +114,14 @@ func (s *Server) replan(now time.Time, keys map[string]bool) {
 	// Serial: drop services that are gone, collect the rest.
 	jobs := make([]*job, 0, len(sorted))
 	if len(s.svcs) == 0 && len(sorted) > 1024 {
+		// A first big pass: size the per-service maps once.
 		s.svcs = make(map[string]*svcState, len(sorted))
+		s.stab.Reserve(len(sorted))
+		s.debugMu.Lock()
+		s.debug = make(map[string]planner.ServicePlan, len(sorted))
+		s.debugMu.Unlock()
+		s.indexHint = len(sorted)
+		defer func() { s.indexHint = 0 }()
 	}
 	for _, k := range sorted {
 		svc := s.view.Services[k]

@@ -135,6 +135,7 @@ type Server struct {
 	targets   map[string][]string
 	usable    map[health.Target]bool
 	panicking map[string]int // service key → ports in panic
+	indexHint int            // expected services per cluster during a first big pass
 }
 
 type svcState struct {
@@ -555,7 +556,7 @@ func (s *Server) index(key string, st *svcState, svc *imports.Service) {
 	for _, c := range cl {
 		m := s.byCluster[c]
 		if m == nil {
-			m = map[string]bool{}
+			m = make(map[string]bool, s.indexHint)
 			s.byCluster[c] = m
 		}
 		m[key] = true
