@@ -291,3 +291,33 @@ func TestEnvoyDelta(t *testing.T) {
 		t.Fatalf("streams metric %v", n)
 	}
 }
+
+// TestClosedViewChannel: when the view producer goes away the server keeps serving its
+// last plan.
+func TestClosedViewChannel(t *testing.T) {
+	log := testLogger(t)
+	hc, err := health.New(health.Options{}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *imports.View, 1)
+	ch <- localView(1, records.Endpoint{Address: "10.0.0.1", Ready: true})
+	close(ch)
+	s, err := xds.New("east", ch, hc, log, nil, xds.Options{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	md, _ := structpb.NewStruct(map[string]any{names.NodeRoleKey: names.NodeRoleGateway})
+	gw := newSotw(t, dial(t, s.Addr()), &corev3.Node{Id: "gw", Metadata: md})
+	gw.subscribe(resourcev3.ClusterType)
+	if resp := gw.recv(resourcev3.ClusterType); len(resp.Resources) != 1 {
+		t.Fatalf("after the view channel closed: %d clusters", len(resp.Resources))
+	}
+}

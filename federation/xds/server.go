@@ -308,12 +308,24 @@ func (s *Server) Run(ctx context.Context) error {
 				return fmt.Errorf("xds serve: %w", err)
 			}
 			return nil
-		case v := <-s.views:
+		case v, ok := <-s.views:
+			if !ok {
+				// The producer is gone: keep serving the last plan (static stability).
+				s.views = nil
+				s.log.Warn("import view channel closed: serving the last plan from now on")
+				continue
+			}
 		drain:
-			for {
+			for s.views != nil {
 				select {
-				case nv := <-s.views:
-					v = nv
+				case nv, ok := <-s.views:
+					if !ok {
+						s.views = nil
+						break drain
+					}
+					if nv != nil {
+						v = nv
+					}
 				default:
 					break drain
 				}
