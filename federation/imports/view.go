@@ -21,6 +21,12 @@ type View struct {
 	Drills []*records.Drill
 	// Policies by "namespace/name".
 	Policies map[string]*records.Policy
+	// Changed, when not nil, lists the keys of the services that may differ from the
+	// previous view the same producer published (a superset is fine); consumers then look
+	// only at those instead of comparing every service. nil means unknown: compare all.
+	// A channel or callback chain that drops views must merge the lists of the views it
+	// drops (xds.Feed does).
+	Changed []string
 }
 
 // Service is one imported service: the merge of every cluster's export of it.

@@ -30,10 +30,26 @@ func (f *Feed) Send(v *imports.View) {
 	}
 	f.last = v.Revision
 	select {
-	case <-f.ch:
+	case prev := <-f.ch:
+		v = mergeViews(prev, v) // v replaces a view not taken: carry its changes along
 	default:
 	}
 	f.ch <- v
+}
+
+// mergeViews returns next, with the Changed lists of both when both have one (a shallow
+// copy: views are shared read-only), or with none when either is unknown.
+func mergeViews(prev, next *imports.View) *imports.View {
+	if prev == nil || prev == next || next.Changed == nil && prev.Changed == nil {
+		return next
+	}
+	cp := *next
+	if prev.Changed == nil || next.Changed == nil {
+		cp.Changed = nil
+		return &cp
+	}
+	cp.Changed = append(append(make([]string, 0, len(prev.Changed)+len(next.Changed)), prev.Changed...), next.Changed...)
+	return &cp
 }
 
 // C is the channel New takes.

@@ -324,7 +324,7 @@ func (s *Server) Run(ctx context.Context) error {
 						break drain
 					}
 					if nv != nil {
-						v = nv
+						v = mergeViews(v, nv)
 					}
 				default:
 					break drain
@@ -358,23 +358,32 @@ func (s *Server) onView(v *imports.View) map[string]bool {
 	keys := map[string]bool{}
 	all := old == nil
 	if old != nil {
-		// One lookup per service (the only part of a pass that grows with the number of
-		// services, ~0.1µs each); removals are looked for only when the counts say so.
-		added := 0
-		for k, sv := range v.Services {
-			o, ok := old.Services[k]
-			switch {
-			case !ok:
-				added++
-				keys[k] = true
-			case o != sv && !sameService(o, sv):
-				keys[k] = true
-			}
-		}
-		if len(old.Services) != len(v.Services)-added {
-			for k := range old.Services {
-				if _, ok := v.Services[k]; !ok {
+		if v.Changed != nil {
+			// The producer says which services may have changed: look at those only.
+			for _, k := range v.Changed {
+				if !sameService(old.Services[k], v.Services[k]) {
 					keys[k] = true
+				}
+			}
+		} else {
+			// One lookup per service (the only part of a pass that grows with the number
+			// of services); removals are looked for only when the counts say so.
+			added := 0
+			for k, sv := range v.Services {
+				o, ok := old.Services[k]
+				switch {
+				case !ok:
+					added++
+					keys[k] = true
+				case o != sv && !sameService(o, sv):
+					keys[k] = true
+				}
+			}
+			if len(old.Services) != len(v.Services)-added {
+				for k := range old.Services {
+					if _, ok := v.Services[k]; !ok {
+						keys[k] = true
+					}
 				}
 			}
 		}
