@@ -35,7 +35,7 @@ var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
 func localView(rev int64, eps ...records.Endpoint) *imports.View {
 	exp := &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP,
-		Ports: []records.Port{{Name: "grpc", Port: 8443, TargetPort: 9443, Protocol: "TCP"}}, Endpoints: eps,
+		Ports: []records.Port{{Name: "grpc", Port: 8443, TargetPort: 9443, Protocol: "TCP"}}, Endpoints: append([]records.Endpoint(nil), eps...),
 		Revision: rev, ExportedAt: t0, UpdatedAt: t0.Add(time.Duration(rev) * time.Second)}
 	v := &imports.View{Revision: rev,
 		Clusters: map[string]*records.Cluster{"east": {Name: "east", Network: "n", Region: "r1", Zone: "r1a",
@@ -201,8 +201,24 @@ func TestGatewayContract(t *testing.T) {
 		t.Fatalf("after readiness change: %q", got)
 	}
 
+	// A local export straight from discovery may carry no new revision or time: a change
+	// of content alone is pushed too.
+	eps[0].Ready = false
+	eps[1].Ready = true
+	v := localView(2, eps...)
+	v.Revision = 3
+	feed.Send(v)
+	resp = gw.recv(resourcev3.EndpointType, inbound)
+	cla.Reset()
+	if err := resp.Resources[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpointsOf(t, &cla); got != "b/10.0.0.2:9443" {
+		t.Fatalf("after a content-only change: %q", got)
+	}
+
 	// Unexport: the cluster disappears from the gateway's (full-state) CDS.
-	feed.Send(localView(3))
+	feed.Send(localView(4))
 	resp = gw.recv(resourcev3.ClusterType)
 	if len(resp.Resources) != 0 {
 		t.Fatalf("unexported service still routed: %d clusters", len(resp.Resources))

@@ -3,7 +3,6 @@ package xds
 import (
 	"container/heap"
 	"context"
-	"fmt"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -39,8 +38,7 @@ type job struct {
 	tls        clusterTLS
 	tlsKey     string
 	inExp      *records.Export // this cluster's export, for the gateway
-	inFP       string
-	inbound    bool // (re)build the gateway's resources
+	inbound    bool            // (re)build the gateway's resources
 	inRegion   string
 	resources  []built
 	clas       []builtCLA
@@ -229,9 +227,11 @@ func (s *Server) decide(in *planner.Input, j *job, region string, b batch) {
 
 	if ce := svc.Exporter(s.cluster); ce != nil && ce.Export != nil {
 		j.inExp = ce.Export
-		j.inFP = fmt.Sprintf("%d/%d", ce.Export.Revision, ce.Export.UpdatedAt.UnixNano())
 	}
-	j.inbound, j.inRegion = j.inFP != st.inboundFP, region
+	// By content: this cluster's own export comes from its discovery source, where
+	// revision and times may not be set.
+	j.inbound = !sameExport(st.inExp, j.inExp) || region != st.inRegion
+	j.inRegion = region
 }
 
 // build makes the job's resources; it reads only the job and immutable server fields.
@@ -314,7 +314,7 @@ func (s *Server) collect(j *job, b batch) {
 				b.del(keyGwEDS, name)
 			}
 		}
-		st.inbound, st.inboundFP = ports, j.inFP
+		st.inbound, st.inExp, st.inRegion = ports, j.inExp, j.inRegion
 	}
 	if j.dec.Changed {
 		s.debugMu.Lock()
@@ -329,6 +329,13 @@ func (s *Server) collect(j *job, b batch) {
 				"held", j.dec.Held, "excluded", exclusionString(j.dec.Plan.Excluded))
 		}
 	}
+}
+
+func sameExport(a, b *records.Export) bool {
+	if a == b {
+		return true
+	}
+	return a != nil && b != nil && a.SameContent(b)
 }
 
 func (j *job) isNewPort(p uint32) bool {

@@ -38,6 +38,7 @@ import (
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/federation/records"
 )
 
 // DefaultListen is the xDS listen address (loopback: data planes of this host only).
@@ -139,13 +140,14 @@ type Server struct {
 }
 
 type svcState struct {
-	ports     []uint32 // outbound ports served
-	cla       map[uint32]*endpointv3.ClusterLoadAssignment
-	tlsKey    string
-	inbound   []uint32 // ports served to the gateway
-	inboundFP string
-	clusters  []string
-	wakeAt    time.Time
+	ports    []uint32 // outbound ports served
+	cla      map[uint32]*endpointv3.ClusterLoadAssignment
+	tlsKey   string
+	inbound  []uint32        // ports served to the gateway
+	inExp    *records.Export // the local export they were built from
+	inRegion string
+	clusters []string
+	wakeAt   time.Time
 }
 
 // New makes the xDS server of cluster. views brings every new import view (the server
