@@ -47,11 +47,13 @@ type controlPlane struct {
 	cache    cachev3.Cache
 	addr     string
 
-	mu    sync.Mutex
-	reqs  []*discoveryv3.DiscoveryRequest
-	resps []sentResponse
-	gs    *grpc.Server
-	done  chan struct{}
+	mu        sync.Mutex
+	reqs      []*discoveryv3.DiscoveryRequest
+	reqStream []int64 // stream of each request (nonces are per stream)
+	resps     []sentResponse
+	streams   int64 // stream ids of earlier server runs are offset by this
+	gs        *grpc.Server
+	done      chan struct{}
 }
 
 func newControlPlane(t *testing.T) *controlPlane {
@@ -88,16 +90,22 @@ func (c *controlPlane) start() {
 	}
 	c.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
+	// Each server run numbers its streams from 1: make them unique over restarts.
+	c.mu.Lock()
+	c.streams += 1 << 20
+	base := c.streams
+	c.mu.Unlock()
 	xs := serverv3.NewServer(ctx, c.cache, serverv3.CallbackFuncs{
-		StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
+		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
 			c.mu.Lock()
 			c.reqs = append(c.reqs, proto.Clone(r).(*discoveryv3.DiscoveryRequest))
+			c.reqStream = append(c.reqStream, base+id)
 			c.mu.Unlock()
 			return nil
 		},
-		StreamResponseFunc: func(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 			c.mu.Lock()
-			c.resps = append(c.resps, sentResponse{resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resourceNames(resp)})
+			c.resps = append(c.resps, sentResponse{base + id, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resourceNames(resp)})
 			c.mu.Unlock()
 		},
 	})
@@ -153,14 +161,18 @@ func (c *controlPlane) mark() int {
 func (c *controlPlane) answered(mark int, typeURL, name string, ack bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	nonces := map[string]bool{}
+	type ref struct {
+		stream int64
+		nonce  string
+	}
+	sent := map[ref]bool{}
 	for _, r := range c.resps[min(mark, len(c.resps)):] {
 		if r.typeURL == typeURL && slices.Contains(r.names, name) {
-			nonces[r.nonce] = true
+			sent[ref{r.stream, r.nonce}] = true
 		}
 	}
-	for _, r := range c.reqs {
-		if r.GetTypeUrl() == typeURL && nonces[r.GetResponseNonce()] && (r.GetErrorDetail() == nil) == ack {
+	for i, r := range c.reqs {
+		if r.GetTypeUrl() == typeURL && sent[ref{c.reqStream[i], r.GetResponseNonce()}] && (r.GetErrorDetail() == nil) == ack {
 			return true
 		}
 	}
@@ -168,6 +180,7 @@ func (c *controlPlane) answered(mark int, typeURL, name string, ack bool) bool {
 }
 
 type sentResponse struct {
+	stream                  int64
 	typeURL, version, nonce string
 	names                   []string
 }
@@ -383,6 +396,7 @@ type gateway struct {
 	addr   string
 	src    *xdsroutes.Source
 	reg    *prometheus.Registry
+	logs   *logBuf
 	cancel context.CancelFunc
 }
 
@@ -423,7 +437,7 @@ func fastConfig(addr string) xdsroutes.Config {
 // newGateway makes the gateway and its xDS source; startSource runs StartSource.
 func newGateway(t *testing.T, cfg xdsroutes.Config) *gateway {
 	t.Helper()
-	log, _ := testLogger(t)
+	log, lb := testLogger(t)
 	reg := prometheus.NewRegistry()
 	cfg.Registry, cfg.Log = reg, log
 	src, err := xdsroutes.New(cfg)
@@ -441,7 +455,7 @@ func newGateway(t *testing.T, cfg xdsroutes.Config) *gateway {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, ln) }()
-	x := &gateway{Gateway: g, addr: ln.Addr().String(), src: src, reg: reg, cancel: cancel}
+	x := &gateway{Gateway: g, addr: ln.Addr().String(), src: src, reg: reg, logs: lb, cancel: cancel}
 	t.Cleanup(func() {
 		cancel()
 		select {

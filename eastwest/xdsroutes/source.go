@@ -321,7 +321,10 @@ type stream struct {
 	edsNames             []string // the EDS subscription sent, sorted
 	gotCDS               bool
 	clusters             map[string]inbound             // by cluster name, from the last accepted CDS
+	wanted               map[string]bool                // EDS names the clusters refer to
 	endpoints            map[string][]eastwest.Endpoint // by EDS name, received on this stream
+	// dirty: something a table is built from changed since the last publish.
+	dirty bool
 }
 
 // session runs one connection and ADS stream until it fails or ctx ends. answered says
@@ -453,7 +456,7 @@ func (st *stream) onCDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 		return []*discoveryv3.DiscoveryRequest{{TypeUrl: resourcev3.ClusterType, VersionInfo: st.cdsVersion,
 			ResponseNonce: st.cdsNonce, ErrorDetail: nack(perr)}}
 	}
-	st.cdsVersion, st.clusters, st.gotCDS = r.GetVersionInfo(), clusters, true
+	st.cdsVersion, st.clusters, st.gotCDS, st.dirty = r.GetVersionInfo(), clusters, true, true
 	s.accepted("cds", st.cdsVersion)
 	reqs := []*discoveryv3.DiscoveryRequest{{TypeUrl: resourcev3.ClusterType, VersionInfo: st.cdsVersion, ResponseNonce: st.cdsNonce}}
 	want := make([]string, 0, len(clusters))
@@ -469,6 +472,7 @@ func (st *stream) onCDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 			delete(st.endpoints, n)
 		}
 	}
+	st.wanted = used
 	sort.Strings(want)
 	// An empty EDS request would be a wildcard subscription: with no clusters, the old
 	// subscription stays and its answers are ignored.
@@ -486,10 +490,6 @@ func (st *stream) onCDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 func (st *stream) onEDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.DiscoveryRequest {
 	s := st.s
 	st.edsNonce = r.GetNonce()
-	wanted := map[string]bool{}
-	for _, in := range st.clusters {
-		wanted[in.eds] = true
-	}
 	got := map[string][]eastwest.Endpoint{}
 	var p problems
 	for i, a := range r.GetResources() {
@@ -499,7 +499,7 @@ func (st *stream) onEDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 			continue
 		}
 		name := cla.GetClusterName()
-		if !wanted[name] {
+		if !st.wanted[name] {
 			continue // no longer (or never) in the CDS: nothing routes by it
 		}
 		eps, err := parseCLA(&cla)
@@ -521,7 +521,10 @@ func (st *stream) onEDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 			ResponseNonce: st.edsNonce, ResourceNames: st.edsNames, ErrorDetail: nack(perr)}}
 	}
 	for n, eps := range got {
-		st.endpoints[n] = eps
+		if old, ok := st.endpoints[n]; !ok || !slices.Equal(old, eps) {
+			st.endpoints[n] = eps
+			st.dirty = true
+		}
 	}
 	st.edsVersion = r.GetVersionInfo()
 	s.accepted("eds", st.edsVersion)
@@ -535,7 +538,7 @@ func (st *stream) onEDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 // first table waits for every cluster, until force after InitialFetchTimeout).
 func (st *stream) publish(update func(*eastwest.RouteTable), force bool) {
 	s := st.s
-	if !st.gotCDS {
+	if !st.gotCDS || (!st.dirty && !force) {
 		return
 	}
 	prev := s.Status().Table
@@ -558,10 +561,11 @@ func (st *stream) publish(update func(*eastwest.RouteTable), force bool) {
 	sort.Strings(pending)
 	if len(pending) > 0 && prev == nil {
 		if !force {
-			return
+			return // still dirty: the next EDS answer tries again
 		}
 		s.log.Warn("first route table without the services whose endpoints never came", "after", s.cfg.InitialFetchTimeout, "clusters", pending)
 	}
+	st.dirty = false
 	if prev != nil && sameRoutes(prev, t) {
 		return
 	}

@@ -330,7 +330,9 @@ func TestStaticStability(t *testing.T) {
 	cp.setCluster(inboundCluster("demo", "echo", 8443))
 	cp.setCLA(cla(echoName, ep{addr: b1.addr, health: healthy}))
 	cp.start()
-	g := newGateway(t, fastConfig(cp.addr))
+	cfg := fastConfig(cp.addr)
+	cfg.StaleLogInterval = 20 * time.Millisecond
+	g := newGateway(t, cfg)
 	g.startSource(t, 10*time.Second)
 	onlyFrom(t, g, echoSNI, "b1", 2)
 
@@ -353,6 +355,11 @@ func TestStaticStability(t *testing.T) {
 		t.Fatalf("gateway unready while the federation is down: %v", err)
 	}
 	onlyFrom(t, g, echoSNI, "b1", 5) // static stability: the last table keeps routing
+	// The watchdog says so, with the time the table went stale.
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		l := g.logs.String()
+		return strings.Contains(l, "routing with the last good table") && strings.Contains(l, "stale_since=")
+	}, "watchdog log")
 
 	// While it is down its data changes; the gateway learns it when it returns.
 	cp.setCLA(cla(echoName, ep{addr: b2.addr, health: healthy}))

@@ -243,3 +243,19 @@ func FuzzParseClusters(f *testing.F) {
 		}
 	})
 }
+
+func TestBackoff(t *testing.T) {
+	s := &Source{cfg: Config{BackoffBase: 100 * time.Millisecond, BackoffMax: time.Second}}
+	for fails, ceil := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
+		ceil *= time.Millisecond
+		for i := 0; i < 50; i++ {
+			d := s.backoff(fails)
+			if d < ceil/2 || d > ceil {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", fails, d, ceil/2, ceil)
+			}
+		}
+	}
+	if d := s.backoff(1000); d > time.Second || d < 500*time.Millisecond {
+		t.Fatalf("backoff after many failures = %v", d)
+	}
+}
