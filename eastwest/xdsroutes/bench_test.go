@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -12,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshfed/meshfed/api/exports"
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
 )
@@ -101,6 +103,36 @@ func BenchmarkOneServiceUpdate(b *testing.B) {
 			}
 			if tables != b.N {
 				b.Fatalf("%d tables for %d changes", tables, b.N)
+			}
+		})
+	}
+}
+
+// BenchmarkFileSourceBaseline is the baseline of bench/50-gateway-xds.sh: the same table
+// (n services, 4 endpoints each) from an exports file, parsed and validated as the file
+// source does on a reload.
+func BenchmarkFileSourceBaseline(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			var y strings.Builder
+			y.WriteString("services:\n")
+			for i := 0; i < n; i++ {
+				fmt.Fprintf(&y, "  - name: svc-%d\n    namespace: ns\n    ports: [{port: 8443, targetPort: 9443}]\n    endpoints:\n", i)
+				for j := 0; j < 4; j++ {
+					fmt.Fprintf(&y, "      - {address: 10.%d.%d.%d, zone: z1, ready: %t}\n", i/250, i%250, j+1, j != 0)
+				}
+			}
+			data := []byte(y.String())
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f, err := exports.Parse(data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if t := eastwest.TableFromExports(f, "bench"); t.Len() != n {
+					b.Fatalf("%d routes", t.Len())
+				}
 			}
 		})
 	}
