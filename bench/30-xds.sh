@@ -24,7 +24,7 @@ cat "$out"/prop "$out"/fail "$out"/full "$out"/upd >&2
 
 # metric NAME FILE LINE-REGEX: the value before unit NAME on the matching line.
 metric() { awk -v u="$1" -v re="$3" '$0 ~ re { for (i = 2; i <= NF; i++) if ($i == u) print $(i-1) }' "$2" | head -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b < 0.01) printf "%.4f×", a / b; else printf "%.2f×", a / b }'; }
 
 echo
 echo "### Propagation: etcd write -> EDS in a grpc-go client (1000 services x 5 clusters, ${SAMPLES:-200} samples)"
