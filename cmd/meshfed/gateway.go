@@ -21,7 +21,8 @@ func init() { register(newGatewayCmd) }
 
 type gatewayFlags struct {
 	cluster, listen, admin, exports, domain string
-	federation                              string
+	federation, federationCache             string
+	federationCacheMaxAge                   time.Duration
 	healthCert, healthKey                   string
 	helloTimeout, idleTimeout               time.Duration
 	connectTimeout, drainTimeout            time.Duration
@@ -50,9 +51,10 @@ The routes come from exactly one of two sources. --federation ADDR takes them fr
 cluster's federation service over xDS (gRPC ADS): its exported service ports and their
 ready endpoints. The gateway is ready once the first whole table has arrived, and keeps
 routing with the last good table while the federation is unreachable (it reconnects with
-backoff and reports how stale the table is). --exports FILE takes them from a YAML or JSON
-file re-read when it changes (an invalid file is refused and the last good table stays in
-force):
+backoff and reports how stale the table is); with --federation-cache FILE that table also
+survives a restart of the gateway during a federation outage. --exports FILE takes them
+from a YAML or JSON file re-read when it changes (an invalid file is refused and the last
+good table stays in force):
 
   services:
     - name: echo
@@ -93,6 +95,8 @@ See docs/eastwest.md for the health wire protocol, metrics and limits.`,
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "ADDR of /metrics, /healthz and /readyz")
 	fl.StringVar(&f.exports, "exports", "", "exports FILE (YAML or JSON) naming the services and endpoints to route (this or --federation)")
 	fl.StringVar(&f.federation, "federation", "", "HOST:PORT of this cluster's federation xDS server to take the routes from (this or --exports), e.g. 127.0.0.1:15010")
+	fl.StringVar(&f.federationCache, "federation-cache", "", "FILE keeping the last route table from --federation, used at start until the federation answers (default: memory only)")
+	fl.DurationVar(&f.federationCacheMaxAge, "federation-cache-max-age", 24*time.Hour, "ignore a --federation-cache older than this (0: any age)")
 	fl.StringVar(&f.domain, "domain", "cluster.local", "cluster DNS domain carried in SNI names")
 	fl.StringVar(&f.healthCert, "health-cert", "", "PEM certificate for health.meshfed.internal (default: self-signed at start)")
 	fl.StringVar(&f.healthKey, "health-key", "", "PEM private key of --health-cert")
@@ -126,6 +130,12 @@ func (f *gatewayFlags) validate() error {
 		if _, _, err := net.SplitHostPort(f.federation); err != nil {
 			errs.Add("--federation", "%q is not HOST:PORT of the federation's xDS server (e.g. 127.0.0.1:15010)", f.federation)
 		}
+	}
+	if f.federationCache != "" && f.federation == "" {
+		errs.Add("--federation-cache", "only with --federation (the exports file is its own cache)")
+	}
+	if f.federationCacheMaxAge < 0 {
+		errs.Add("--federation-cache-max-age", "%v: must not be negative (0: any age)", f.federationCacheMaxAge)
 	}
 	for name, v := range map[string]string{"--listen": f.listen, "--admin": f.admin} {
 		if _, _, err := net.SplitHostPort(v); err != nil {
@@ -198,6 +208,7 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 	if f.federation != "" {
 		srcFlag, origin = "--federation", f.federation
 		xs, err := xdsroutes.New(xdsroutes.Config{Address: f.federation, Cluster: f.cluster, Domain: f.domain,
+			CacheFile: f.federationCache, CacheMaxAge: f.federationCacheMaxAge,
 			Version: Version, Log: log, Registry: adm.Registry})
 		if err != nil {
 			return fmt.Errorf("--federation: %w", err)

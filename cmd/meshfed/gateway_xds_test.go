@@ -34,9 +34,13 @@ func TestGatewayRouteSourceFlags(t *testing.T) {
 		"neither": {"", "", "--exports: required"},
 		"both":    {"x.yaml", "127.0.0.1:15010", "--federation: give --federation or --exports, not both"},
 		"bad":     {"", "federation", "--federation: \"federation\" is not HOST:PORT"},
+		"cache":   {"x.yaml", "", "--federation-cache: only with --federation"},
 	} {
 		f := base
 		f.exports, f.federation = tc.exports, tc.federation
+		if name == "cache" {
+			f.federationCache = "/var/lib/meshfed/routes.json"
+		}
 		if err := f.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}

@@ -11,6 +11,7 @@ type metrics struct {
 	updates     *prometheus.CounterVec
 	nacks       *prometheus.CounterVec
 	disconnects prometheus.Counter
+	cacheErrors prometheus.Counter
 }
 
 // newMetrics registers the source's metrics on reg (namespace meshfed_gateway_xds_). The
@@ -26,6 +27,8 @@ func newMetrics(reg prometheus.Registerer, s *Source) (*metrics, error) {
 			Help: "xDS responses rejected (NACKed) because a resource was unusable, by type (cds, eds)."}, []string{"type"}),
 		disconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
 			Help: "ADS streams or connection attempts that ended in an error (each is retried with backoff)."}),
+		cacheErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_write_failures_total",
+			Help: "Route tables that could not be written to the cache file (--federation-cache)."}),
 	}
 	for _, t := range []string{"cds", "eds"} {
 		m.updates.WithLabelValues(t)
@@ -47,7 +50,7 @@ func newMetrics(reg prometheus.Registerer, s *Source) (*metrics, error) {
 		}
 		return time.Since(st.StaleSince).Seconds()
 	})
-	for _, c := range []prometheus.Collector{m.connected, m.updates, m.nacks, m.disconnects, age, stale} {
+	for _, c := range []prometheus.Collector{m.connected, m.updates, m.nacks, m.disconnects, m.cacheErrors, age, stale} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -67,7 +67,14 @@ type Config struct {
 	// StaleLogInterval is how often the watchdog logs while the federation is unreachable
 	// (default 30s).
 	StaleLogInterval time.Duration
-	Log              *slog.Logger
+	// CacheFile, when set, keeps the last good table on disk: every table put in force is
+	// written there, and at start a valid cache file of this cluster and domain is put in
+	// force at once, before the federation answers (a gateway restarted during a federation
+	// outage keeps routing). Empty: the table lives in memory only.
+	CacheFile string
+	// CacheMaxAge refuses a cache file saved longer ago than this (0: any age).
+	CacheMaxAge time.Duration
+	Log         *slog.Logger
 	// Registry receives the meshfed_gateway_xds_* metrics (nil: not registered).
 	Registry prometheus.Registerer
 }
@@ -129,7 +136,8 @@ type Status struct {
 	StaleSince time.Time
 	// LastUpdate is when the last xDS response was accepted (the start, before any).
 	LastUpdate time.Time
-	// Table is the last route table delivered (nil before the first).
+	// Table is the last route table delivered (nil before the first); its Origin says
+	// whether it came from the federation or from the cache file.
 	Table *eastwest.RouteTable
 	// CDSVersion and EDSVersion are the versions last accepted.
 	CDSVersion, EDSVersion string
@@ -213,6 +221,15 @@ func (s *Source) Run(ctx context.Context, update func(*eastwest.RouteTable)) err
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go s.watchdog(wctx)
+	if s.cfg.CacheFile != "" {
+		if t, ok := s.loadCache(); ok {
+			s.log.Info("route table from the cache until the federation answers", "origin", t.Origin, "service_ports", t.Len())
+			s.mu.Lock()
+			s.table = t
+			s.mu.Unlock()
+			update(t)
+		}
+	}
 
 	fails := 0
 	for {
@@ -582,4 +599,7 @@ func (st *stream) publish(update func(*eastwest.RouteTable), force bool) {
 	s.table = t
 	s.mu.Unlock()
 	update(t)
+	if s.cfg.CacheFile != "" {
+		s.saveCache(t)
+	}
 }

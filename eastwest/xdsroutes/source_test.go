@@ -2,6 +2,8 @@ package xdsroutes_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -489,5 +491,69 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	_, err := xdsroutes.New(xdsroutes.Config{Address: "nowhere", Cluster: "East"})
 	if err == nil || !strings.Contains(err.Error(), "address") || !strings.Contains(err.Error(), "cluster") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestCacheAcrossRestart: with a cache file, a gateway restarted while its federation is
+// down starts routing at once with the last good table, and takes the federation's table
+// when it answers. A cache of another cluster, a stale one, or a broken one is refused.
+func TestCacheAcrossRestart(t *testing.T) {
+	b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
+	cp := newControlPlane(t)
+	cp.setCluster(inboundCluster("demo", "echo", 8443))
+	cp.setCLA(cla(echoName, ep{addr: b1.addr, health: healthy, zone: "z1", weight: 3}))
+	cp.start()
+	cache := filepath.Join(t.TempDir(), "routes.json")
+	cfg := fastConfig(cp.addr)
+	cfg.CacheFile = cache
+	g1 := newGateway(t, cfg)
+	g1.startSource(t, 10*time.Second)
+	onlyFrom(t, g1, echoSNI, "b1", 2)
+	waitfor.Cond(t, 5*time.Second, func() bool { _, err := os.Stat(cache); return err == nil }, "cache written")
+	first := routes(g1.src.Status().Table)
+
+	// The federation goes away, then the gateway restarts.
+	cp.stop()
+	g1.cancel()
+	g2 := newGateway(t, cfg)
+	g2.startSource(t, 5*time.Second)
+	st := g2.src.Status()
+	if st.Connected || !strings.HasPrefix(st.Table.Origin, "cache ") || routes(st.Table) != first {
+		t.Fatalf("restart from cache: connected %v, origin %q, table %s (want %s)", st.Connected, st.Table.Origin, routes(st.Table), first)
+	}
+	onlyFrom(t, g2, echoSNI, "b1", 3)
+
+	// The federation answers with something new: it replaces the cached table.
+	cp.setCLA(cla(echoName, ep{addr: b2.addr, health: healthy}))
+	cp.start()
+	waitfor.Cond(t, 10*time.Second, func() bool { return strings.HasPrefix(g2.src.Status().Table.Origin, "xds ") }, "xDS table replaces the cache")
+	onlyFrom(t, g2, echoSNI, "b2", 3)
+
+	// Refused caches: another cluster's, too old, broken. The gateway waits for the
+	// federation instead (it is down again).
+	cp.stop()
+	for name, mutate := range map[string]func(cfg *xdsroutes.Config){
+		"other cluster": func(c *xdsroutes.Config) { c.Cluster = "west" },
+		"too old":       func(c *xdsroutes.Config) { c.CacheMaxAge = time.Nanosecond },
+		"broken": func(c *xdsroutes.Config) {
+			bad := filepath.Join(t.TempDir(), "bad.json")
+			os.WriteFile(bad, []byte(`{"version":1,"cluster":"east"`), 0o600)
+			c.CacheFile = bad
+		},
+	} {
+		c := cfg
+		mutate(&c)
+		g := newGateway(t, c)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- g.src.Run(ctx, func(tb *eastwest.RouteTable) { t.Errorf("%s: table delivered from %s", name, tb.Origin) })
+		}()
+		waitfor.Cond(t, 5*time.Second, func() bool { return strings.Contains(g.logs.String(), "waiting for the federation") },
+			"%s: cache refused", name)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -259,3 +259,69 @@ func TestBackoff(t *testing.T) {
 		t.Fatalf("backoff after many failures = %v", d)
 	}
 }
+
+func TestCacheRoundTrip(t *testing.T) {
+	tbl := &eastwest.RouteTable{Origin: "xds x", Services: map[eastwest.ServiceKey][]eastwest.Endpoint{
+		{Namespace: "demo", Name: "echo", Port: 8443}: {{Address: "10.0.0.1", Port: 9443, Zone: "z1", Ready: true, Weight: 2}, {Address: "fd00::1", Port: 9443}},
+		{Namespace: "demo", Name: "empty", Port: 1}:   {},
+	}}
+	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	data, err := encodeCache(tbl, "east", "cluster.local", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, saved, err := parseCache(data, "east", "cluster.local")
+	if err != nil || !saved.Equal(now) || !sameRoutes(got, tbl) {
+		t.Fatalf("round trip: %v %v %+v", err, saved, got)
+	}
+	for name, tc := range map[string]struct {
+		data, want string
+	}{
+		"cluster":  {`{"version":1,"cluster":"west","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[]}`, "cluster: \"west\""},
+		"domain":   {`{"version":1,"cluster":"east","domain":"x.example","savedAt":"2026-11-27T09:00:00Z","services":[]}`, "domain"},
+		"version":  {`{"version":2,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[]}`, "version: 2"},
+		"saved":    {`{"version":1,"cluster":"east","domain":"cluster.local","services":[]}`, "savedAt: missing"},
+		"unknown":  {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[],"x":1}`, "unknown field"},
+		"trailing": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[]} {}`, "trailing"},
+		"address": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
+			{"namespace":"demo","name":"echo","port":1,"endpoints":[{"address":"010.0.0.1","port":1,"ready":true}]}]}`, "services[0].endpoints[0].address"},
+		"port": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
+			{"namespace":"demo","name":"echo","port":70000,"endpoints":[]}]}`, "services[0].port"},
+		"dup": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
+			{"namespace":"demo","name":"echo","port":1,"endpoints":[{"address":"10.0.0.1","port":1},{"address":"10.0.0.1","port":1}]}]}`, "listed twice"},
+		"name": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
+			{"namespace":"Demo","name":"echo","port":1,"endpoints":[]}]}`, "DNS labels"},
+	} {
+		if _, _, err := parseCache([]byte(tc.data), "east", "cluster.local"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+}
+
+// FuzzParseCache: any bytes as a cache file never panic, and an accepted one is a table
+// the gateway takes, which encodes back to the same table.
+func FuzzParseCache(f *testing.F) {
+	tbl := &eastwest.RouteTable{Services: map[eastwest.ServiceKey][]eastwest.Endpoint{
+		{Namespace: "demo", Name: "echo", Port: 8443}: {{Address: "10.0.0.1", Port: 9443, Zone: "z1", Ready: true, Weight: 2}}}}
+	data, _ := encodeCache(tbl, "east", "cluster.local", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	f.Add(data)
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[{"namespace":"a","name":"b","port":1,"endpoints":[{"address":"::1","port":2}]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, saved, err := parseCache(data, "east", "cluster.local")
+		if err != nil {
+			return
+		}
+		if err := got.Validate(); err != nil {
+			t.Fatalf("accepted a table the gateway refuses: %v", err)
+		}
+		again, err := encodeCache(got, "east", "cluster.local", saved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, _, err := parseCache(again, "east", "cluster.local")
+		if err != nil || !sameRoutes(back, got) {
+			t.Fatalf("re-encoded cache differs: %v", err)
+		}
+	})
+}
