@@ -28,6 +28,8 @@ type federationFlags struct {
 	staleGrace   time.Duration
 	heartbeatTTL time.Duration
 	pollInterval time.Duration
+	xds          xdsFlags
+	trust        *trustFlags
 }
 
 func newFederationCmd() *cobra.Command {
@@ -47,6 +49,11 @@ Static stability: if etcd goes away, the last import view stays in use. A cluste
 heartbeat expires is marked stale; its exports stay for --stale-grace, then leave the view.
 
 ` + etcdFlagsHelp + `
+
+xDS (for this cluster's Envoys, proxyless gRPC clients and east-west gateway):
+  --xds-listen      ADS listener (default 127.0.0.1:15010); see docs/xds.md for bootstraps
+
+` + trustFlagsHelp + `
 
 Examples:
   # One-machine federation on the embedded etcd ('meshfed etcd' in another terminal)
@@ -74,7 +81,8 @@ See docs/federation.md.`,
 	fl.DurationVar(&f.staleGrace, "stale-grace", service.DefaultStaleGrace, "how long a cluster without heartbeat keeps its exports in the import view")
 	fl.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 10*time.Second, "TTL of this cluster's heartbeat lease (at least 2s)")
 	fl.DurationVar(&f.pollInterval, "exports-poll-interval", time.Second, "how often --exports is checked for changes")
-	addFederationExtensions(cmd, &f)
+	addXDSFlags(fl, &f.xds)
+	f.trust = addTrustFlags(fl)
 	return cmd
 }
 
@@ -95,6 +103,10 @@ func (f *federationFlags) validate() error {
 	if f.heartbeatTTL < 2*time.Second {
 		errs.Add("--heartbeat-ttl", "%v: at least 2s", f.heartbeatTTL)
 	}
+	errs.AddErr("", f.xds.validate())
+	if f.trust.enabled() {
+		errs.AddErr("", f.trust.validate())
+	}
 	if cfg := f.etcd.config(); cfg.Validate() != nil {
 		err := cfg.Validate()
 		errs.AddErr("", err)
@@ -102,14 +114,8 @@ func (f *federationFlags) validate() error {
 	return errs.Err()
 }
 
-// federationExtension is a part of the federation service that lives in its own file
-// (xDS, trust, Kubernetes importer): it adds flags, and starts once the service exists.
-type federationExtension struct {
-	name  string
-	start func(ctx context.Context, deps *federationDeps) (run func(context.Context) error, err error)
-}
-
-// federationDeps is what extensions get to work with.
+// federationDeps is what the parts started beside the service (xDS, trust, Kubernetes
+// importer) get to work with.
 type federationDeps struct {
 	flags *federationFlags
 	svc   *service.Service
@@ -117,15 +123,10 @@ type federationDeps struct {
 	log   *slog.Logger
 }
 
-var federationExtensions []federationExtension
-
-// federationFlagHooks let extension files add their flags (from init funcs).
-var federationFlagHooks []func(cmd *cobra.Command)
-
-func addFederationExtensions(cmd *cobra.Command, _ *federationFlags) {
-	for _, h := range federationFlagHooks {
-		h(cmd)
-	}
+// namedRun is a part's run func, named for error messages.
+type namedRun struct {
+	name string
+	run  func(context.Context) error
 }
 
 func runFederation(ctx context.Context, f federationFlags) error {
@@ -164,22 +165,22 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		return err
 	}
 	deps := &federationDeps{flags: &f, svc: svc, adm: adm, log: log}
-	type namedRun struct {
-		name string
-		run  func(context.Context) error
-	}
 	var runs []namedRun
 	if kube != nil {
 		runs = append(runs, namedRun{"kubernetes importer", kube.attach(svc)})
 	}
-	for _, ext := range federationExtensions {
-		run, err := ext.start(ctx, deps)
-		if err != nil {
-			return fmt.Errorf("%s: %w", ext.name, err)
-		}
-		if run != nil {
-			runs = append(runs, namedRun{ext.name, run})
-		}
+	// Order matters: the trust component feeds the xDS server (SDS) and its health checker.
+	xp, err := startXDS(deps)
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	runs = append(runs, namedRun{"xds", xp.run})
+	trustRun, err := startTrust(deps, xp, st)
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	if trustRun != nil {
+		runs = append(runs, namedRun{"trust", trustRun})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -86,13 +86,23 @@ func (mr *mirror) Apply(evs []store.Event, rev int64) {
 // setLocal installs the local source's newest snapshot as the own cluster's exports.
 func (mr *mirror) setLocal(desired map[string]*records.Export) {
 	mr.mu.Lock()
+	next := make(map[string]*records.Export, len(desired))
+	for k, e := range desired {
+		// Keep the old record where nothing changed, so consumers see the same pointer
+		// and re-plan only what a source really changed.
+		if old, ok := mr.local[k]; ok && old.SameContent(e) && old.ExportedAt.Equal(e.ExportedAt) && old.Revision == e.Revision {
+			next[k] = old
+			continue
+		}
+		next[k] = e
+		mr.dirty[k] = true
+	}
 	for k := range mr.local {
-		mr.dirty[k] = true
+		if _, ok := next[k]; !ok {
+			mr.dirty[k] = true
+		}
 	}
-	for k := range desired {
-		mr.dirty[k] = true
-	}
-	mr.local, mr.hasLocal = desired, true
+	mr.local, mr.hasLocal = next, true
 	mr.mu.Unlock()
 	mr.signal()
 }

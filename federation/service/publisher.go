@@ -20,6 +20,11 @@ type published struct {
 	modRev int64
 }
 
+type pubInfo struct {
+	exportedAt time.Time
+	revision   int64
+}
+
 // publisher writes the latest local snapshot to exports/<cluster>/..., touching only the
 // services whose content changed. Snapshots coalesce: while one reconcile runs, newer
 // snapshots replace each other and only the newest is applied next.
@@ -38,6 +43,9 @@ type publisher struct {
 	desired map[string]*records.Export
 	synced  bool // a snapshot was fully written
 	onLocal func(map[string]*records.Export)
+	// info is what was last written per service: offered exports borrow their creation
+	// time and revision from it, so the local overlay agrees with what peers read.
+	info map[string]pubInfo
 
 	state map[string]*published // by service key; owned by the run goroutine
 }
@@ -49,18 +57,32 @@ func newPublisher(st *store.Store, cluster string, log *slog.Logger, m *metrics)
 // offer queues a snapshot (the newest wins).
 func (p *publisher) offer(s discovery.Snapshot) {
 	desired := make(map[string]*records.Export, len(s.Exports))
+	overlay := make(map[string]*records.Export, len(s.Exports))
+	p.mu.Lock()
 	for _, e := range s.Exports {
 		e.Cluster = p.cluster
 		e.Canonicalize()
-		desired[imports.Key(e.Namespace, e.Name)] = e
+		k := imports.Key(e.Namespace, e.Name)
+		desired[k] = e
+		// The overlay copy borrows creation time and revision from what was written, so
+		// the local view agrees with what peers read; e itself stays as the source said.
+		o := *e
+		if in, ok := p.info[k]; ok {
+			if o.ExportedAt.IsZero() {
+				o.ExportedAt = in.exportedAt
+			}
+			o.Revision = in.revision
+		} else if o.ExportedAt.IsZero() {
+			o.ExportedAt = p.now().UTC()
+		}
+		overlay[k] = &o
 	}
-	p.mu.Lock()
 	p.pending = &s
 	p.desired = desired
 	cb := p.onLocal
 	p.mu.Unlock()
 	if cb != nil {
-		cb(desired)
+		cb(overlay)
 	}
 	select {
 	case p.kick <- struct{}{}:
@@ -91,7 +113,25 @@ func (p *publisher) run(ctx context.Context) {
 			if err == nil {
 				p.mu.Lock()
 				p.synced = true
+				p.info = make(map[string]pubInfo, len(p.state))
+				for k, st := range p.state {
+					p.info[k] = pubInfo{exportedAt: st.rec.ExportedAt, revision: st.rec.Revision}
+				}
+				current := p.onLocal != nil && sameMap(p.desired, desired)
+				var written map[string]*records.Export
+				if current {
+					// Overlay what was written (with its revision), unless a newer
+					// snapshot already replaced the one just published.
+					written = make(map[string]*records.Export, len(p.state))
+					for k, st := range p.state {
+						written[k] = st.rec
+					}
+				}
+				cb := p.onLocal
 				p.mu.Unlock()
+				if written != nil {
+					cb(written)
+				}
 				backoff = 100 * time.Millisecond
 				break
 			}
@@ -208,4 +248,17 @@ func (p *publisher) reconcile(ctx context.Context, desired map[string]*records.E
 		}
 	}
 	return nil
+}
+
+// sameMap reports whether a and b are the same map (not equal content: the same one).
+func sameMap(a, b map[string]*records.Export) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
 }

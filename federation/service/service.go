@@ -304,6 +304,7 @@ func (s *Service) apply(snap *snapshot) *imports.View {
 		}
 	}
 	changed := snap.meta
+	var changedKeys []string
 	for _, sk := range snap.dirty {
 		prev := old.Services[sk]
 		var cur *imports.Service
@@ -313,8 +314,11 @@ func (s *Service) apply(snap *snapshot) *imports.View {
 		} else {
 			delete(nv.Services, sk)
 		}
-		if d := describeChange(sk, prev, cur); d != "" {
+		if !sameExports(prev, cur) {
 			changed = true
+			changedKeys = append(changedKeys, sk)
+		}
+		if d := describeChange(sk, prev, cur); d != "" {
 			s.log.Info("import view changed", "service", sk, "change", d)
 		}
 	}
@@ -338,10 +342,34 @@ func (s *Service) apply(snap *snapshot) *imports.View {
 		s.mu.Unlock()
 		return nil
 	}
+	if !snap.all {
+		// Consumers (the xDS planner) re-plan only these services. Rounds that published
+		// nothing had no real change, so this list covers everything since the last push.
+		nv.Changed = changedKeys
+	}
 	s.mu.Lock()
 	s.view = nv
 	s.mu.Unlock()
 	return nv
+}
+
+// sameExports reports whether two merges of a service rest on the very same export
+// records with the same staleness (the mirror keeps a record's pointer until it changes),
+// so nothing a consumer sees can differ.
+func sameExports(a, b *imports.Service) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if len(a.Clusters) != len(b.Clusters) {
+		return false
+	}
+	for i := range a.Clusters {
+		x, y := a.Clusters[i], b.Clusters[i]
+		if x.Cluster != y.Cluster || x.Export != y.Export || x.Stale != y.Stale || !x.StaleSince.Equal(y.StaleSince) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Service) publish(v *imports.View) {
