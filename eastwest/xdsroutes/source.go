@@ -338,7 +338,7 @@ type stream struct {
 	edsNames             []string // the EDS subscription sent, sorted
 	gotCDS               bool
 	clusters             map[string]inbound             // by cluster name, from the last accepted CDS
-	wanted               map[string]bool                // EDS names the clusters refer to
+	wanted               map[string]bool                // the EDS names subscribed (edsNames)
 	endpoints            map[string][]eastwest.Endpoint // by EDS name, received on this stream
 	// dirty: something a table is built from changed since the last publish.
 	dirty bool
@@ -484,19 +484,19 @@ func (st *stream) onCDS(r *discoveryv3.DiscoveryResponse) []*discoveryv3.Discove
 			want = append(want, in.eds)
 		}
 	}
-	for n := range st.endpoints {
-		if !used[n] {
-			delete(st.endpoints, n)
-		}
-	}
-	st.wanted = used
 	sort.Strings(want)
 	// An empty EDS request would be a wildcard subscription: with no clusters, the old
-	// subscription stays and its answers are ignored.
+	// subscription stays, and so do the assignments it brings (the server will not send
+	// them again should those clusters come back).
 	if len(want) == 0 || slices.Equal(want, st.edsNames) {
 		return reqs
 	}
-	st.edsNames = want
+	for n := range st.endpoints {
+		if !used[n] {
+			delete(st.endpoints, n) // unsubscribed: the server resends it if it comes back
+		}
+	}
+	st.edsNames, st.wanted = want, used
 	return append(reqs, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: st.edsVersion,
 		ResponseNonce: st.edsNonce, ResourceNames: want})
 }

@@ -557,3 +557,21 @@ func TestCacheAcrossRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterComesBack: every cluster leaves the CDS, then one comes back with endpoints
+// that did not change meanwhile: the server does not send them again (the subscription
+// stayed, as an empty EDS request would be a wildcard), and the gateway routes it again.
+func TestClusterComesBack(t *testing.T) {
+	b1 := startBackend(t, "b1")
+	cp := newControlPlane(t)
+	cp.setCluster(inboundCluster("demo", "echo", 8443))
+	cp.setCLA(cla(echoName, ep{addr: b1.addr, health: healthy}))
+	cp.start()
+	g := newGateway(t, fastConfig(cp.addr))
+	g.startSource(t, 10*time.Second)
+	cp.delCluster(echoName)
+	waitfor.Cond(t, 10*time.Second, func() bool { return g.src.Status().Table.Len() == 0 }, "echo unrouted")
+	cp.setCluster(inboundCluster("demo", "echo", 8443))
+	waitfor.Cond(t, 10*time.Second, func() bool { return g.src.Status().Table.Len() == 1 }, "echo routed again")
+	onlyFrom(t, g, echoSNI, "b1", 2)
+}
