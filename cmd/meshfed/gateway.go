@@ -22,6 +22,7 @@ func init() { register(newGatewayCmd) }
 type gatewayFlags struct {
 	cluster, listen, admin, exports, domain string
 	federation, federationCache             string
+	fedCA, fedCert, fedKey, fedServerName   string
 	federationCacheMaxAge                   time.Duration
 	healthCert, healthKey                   string
 	helloTimeout, idleTimeout               time.Duration
@@ -97,6 +98,10 @@ See docs/eastwest.md for the health wire protocol, metrics and limits.`,
 	fl.StringVar(&f.federation, "federation", "", "HOST:PORT of this cluster's federation xDS server to take the routes from (this or --exports), e.g. 127.0.0.1:15010")
 	fl.StringVar(&f.federationCache, "federation-cache", "", "FILE keeping the last route table from --federation, used at start until the federation answers (default: memory only)")
 	fl.DurationVar(&f.federationCacheMaxAge, "federation-cache-max-age", 24*time.Hour, "ignore a --federation-cache older than this (0: any age)")
+	fl.StringVar(&f.fedCA, "federation-ca", "", "PEM CA bundle to verify the federation's xDS server with: TLS instead of plaintext (default: plaintext, right on loopback only)")
+	fl.StringVar(&f.fedCert, "federation-cert", "", "PEM client certificate for mTLS to the federation (with --federation-key; re-read at every connection)")
+	fl.StringVar(&f.fedKey, "federation-key", "", "PEM private key of --federation-cert")
+	fl.StringVar(&f.fedServerName, "federation-server-name", "", "name the federation's certificate must carry: a DNS name (default: the host of --federation) or a SPIFFE ID spiffe://...")
 	fl.StringVar(&f.domain, "domain", "cluster.local", "cluster DNS domain carried in SNI names")
 	fl.StringVar(&f.healthCert, "health-cert", "", "PEM certificate for health.meshfed.internal (default: self-signed at start)")
 	fl.StringVar(&f.healthKey, "health-key", "", "PEM private key of --health-cert")
@@ -133,6 +138,15 @@ func (f *gatewayFlags) validate() error {
 	}
 	if f.federationCache != "" && f.federation == "" {
 		errs.Add("--federation-cache", "only with --federation (the exports file is its own cache)")
+	}
+	if f.federation == "" && f.fedCA+f.fedCert+f.fedKey+f.fedServerName != "" {
+		errs.Add("--federation-ca", "the --federation-* TLS flags need --federation")
+	}
+	if f.fedCA == "" && f.fedCert+f.fedKey+f.fedServerName != "" {
+		errs.Add("--federation-ca", "required with --federation-cert, --federation-key or --federation-server-name: the CA that verifies the federation")
+	}
+	if (f.fedCert == "") != (f.fedKey == "") {
+		errs.Add("--federation-cert", "give both --federation-cert and --federation-key, or neither")
 	}
 	if f.federationCacheMaxAge < 0 {
 		errs.Add("--federation-cache-max-age", "%v: must not be negative (0: any age)", f.federationCacheMaxAge)
@@ -207,7 +221,15 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 	srcFlag, origin := "--exports", f.exports
 	if f.federation != "" {
 		srcFlag, origin = "--federation", f.federation
-		xs, err := xdsroutes.New(xdsroutes.Config{Address: f.federation, Cluster: f.cluster, Domain: f.domain,
+		var xdsTLS *tls.Config
+		if f.fedCA != "" {
+			host, _, _ := net.SplitHostPort(f.federation)
+			xdsTLS, err = xdsroutes.TLSFiles{CA: f.fedCA, Cert: f.fedCert, Key: f.fedKey, ServerName: f.fedServerName}.Config(host)
+			if err != nil {
+				return fmt.Errorf("--federation-ca/--federation-cert/--federation-key: %w", err)
+			}
+		}
+		xs, err := xdsroutes.New(xdsroutes.Config{Address: f.federation, Cluster: f.cluster, Domain: f.domain, TLS: xdsTLS,
 			CacheFile: f.federationCache, CacheMaxAge: f.federationCacheMaxAge,
 			Version: Version, Log: log, Registry: adm.Registry})
 		if err != nil {

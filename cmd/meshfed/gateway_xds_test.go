@@ -35,11 +35,15 @@ func TestGatewayRouteSourceFlags(t *testing.T) {
 		"both":    {"x.yaml", "127.0.0.1:15010", "--federation: give --federation or --exports, not both"},
 		"bad":     {"", "federation", "--federation: \"federation\" is not HOST:PORT"},
 		"cache":   {"x.yaml", "", "--federation-cache: only with --federation"},
+		"tls":     {"", "127.0.0.1:15010", "--federation-ca: required with --federation-cert"},
 	} {
 		f := base
 		f.exports, f.federation = tc.exports, tc.federation
-		if name == "cache" {
+		switch name {
+		case "cache":
 			f.federationCache = "/var/lib/meshfed/routes.json"
+		case "tls":
+			f.fedCert, f.fedKey = "gw.pem", "gw-key.pem"
 		}
 		if err := f.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)

@@ -26,6 +26,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -51,7 +52,8 @@ type controlPlane struct {
 	reqs      []*discoveryv3.DiscoveryRequest
 	reqStream []int64 // stream of each request (nonces are per stream)
 	resps     []sentResponse
-	streams   int64 // stream ids of earlier server runs are offset by this
+	streams   int64       // stream ids of earlier server runs are offset by this
+	tls       *tls.Config // serves TLS when set
 	gs        *grpc.Server
 	done      chan struct{}
 }
@@ -109,7 +111,11 @@ func (c *controlPlane) start() {
 			c.mu.Unlock()
 		},
 	})
-	gs := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if c.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(c.tls)))
+	}
+	gs := grpc.NewServer(opts...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	done := make(chan struct{})
 	go func() { _ = gs.Serve(ln); cancel(); close(done) }()
@@ -508,4 +514,8 @@ func routes(t *eastwest.RouteTable) string {
 		parts = append(parts, k.String()+"="+strings.Join(eps, ","))
 	}
 	return strings.Join(parts, " ")
+}
+
+func contextWithCancel() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
 }
