@@ -40,13 +40,13 @@ var allOnValues = map[string]any{
 	"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379"},
 	"federation": map[string]any{
 		"leaderElection": map[string]any{"enabled": true},
-		"xdsListen":      ":15010",
 		"extraArgs":      []any{"--heartbeat-ttl=15s"},
 	},
 	"trust": map[string]any{"enabled": true, "bundleSource": "workload:/run/spire/sockets/agent.sock",
 		"configMap": map[string]any{"enabled": true}},
 	"gateway": map[string]any{
 		"federationAddress": "meshfed-federation:15010",
+		"routes":            "federation",
 		"healthCertSecret":  "meshfed-gateway-health",
 		"service":           map[string]any{"loadBalancerSourceRanges": []any{"192.0.2.0/24"}},
 	},
@@ -81,6 +81,13 @@ func renders() []render {
 		{"helm-minimal", true, helm(minimalValues)},
 		{"helm-example", true, helm(nil, repoPath("deploy", chartDir, "ci", "example-values.yaml"))},
 		{"helm-all-on", false, helm(allOnValues)},
+		{"helm-static-routes", true, helm(map[string]any{
+			"cluster": map[string]any{"name": "east"},
+			"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379", "tls": map[string]any{"enabled": false}, "credentials": map[string]any{"enabled": false}},
+			"gateway": map[string]any{"routes": "exports", "exports": map[string]any{"services": []any{map[string]any{
+				"name": "echo", "namespace": "demo", "ports": []any{map[string]any{"name": "tls", "port": 8443, "targetPort": 9443}},
+				"endpoints": []any{map[string]any{"address": "10.0.1.7", "zone": "z1"}}}}}},
+		})},
 		{"kustomize-example", true, kust("overlays/example")},
 		{"kustomize-components", false, kust("overlays/all-components")},
 		{"kustomize-join", true, func(t *testing.T) []obj { return kustomizeBuild(t, joinRendered(t)) }},
@@ -189,7 +196,8 @@ func checkObjects(t *testing.T, objs []obj) {
 	for _, want := range []string{"CustomResourceDefinition serviceexports.multicluster.x-k8s.io",
 		"CustomResourceDefinition serviceimports.multicluster.x-k8s.io",
 		"Deployment meshfed-system/meshfed-federation", "Deployment meshfed-system/meshfed-gateway",
-		"Service meshfed-system/meshfed-gateway", "ServiceAccount meshfed-system/meshfed-federation",
+		"Service meshfed-system/meshfed-gateway", "Service meshfed-system/meshfed-federation",
+		"ServiceAccount meshfed-system/meshfed-federation",
 		"ServiceAccount meshfed-system/meshfed-gateway", "ClusterRole meshfed-federation",
 		"ClusterRoleBinding meshfed-federation", "PodDisruptionBudget meshfed-system/meshfed-federation",
 		"PodDisruptionBudget meshfed-system/meshfed-gateway"} {
@@ -233,6 +241,12 @@ func checkObjects(t *testing.T, objs []obj) {
 			if !subset(sel, labels) {
 				t.Errorf("Service meshfed-gateway: selector %v does not select the gateway pods %v", sel, labels)
 			}
+		}
+	}
+	if svc := find(objs, "Service", "meshfed-federation"); svc != nil {
+		ports, _ := dig(map[string]any(svc), "spec", "ports").([]any)
+		if dig(map[string]any(svc), "spec", "type") != "ClusterIP" || len(ports) != 1 || dig(ports[0], "targetPort") != "xds" {
+			t.Errorf("Service meshfed-federation: want a ClusterIP with the xds port only, got %v", svc["spec"])
 		}
 	}
 	if sa := find(objs, "ServiceAccount", "meshfed-gateway"); sa != nil && sa["automountServiceAccountToken"] != false {
