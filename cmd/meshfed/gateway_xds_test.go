@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +27,8 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
+	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -161,5 +169,99 @@ func TestGatewayCommandFromFederation(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway waiting for the federation did not exit after cancellation")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// The two commands together, as an operator runs them: `meshfed federation --exports F
+// --xds-listen X` on an embedded etcd, and `meshfed gateway --federation X`. The gateway
+// routes the file's export through TLS to the workload, follows a change of the file, and
+// keeps routing when the federation command stops.
+func TestGatewayWithFederationCommand(t *testing.T) {
+	etcd := testetcd.Start(t)
+	wl, err := harness.StartWorkload("east", "echo-0", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wl.Close)
+	host, port, _ := net.SplitHostPort(wl.Addr)
+	dir := t.TempDir()
+	exports := filepath.Join(dir, "exports.yaml")
+	write := func(extra string) {
+		data := fmt.Sprintf("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443, targetPort: %s}], endpoints: [{address: %s}]}\n%s", port, host, extra)
+		if err := os.WriteFile(exports+".tmp", []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(exports+".tmp", exports); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	xdsAddr, gwAddr := freeAddr(t), freeAddr(t)
+
+	fed := newFederationCmd()
+	fed.SetArgs([]string{"--cluster", "east", "--exports", exports, "--exports-poll-interval", "50ms", "--etcd-endpoints", strings.Join(etcd.Clients, ","),
+		"--admin", "127.0.0.1:0", "--xds-listen", xdsAddr})
+	fctx, cancelFed := context.WithCancel(context.Background())
+	fdone := make(chan error, 1)
+	go func() { fdone <- fed.ExecuteContext(fctx) }()
+	var fedErr error
+	var stopOnce sync.Once
+	stopFed := func() error {
+		stopOnce.Do(func() { cancelFed(); fedErr = <-fdone })
+		return fedErr
+	}
+	t.Cleanup(func() { _ = stopFed() })
+
+	gw := newGatewayCmd()
+	gw.SetArgs([]string{"--cluster", "east", "--listen", gwAddr, "--admin", "127.0.0.1:0", "--federation", xdsAddr, "--drain-timeout", "1s"})
+	gctx, stopGW := context.WithCancel(context.Background())
+	gdone := make(chan error, 1)
+	go func() { gdone <- gw.ExecuteContext(gctx) }()
+	t.Cleanup(func() { stopGW(); <-gdone })
+
+	ports := func() string {
+		r, err := healthcheck.Probe(context.Background(), gwAddr, nil)
+		if err != nil {
+			return err.Error()
+		}
+		return r.Fields["service_ports"]
+	}
+	waitfor.Cond(t, 30*time.Second, func() bool { return ports() == "1" }, "gateway routes the federation's export (%s)", ports())
+	callThrough := func() string {
+		c, err := tls.Dial("tcp", gwAddr, &tls.Config{ServerName: names.ServiceSNI("demo", "echo", 8443), InsecureSkipVerify: true})
+		if err != nil {
+			return err.Error()
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "hi\n")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err.Error()
+		}
+		return strings.TrimSpace(line)
+	}
+	if got := callThrough(); got != "east echo-0: hi" {
+		t.Fatalf("call through the gateway: %q", got)
+	}
+
+	write("  - {name: late, namespace: demo, ports: [{port: 7443, targetPort: " + port + "}], endpoints: [{address: " + host + "}]}\n")
+	waitfor.Cond(t, 30*time.Second, func() bool { return ports() == "2" }, "a new export reaches the gateway (%s)", ports())
+
+	if err := stopFed(); err != nil {
+		t.Fatalf("federation: %v", err)
+	}
+	if got := callThrough(); got != "east echo-0: hi" || ports() != "2" {
+		t.Fatalf("after the federation stopped: %q, %s service ports", got, ports())
 	}
 }
