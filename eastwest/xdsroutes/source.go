@@ -242,10 +242,16 @@ func (s *Source) Run(ctx context.Context, update func(*eastwest.RouteTable)) err
 			fails = 0
 		}
 		delay := s.backoff(fails)
+		// The first failure after a working link is a warning; the retries that follow are
+		// debug lines (the watchdog keeps saying how stale the table is).
+		lvl := slog.LevelWarn
+		if fails > 0 {
+			lvl = slog.LevelDebug
+		}
 		fails++
 		s.m.disconnects.Inc()
 		st := s.Status()
-		s.log.Warn("federation xDS stream ended; the route table in force stays, reconnecting",
+		s.log.Log(ctx, lvl, "federation xDS stream ended; the route table in force stays, reconnecting",
 			"err", err, "retry_in", delay.Round(time.Millisecond), "stale_since", st.StaleSince, "service_ports", st.Table.Len())
 		t := time.NewTimer(delay)
 		select {
