@@ -13,8 +13,12 @@ import (
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/file"
+	"github.com/meshfed/meshfed/federation/agent"
+	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/service"
+	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/trust/expiry"
 )
 
 func init() { register(newFederationCmd) }
@@ -114,15 +118,6 @@ func (f *federationFlags) validate() error {
 	return errs.Err()
 }
 
-// federationDeps is what the parts started beside the service (xDS, trust, Kubernetes
-// importer) get to work with.
-type federationDeps struct {
-	flags *federationFlags
-	svc   *service.Service
-	adm   *admin.Server
-	log   *slog.Logger
-}
-
 // namedRun is a part's run func, named for error messages.
 type namedRun struct {
 	name string
@@ -154,33 +149,28 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	default:
 		log.Warn("no --exports or --kubeconfig: this cluster imports only")
 	}
-	svc, err := service.New(service.Config{Cluster: f.cluster, Store: st, Source: src,
-		HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace, Log: slog.Default(), Registry: adm.Registry})
-	if err != nil {
-		return err
+	if f.etcd.cert != "" {
+		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "etcd-client", Path: f.etcd.cert}))
 	}
-	adm.AddReadiness("federation", svc.Ready)
-	adm.Handle("/debug/imports", svc.ImportsHandler())
-	if err := adm.Listen(f.admin); err != nil {
-		return err
-	}
-	deps := &federationDeps{flags: &f, svc: svc, adm: adm, log: log}
-	var runs []namedRun
-	if kube != nil {
-		runs = append(runs, namedRun{"kubernetes importer", kube.attach(svc)})
-	}
-	// Order matters: the trust component feeds the xDS server (SDS) and its health checker.
-	xp, err := startXDS(deps)
-	if err != nil {
-		return fmt.Errorf("xds: %w", err)
-	}
-	runs = append(runs, namedRun{"xds", xp.run})
-	trustRun, err := startTrust(deps, xp, st)
+	tsvc, err := f.trust.build(f.cluster, st, log, adm.Registry) // nil without trust flags
 	if err != nil {
 		return fmt.Errorf("trust: %w", err)
 	}
-	if trustRun != nil {
-		runs = append(runs, namedRun{"trust", trustRun})
+	ag, err := agent.New(agent.Config{
+		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
+		XDS:    xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance},
+		Health: health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
+		Trust:  tsvc, Admin: adm, Log: slog.Default(),
+	})
+	if err != nil {
+		return err
+	}
+	if err := adm.Listen(f.admin); err != nil {
+		return err
+	}
+	runs := []namedRun{{"federation", ag.Run}}
+	if kube != nil {
+		runs = append(runs, namedRun{"kubernetes importer", kube.attach(ag)})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -196,7 +186,6 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		}()
 	}
 	start("admin", adm.Serve)
-	start("federation", svc.Run)
 	for _, r := range runs {
 		start(r.name, r.run)
 	}

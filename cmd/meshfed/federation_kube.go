@@ -5,8 +5,8 @@ import (
 	"log/slog"
 
 	"github.com/meshfed/meshfed/discovery/kube"
+	"github.com/meshfed/meshfed/federation/agent"
 	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/internal/admin"
 )
 
@@ -39,8 +39,8 @@ func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logg
 
 // attach feeds every import view to the source (for MCS conflict conditions) and the
 // importer, and returns the importer's run func.
-func (k *kubeWiring) attach(svc *service.Service) func(context.Context) error {
-	svc.OnView(func(v *imports.View) {
+func (k *kubeWiring) attach(ag *agent.Agent) func(context.Context) error {
+	ag.OnView(func(v *imports.View) {
 		k.source.UpdateView(v)
 		k.importer.Update(v)
 	})

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/federation/xds"
 )
@@ -40,39 +38,4 @@ func (f *xdsFlags) validate() error {
 		errs.Add("--health-timeout", "%v: positive and at most --health-interval", f.healthTimeout)
 	}
 	return errs.Err()
-}
-
-// xdsPart is the running xDS server and the gateway health checker it plans with.
-type xdsPart struct {
-	server  *xds.Server
-	checker *health.Checker
-	run     func(context.Context) error
-}
-
-func startXDS(d *federationDeps) (*xdsPart, error) {
-	f := &d.flags.xds
-	hc, err := health.New(health.Options{Interval: f.healthInterval, Timeout: f.healthTimeout}, d.log, d.adm.Registry)
-	if err != nil {
-		return nil, err
-	}
-	feed := xds.NewFeed()
-	d.svc.OnView(feed.Send) // before svc.Run
-	xs, err := xds.New(d.flags.cluster, feed.C(), hc, d.log, d.adm.Registry, xds.Options{
-		Listen: f.listen, StaleGrace: d.flags.staleGrace, MinReassign: f.minReassign, CertProviderInstance: f.certInstance})
-	if err != nil {
-		return nil, err
-	}
-	if err := xs.Listen(); err != nil {
-		return nil, err
-	}
-	d.adm.AddReadiness("xds", xs.Ready)
-	d.adm.Handle("/debug/xds", xs.DebugHandler())
-	run := func(ctx context.Context) error {
-		hdone := make(chan error, 1)
-		go func() { hdone <- hc.Run(ctx) }()
-		err := xs.Run(ctx)
-		<-hdone
-		return err
-	}
-	return &xdsPart{server: xs, checker: hc, run: run}, nil
 }
