@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# make run: the local demo. Until `meshfed dev up` exists it runs the gateway demo.
+# make run: the local federation (embedded etcd, three simulated clusters, cross-cluster
+# calls from a real proxyless gRPC client, a failover drill), until Ctrl-C.
+# MESHFED_RUN_ARGS passes flags, e.g. MESHFED_RUN_ARGS=--exit-after-demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ./bin/meshfed dev --help >/dev/null 2>&1; then
-  exec ./bin/meshfed dev up
-fi
-exec ./bin/meshfed demo gateway
+exec ./bin/meshfed dev up ${MESHFED_RUN_ARGS:-}

@@ -14,12 +14,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/eastwest/xdsroutes"
+	"github.com/meshfed/meshfed/federation/agent"
 	"github.com/meshfed/meshfed/federation/embedetcd"
+	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/federation/xds"
+	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/trust/devca"
+	"github.com/meshfed/meshfed/trust/federate"
+	"github.com/meshfed/meshfed/trust/source"
 )
 
 // ClusterSpec describes one simulated cluster.
@@ -35,6 +44,9 @@ type ClusterSpec struct {
 	NoGateway bool
 	// NoJoin skips writing the cluster record (as if `meshfed join` had not run).
 	NoJoin bool
+	// GatewayFromFile makes the gateway read the exports file itself instead of taking
+	// its routes from the cluster's federation over xDS (when Options.GatewayRoutesFromXDS).
+	GatewayFromFile bool
 }
 
 // Options configures the federation.
@@ -48,7 +60,22 @@ type Options struct {
 	PollInterval time.Duration // exports file poll interval, default 20ms
 	// EtcdAddr is where etcd listens (default 127.0.0.1:0).
 	EtcdAddr string
-	Log      *slog.Logger
+	// Health tunes every cluster's gateway health checker (zero: the defaults, 1s/500ms).
+	Health health.Options
+	// MinReassign is the xDS planner's damping (zero: the default 10s).
+	MinReassign time.Duration
+	// GatewayRoutesFromXDS makes each gateway take its routes from its own cluster's
+	// federation xDS server (`meshfed gateway --federation`), as deployed; otherwise the
+	// gateway reads the exports file directly.
+	GatewayRoutesFromXDS bool
+	// Trust gives every cluster a development CA for its trust domain (under Dir), runs
+	// the trust component (dev bundle source, bundle files, SDS) and gives each gateway a
+	// health certificate from its CA, so health checks are authenticated.
+	Trust bool
+	// Admin gives every cluster's federation an admin server (metrics, /readyz,
+	// /debug/imports, /debug/xds) on the cluster's address.
+	Admin bool
+	Log   *slog.Logger
 }
 
 // Federation is a running set of simulated clusters.
@@ -73,10 +100,18 @@ type Cluster struct {
 	// GatewayAddr is the gateway's bound HOST:PORT (empty with NoGateway).
 	GatewayAddr string
 	Gateway     *eastwest.Gateway
+	// XDSAddr is the federation's xDS address (kept across federation restarts).
+	XDSAddr string
+	// CA is the cluster's development CA and BundleDir where its federation writes the
+	// federated bundles (<td>.pem, bundle-map.json); set with Options.Trust.
+	CA        *devca.CA
+	BundleDir string
+	// AdminAddr is the federation's admin server (with Options.Admin).
+	AdminAddr string
 
 	f       *Federation
 	mu      sync.Mutex
-	fed     *service.Service
+	agent   *agent.Agent
 	fedStop context.CancelFunc
 	fedDone chan error
 	gwStop  context.CancelFunc
@@ -181,6 +216,16 @@ func (f *Federation) addCluster(ctx context.Context, i int, spec ClusterSpec) (*
 	if err != nil {
 		return nil, err
 	}
+	if f.Opts.Trust {
+		c.BundleDir = filepath.Join(dir, "bundles")
+		c.CA, err = devca.Init(filepath.Join(dir, "ca"), spec.TrustDomain, devca.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("dev CA: %w", err)
+		}
+	}
+	if err := c.StartFederation(ctx); err != nil {
+		return nil, err
+	}
 	if !spec.NoGateway {
 		if err := c.StartGateway(ctx); err != nil {
 			return nil, err
@@ -190,9 +235,6 @@ func (f *Federation) addCluster(ctx context.Context, i int, spec ClusterSpec) (*
 		if err := c.join(ctx); err != nil {
 			return nil, err
 		}
-	}
-	if err := c.StartFederation(ctx); err != nil {
-		return nil, err
 	}
 	return c, nil
 }
@@ -224,39 +266,86 @@ func (c *Cluster) SetExports(yaml string) error {
 func (c *Cluster) Federation() *service.Service {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.fed
+	if c.agent == nil {
+		return nil
+	}
+	return c.agent.Service
 }
 
-// StartFederation starts the cluster's federation service.
+// Agent is the cluster's running federation process (nil while stopped).
+func (c *Cluster) Agent() *agent.Agent {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.agent
+}
+
+// StartFederation starts the cluster's federation process: service, health checker,
+// xDS server (on the cluster's address; a restart reuses the port) and, with
+// Options.Trust, the trust component.
 func (c *Cluster) StartFederation(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.fed != nil {
+	if c.agent != nil {
 		return errors.New("federation already running")
 	}
+	log := c.f.log
 	reg := prometheus.NewRegistry()
-	svc, err := service.New(service.Config{
+	xdsAddr := c.XDSAddr
+	if xdsAddr == "" {
+		xdsAddr = net.JoinHostPort(c.IP, "0")
+	}
+	var tsvc *federate.Service
+	if c.CA != nil {
+		src, err := source.Parse("dev:"+filepath.Dir(c.CA.Dir()), c.Spec.TrustDomain, source.Options{Log: log, Poll: 100 * time.Millisecond, DevCADir: filepath.Dir(c.CA.Dir())})
+		if err != nil {
+			return fmt.Errorf("trust source: %w", err)
+		}
+		tsvc, err = federate.New(federate.Config{Cluster: c.Spec.Name, TrustDomain: c.Spec.TrustDomain, Source: src,
+			BundleDir: c.BundleDir, Store: c.Store, Log: log.With("cluster", c.Spec.Name), Registry: reg, RetryInterval: 200 * time.Millisecond})
+		if err != nil {
+			return fmt.Errorf("trust: %w", err)
+		}
+	}
+	var adm *admin.Server
+	if c.f.Opts.Admin {
+		adm = admin.New(log)
+		adminAddr := c.AdminAddr
+		if adminAddr == "" {
+			adminAddr = net.JoinHostPort(c.IP, "0")
+		}
+		if err := adm.Listen(adminAddr); err != nil {
+			return err
+		}
+		c.AdminAddr = adm.Addr()
+		reg = adm.Registry
+	}
+	ag, err := agent.New(agent.Config{
+		Admin:   adm,
 		Cluster: c.Spec.Name, Store: c.Store, HeartbeatTTL: c.f.Opts.HeartbeatTTL, StaleGrace: c.f.Opts.StaleGrace,
-		Source:   &file.Source{Cluster: c.Spec.Name, Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: c.f.log.With("cluster", c.Spec.Name)},
-		Log:      c.f.log,
-		Registry: reg,
+		Source: &file.Source{Cluster: c.Spec.Name, Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: log.With("cluster", c.Spec.Name)},
+		XDS:    xds.Options{Listen: xdsAddr, MinReassign: c.f.Opts.MinReassign},
+		Health: c.f.Opts.Health, Trust: tsvc, Log: log, Registry: reg,
 	})
 	if err != nil {
 		return err
 	}
+	c.XDSAddr = ag.XDS.Addr()
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	c.fed, c.fedStop, c.fedDone = svc, cancel, done
+	if adm != nil {
+		go func() { _ = adm.Serve(rctx) }()
+	}
+	go func() { done <- ag.Run(rctx) }()
+	c.agent, c.fedStop, c.fedDone = ag, cancel, done
 	return nil
 }
 
-// StopFederation stops the federation service (its heartbeat then expires after the TTL;
-// the gateway keeps serving: static stability).
+// StopFederation stops the federation process (its heartbeat then expires after the
+// TTL; the gateway keeps serving: static stability).
 func (c *Cluster) StopFederation() error {
 	c.mu.Lock()
 	stop, done := c.fedStop, c.fedDone
-	c.fed, c.fedStop, c.fedDone = nil, nil, nil
+	c.agent, c.fedStop, c.fedDone = nil, nil, nil
 	c.mu.Unlock()
 	if stop == nil {
 		return nil
@@ -268,11 +357,11 @@ func (c *Cluster) StopFederation() error {
 func (c *Cluster) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		svc := c.Federation()
-		if svc == nil {
+		ag := c.Agent()
+		if ag == nil {
 			return fmt.Errorf("cluster %s: federation not running", c.Spec.Name)
 		}
-		err := svc.Ready()
+		err := ag.Ready()
 		if err == nil {
 			return nil
 		}
@@ -291,7 +380,9 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 func (c *Cluster) WaitReady(ctx context.Context) error { return c.waitReady(ctx) }
 
 // StartGateway starts the east-west gateway on the cluster's address (the first start
-// picks a free port; restarts reuse it), routing from the exports file.
+// picks a free port; restarts reuse it). Its routes come from the federation's xDS with
+// Options.GatewayRoutesFromXDS, else from the exports file; with Options.Trust its health
+// certificate is an SVID of the cluster's trust domain.
 func (c *Cluster) StartGateway(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -302,18 +393,35 @@ func (c *Cluster) StartGateway(ctx context.Context) error {
 	if addr == "" {
 		addr = net.JoinHostPort(c.IP, "0")
 	}
+	cfg := eastwest.Config{Cluster: c.Spec.Name, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway"),
+		Registry: prometheus.NewRegistry(), DrainTimeout: 2 * time.Second}
+	if c.CA != nil {
+		svid, err := c.CA.Issue(devca.IssueRequest{ID: "spiffe://" + c.Spec.TrustDomain + "/ns/meshfed-system/sa/gateway", DNSNames: []string{names.HealthSNI}})
+		if err != nil {
+			return fmt.Errorf("gateway health certificate: %w", err)
+		}
+		cfg.HealthCert = svid.TLSCertificate()
+	}
+	gw, err := eastwest.New(cfg)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("gateway listen %s: %w", addr, err)
 	}
-	gw, err := eastwest.New(eastwest.Config{Cluster: c.Spec.Name, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway"),
-		Registry: prometheus.NewRegistry(), DrainTimeout: 2 * time.Second})
-	if err != nil {
-		ln.Close()
-		return err
-	}
 	rctx, cancel := context.WithCancel(context.Background())
-	src := &eastwest.FileSource{Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: c.f.log, OnReload: gw.ObserveReload}
+	var src eastwest.RouteSource = &eastwest.FileSource{Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: c.f.log, OnReload: gw.ObserveReload}
+	if c.f.Opts.GatewayRoutesFromXDS && !c.Spec.GatewayFromFile {
+		xsrc, err := xdsroutes.New(xdsroutes.Config{Address: c.XDSAddr, Cluster: c.Spec.Name, Host: "harness",
+			BackoffBase: 50 * time.Millisecond, BackoffMax: time.Second, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway-xds")})
+		if err != nil {
+			cancel()
+			ln.Close()
+			return err
+		}
+		src = xsrc
+	}
 	if err := gw.StartSource(rctx, src); err != nil {
 		cancel()
 		ln.Close()

@@ -1,0 +1,104 @@
+package devup
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/meshfed/meshfed/trust/devca"
+)
+
+// workload is a demo gRPC server (the standard health service) with mTLS: its certificate
+// is an SVID of its cluster's trust domain, and it accepts clients whose certificates
+// chain to any root its own federation service wrote out (the federated bundles), so a
+// client from another trust domain is trusted only through trust federation.
+type workload struct {
+	addr string
+	srv  *grpc.Server
+}
+
+func startWorkload(addr string, ca *devca.CA, id, bundleDir string) (*workload, error) {
+	svid, err := ca.Issue(devca.IssueRequest{ID: id})
+	if err != nil {
+		return nil, err
+	}
+	roots := &bundleRoots{dir: bundleDir}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			pool, err := roots.pool()
+			if err != nil {
+				return nil, err
+			}
+			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*svid.TLSCertificate()},
+				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
+		},
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("workload listen %s: %w", addr, err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go func() { _ = srv.Serve(ln) }()
+	return &workload{addr: ln.Addr().String(), srv: srv}, nil
+}
+
+func (w *workload) stop() { w.srv.Stop() }
+
+// bundleRoots reads the federated roots (<td>.pem files) from a bundle directory, at most
+// once a second: the trust component rewrites them atomically when bundles change.
+type bundleRoots struct {
+	dir  string
+	mu   sync.Mutex
+	at   time.Time
+	last *x509.CertPool
+}
+
+func (b *bundleRoots) pool() (*x509.CertPool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last != nil && time.Since(b.at) < time.Second {
+		return b.last, nil
+	}
+	files, err := filepath.Glob(filepath.Join(b.dir, "*.pem"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for {
+			var blk *pem.Block
+			blk, data = pem.Decode(data)
+			if blk == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(blk.Bytes); err == nil && !strings.Contains(blk.Type, "KEY") {
+				pool.AddCert(c)
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("no federated roots in %s yet", b.dir)
+	}
+	b.last, b.at = pool, time.Now()
+	return pool, nil
+}
