@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -34,6 +35,9 @@ type federationFlags struct {
 	pollInterval time.Duration
 	xds          xdsFlags
 	trust        *trustFlags
+	leaderElect  bool
+	leaderNS     string
+	leaderLease  string
 }
 
 func newFederationCmd() *cobra.Command {
@@ -85,6 +89,9 @@ See docs/federation.md.`,
 	fl.DurationVar(&f.staleGrace, "stale-grace", service.DefaultStaleGrace, "how long a cluster without heartbeat keeps its exports in the import view")
 	fl.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 10*time.Second, "TTL of this cluster's heartbeat lease (at least 2s)")
 	fl.DurationVar(&f.pollInterval, "exports-poll-interval", time.Second, "how often --exports is checked for changes")
+	fl.BoolVar(&f.leaderElect, "leader-elect", false, "with --kubeconfig: elect one leader among replicas with a Lease; only the leader publishes, writes ServiceExport conditions and imports (all replicas serve xDS)")
+	fl.StringVar(&f.leaderNS, "leader-elect-namespace", envOr("POD_NAMESPACE", "meshfed-system"), "namespace of the leader election Lease (env POD_NAMESPACE)")
+	fl.StringVar(&f.leaderLease, "leader-elect-lease", "", "name of the leader election Lease (default meshfed-federation-<cluster>)")
 	addXDSFlags(fl, &f.xds)
 	f.trust = addTrustFlags(fl)
 	return cmd
@@ -101,6 +108,12 @@ func (f *federationFlags) validate() error {
 	if err := validate.ListenAddr(f.admin); err != nil {
 		errs.Add("--admin", "%v", err)
 	}
+	if f.leaderElect && f.kubeconfig == "" {
+		errs.Add("--leader-elect", "needs --kubeconfig (the election uses a Kubernetes Lease); outside Kubernetes run one replica")
+	}
+	if f.leaderElect {
+		errs.AddErr("--leader-elect-namespace", validate.DNSLabel(f.leaderNS))
+	}
 	if f.staleGrace <= 0 {
 		errs.Add("--stale-grace", "must be positive, e.g. 10m")
 	}
@@ -116,6 +129,13 @@ func (f *federationFlags) validate() error {
 		errs.AddErr("", err)
 	}
 	return errs.Err()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
 }
 
 // namedRun is a part's run func, named for error messages.
@@ -152,6 +172,15 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	if f.etcd.cert != "" {
 		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "etcd-client", Path: f.etcd.cert}))
 	}
+	var elector service.Elector
+	if f.leaderElect {
+		lease := f.leaderLease
+		if lease == "" {
+			lease = "meshfed-federation-" + f.cluster
+		}
+		host, _ := os.Hostname()
+		elector = kube.leaderElector(f.leaderNS, lease, host, log)
+	}
 	tsvc, err := f.trust.build(f.cluster, st, log, adm.Registry) // nil without trust flags
 	if err != nil {
 		return fmt.Errorf("trust: %w", err)
@@ -160,7 +189,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
 		XDS:    xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance},
 		Health: health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
-		Trust:  tsvc, Admin: adm, Log: slog.Default(),
+		Trust:  tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
 	})
 	if err != nil {
 		return err
@@ -170,7 +199,10 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	}
 	runs := []namedRun{{"federation", ag.Run}}
 	if kube != nil {
-		runs = append(runs, namedRun{"kubernetes importer", kube.attach(ag)})
+		run := kube.attach(ag)
+		if !kube.elected {
+			runs = append(runs, namedRun{"kubernetes importer", run})
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

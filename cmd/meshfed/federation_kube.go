@@ -3,17 +3,21 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 
 	"github.com/meshfed/meshfed/discovery/kube"
 	"github.com/meshfed/meshfed/federation/agent"
 	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/internal/admin"
 )
 
 // kubeWiring connects the Kubernetes source and importer to the federation service.
 type kubeWiring struct {
+	clients  *kube.Clients
 	source   *kube.Source
 	importer *kube.Importer
+	elected  bool // the importer runs under the leader elector, not on its own
 }
 
 func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
@@ -34,7 +38,7 @@ func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logg
 	}
 	adm.AddReadiness("kubernetes-source", src.Ready)
 	adm.AddReadiness("kubernetes-importer", imp.Ready)
-	return &kubeWiring{source: src, importer: imp}, nil
+	return &kubeWiring{clients: cl, source: src, importer: imp}, nil
 }
 
 // attach feeds every import view to the source (for MCS conflict conditions) and the
@@ -45,4 +49,32 @@ func (k *kubeWiring) attach(ag *agent.Agent) func(context.Context) error {
 		k.importer.Update(v)
 	})
 	return k.importer.Run
+}
+
+// leaderElector makes the Lease elector of --leader-elect. The importer then runs only
+// on the leader too, beside the service's writing half.
+func (k *kubeWiring) leaderElector(namespace, lease, identity string, log *slog.Logger) *importerWhileLeading {
+	k.elected = true
+	return &importerWhileLeading{
+		e:   &kube.LeaseElector{Client: k.clients.Kube, Namespace: namespace, Name: lease, Identity: identity, Log: log},
+		run: k.importer.Run,
+	}
+}
+
+// importerWhileLeading runs the importer for exactly as long as this replica leads.
+type importerWhileLeading struct {
+	e   service.Elector
+	run func(context.Context) error
+}
+
+var _ service.Elector = (*importerWhileLeading)(nil)
+
+func (w *importerWhileLeading) Run(ctx context.Context, lead func(context.Context)) error {
+	return w.e.Run(ctx, func(lctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.run(lctx) }()
+		lead(lctx)
+		wg.Wait()
+	})
 }

@@ -211,6 +211,55 @@ func TestKubernetesTier(t *testing.T) {
 	t.Run("conflict", func(t *testing.T) { testConflict(t, west, east) })
 	t.Run("importer", func(t *testing.T) { testImporter(t, east) })
 	t.Run("end-to-end", func(t *testing.T) { testEndToEnd(t, west, east) })
+	t.Run("leader-election", func(t *testing.T) { testLeaderElection(t, west) })
+}
+
+// testLeaderElection: two replicas campaign for one Lease; exactly one leads, and when it
+// stops the other takes over.
+func testLeaderElection(t *testing.T, c *cluster) {
+	c.ns(t, "meshfed-system")
+	type replica struct {
+		leading chan bool
+		cancel  context.CancelFunc
+		done    chan struct{}
+	}
+	start := func(id string) *replica {
+		r := &replica{leading: make(chan bool, 4), done: make(chan struct{})}
+		ctx, cancel := context.WithCancel(context.Background())
+		r.cancel = cancel
+		e := &LeaseElector{Client: c.c.Kube, Namespace: "meshfed-system", Name: "meshfed-federation-west", Identity: id,
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Log: testLog(t)}
+		go func() {
+			defer close(r.done)
+			_ = e.Run(ctx, func(lctx context.Context) {
+				r.leading <- true
+				<-lctx.Done()
+				r.leading <- false
+			})
+		}()
+		return r
+	}
+	a := start("replica-a")
+	select {
+	case <-a.leading:
+	case <-time.After(wait):
+		t.Fatal("replica-a never led an empty election")
+	}
+	b := start("replica-b")
+	select {
+	case <-b.leading:
+		t.Fatal("two replicas lead at once")
+	case <-time.After(3 * time.Second): // more than a lease duration: b had every chance
+	}
+	a.cancel() // releases the lease (ReleaseOnCancel)
+	<-a.done
+	select {
+	case <-b.leading:
+	case <-time.After(wait):
+		t.Fatal("replica-b did not take over after replica-a stopped")
+	}
+	b.cancel()
+	<-b.done
 }
 
 func echoService(ns string) *corev1.Service {

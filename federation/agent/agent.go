@@ -37,6 +37,9 @@ type Config struct {
 	// connects its outputs to the xDS server (SDS) and the health checker (authenticated
 	// gateway checks). Build it with federate.New.
 	Trust *federate.Service
+	// Elector, when set, runs the writing half of the service (source, publisher,
+	// heartbeat) only on the elected replica; see service.Config.Elector.
+	Elector service.Elector
 	// Admin, when set, gets the readiness checks and debug handlers; its registry is
 	// used for metrics when Registry is nil.
 	Admin    *admin.Server
@@ -69,7 +72,7 @@ func New(cfg Config) (*Agent, error) {
 		reg = cfg.Admin.Registry
 	}
 	svc, err := service.New(service.Config{Cluster: cfg.Cluster, Store: cfg.Store, Source: cfg.Source,
-		HeartbeatTTL: cfg.HeartbeatTTL, StaleGrace: cfg.StaleGrace, Log: log, Registry: reg})
+		HeartbeatTTL: cfg.HeartbeatTTL, StaleGrace: cfg.StaleGrace, Elector: cfg.Elector, Log: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}

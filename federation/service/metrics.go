@@ -14,6 +14,7 @@ type metrics struct {
 	heartbeatUp    prometheus.Gauge
 	watchUp        prometheus.Gauge
 	resyncs        prometheus.Counter
+	leader         prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,10 +41,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while the etcd watch is established."}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_federation_etcd_resyncs_total",
 			Help: "Full re-lists of the keyspace after etcd compacted past the watch."}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_federation_leader",
+			Help: "1 while this replica publishes exports and holds the heartbeat (always 1 without --leader-elect)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.publishErrors, m.invalidRecords, m.services, m.staleClusters,
-			m.viewBuilds, m.viewBuildSecs, m.viewRevision, m.heartbeatUp, m.watchUp, m.resyncs)
+			m.viewBuilds, m.viewBuildSecs, m.viewRevision, m.heartbeatUp, m.watchUp, m.resyncs, m.leader)
 	}
 	return m
 }

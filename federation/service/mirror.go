@@ -107,6 +107,21 @@ func (mr *mirror) setLocal(desired map[string]*records.Export) {
 	mr.signal()
 }
 
+// clearLocal stops overlaying the local source: the own cluster's exports come from etcd
+// again (a replica that stopped leading no longer runs the source).
+func (mr *mirror) clearLocal() {
+	mr.mu.Lock()
+	for k := range mr.local {
+		mr.dirty[k] = true
+	}
+	for sk := range mr.byClus[mr.self] {
+		mr.dirty[sk] = true
+	}
+	mr.local, mr.hasLocal = nil, false
+	mr.mu.Unlock()
+	mr.signal()
+}
+
 func (mr *mirror) bad(key string, modRev int64, err error) {
 	mr.m.invalidRecords.Inc()
 	if mr.badSeen[key] == modRev {

@@ -90,6 +90,15 @@ func (p *publisher) offer(s discovery.Snapshot) {
 	}
 }
 
+// reset forgets what was written: a replica that leads again re-reads etcd first (the
+// other leader may have written meanwhile).
+func (p *publisher) reset() {
+	p.mu.Lock()
+	p.synced = false
+	p.mu.Unlock()
+	p.state = nil // the run goroutine has stopped: nobody else touches state now
+}
+
 func (p *publisher) isSynced() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -33,8 +33,18 @@ type Config struct {
 	StaleGrace   time.Duration // default 10m
 	// Instance names this process in the heartbeat (default host/pid).
 	Instance string
+	// Elector, when set, lets several replicas of one cluster's federation run safely:
+	// every replica mirrors etcd and serves the view (and so xDS), but only the leader
+	// runs the discovery source, publishes exports and holds the heartbeat.
+	Elector Elector
 	Log      *slog.Logger
 	Registry prometheus.Registerer
+}
+
+// Elector runs fn while this replica leads; fn's context ends when leadership is lost.
+// Run returns when ctx ends.
+type Elector interface {
+	Run(ctx context.Context, lead func(ctx context.Context)) error
 }
 
 // Service is a running federation service.
@@ -54,6 +64,7 @@ type Service struct {
 	srcErr    error
 	selfKnown bool
 	warned    bool
+	leading   bool
 }
 
 // New checks cfg and prepares the service.
@@ -155,10 +166,24 @@ func (s *Service) Ready() error {
 	if srcErr != nil {
 		return fmt.Errorf("discovery source: %w", srcErr)
 	}
-	if s.cfg.Source != nil && !s.pub.isSynced() {
+	if s.cfg.Source != nil && s.Leading() && !s.pub.isSynced() {
 		return errors.New("local exports not published yet")
 	}
 	return nil
+}
+
+// Leading reports whether this replica runs the writing half (always, without an elector).
+func (s *Service) Leading() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.leading
+}
+
+func (s *Service) setLeading(v bool) {
+	s.mu.Lock()
+	s.leading = v
+	s.mu.Unlock()
+	s.m.leader.Set(b2f(v))
 }
 
 // SyncStatus is the etcd mirror's status.
@@ -185,17 +210,51 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); f() }()
 	}
 	goRun(func() { _ = s.syncer.Run(ctx) })
-	goRun(func() { _ = s.hb.Run(ctx) })
 	goRun(func() { s.build(ctx) })
 	errc := make(chan error, 1)
-	if s.cfg.Source != nil {
-		goRun(func() { s.pub.run(ctx) })
+	// The writing half: heartbeat, source and publisher. With an elector only the leader
+	// runs it; a replica that loses leadership stops writing at once.
+	writer := func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.hb.Run(ctx) }()
+		if s.cfg.Source != nil {
+			wg.Add(2)
+			go func() { defer wg.Done(); s.pub.run(ctx) }()
+			go func() {
+				defer wg.Done()
+				if err := s.cfg.Source.Run(ctx, s.pub.offer); err != nil && ctx.Err() == nil {
+					s.mu.Lock()
+					s.srcErr = err
+					s.mu.Unlock()
+					select {
+					case errc <- fmt.Errorf("discovery source: %w", err):
+					default:
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if s.cfg.Elector == nil {
+		s.setLeading(true)
+		goRun(func() { writer(ctx) })
+	} else {
 		goRun(func() {
-			if err := s.cfg.Source.Run(ctx, s.pub.offer); err != nil && ctx.Err() == nil {
-				s.mu.Lock()
-				s.srcErr = err
-				s.mu.Unlock()
-				errc <- fmt.Errorf("discovery source: %w", err)
+			err := s.cfg.Elector.Run(ctx, func(lctx context.Context) {
+				s.log.Info("leading: this replica publishes exports and holds the heartbeat")
+				s.setLeading(true)
+				writer(lctx)
+				s.setLeading(false)
+				s.pub.reset()
+				s.mr.clearLocal()
+				s.log.Info("no longer leading: another replica publishes")
+			})
+			if err != nil && ctx.Err() == nil {
+				select {
+				case errc <- fmt.Errorf("leader election: %w", err):
+				default:
+				}
 			}
 		})
 	}

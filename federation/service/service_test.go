@@ -284,3 +284,110 @@ func findMetric(t *testing.T, reg *prometheus.Registry, name string) prometheus.
 	g.Set(sum)
 	return g
 }
+
+// switchElector is a test elector: the test says who leads. (The production elector is
+// a Kubernetes Lease, tested against a real apiserver in discovery/kube.)
+type switchElector struct {
+	mu   sync.Mutex
+	lead bool
+	ch   chan struct{}
+}
+
+func newSwitchElector(lead bool) *switchElector {
+	return &switchElector{lead: lead, ch: make(chan struct{}, 1)}
+}
+
+func (e *switchElector) set(lead bool) {
+	e.mu.Lock()
+	e.lead = lead
+	e.mu.Unlock()
+	select {
+	case e.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (e *switchElector) Run(ctx context.Context, lead func(context.Context)) error {
+	for ctx.Err() == nil {
+		e.mu.Lock()
+		l := e.lead
+		e.mu.Unlock()
+		if !l {
+			select {
+			case <-ctx.Done():
+			case <-e.ch:
+			}
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { lead(lctx); close(done) }()
+		for {
+			select {
+			case <-ctx.Done():
+			case <-e.ch:
+				e.mu.Lock()
+				l = e.lead
+				e.mu.Unlock()
+				if l {
+					continue
+				}
+			}
+			break
+		}
+		cancel()
+		<-done
+	}
+	return nil
+}
+
+func TestOnlyTheLeaderPublishes(t *testing.T) {
+	f := newFed(t)
+	f.writeExports("west", echoTwoReady)
+	east := f.start("east", time.Minute)
+	start := func(e *switchElector) (*service.Service, *prometheus.Registry) {
+		reg := prometheus.NewRegistry()
+		svc, err := service.New(service.Config{Cluster: "west", Store: f.st, HeartbeatTTL: 30 * time.Second, StaleGrace: time.Minute,
+			Source:  &file.Source{Cluster: "west", Path: filepath.Join(f.dir, "west.yaml"), Interval: 10 * time.Millisecond},
+			Elector: e, Registry: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- svc.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return svc, reg
+	}
+	ea, eb := newSwitchElector(true), newSwitchElector(false)
+	a, regA := start(ea)
+	b, regB := start(eb)
+	waitfor.Cond(t, 10*time.Second, func() bool { return a.Ready() == nil && b.Ready() == nil }, "replicas ready")
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.ReadyEndpoints() == 2 }, "east sees west")
+	if !a.Leading() || b.Leading() {
+		t.Fatalf("leading: a=%v b=%v", a.Leading(), b.Leading())
+	}
+	if got := testutil.ToFloat64(counter(t, regB, "meshfed_federation_exports_published_total")); got != 0 {
+		t.Fatalf("the follower wrote %v records", got)
+	}
+	// The follower serves the same view (it mirrors etcd).
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		s := b.View().Services["demo/echo"]
+		return s != nil && s.Exporter("west") != nil && s.Exporter("west").ReadyEndpoints() == 2
+	}, "follower's view")
+
+	// Hand over: a stops writing, b takes over; content unchanged, so nothing is rewritten.
+	ea.set(false)
+	eb.set(true)
+	waitfor.Cond(t, 10*time.Second, func() bool { return b.Leading() && !a.Leading() && b.Ready() == nil }, "b leads")
+	// The new leader follows the source from now on.
+	f.writeExports("west", echoOneReady)
+	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.ReadyEndpoints() == 1 }, "b publishes the change")
+	if got := testutil.ToFloat64(counter(t, regA, "meshfed_federation_exports_published_total")); got != 1 {
+		t.Fatalf("the old leader wrote %v records; want only its first publication", got)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		s := a.View().Services["demo/echo"]
+		return s != nil && s.Exporter("west") != nil && s.Exporter("west").ReadyEndpoints() == 1
+	}, "the old leader's view follows etcd, not its stopped source")
+}
