@@ -135,7 +135,7 @@ func Dial(ctx context.Context, c Config) (*clientv3.Client, error) {
 		Context:     context.Background(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(c.Endpoints, ","), err)
+		return nil, fmt.Errorf("connect to etcd %s: %w (check --etcd-endpoints, that etcd is up, and its TLS: --etcd-cacert, --etcd-cert/--etcd-key)", strings.Join(c.Endpoints, ","), err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, dt)
 	defer cancel()
