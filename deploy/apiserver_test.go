@@ -382,7 +382,10 @@ func TestFederationRBACSuffices(t *testing.T) {
 		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "create", Resource: "configmaps"}, false},
 		{user, groups, authzv1.ResourceAttributes{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
+		// Leader election (on by default): its Lease in meshfed's namespace, nowhere else.
+		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Name: "meshfed-federation-east"}, true},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: "kube-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
 		{gwUser, gwGroups, authzv1.ResourceAttributes{Verb: "list", Resource: "services"}, false},
 		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "list", Group: "discovery.k8s.io", Resource: "endpointslices"}, false},
 		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "get", Resource: "secrets"}, false},

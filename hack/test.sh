@@ -7,4 +7,6 @@ if [ "${MESHFED_SKIP_KUBE:-0}" != 1 ] && [ -x hack/testbins/ensure.sh ]; then
   # ensure.sh prints `export VAR=...` lines naming the binaries it built or found cached.
   eval "$(hack/testbins/ensure.sh)"
 fi
+# helm, kustomize and promtool for the deploy/ tests (Go module proxy, built once, cached).
+eval "$(hack/tools/ensure.sh)"
 go test -race -timeout 14m ./...

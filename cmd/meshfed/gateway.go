@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
 	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/trust/expiry"
 )
 
 func init() { register(newGatewayCmd) }
@@ -201,8 +203,27 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 			return fmt.Errorf("--health-cert/--health-key: %w", err)
 		}
 		healthCert = &c
+	} else {
+		c, err := eastwest.SelfSignedHealthCert()
+		if err != nil {
+			return err
+		}
+		healthCert = &c
 	}
 	adm := admin.New(log)
+	// Seconds left on the certificates this process presents (a root or a health
+	// certificate must never expire unnoticed).
+	leaf := healthCert.Leaf
+	if leaf == nil {
+		leaf, _ = x509.ParseCertificate(healthCert.Certificate[0])
+	}
+	var certFiles []expiry.CertFile
+	if f.fedCert != "" {
+		certFiles = append(certFiles, expiry.CertFile{Name: "gateway-xds-client", Path: f.fedCert})
+	}
+	adm.Registry.MustRegister(expiry.NewCertCollector(func() map[string]*x509.Certificate {
+		return map[string]*x509.Certificate{"gateway-health": leaf}
+	}, certFiles...))
 	g, err := eastwest.New(eastwest.Config{
 		Cluster: f.cluster, Domain: f.domain,
 		HelloTimeout: f.helloTimeout, MaxHelloBytes: f.maxHelloBytes, IdleTimeout: f.idleTimeout,

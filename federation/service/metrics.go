@@ -15,6 +15,8 @@ type metrics struct {
 	watchUp        prometheus.Gauge
 	resyncs        prometheus.Counter
 	leader         prometheus.Gauge
+	clusterStale   *prometheus.GaugeVec
+	propagation    prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,12 +43,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while the etcd watch is established."}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshfed_federation_etcd_resyncs_total",
 			Help: "Full re-lists of the keyspace after etcd compacted past the watch."}),
+		clusterStale: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshfed_federation_cluster_stale",
+			Help: "1 for each other cluster whose heartbeat is gone while its exports are kept (grace running)."}, []string{"cluster"}),
+		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshfed_federation_propagation_seconds",
+			Help:    "Time from another cluster writing an export (its updatedAt) to this mirror receiving it; includes clock skew between the two clusters.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshfed_federation_leader",
 			Help: "1 while this replica publishes exports and holds the heartbeat (always 1 without --leader-elect)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.publishErrors, m.invalidRecords, m.services, m.staleClusters,
-			m.viewBuilds, m.viewBuildSecs, m.viewRevision, m.heartbeatUp, m.watchUp, m.resyncs, m.leader)
+			m.viewBuilds, m.viewBuildSecs, m.viewRevision, m.heartbeatUp, m.watchUp, m.resyncs, m.leader, m.clusterStale, m.propagation)
 	}
 	return m
 }

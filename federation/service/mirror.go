@@ -75,8 +75,19 @@ func (mr *mirror) Reset(kvs []store.KV, rev int64) {
 // Apply implements store.Handler.
 func (mr *mirror) Apply(evs []store.Event, rev int64) {
 	mr.mu.Lock()
+	now := time.Now()
 	for _, e := range evs {
 		mr.applyLocked(e)
+		// Only live events measure propagation: a full list brings old records too.
+		if !e.Delete {
+			if k, err := mr.ks.Parse(e.KV.Key); err == nil && k.Kind == records.KindExport && k.Cluster != mr.self {
+				if byC := mr.exports[imports.Key(k.Namespace, k.Name)]; byC != nil {
+					if v := byC[k.Cluster]; v != nil && v.UpdatedAt.After(now.Add(-time.Hour)) {
+						mr.m.propagation.Observe(now.Sub(v.UpdatedAt).Seconds())
+					}
+				}
+			}
+		}
 	}
 	mr.rev = rev
 	mr.mu.Unlock()

@@ -339,9 +339,11 @@ func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired
 		}
 	}
 	n := 0
+	s.m.clusterStale.Reset()
 	for c := range stale {
 		if !expired[c] {
 			n++
+			s.m.clusterStale.WithLabelValues(c).Set(1)
 		}
 	}
 	s.m.staleClusters.Set(float64(n))
