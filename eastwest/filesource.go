@@ -2,20 +2,16 @@ package eastwest
 
 import (
 	"context"
-	"crypto/sha256"
-	"fmt"
 	"log/slog"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/meshfed/meshfed/api/exports"
 )
 
-// FileSource is a RouteSource reading an exports file (YAML or JSON). It polls: a stat
-// every Interval, and a read and content hash when the file's identity (inode, size,
-// mtime) changed or every 30 polls. Polling the path (not watching an inode) follows
-// atomic renames and the symlink swaps Kubernetes does when it updates a mounted ConfigMap.
+// FileSource is a RouteSource reading an exports file (YAML or JSON) through the shared
+// exports.Watcher: it polls the path (a stat every Interval, a read and hash on change),
+// which follows atomic renames and the symlink swaps Kubernetes makes when it updates a
+// mounted ConfigMap.
 type FileSource struct {
 	Path     string
 	Interval time.Duration // default 1s
@@ -27,92 +23,28 @@ type FileSource struct {
 
 var _ RouteSource = (*FileSource)(nil)
 
-type fileID struct {
-	dev, ino uint64
-	size     int64
-	mtime    int64
-}
-
-func statID(path string) (fileID, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fileID{}, err
-	}
-	id := fileID{size: st.Size(), mtime: st.ModTime().UnixNano()}
-	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		id.dev, id.ino = uint64(s.Dev), uint64(s.Ino)
-	}
-	return id, nil
-}
-
-// Run implements RouteSource.
+// Run implements RouteSource. A bad file at start is an error; later, an invalid or
+// unreadable file is logged and the last good table stays in force.
 func (s *FileSource) Run(ctx context.Context, update func(*RouteTable)) error {
 	log := s.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	interval := s.Interval
-	if interval <= 0 {
-		interval = time.Second
-	}
-	load := func() (*RouteTable, [32]byte, error) {
-		data, err := os.ReadFile(s.Path)
-		if err != nil {
-			return nil, [32]byte{}, fmt.Errorf("read exports file: %w", err)
-		}
-		sum := sha256.Sum256(data)
-		f, err := exports.Parse(data)
-		if err != nil {
-			return nil, sum, fmt.Errorf("%s: %w", s.Path, err)
-		}
-		return TableFromExports(f, s.Path), sum, nil
-	}
-	id, _ := statID(s.Path)
-	t, sum, err := load()
-	if s.OnReload != nil {
-		s.OnReload(err)
-	}
-	if err != nil {
-		return err
-	}
-	update(t)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	polls := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-		polls++
-		nid, err := statID(s.Path)
-		if err != nil {
-			if nid != id {
-				log.Warn("exports file unreadable; keeping the last good route table", "path", s.Path, "err", err)
-				id = nid
-			}
-			continue
-		}
-		if nid == id && polls%30 != 0 {
-			continue
-		}
-		id = nid
-		t, nsum, err := load()
-		if nsum == sum && err == nil {
-			continue // touched but unchanged
-		}
+	first := true
+	w := &exports.Watcher{Path: s.Path, Interval: s.Interval}
+	err := w.Run(ctx, func(f *exports.File, err error) {
 		if s.OnReload != nil {
 			s.OnReload(err)
 		}
 		if err != nil {
-			if nsum != sum {
-				log.Error("exports file rejected; keeping the last good route table", "err", err)
-				sum = nsum
-			}
-			continue
+			log.Error("exports file rejected; keeping the last good route table", "path", s.Path, "err", err)
+			return
 		}
-		sum = nsum
-		update(t)
+		first = false
+		update(TableFromExports(f, s.Path))
+	})
+	if err != nil && first && s.OnReload != nil {
+		s.OnReload(err)
 	}
+	return err
 }

@@ -5,7 +5,6 @@
 package healthcheck
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -13,11 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshfed/meshfed/api/healthwire"
 	"github.com/meshfed/meshfed/api/names"
 )
 
 // MaxLine bounds the status line a checker reads.
-const MaxLine = 512
+const MaxLine = healthwire.MaxLine
 
 // Result is one probe's outcome.
 type Result struct {
@@ -60,11 +60,11 @@ func Probe(ctx context.Context, addr string, cfg *tls.Config) (Result, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	line, err := bufio.NewReaderSize(c, MaxLine).ReadSlice('\n')
+	line, err := healthwire.ReadLine(c)
 	if err != nil {
 		return Result{}, fmt.Errorf("health %s: read status line: %w", addr, err)
 	}
-	r := Parse(strings.TrimRight(string(line), "\r\n"))
+	r := Parse(line)
 	r.RTT = time.Since(start)
 	if !r.Healthy {
 		return r, fmt.Errorf("health %s: %w: %s", addr, ErrUnhealthy, r.Line)
@@ -72,19 +72,18 @@ func Probe(ctx context.Context, addr string, cfg *tls.Config) (Result, error) {
 	return r, nil
 }
 
-// Parse reads a status line ("ok cluster=east service_ports=2 ...").
+// Parse reads a status line ("ok cluster=east service_ports=2 ...") by the shared wire
+// format (api/healthwire); a malformed line is not healthy.
 func Parse(line string) Result {
+	line = strings.TrimRight(line, "\r\n")
 	r := Result{Line: line, Fields: map[string]string{}}
-	words := strings.Fields(line)
-	if len(words) == 0 {
+	l, err := healthwire.ParseLine(line)
+	if err != nil {
 		return r
 	}
-	r.Status = words[0]
-	r.Healthy = r.Status == "ok"
-	for _, w := range words[1:] {
-		if k, v, ok := strings.Cut(w, "="); ok {
-			r.Fields[k] = v
-		}
+	r.Status, r.Healthy = l.Word, l.Word == "ok"
+	for k, v := range l.Fields {
+		r.Fields[k] = v
 	}
 	return r
 }

@@ -1,7 +1,6 @@
 package health
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,11 +13,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshfed/meshfed/api/healthwire"
 	"github.com/meshfed/meshfed/api/names"
 )
 
 // MaxStatusLine bounds what a probe reads from a gateway (its line is ~100 bytes).
-const MaxStatusLine = 512
+const MaxStatusLine = healthwire.MaxLine
+
+// Line is a parsed status line (api/healthwire).
+type Line = healthwire.Line
 
 // Result labels of one probe (metrics label "result").
 const (
@@ -44,55 +47,6 @@ type Outcome struct {
 	Line   Line   // the parsed status line, when one was read
 	Err    error
 	RTT    time.Duration
-}
-
-// Line is a parsed health line: `<word> key=value ...`, e.g.
-// "ok cluster=west service_ports=3 ready_endpoints=7 open_connections=12".
-type Line struct {
-	Word   string
-	Fields map[string]string
-}
-
-// ParseLine parses one status line (without or with its trailing newline). The first
-// word is the status; the rest are key=value pairs (docs/eastwest.md), unknown keys and
-// tokens that are not key=value ignored, so that a newer gateway never fails an older
-// checker. Only non-printable bytes make the line bad.
-func ParseLine(line string) (Line, error) {
-	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-	if len(line) > MaxStatusLine {
-		return Line{}, fmt.Errorf("status line is %d bytes, over %d", len(line), MaxStatusLine)
-	}
-	toks := strings.Fields(line)
-	if len(toks) == 0 {
-		return Line{}, errors.New("empty status line")
-	}
-	st := Line{Word: toks[0]}
-	if !printableToken(st.Word) {
-		return Line{}, fmt.Errorf("status word %q is not printable ASCII", st.Word)
-	}
-	for _, t := range toks[1:] {
-		if !printableToken(t) {
-			return Line{}, fmt.Errorf("status field %q is not printable ASCII", t)
-		}
-		k, v, ok := strings.Cut(t, "=")
-		if !ok || k == "" {
-			continue // not key=value: ignored, like unknown keys (only the status word decides)
-		}
-		if st.Fields == nil {
-			st.Fields = make(map[string]string, len(toks)-1)
-		}
-		st.Fields[k] = v
-	}
-	return st, nil
-}
-
-func printableToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // Probe checks one gateway address of cluster: TCP connect, TLS with SNI
@@ -138,11 +92,11 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 		}
 		return out
 	}
-	line, err := readLine(tc)
+	line, err := healthwire.ReadLine(tc)
 	if err != nil {
 		return classify(ctx, fmt.Errorf("read status line from %s: %w", addr, err))
 	}
-	st, err := ParseLine(line)
+	st, err := healthwire.ParseLine(line)
 	if err != nil {
 		return Outcome{Result: ResultBadLine, Err: fmt.Errorf("%s: %w", addr, err)}
 	}
@@ -179,21 +133,6 @@ func verifyChain(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) err
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 		return err
 	}
-}
-
-func readLine(r io.Reader) (string, error) {
-	br := bufio.NewReaderSize(io.LimitReader(r, MaxStatusLine+1), MaxStatusLine+1)
-	line, err := br.ReadString('\n')
-	if err == nil {
-		return line, nil
-	}
-	if errors.Is(err, io.EOF) && line != "" && len(line) <= MaxStatusLine {
-		return line, nil // close_notify right after an unterminated line
-	}
-	if len(line) > MaxStatusLine {
-		return "", fmt.Errorf("no newline in the first %d bytes", MaxStatusLine)
-	}
-	return "", err
 }
 
 // classify sorts a failure: refused and reset are definitive (hard), the rest counts

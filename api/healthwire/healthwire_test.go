@@ -1,0 +1,69 @@
+package healthwire
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseLine(t *testing.T) {
+	good := map[string]Line{
+		"ok\n":                          {Word: "ok"},
+		"ok cluster=west ready=3\r\n":   {Word: "ok", Fields: map[string]string{"cluster": "west", "ready": "3"}},
+		"draining cluster=west":         {Word: "draining", Fields: map[string]string{"cluster": "west"}},
+		"not-ready   cluster=a  x=\n":   {Word: "not-ready", Fields: map[string]string{"cluster": "a", "x": ""}},
+		"ok future_field=1 cluster=c\n": {Word: "ok", Fields: map[string]string{"future_field": "1", "cluster": "c"}},
+		"ok cluster":                    {Word: "ok"},
+		"ok =x free text a=b":           {Word: "ok", Fields: map[string]string{"a": "b"}},
+	}
+	for in, want := range good {
+		got, err := ParseLine(in)
+		if err != nil || got.Word != want.Word || len(got.Fields) != len(want.Fields) {
+			t.Errorf("ParseLine(%q) = %+v, %v; want %+v", in, got, err, want)
+			continue
+		}
+		for k, v := range want.Fields {
+			if got.Fields[k] != v {
+				t.Errorf("ParseLine(%q) field %s = %q, want %q", in, k, got.Fields[k], v)
+			}
+		}
+	}
+	for _, in := range []string{"", "\n", "   ", "ok\x00", strings.Repeat("a", MaxLine+1), "ok a=\x01", "\xffok"} {
+		if got, err := ParseLine(in); err == nil {
+			t.Errorf("ParseLine(%q) = %+v, want an error", in, got)
+		}
+	}
+}
+
+func FuzzParseLine(f *testing.F) {
+	for _, s := range []string{
+		"ok cluster=west service_ports=3 ready_endpoints=7 open_connections=12\n",
+		"draining cluster=west service_ports=0 ready_endpoints=0 open_connections=1\n",
+		"not-ready cluster=x\n", "ok\n", "", "ok a", "ok =", "ok a==b\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := ParseLine(s)
+		if err != nil {
+			return
+		}
+		if l.Word == "" || !printableToken(l.Word) {
+			t.Fatalf("accepted word %q", l.Word)
+		}
+		for k, v := range l.Fields {
+			if k == "" || !printableToken(k) || !printableToken(v) {
+				t.Fatalf("accepted field %q=%q", k, v)
+			}
+		}
+		// Reformatting an accepted line parses to the same thing.
+		var b strings.Builder
+		b.WriteString(l.Word)
+		for k, v := range l.Fields {
+			b.WriteString(" " + k + "=" + v)
+		}
+		l2, err := ParseLine(b.String())
+		if err != nil || l2.Word != l.Word || len(l2.Fields) != len(l.Fields) {
+			t.Fatalf("round trip of %q: %+v %v", s, l2, err)
+		}
+	})
+}
