@@ -36,7 +36,7 @@ type Config struct {
 	// Elector, when set, lets several replicas of one cluster's federation run safely:
 	// every replica mirrors etcd and serves the view (and so xDS), but only the leader
 	// runs the discovery source, publishes exports and holds the heartbeat.
-	Elector Elector
+	Elector  Elector
 	Log      *slog.Logger
 	Registry prometheus.Registerer
 }
