@@ -15,6 +15,8 @@ type metrics struct {
 	publishBlock prometheus.Gauge
 	outputErrors *prometheus.CounterVec
 	acks         prometheus.Counter
+	// rotationPhase: unix time the running rotation job of a trust domain entered its phase.
+	rotationPhase *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, set func() *trust.Set) *metrics {
@@ -33,9 +35,12 @@ func newMetrics(reg prometheus.Registerer, set func() *trust.Set) *metrics {
 			Name: "meshfed_trust_output_errors_total", Help: "Failed writes of the federated set, by output (files, configmap, subscriber)."}, []string{"output"}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshfed_trust_acks_total", Help: "Acks written (a bundle sequence written out to every output)."}),
+		rotationPhase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshfed_trust_rotation_phase_entered_timestamp_seconds",
+			Help: "Unix time the running root rotation job of a trust domain entered its phase (one series per running job; none when no job runs)."}, []string{"trust_domain", "phase"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.bundles, m.sequence, m.rejected, m.publishes, m.publishBlock, m.outputErrors, m.acks,
+		reg.MustRegister(m.bundles, m.sequence, m.rejected, m.publishes, m.publishBlock, m.outputErrors, m.acks, m.rotationPhase,
 			expiry.NewRootCollector(set))
 	}
 	return m

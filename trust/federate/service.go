@@ -49,6 +49,8 @@ type Service struct {
 	mirror *mirror
 	ep     *endpointServer
 	syncer *store.Syncer
+	// rotSyncer watches rotations/ for the rotation phase metric.
+	rotSyncer *store.Syncer
 
 	mu       sync.Mutex
 	current  *trust.Set
@@ -95,6 +97,7 @@ func New(cfg Config) (*Service, error) {
 		s.ep = ep
 	}
 	s.syncer = cfg.Store.NewSyncer(cfg.Store.KS.Family("bundles"), s.mirror)
+	s.rotSyncer = cfg.Store.NewSyncer(cfg.Store.KS.Family(records.KindRotation), newRotationWatch(s))
 	return s, nil
 }
 
@@ -102,6 +105,7 @@ func New(cfg Config) (*Service, error) {
 func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.syncer.Run(ctx) })
+	g.Go(func() error { return s.rotSyncer.Run(ctx) })
 	g.Go(func() error { return s.runOutputs(ctx) })
 	if s.pub != nil {
 		g.Go(func() error { return s.pub.run(ctx) })
