@@ -41,6 +41,7 @@ var allOnValues = map[string]any{
 	"federation": map[string]any{
 		"leaderElection": map[string]any{"enabled": true},
 		"extraArgs":      []any{"--heartbeat-ttl=15s"},
+		"xdsTLS":         map[string]any{"secretName": "meshfed-federation-xds-tls"},
 	},
 	"trust": map[string]any{"enabled": true, "bundleSource": "workload:/run/spire/sockets/agent.sock",
 		"configMap": map[string]any{"enabled": true}},
@@ -48,6 +49,7 @@ var allOnValues = map[string]any{
 		"federationAddress": "meshfed-federation:15010",
 		"routes":            "federation",
 		"healthCertSecret":  "meshfed-gateway-health",
+		"federationTLS":     map[string]any{"secretName": "meshfed-gateway-xds-client", "serverName": "meshfed-federation.meshfed.svc"},
 		"service":           map[string]any{"loadBalancerSourceRanges": []any{"192.0.2.0/24"}},
 	},
 	"rotation":         map[string]any{"enabled": true},
@@ -598,6 +600,8 @@ func TestHelmRejectsBadValues(t *testing.T) {
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "gateway": map[string]any{"drainTimeout": "1m"}}, "/gateway/drainTimeout"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "gateway": map[string]any{"replica": 3}}, "replica"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "trust": map[string]any{"enabled": true}}, "trust.bundleSource is required"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "federation": map[string]any{"xdsTLS": map[string]any{"secretName": "x"}}}, "gateway.federationTLS.secretName is required"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "federation": map[string]any{"xdsTLS": map[string]any{"secretName": "Bad_Name"}}}, "/federation/xdsTLS/secretName"},
 	}
 	for _, c := range cases {
 		_, err := helmTemplate(t, c.values)

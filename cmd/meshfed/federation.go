@@ -60,6 +60,8 @@ heartbeat expires is marked stale; its exports stay for --stale-grace, then leav
 
 xDS (for this cluster's Envoys, proxyless gRPC clients and east-west gateway):
   --xds-listen      ADS listener (default 127.0.0.1:15010); see docs/xds.md for bootstraps
+  --xds-tls-cert/--xds-tls-key   serve it over TLS (required in practice beyond loopback)
+  --xds-tls-client-ca            and require client certificates from this CA (mTLS)
 
 ` + trustFlagsHelp + `
 
@@ -72,6 +74,10 @@ Examples:
     --etcd-endpoints https://etcd-0.example:2379,https://etcd-1.example:2379 \
     --etcd-cacert ca.pem --etcd-cert east.pem --etcd-key east-key.pem \
     --etcd-user meshfed-cluster-east --etcd-password "$(jq -r .password east-creds.json)"
+
+  # xDS for the pods of the cluster, over mTLS
+  meshfed federation --cluster east --kubeconfig in-cluster --xds-listen :15010 \
+    --xds-tls-cert /tls/tls.crt --xds-tls-key /tls/tls.key --xds-tls-client-ca /tls/ca.crt
 
   # What this cluster imports
   curl -s 127.0.0.1:15001/debug/imports | jq .
@@ -149,6 +155,13 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		return err
 	}
 	log := slog.Default().With("cluster", f.cluster)
+	xdsTLS, err := f.xds.serverTLS()
+	if err != nil {
+		return err
+	}
+	if xdsTLS == nil && !loopbackListen(f.xds.listen) {
+		log.Warn("xDS is served in plaintext beyond loopback: anyone who reaches it reads every route and endpoint; add --xds-tls-cert/--xds-tls-key (and --xds-tls-client-ca for mTLS)", "xds_listen", f.xds.listen)
+	}
 	st, cli, err := f.etcd.open(ctx, log)
 	if err != nil {
 		return err
@@ -172,6 +185,9 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	if f.etcd.cert != "" {
 		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "etcd-client", Path: f.etcd.cert}))
 	}
+	if f.xds.tlsCert != "" {
+		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "xds-server", Path: f.xds.tlsCert}))
+	}
 	var elector service.Elector
 	if f.leaderElect {
 		lease := f.leaderLease
@@ -187,7 +203,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	}
 	ag, err := agent.New(agent.Config{
 		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
-		XDS:    xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance},
+		XDS:    xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance, ServerTLS: xdsTLS},
 		Health: health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
 		Trust:  tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
 	})

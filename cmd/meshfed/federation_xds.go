@@ -1,6 +1,9 @@
 package main
 
 import (
+	"crypto/tls"
+	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -15,6 +18,7 @@ type xdsFlags struct {
 	minReassign                   time.Duration
 	healthInterval, healthTimeout time.Duration
 	certInstance                  string
+	tlsCert, tlsKey, tlsClientCA  string
 }
 
 func addXDSFlags(fl *pflag.FlagSet, f *xdsFlags) {
@@ -23,6 +27,21 @@ func addXDSFlags(fl *pflag.FlagSet, f *xdsFlags) {
 	fl.DurationVar(&f.healthInterval, "health-interval", time.Second, "interval between health checks of each remote gateway address")
 	fl.DurationVar(&f.healthTimeout, "health-timeout", 500*time.Millisecond, "timeout of one gateway health check (connect, TLS, status line)")
 	fl.StringVar(&f.certInstance, "xds-cert-provider-instance", xds.DefaultCertProviderInstance, "certificate provider instance that proxyless gRPC bootstraps define")
+	fl.StringVar(&f.tlsCert, "xds-tls-cert", "", "serve xDS over TLS with this certificate chain (PEM; read again at every handshake); needed when --xds-listen is not loopback")
+	fl.StringVar(&f.tlsKey, "xds-tls-key", "", "private key (PEM) of --xds-tls-cert")
+	fl.StringVar(&f.tlsClientCA, "xds-tls-client-ca", "", "with --xds-tls-cert: require every xDS client to present a certificate chaining to this PEM bundle (mTLS)")
+}
+
+// serverTLS is the xDS listener's TLS configuration (nil: plaintext).
+func (f *xdsFlags) serverTLS() (*tls.Config, error) {
+	if f.tlsCert == "" && f.tlsKey == "" {
+		return nil, nil
+	}
+	tc, err := xds.TLSFiles{Cert: f.tlsCert, Key: f.tlsKey, ClientCA: f.tlsClientCA}.ServerConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--xds-tls-cert/--xds-tls-key/--xds-tls-client-ca: %w", err)
+	}
+	return tc, nil
 }
 
 func (f *xdsFlags) validate() error {
@@ -37,5 +56,25 @@ func (f *xdsFlags) validate() error {
 	if f.healthTimeout <= 0 || f.healthTimeout > f.healthInterval {
 		errs.Add("--health-timeout", "%v: positive and at most --health-interval", f.healthTimeout)
 	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		errs.Add("--xds-tls-cert", "give --xds-tls-cert and --xds-tls-key together (or neither, for plaintext on loopback)")
+	}
+	if f.tlsClientCA != "" && f.tlsCert == "" {
+		errs.Add("--xds-tls-client-ca", "mTLS needs the server side too: add --xds-tls-cert and --xds-tls-key")
+	}
 	return errs.Err()
+}
+
+// loopbackListen reports whether a listen address binds loopback only (":port" and
+// "0.0.0.0:port" bind every address).
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

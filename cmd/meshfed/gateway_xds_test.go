@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -24,12 +25,14 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/trust/devca"
 )
 
 func TestGatewayRouteSourceFlags(t *testing.T) {
@@ -208,9 +211,38 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	write("")
 	xdsAddr, gwAddr := freeAddr(t), freeAddr(t)
 
+	// The xDS link runs over mTLS, with SVIDs of a development CA: the federation's server
+	// certificate is checked by SPIFFE ID, the gateway's client certificate by the CA.
+	ca, err := devca.Init(filepath.Join(dir, "ca"), "east.test", devca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := func(id, name string) (string, string) {
+		s, err := ca.Issue(devca.IssueRequest{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, key := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+		if err := s.WriteFiles(cert, key); err != nil {
+			t.Fatal(err)
+		}
+		return cert, key
+	}
+	fedCert, fedKey := svid("spiffe://east.test/meshfed/federation", "federation")
+	gwCert, gwKey := svid("spiffe://east.test/meshfed/gateway", "gateway")
+	caFile := filepath.Join(dir, "ca.pem")
+	roots, err := ca.Roots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: roots[0].Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	fed := newFederationCmd()
 	fed.SetArgs([]string{"--cluster", "east", "--exports", exports, "--exports-poll-interval", "50ms", "--etcd-endpoints", strings.Join(etcd.Clients, ","),
-		"--admin", "127.0.0.1:0", "--xds-listen", xdsAddr})
+		"--admin", "127.0.0.1:0", "--xds-listen", xdsAddr,
+		"--xds-tls-cert", fedCert, "--xds-tls-key", fedKey, "--xds-tls-client-ca", caFile})
 	fctx, cancelFed := context.WithCancel(context.Background())
 	fdone := make(chan error, 1)
 	go func() { fdone <- fed.ExecuteContext(fctx) }()
@@ -223,7 +255,8 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	t.Cleanup(func() { _ = stopFed() })
 
 	gw := newGatewayCmd()
-	gw.SetArgs([]string{"--cluster", "east", "--listen", gwAddr, "--admin", "127.0.0.1:0", "--federation", xdsAddr, "--drain-timeout", "1s"})
+	gw.SetArgs([]string{"--cluster", "east", "--listen", gwAddr, "--admin", "127.0.0.1:0", "--federation", xdsAddr, "--drain-timeout", "1s",
+		"--federation-ca", caFile, "--federation-cert", gwCert, "--federation-key", gwKey, "--federation-server-name", "spiffe://east.test/meshfed/federation"})
 	gctx, stopGW := context.WithCancel(context.Background())
 	gdone := make(chan error, 1)
 	go func() { gdone <- gw.ExecuteContext(gctx) }()
@@ -253,6 +286,32 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	}
 	if got := callThrough(); got != "east echo-0: hi" {
 		t.Fatalf("call through the gateway: %q", got)
+	}
+
+	// The xDS listener refuses a client without a certificate, and plaintext.
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		c, err := tls.Dial("tcp", xdsAddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1)) // TLS 1.3: the server's verdict on the client comes after the handshake
+		return err != nil && strings.Contains(err.Error(), "certificate required")
+	}, "the xDS listener requires a client certificate")
+	pc, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer pcancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(pc).StreamAggregatedResources(pctx)
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if err == nil {
+		t.Fatal("a plaintext xDS client got an answer from the TLS listener")
 	}
 
 	write("  - {name: late, namespace: demo, ports: [{port: 7443, targetPort: " + port + "}], endpoints: [{address: " + host + "}]}\n")
