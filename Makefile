@@ -4,12 +4,18 @@ BIN     := bin/meshfed
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.Version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint docs clean
+.PHONY: all build image run test test-short bench fuzz lint docs clean
 
 all: build
 
+# Static (CGO_ENABLED=0), as in the image: the binary runs on any Linux, without libc.
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/meshfed
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/meshfed
+
+## image: the container image (Dockerfile; needs a Docker engine)
+IMAGE ?= meshfed/meshfed:$(VERSION)
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 ## run: the local federation demo (embedded etcd, three simulated clusters, a failover drill)
 run: build

@@ -286,8 +286,9 @@ func meshfedBinary(t *testing.T) string {
 		meshfedPath = filepath.Join(dir, "meshfed")
 		cmd := exec.Command("go", "build", "-o", meshfedPath, "./cmd/meshfed")
 		cmd.Dir = repoRoot
-		// -race from `make test` would only slow this build down.
-		cmd.Env = append(os.Environ(), "GOFLAGS=")
+		// -race from `make test` would only slow this build down. CGO_ENABLED=0 as in
+		// `make build` and the Dockerfile: this is the binary the image ships.
+		cmd.Env = append(os.Environ(), "GOFLAGS=", "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			meshfedErr = fmt.Errorf("go build ./cmd/meshfed: %w\n%s", err, out)
 		}
