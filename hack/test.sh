@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
 # make test: builds (or reuses) the binaries the Kubernetes tier needs, then runs the whole
-# suite with the race detector. MESHFED_SKIP_KUBE=1 skips the kube-apiserver tier.
+# suite with the race detector. MESHFED_SKIP_KUBE=1 skips the kube-apiserver tier;
+# MESHFED_SPIRE=1 builds spire-server for the SPIRE interop test (long: see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${MESHFED_SKIP_KUBE:-0}" != 1 ] && [ -x hack/testbins/ensure.sh ]; then
   # ensure.sh prints `export VAR=...` lines naming the binaries it built or found cached.
   eval "$(hack/testbins/ensure.sh)"
+fi
+# spire-server, the trust interop test's peer: its cold build is far too long for every
+# `make test` (hack/testbins/spire/ensure.sh), so it is used when cached and built only with
+# MESHFED_SPIRE=1; otherwise TestSPIREInterop skips, and says so here.
+if [ "${MESHFED_SPIRE:-0}" = 1 ]; then
+  eval "$(hack/testbins/spire/ensure.sh)"
+else
+  spire="$(hack/testbins/spire/ensure.sh --cached-only)"
+  if [ -n "$spire" ]; then
+    eval "$spire"
+  else
+    echo "make test: spire-server not cached, TestSPIREInterop will skip (MESHFED_SPIRE=1 make test builds it)" >&2
+  fi
 fi
 # helm, kustomize and promtool for the deploy/ tests (Go module proxy, built once, cached).
 eval "$(hack/tools/ensure.sh)"

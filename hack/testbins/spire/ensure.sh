@@ -2,7 +2,8 @@
 # Builds spire-server (SPIRE v1.13.3, the reference SPIFFE peer of the trust interop test)
 # when it is not cached, and prints the shell line that points tests at it:
 #
-#   eval "$(hack/testbins/spire/ensure.sh)"   # sets MESHFED_SPIRE_SERVER
+#   eval "$(hack/testbins/spire/ensure.sh)"                 # sets MESHFED_SPIRE_SERVER
+#   eval "$(hack/testbins/spire/ensure.sh --cached-only)"   # the same, only if built already
 #
 # Only `export ...` lines go to stdout; every message goes to stderr. SPIRE is a separate
 # module tree (cloud SDKs, its own k8s.io versions), so it builds in this wrapper module, never
@@ -21,6 +22,12 @@ key="$(cat go.mod go.sum | sha256sum | cut -c1-16)"
 root="${MESHFED_TESTBINS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed-testbins}"
 dir="$root/spire-$key"
 bin="$dir/spire-server"
+
+# --cached-only: print the line only when the binary is already built; never build.
+if [ "${1:-}" = --cached-only ]; then
+  [ -x "$bin" ] && echo "export MESHFED_SPIRE_SERVER=$bin"
+  exit 0
+fi
 
 if [ ! -x "$bin" ]; then
   mkdir -p "$dir"
