@@ -49,6 +49,12 @@ func localView(rev int64, eps ...records.Endpoint) *imports.View {
 
 func startServer(t *testing.T, first *imports.View) (*xds.Server, *xds.Feed, *prometheus.Registry) {
 	t.Helper()
+	return startServerWith(t, first, xds.Options{Listen: "127.0.0.1:0"})
+}
+
+// startServerWith runs east's xDS server with opts, fed first.
+func startServerWith(t *testing.T, first *imports.View, opts xds.Options) (*xds.Server, *xds.Feed, *prometheus.Registry) {
+	t.Helper()
 	log := testLogger(t)
 	reg := prometheus.NewRegistry()
 	hc, err := health.New(health.Options{}, log, reg)
@@ -56,7 +62,7 @@ func startServer(t *testing.T, first *imports.View) (*xds.Server, *xds.Feed, *pr
 		t.Fatal(err)
 	}
 	feed := xds.NewFeed()
-	s, err := xds.New("east", feed.C(), hc, log, reg, xds.Options{Listen: "127.0.0.1:0"})
+	s, err := xds.New("east", feed.C(), hc, log, reg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

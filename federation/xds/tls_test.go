@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
@@ -15,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/xds"
@@ -56,26 +52,7 @@ func TestXDSOverMTLS(t *testing.T) {
 	if _, err := (xds.TLSFiles{Cert: srvCert, Key: filepath.Join(dir, "nope.pem")}).ServerConfig(); err == nil {
 		t.Fatal("a missing key file was accepted at start")
 	}
-	log := testLogger(t)
-	reg := prometheus.NewRegistry()
-	hc, err := health.New(health.Options{}, log, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	feed := xds.NewFeed()
-	s, err := xds.New("east", feed.C(), hc, log, reg, xds.Options{Listen: "127.0.0.1:0", ServerTLS: tc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	feed.Send(oneLocalService(t, wl.addr))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = hc.Run(ctx) }()
-	go func() { _ = s.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s, _, _ := startServerWith(t, oneLocalService(t, wl.addr), xds.Options{Listen: "127.0.0.1:0", ServerTLS: tc})
 	_, port, _ := net.SplitHostPort(s.Addr())
 
 	boot := func(creds map[string]any) []byte {
