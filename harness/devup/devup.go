@@ -202,7 +202,11 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	t1 := time.Now()
-	s.say("Cordon lifted; west is eligible again (the planner re-adds it after its %v damping).", o.MinReassign)
+	if o.DrillFor >= o.MinReassign {
+		s.say("Cordon lifted; west is eligible again (the planner makes at most one reassignment per %v, and the last one was the cordon, %v ago: it moves back at once).", o.MinReassign, o.DrillFor)
+	} else {
+		s.say("Cordon lifted; west is eligible again (the planner makes at most one reassignment per %v: it moves back when that has passed since the cordon).", o.MinReassign)
+	}
 	back, errs := cl.waitBack(ctx, s, tdCluster, "west", t1, o.MinReassign+15*time.Second)
 	s.say("Drill result: traffic left west %s after the cordon, came back %s after the lift; %d failed calls.", away, back, errs)
 
