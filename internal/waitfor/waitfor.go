@@ -1,4 +1,3 @@
-// Package waitfor is how tests wait: on a condition with a deadline, never on a sleep.
 package waitfor
 
 import (
