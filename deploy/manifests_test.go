@@ -462,7 +462,9 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	}{
 		{"example", "overlays/example", nil, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
 		{"all-components", "overlays/all-components", map[string]any{
-			"federation":    map[string]any{"leaderElection": map[string]any{"enabled": true}},
+			"federation": map[string]any{"leaderElection": map[string]any{"enabled": true},
+				"xdsTLS": map[string]any{"secretName": "meshfed-federation-xds-tls"}},
+			"gateway":       map[string]any{"federationTLS": map[string]any{"secretName": "meshfed-gateway-xds-client"}},
 			"rotation":      map[string]any{"enabled": true},
 			"networkPolicy": map[string]any{"enabled": true},
 		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
