@@ -21,6 +21,7 @@ import (
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/peerchain"
 )
 
 // Drill defaults.
@@ -567,7 +568,7 @@ func drillTLS(r *DrillRequest) (*tls.Config, error) {
 		// Verify the chain only: workload certificates are SPIFFE SVIDs (URI SAN) and the
 		// SNI is a routing name, not the workload's host name.
 		cfg.InsecureSkipVerify = true //nolint:gosec // chain verified below
-		cfg.VerifyPeerCertificate = verifyChainOnly(pool)
+		cfg.VerifyPeerCertificate = peerchain.Verify(pool)
 	} else {
 		// Documented: without --tls-ca the drill measures routing, not authentication.
 		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
@@ -580,26 +581,4 @@ func drillTLS(r *DrillRequest) (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{kp}
 	}
 	return cfg, nil
-}
-
-func verifyChainOnly(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
-	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("workload sent no certificate")
-		}
-		certs := make([]*x509.Certificate, 0, len(raw))
-		for _, b := range raw {
-			c, err := x509.ParseCertificate(b)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-		return err
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/healthwire"
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/internal/peerchain"
 )
 
 // MaxStatusLine bounds what a probe reads from a gateway (its line is ~100 bytes).
@@ -82,7 +83,7 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
 	} else {
 		cfg.InsecureSkipVerify = true //nolint:gosec // verified below, without a host name
-		cfg.VerifyPeerCertificate = verifyChain(roots)
+		cfg.VerifyPeerCertificate = peerchain.Verify(roots)
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -108,31 +109,6 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 		return Outcome{Hard: true, Result: ResultStatus, Line: st, Err: fmt.Errorf("%s says %q", addr, st.Word)}
 	}
 	return Outcome{OK: true, Result: ResultOK, Line: st}
-}
-
-// verifyChain checks the gateway's chain against roots, without a host name: the health
-// certificate may be an SVID (URI SAN only), and the roots are this one cluster's.
-func verifyChain(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
-	return func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-		if len(rawCerts) == 0 {
-			return errors.New("no certificate")
-		}
-		certs := make([]*x509.Certificate, 0, len(rawCerts))
-		for _, r := range rawCerts {
-			c, err := x509.ParseCertificate(r)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-		return err
-	}
 }
 
 // classify sorts a failure: refused and reset are definitive (hard), the rest counts
