@@ -97,6 +97,7 @@ type sotwClient struct {
 	node   *corev3.Node
 	stream discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 	sent   bool
+	got    map[string]int // responses received, by type
 }
 
 func newSotw(t *testing.T, ads discoverygrpc.AggregatedDiscoveryServiceClient, node *corev3.Node) *sotwClient {
@@ -106,7 +107,7 @@ func newSotw(t *testing.T, ads discoverygrpc.AggregatedDiscoveryServiceClient, n
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &sotwClient{t: t, node: node, stream: st}
+	return &sotwClient{t: t, node: node, stream: st, got: map[string]int{}}
 }
 
 func (c *sotwClient) subscribe(typeURL string, names ...string) {
@@ -132,6 +133,7 @@ func (c *sotwClient) recv(typeURL string, names ...string) *discoverygrpc.Discov
 		if err := c.stream.Send(ack); err != nil {
 			c.t.Fatal(err)
 		}
+		c.got[resp.TypeUrl]++
 		if resp.TypeUrl == typeURL {
 			return resp
 		}
@@ -223,11 +225,15 @@ func TestGatewayContract(t *testing.T) {
 		t.Fatalf("after a content-only change: %q", got)
 	}
 
-	// Unexport: the cluster disappears from the gateway's (full-state) CDS.
+	// Unexport: the cluster disappears from the gateway's (full-state) CDS. Endpoint
+	// changes pushed EDS only: this is the second CDS response the gateway sees.
 	feed.Send(localView(4))
 	resp = gw.recv(resourcev3.ClusterType)
 	if len(resp.Resources) != 0 {
 		t.Fatalf("unexported service still routed: %d clusters", len(resp.Resources))
+	}
+	if n := gw.got[resourcev3.ClusterType]; n != 2 {
+		t.Fatalf("gateway got %d CDS responses, want 2 (endpoint changes must not push CDS)", n)
 	}
 }
 

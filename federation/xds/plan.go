@@ -39,6 +39,7 @@ type job struct {
 	tlsKey     string
 	inExp      *records.Export // this cluster's export, for the gateway
 	inbound    bool            // (re)build the gateway's resources
+	inPrev     []uint32        // inbound ports already served (their CDS stands)
 	inRegion   string
 	resources  []built
 	clas       []builtCLA
@@ -232,6 +233,7 @@ func (s *Server) decide(in *planner.Input, j *job, region string, b batch) {
 	// revision and times may not be set.
 	j.inbound = !sameExport(st.inExp, j.inExp) || region != st.inRegion
 	j.inRegion = region
+	j.inPrev = st.inbound // collect replaces st.inbound, never edits it in place
 }
 
 // build makes the job's resources; it reads only the job and immutable server fields.
@@ -266,8 +268,12 @@ func (s *Server) build(j *job, bld *builder) {
 	if j.inbound && j.inExp != nil {
 		for _, p := range j.inExp.Ports {
 			name := names.InboundClusterName(svc.Namespace, svc.Name, uint32(p.Port), s.opts.Domain)
-			c, err := buildInboundCluster(name)
-			j.resources = append(j.resources, built{keyGwCDS, name, "cds", c, err})
+			// The inbound cluster depends on its name alone: set it once, so a readiness
+			// change pushes EDS to the gateways and not a CDS equal to the last one.
+			if !slices.Contains(j.inPrev, uint32(p.Port)) {
+				c, err := buildInboundCluster(name)
+				j.resources = append(j.resources, built{keyGwCDS, name, "cds", c, err})
+			}
 			e, err := buildInboundCLA(name, s.cluster, j.inRegion, j.inExp, p)
 			j.resources = append(j.resources, built{keyGwEDS, name, "eds", e, err})
 		}
