@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,12 +224,17 @@ func sa(name string) (string, []string) {
 // (impersonated): exporting a Service (including ServiceExport status) and importing a
 // remote one (create, then delete) must work under the rules, and a set of things the
 // federation service and the gateway must never do are denied by the apiserver.
+var rbacRuns atomic.Int64
+
 func TestFederationRBACSuffices(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kube-apiserver")
 	}
 	api := sharedAPIServer(t)
 	ctx := context.Background()
+	// The apiserver outlives a run (-count=N) and has no namespace controller to finish a
+	// deletion: each run uses a namespace of its own.
+	ns := fmt.Sprintf("demo-%d", rbacRuns.Add(1))
 	a := newApplier(t, api.Config)
 	objs, err := helmTemplate(t, minimalValues)
 	if err != nil {
@@ -259,25 +265,25 @@ func TestFederationRBACSuffices(t *testing.T) {
 	}
 
 	// What the federation service reads: a Service with a ready endpoint, exported.
-	if _, err := admin.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
+	if _, err := admin.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.Kube.CoreV1().Services("demo").Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo"},
+	if _, err := admin.Kube.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "echo"},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tls", Port: 8443, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(9443)}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	ready, name, port, proto := true, "tls", int32(9443), corev1.ProtocolTCP
-	if _, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: "demo", Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+	if _, err := admin.Kube.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.MCS.MulticlusterV1alpha1().ServiceExports("demo").Create(ctx, &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo"}}, metav1.CreateOptions{}); err != nil {
+	if _, err := admin.MCS.MulticlusterV1alpha1().ServiceExports(ns).Create(ctx, &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "echo"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -301,13 +307,17 @@ func TestFederationRBACSuffices(t *testing.T) {
 	kubetest.Eventually(t, wait, func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		if last == nil || len(last.Exports) != 1 || last.Exports[0].ServiceKey() != "demo/echo" {
-			return fmt.Errorf("source snapshot %+v, want demo/echo (informers as meshfed-federation: %v)", last, src.Ready())
+		if last != nil {
+			for _, e := range last.Exports {
+				if e.ServiceKey() == ns+"/echo" {
+					return nil
+				}
+			}
 		}
-		return nil
+		return fmt.Errorf("source snapshot %+v, want %s/echo (informers as meshfed-federation: %v)", last, ns, src.Ready())
 	})
 	kubetest.Eventually(t, wait, func() error {
-		se, err := admin.MCS.MulticlusterV1alpha1().ServiceExports("demo").Get(ctx, "echo", metav1.GetOptions{})
+		se, err := admin.MCS.MulticlusterV1alpha1().ServiceExports(ns).Get(ctx, "echo", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -316,7 +326,7 @@ func TestFederationRBACSuffices(t *testing.T) {
 				return nil
 			}
 		}
-		return fmt.Errorf("ServiceExport demo/echo conditions %+v: no Valid=True written as meshfed-federation", se.Status.Conditions)
+		return fmt.Errorf("ServiceExport %s/echo conditions %+v: no Valid=True written as meshfed-federation", ns, se.Status.Conditions)
 	})
 
 	im, err := kube.NewImporter(kube.ImporterConfig{Cluster: "east", Kube: fed.Kube, MCS: fed.MCS, Log: testLog(t).With("part", "importer"), Registerer: prometheus.NewRegistry()})
@@ -333,19 +343,19 @@ func TestFederationRBACSuffices(t *testing.T) {
 	kubetest.Eventually(t, wait, im.Ready)
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	west := &records.Cluster{Name: "west", Network: "net-west", Region: "r1", Zone: "z1", TrustDomain: "west.example.org", Gateways: []string{"192.0.2.10:15443"}, JoinedAt: t0}
-	exp := &records.Export{Cluster: "west", Namespace: "demo", Name: "web", Type: records.TypeClusterSetIP, SessionAffinity: records.AffinityNone,
+	exp := &records.Export{Cluster: "west", Namespace: ns, Name: "web", Type: records.TypeClusterSetIP, SessionAffinity: records.AffinityNone,
 		Ports: []records.Port{{Name: "https", Port: 443, Protocol: "TCP"}}, ExportedAt: t0, Revision: 1,
 		Endpoints: []records.Endpoint{{Address: "10.9.0.1", Ready: true}}}
 	view := &imports.View{Revision: 10, Services: map[string]*imports.Service{
-		"demo/web": imports.Merge([]*imports.ClusterExport{{Cluster: "west", Export: exp}}),
+		ns + "/web": imports.Merge([]*imports.ClusterExport{{Cluster: "west", Export: exp}}),
 	}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}}
 	im.Update(view)
 	sliceSel := metav1.ListOptions{LabelSelector: mcsv1a1.LabelServiceName + "=web"}
 	kubetest.Eventually(t, wait, func() error {
-		if _, err := admin.MCS.MulticlusterV1alpha1().ServiceImports("demo").Get(ctx, "web", metav1.GetOptions{}); err != nil {
+		if _, err := admin.MCS.MulticlusterV1alpha1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{}); err != nil {
 			return fmt.Errorf("ServiceImport demo/web not created as meshfed-federation: %w", err)
 		}
-		l, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").List(ctx, sliceSel)
+		l, err := admin.Kube.DiscoveryV1().EndpointSlices(ns).List(ctx, sliceSel)
 		if err != nil || len(l.Items) == 0 {
 			return fmt.Errorf("imported EndpointSlice for demo/web not created as meshfed-federation (%v)", err)
 		}
@@ -353,11 +363,11 @@ func TestFederationRBACSuffices(t *testing.T) {
 	})
 	im.Update(&imports.View{Revision: 11, Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}})
 	kubetest.Eventually(t, wait, func() error {
-		_, err := admin.MCS.MulticlusterV1alpha1().ServiceImports("demo").Get(ctx, "web", metav1.GetOptions{})
+		_, err := admin.MCS.MulticlusterV1alpha1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("ServiceImport demo/web still there after its export went away (%v)", err)
 		}
-		l, err := admin.Kube.DiscoveryV1().EndpointSlices("demo").List(ctx, sliceSel)
+		l, err := admin.Kube.DiscoveryV1().EndpointSlices(ns).List(ctx, sliceSel)
 		if err != nil || len(l.Items) > 0 {
 			return fmt.Errorf("imported EndpointSlices of demo/web still there (%d, %v)", len(l.Items), err)
 		}
@@ -373,21 +383,21 @@ func TestFederationRBACSuffices(t *testing.T) {
 		allow  bool
 	}{
 		{user, groups, authzv1.ResourceAttributes{Verb: "list", Resource: "services"}, true},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "get", Resource: "secrets"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "get", Resource: "secrets"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "list", Resource: "secrets"}, false},
 		{user, groups, authzv1.ResourceAttributes{Verb: "create", Resource: "namespaces"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "list", Resource: "pods"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Resource: "services"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "delete", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "create", Resource: "configmaps"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: "pods"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "update", Resource: "services"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "delete", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "create", Resource: "configmaps"}, false},
 		{user, groups, authzv1.ResourceAttributes{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"}, false},
 		// Leader election (on by default): its Lease in meshfed's namespace, nowhere else.
 		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Name: "meshfed-federation-east"}, true},
-		{user, groups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: "kube-system", Verb: "update", Group: "coordination.k8s.io", Resource: "leases"}, false},
 		{gwUser, gwGroups, authzv1.ResourceAttributes{Verb: "list", Resource: "services"}, false},
-		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "demo", Verb: "list", Group: "discovery.k8s.io", Resource: "endpointslices"}, false},
+		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Group: "discovery.k8s.io", Resource: "endpointslices"}, false},
 		{gwUser, gwGroups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "get", Resource: "secrets"}, false},
 	}
 	for _, c := range checks {

@@ -56,6 +56,8 @@ type Service struct {
 	pub    *publisher
 	syncer *store.Syncer
 	hb     *store.Heartbeat
+	hbMu   sync.Mutex
+	hbHeld chan struct{} // closed once this leadership term holds the heartbeat
 
 	mu        sync.RWMutex
 	view      *imports.View
@@ -117,6 +119,15 @@ func New(cfg Config) (*Service, error) {
 		m.heartbeatUp.Set(b2f(alive))
 		if alive {
 			log.Info("heartbeat held", "ttl", cfg.HeartbeatTTL)
+			s.hbMu.Lock()
+			if s.hbHeld != nil {
+				select {
+				case <-s.hbHeld:
+				default:
+					close(s.hbHeld)
+				}
+			}
+			s.hbMu.Unlock()
 		}
 	}
 	s.view = &imports.View{Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
@@ -167,6 +178,12 @@ func (s *Service) Ready() error {
 		return fmt.Errorf("discovery source: %w", srcErr)
 	}
 	if s.cfg.Source != nil && s.Leading() && !s.pub.isSynced() {
+		if ok, err := s.hb.Alive(); !ok {
+			if err != nil {
+				return fmt.Errorf("local exports not published yet: waiting for the heartbeat lease: %w", err)
+			}
+			return errors.New("local exports not published yet: waiting for the heartbeat lease")
+		}
 		return errors.New("local exports not published yet")
 	}
 	return nil
@@ -216,11 +233,26 @@ func (s *Service) Run(ctx context.Context) error {
 	// runs it; a replica that loses leadership stops writing at once.
 	writer := func(ctx context.Context) {
 		var wg sync.WaitGroup
+		held := make(chan struct{})
+		s.hbMu.Lock()
+		s.hbHeld = held
+		s.hbMu.Unlock()
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.hb.Run(ctx) }()
 		if s.cfg.Source != nil {
 			wg.Add(2)
-			go func() { defer wg.Done(); s.pub.run(ctx) }()
+			// Exports go out only once the heartbeat is held: written before it, peers
+			// would see them as a stale cluster's and warn of a lost heartbeat. The
+			// source runs meanwhile; the publisher takes its latest snapshot.
+			go func() {
+				defer wg.Done()
+				select {
+				case <-held:
+				case <-ctx.Done():
+					return
+				}
+				s.pub.run(ctx)
+			}()
 			go func() {
 				defer wg.Done()
 				if err := s.cfg.Source.Run(ctx, s.pub.offer); err != nil && ctx.Err() == nil {

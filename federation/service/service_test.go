@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -232,7 +233,12 @@ func TestRestartRepublishesWithoutFlapping(t *testing.T) {
 	}
 	east.mu.Lock()
 	hist := len(east.history["demo/echo"])
+	first := east.history["demo/echo"][0]
 	east.mu.Unlock()
+	// West holds its heartbeat before it publishes: east never sees it stale at first.
+	if strings.Contains(first, ":true") {
+		t.Fatalf("east first saw west's exports as a stale cluster's: %q", first)
+	}
 
 	west.stop()
 	west2 := f.startTTL("west", time.Minute, 30*time.Second) // ready = published (nothing to publish)

@@ -73,6 +73,9 @@ func (h *Heartbeat) Run(ctx context.Context) error {
 		}
 		backoff = nextBackoff(backoff, 2*time.Second)
 	}
+	// This process no longer keeps the lease alive (the key itself lives out its TTL), and
+	// a later Run (a new leadership term) reports holding it again.
+	h.set(false, nil)
 	return nil
 }
 
