@@ -21,6 +21,7 @@ import (
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -77,35 +78,6 @@ func startFedXDS(t *testing.T, c *harness.Cluster, listen string, log *slog.Logg
 func (x *fedXDS) stop() {
 	x.cancel()
 	<-x.done
-}
-
-// counter sums a metric's samples matching the labels.
-func counter(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				ok := false
-				for _, lp := range m.GetLabel() {
-					ok = ok || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-				}
-				if !ok {
-					continue next
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }
 
 // twoWorkloads starts echo-0 and echo-1 of cluster i on the same port (one exports entry
@@ -323,7 +295,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool { return !src.Status().Connected }, "gateway sees the federation gone")
-	if counter(t, greg, "meshfed_gateway_xds_connected") != 0 {
+	if metrictest.Sum(t, greg, "meshfed_gateway_xds_connected") != 0 {
 		t.Fatal("connected gauge still 1")
 	}
 	if err := east.SetExports(twoEndpointExports(w0, w1, true, false, "")); err != nil {
@@ -332,7 +304,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 	if err := gw.Ready(); err != nil {
 		t.Fatalf("gateway unready while the federation is down: %v", err)
 	}
-	waitfor.Cond(t, 10*time.Second, func() bool { return counter(t, greg, "meshfed_gateway_xds_disconnects_total") >= 2 },
+	waitfor.Cond(t, 10*time.Second, func() bool { return metrictest.Sum(t, greg, "meshfed_gateway_xds_disconnects_total") >= 2 },
 		"the gateway retries")
 	if got := served(t, gwAddr, echoSNI, 10); got["east/echo-1"] != 10 {
 		t.Fatalf("while the federation is down: %v (the last table routes to echo-1 only)", got)
@@ -384,7 +356,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 		badDone <- bad.Run(badCtx, func(*eastwest.RouteTable) { t.Error("a table from clusters of another domain") })
 	}()
 	waitfor.Cond(t, 10*time.Second, func() bool {
-		return counter(t, fx.reg, "meshfed_xds_nacks_total", "class", "gateway", "type", "cds") >= 1
+		return metrictest.Sum(t, fx.reg, "meshfed_xds_nacks_total", "class", "gateway", "type", "cds") >= 1
 	}, "the federation counts the gateway's NACK")
 	stopBad()
 	if err := <-badDone; err != nil {
@@ -393,7 +365,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 	if bad.Status().Table != nil {
 		t.Fatal("the NACKing gateway has a table")
 	}
-	if n := counter(t, greg, "meshfed_gateway_xds_nacks_total"); n != 0 {
+	if n := metrictest.Sum(t, greg, "meshfed_gateway_xds_nacks_total"); n != 0 {
 		t.Fatalf("the good gateway NACKed %v times", n)
 	}
 	stopSrc()

@@ -19,6 +19,7 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
+	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -35,37 +36,6 @@ const (
 	unhealthy = corev3.HealthStatus_UNHEALTHY
 	draining  = corev3.HealthStatus_DRAINING
 )
-
-func metric(t *testing.T, g *gateway, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				ok := false
-				for _, lp := range m.GetLabel() {
-					ok = ok || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-				}
-				if !ok {
-					continue next
-				}
-			}
-			if m.GetGauge() != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
-}
 
 // onlyFrom makes n calls and fails unless every one was answered by want.
 func onlyFrom(t *testing.T, g *gateway, sni, want string, n int) {
@@ -154,13 +124,13 @@ func TestRoutesFromXDS(t *testing.T) {
 	if acks < 4 {
 		t.Fatalf("%d ACKs", acks)
 	}
-	if v := metric(t, g, "meshfed_gateway_xds_connected"); v != 1 {
+	if v := metrictest.Value(t, g.reg, "meshfed_gateway_xds_connected"); v != 1 {
 		t.Fatalf("connected = %v", v)
 	}
-	if v := metric(t, g, "meshfed_gateway_xds_updates_total", "type", "eds"); v < 3 {
+	if v := metrictest.Value(t, g.reg, "meshfed_gateway_xds_updates_total", "type", "eds"); v < 3 {
 		t.Fatalf("eds updates = %v", v)
 	}
-	if v := metric(t, g, "meshfed_gateway_xds_nacks_total", "type", "cds"); v != 0 {
+	if v := metrictest.Value(t, g.reg, "meshfed_gateway_xds_nacks_total", "type", "cds"); v != 0 {
 		t.Fatalf("nacks = %v", v)
 	}
 }
@@ -264,7 +234,7 @@ func TestNACKKeepsTheTable(t *testing.T) {
 		t.Fatalf("table changed after a NACK: %s", routes(st.Table))
 	}
 	onlyFrom(t, g, echoSNI, "b1", 3)
-	if v := metric(t, g, "meshfed_gateway_xds_nacks_total", "type", "cds"); v != 1 {
+	if v := metrictest.Value(t, g.reg, "meshfed_gateway_xds_nacks_total", "type", "cds"); v != 1 {
 		t.Fatalf("cds nacks = %v", v)
 	}
 	m = cp.mark()
@@ -287,7 +257,7 @@ func TestNACKKeepsTheTable(t *testing.T) {
 		t.Fatalf("EDS NACK reason %q", msg)
 	}
 	onlyFrom(t, g, echoSNI, "b1", 3)
-	if v := metric(t, g, "meshfed_gateway_xds_nacks_total", "type", "eds"); v != 2 {
+	if v := metrictest.Value(t, g.reg, "meshfed_gateway_xds_nacks_total", "type", "eds"); v != 2 {
 		t.Fatalf("eds nacks = %v", v)
 	}
 
@@ -345,12 +315,12 @@ func TestStaticStability(t *testing.T) {
 	if st.StaleSince.Before(down) || st.Table == nil {
 		t.Fatalf("status %+v", st)
 	}
-	if metric(t, g, "meshfed_gateway_xds_connected") != 0 {
+	if metrictest.Value(t, g.reg, "meshfed_gateway_xds_connected") != 0 {
 		t.Fatal("connected gauge still 1")
 	}
-	waitfor.Cond(t, 10*time.Second, func() bool { return metric(t, g, "meshfed_gateway_xds_disconnects_total") >= 3 },
+	waitfor.Cond(t, 10*time.Second, func() bool { return metrictest.Value(t, g.reg, "meshfed_gateway_xds_disconnects_total") >= 3 },
 		"reconnect attempts while the federation is down")
-	if metric(t, g, "meshfed_gateway_xds_stale_seconds") <= 0 {
+	if metrictest.Value(t, g.reg, "meshfed_gateway_xds_stale_seconds") <= 0 {
 		t.Fatal("stale_seconds not counting")
 	}
 	if err := g.Ready(); err != nil {
@@ -370,7 +340,7 @@ func TestStaticStability(t *testing.T) {
 	waitfor.Cond(t, 10*time.Second, func() bool { return g.src.Status().Connected }, "reconnected")
 	waitfor.Cond(t, 10*time.Second, func() bool { return cp.answered(m, resourcev3.EndpointType, echoName, true) }, "EDS after reconnect")
 	onlyFrom(t, g, echoSNI, "b2", 3)
-	if metric(t, g, "meshfed_gateway_xds_stale_seconds") != 0 || metric(t, g, "meshfed_gateway_xds_connected") != 1 {
+	if metrictest.Value(t, g.reg, "meshfed_gateway_xds_stale_seconds") != 0 || metrictest.Value(t, g.reg, "meshfed_gateway_xds_connected") != 1 {
 		t.Fatal("stale after reconnect")
 	}
 }
@@ -389,7 +359,7 @@ func TestStartsBeforeTheFederation(t *testing.T) {
 	defer cancel()
 	started := make(chan error, 1)
 	go func() { started <- g.StartSource(ctx, g.src) }()
-	waitfor.Cond(t, 10*time.Second, func() bool { return metric(t, g, "meshfed_gateway_xds_disconnects_total") >= 2 }, "retries")
+	waitfor.Cond(t, 10*time.Second, func() bool { return metrictest.Value(t, g.reg, "meshfed_gateway_xds_disconnects_total") >= 2 }, "retries")
 	if g.Ready() == nil {
 		t.Fatal("ready without a table")
 	}

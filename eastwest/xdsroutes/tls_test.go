@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
+	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -124,7 +125,7 @@ func TestTLS(t *testing.T) {
 			ctx, cancel := contextWithCancel()
 			done := make(chan error, 1)
 			go func() { done <- g.StartSource(ctx, g.src) }()
-			waitfor.Cond(t, 10*time.Second, func() bool { return metric(t, g, "meshfed_gateway_xds_disconnects_total") >= 2 }, "refused")
+			waitfor.Cond(t, 10*time.Second, func() bool { return metrictest.Value(t, g.reg, "meshfed_gateway_xds_disconnects_total") >= 2 }, "refused")
 			if g.src.Status().Table != nil || g.Ready() == nil {
 				t.Fatal("a table over an unverified connection")
 			}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshfed/meshfed/discovery/file"
@@ -21,6 +20,7 @@ import (
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
@@ -207,7 +207,7 @@ func TestStaleThenRemovedAfterGrace(t *testing.T) {
 
 	west.stop() // the heartbeat lease (TTL 2s) now expires; exports stay in etcd
 	waitfor.Cond(t, 15*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.Stale }, "west marked stale")
-	if got := testutil.ToFloat64(gauge(t, east.reg, "meshfed_federation_stale_clusters")); got != 1 {
+	if got := metrictest.Sum(t, east.reg, "meshfed_federation_stale_clusters"); got != 1 {
 		t.Errorf("stale clusters gauge = %v, want 1", got)
 	}
 	waitfor.Cond(t, 15*time.Second, func() bool { return east.exporter("west") == nil }, "west removed after the grace")
@@ -242,7 +242,7 @@ func TestRestartRepublishesWithoutFlapping(t *testing.T) {
 
 	west.stop()
 	west2 := f.startTTL("west", time.Minute, 30*time.Second) // ready = published (nothing to publish)
-	if got := testutil.ToFloat64(counter(t, west2.reg, "meshfed_federation_exports_published_total")); got != 0 {
+	if got := metrictest.Sum(t, west2.reg, "meshfed_federation_exports_published_total"); got != 0 {
 		t.Errorf("restarted west wrote %v export records; want 0 (content unchanged)", got)
 	}
 	after, err := store.Get[records.Export](context.Background(), f.st, f.st.KS.Export("west", "demo", "echo"))
@@ -255,40 +255,6 @@ func TestRestartRepublishesWithoutFlapping(t *testing.T) {
 	if h := east.history["demo/echo"]; len(h) != hist {
 		t.Fatalf("east's view of demo/echo changed across west's restart: %v", h)
 	}
-}
-
-func gauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
-	return findMetric(t, reg, name)
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
-	return findMetric(t, reg, name)
-}
-
-// findMetric wraps a gathered metric family so testutil.ToFloat64 can read its sum.
-func findMetric(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			}
-		}
-	}
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
-	g.Set(sum)
-	return g
 }
 
 // switchElector is a test elector: the test says who leads. (The production elector is
@@ -373,7 +339,7 @@ func TestOnlyTheLeaderPublishes(t *testing.T) {
 	if !a.Leading() || b.Leading() {
 		t.Fatalf("leading: a=%v b=%v", a.Leading(), b.Leading())
 	}
-	if got := testutil.ToFloat64(counter(t, regB, "meshfed_federation_exports_published_total")); got != 0 {
+	if got := metrictest.Sum(t, regB, "meshfed_federation_exports_published_total"); got != 0 {
 		t.Fatalf("the follower wrote %v records", got)
 	}
 	// The follower serves the same view (it mirrors etcd).
@@ -389,7 +355,7 @@ func TestOnlyTheLeaderPublishes(t *testing.T) {
 	// The new leader follows the source from now on.
 	f.writeExports("west", echoOneReady)
 	waitfor.Cond(t, 10*time.Second, func() bool { e := east.exporter("west"); return e != nil && e.ReadyEndpoints() == 1 }, "b publishes the change")
-	if got := testutil.ToFloat64(counter(t, regA, "meshfed_federation_exports_published_total")); got != 1 {
+	if got := metrictest.Sum(t, regA, "meshfed_federation_exports_published_total"); got != 1 {
 		t.Fatalf("the old leader wrote %v records; want only its first publication", got)
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool {

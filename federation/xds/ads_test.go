@@ -25,6 +25,7 @@ import (
 	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/xds"
+	"github.com/meshfed/meshfed/internal/metrictest"
 )
 
 // These tests speak ADS on the wire as the two clients that cannot run here do: Envoy (not
@@ -315,7 +316,7 @@ func TestEnvoyDelta(t *testing.T) {
 	if len(r.RemovedResources) != 1 || r.RemovedResources[0] != outbound {
 		t.Fatalf("unexport: delta %v removed %v", r.Resources, r.RemovedResources)
 	}
-	if n := metricValue(t, reg, "meshfed_xds_streams", "class", "envoy", "protocol", "delta"); n != 1 {
+	if n := metrictest.Sum(t, reg, "meshfed_xds_streams", "class", "envoy", "protocol", "delta"); n != 1 {
 		t.Fatalf("streams metric %v", n)
 	}
 }

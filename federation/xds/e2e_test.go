@@ -15,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -207,7 +208,7 @@ func TestFailoverEndToEnd(t *testing.T) {
 
 	// 5. Stop west's federation service: its heartbeat expires and east marks it stale,
 	// but its gateway is healthy: nothing changes, not even an EDS push.
-	edsBefore := metricValue(t, e.reg, "meshfed_xds_resource_updates_total", "cache", "any/eds")
+	edsBefore := metrictest.Sum(t, e.reg, "meshfed_xds_resource_updates_total", "cache", "any/eds")
 	if err := e.west.StopFederation(); err != nil {
 		t.Fatal(err)
 	}
@@ -225,10 +226,10 @@ func TestFailoverEndToEnd(t *testing.T) {
 			t.Fatalf("call %d after west's federation stopped: %+v", i, r)
 		}
 	}
-	if after := metricValue(t, e.reg, "meshfed_xds_resource_updates_total", "cache", "any/eds"); after != edsBefore {
+	if after := metrictest.Sum(t, e.reg, "meshfed_xds_resource_updates_total", "cache", "any/eds"); after != edsBefore {
 		t.Fatalf("EDS updates went from %v to %v while only west's heartbeat changed", edsBefore, after)
 	}
-	if n := metricValue(t, e.reg, "meshfed_xds_nacks_total"); n != 0 {
+	if n := metrictest.Sum(t, e.reg, "meshfed_xds_nacks_total"); n != 0 {
 		t.Fatalf("%v NACKs from the grpc-go client", n)
 	}
 	_ = names.HealthSNI
