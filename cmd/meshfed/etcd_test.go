@@ -21,10 +21,7 @@ func TestEtcdCommand(t *testing.T) {
 		var out bytes.Buffer
 		cmd.SetOut(&out)
 		cmd.SetArgs([]string{"--data-dir", dir, "--listen", addr, "--etcd-log-level", "error"})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- cmd.ExecuteContext(ctx) }()
-		return func() error { cancel(); return <-done }
+		return startCmd(t, cmd)
 	}
 	client := func() *clientv3.Client {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 5 * time.Second})

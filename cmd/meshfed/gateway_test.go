@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
+	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
 func TestGatewayFlagsNameTheFieldAndFix(t *testing.T) {
@@ -33,36 +33,21 @@ func TestGatewayCommandRunsAndDrains(t *testing.T) {
 	dir := t.TempDir()
 	exports := filepath.Join(dir, "exports.yaml")
 	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1}]}\n"), 0o644)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	cmd := newGatewayCmd()
 	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", "127.0.0.1:0", "--exports", exports, "--drain-timeout", "2s"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r, err := healthcheck.Probe(context.Background(), addr, nil)
-		if err == nil {
-			if r.Fields["cluster"] != "east" || r.Fields["service_ports"] != "1" {
-				t.Fatalf("health: %q", r.Line)
-			}
-			break
+	stop := startCmd(t, cmd)
+	var probeErr error
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		var r healthcheck.Result
+		r, probeErr = healthcheck.Probe(context.Background(), addr, nil)
+		if probeErr == nil && (r.Fields["cluster"] != "east" || r.Fields["service_ports"] != "1") {
+			t.Fatalf("health: %q", r.Line)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway never healthy: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("gateway did not exit after cancellation")
+		return probeErr == nil
+	}, "gateway healthy (last: %v)", probeErr)
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 	// A bad exports file stops the command at start with the field named.
 	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 0}]}\n"), 0o644)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -104,42 +103,25 @@ func startInboundXDS(t *testing.T, endpoint string) string {
 // waits (not listening, not ready) and still stops cleanly.
 func TestGatewayCommandFromFederation(t *testing.T) {
 	xdsAddr := startInboundXDS(t, "127.0.0.1:9")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	cmd := newGatewayCmd()
 	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", "127.0.0.1:0", "--federation", xdsAddr, "--drain-timeout", "2s"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
+	stop := startCmd(t, cmd)
 	var line string
 	waitfor.Cond(t, 10*time.Second, func() bool {
 		r, err := healthcheck.Probe(context.Background(), addr, nil)
 		line = r.Line
 		return err == nil && r.Healthy && r.Fields["service_ports"] == "1"
 	}, "gateway healthy with the federation's route (last line %q)", line)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("gateway did not exit after cancellation")
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 
 	// Nothing at the federation's address: the gateway waits for its first table.
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	al, _ := net.Listen("tcp", "127.0.0.1:0")
-	adminAddr := al.Addr().String()
-	al.Close()
+	adminAddr := freeAddr(t)
 	cmd = newGatewayCmd()
-	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", adminAddr, "--federation", deadAddr})
-	ctx, cancel = context.WithCancel(context.Background())
-	done = make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
+	cmd.SetArgs([]string{"--cluster", "east", "--listen", addr, "--admin", adminAddr, "--federation", freeAddr(t)})
+	stop = startCmd(t, cmd)
 	// The admin endpoints are up while it waits: alive, not ready, and why.
 	var body string
 	waitfor.Cond(t, 10*time.Second, func() bool {
@@ -164,25 +146,9 @@ func TestGatewayCommandFromFederation(t *testing.T) {
 	if _, err := healthcheck.Probe(context.Background(), addr, nil); err == nil {
 		t.Fatal("gateway listening without a route table")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("gateway waiting for the federation did not exit after cancellation")
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // The two commands together, as an operator runs them: `meshfed federation --exports F
@@ -243,24 +209,12 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	fed.SetArgs([]string{"--cluster", "east", "--exports", exports, "--exports-poll-interval", "50ms", "--etcd-endpoints", strings.Join(etcd.Clients, ","),
 		"--admin", "127.0.0.1:0", "--xds-listen", xdsAddr,
 		"--xds-tls-cert", fedCert, "--xds-tls-key", fedKey, "--xds-tls-client-ca", caFile})
-	fctx, cancelFed := context.WithCancel(context.Background())
-	fdone := make(chan error, 1)
-	go func() { fdone <- fed.ExecuteContext(fctx) }()
-	var fedErr error
-	var stopOnce sync.Once
-	stopFed := func() error {
-		stopOnce.Do(func() { cancelFed(); fedErr = <-fdone })
-		return fedErr
-	}
-	t.Cleanup(func() { _ = stopFed() })
+	stopFed := startCmd(t, fed)
 
 	gw := newGatewayCmd()
 	gw.SetArgs([]string{"--cluster", "east", "--listen", gwAddr, "--admin", "127.0.0.1:0", "--federation", xdsAddr, "--drain-timeout", "1s",
 		"--federation-ca", caFile, "--federation-cert", gwCert, "--federation-key", gwKey, "--federation-server-name", "spiffe://east.test/meshfed/federation"})
-	gctx, stopGW := context.WithCancel(context.Background())
-	gdone := make(chan error, 1)
-	go func() { gdone <- gw.ExecuteContext(gctx) }()
-	t.Cleanup(func() { stopGW(); <-gdone })
+	startCmd(t, gw)
 
 	ports := func() string {
 		r, err := healthcheck.Probe(context.Background(), gwAddr, nil)

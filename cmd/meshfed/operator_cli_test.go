@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,15 +28,6 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
-func refusedAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestOperatorCommands drives join, status, policy, drill and leave through the command
 // line against a real embedded etcd: flags reach the operator package, outputs parse.
 func TestOperatorCommands(t *testing.T) {
@@ -45,7 +35,7 @@ func TestOperatorCommands(t *testing.T) {
 	ep := "--etcd-endpoints=" + srv.Clients[0]
 	join := func(name, region string, extra ...string) (string, error) {
 		return runCLI(t, append([]string{"join", ep, "--cluster", name, "--region", region, "--zone", region + "-a",
-			"--network", "net-" + name, "--trust-domain", name + ".example.org", "--gateway", refusedAddr(t), "--probe-timeout", "200ms"}, extra...)...)
+			"--network", "net-" + name, "--trust-domain", name + ".example.org", "--gateway", freeAddr(t), "--probe-timeout", "200ms"}, extra...)...)
 	}
 	out, err := join("east", "eu", "--dry-run", "-o", "json")
 	if err != nil {
