@@ -350,24 +350,11 @@ func startBackend(t *testing.T, name string) *backend {
 // call opens TLS through the gateway with the service's SNI and returns which backend
 // answered (the certificate must be the backend's own: TLS is not terminated between).
 func call(gwAddr, sni string) (string, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{ServerName: sni,
-		InsecureSkipVerify: true, // checked below against the backend's name, not the SNI
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			c, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return err
-			}
-			_, err = c.Verify(x509.VerifyOptions{Roots: backendPool, DNSName: "echo.demo.svc"})
-			return err
-		}}}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := d.DialContext(ctx, "tcp", gwAddr)
+	c, err := tlstest.DialPassthrough(gwAddr, sni, backendPool, "echo.demo.svc")
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := fmt.Fprintf(c, "ping\n"); err != nil {
 		return "", err
 	}

@@ -1,6 +1,7 @@
 package tlstest
 
 import (
+	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -205,4 +206,30 @@ func ECHConfigList(t testing.TB, publicName string) ([]byte, tls.EncryptedClient
 	var l cryptobyte.Builder
 	l.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(cfg) })
 	return l.BytesOrPanic(), tls.EncryptedClientHelloKey{Config: cfg, PrivateKey: priv.Bytes()}
+}
+
+// DialPassthrough opens TLS to addr with sni in the ClientHello and checks the peer's
+// certificate against pool for the name want, not for the SNI: what a mesh client does
+// through a passthrough gateway, where the SNI names the route and the certificate the
+// workload. The connection has a 10s deadline.
+func DialPassthrough(addr, sni string, pool *x509.CertPool, want string) (*tls.Conn, error) {
+	cfg := &tls.Config{ServerName: sni,
+		InsecureSkipVerify: true, // verified below, against want
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			c, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = c.Verify(x509.VerifyOptions{Roots: pool, DNSName: want})
+			return err
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := (&tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*tls.Conn)
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	return tc, nil
 }
