@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Builds the manifest and monitoring tools (helm, kustomize, promtool) from the Go module
-# proxy when they are not cached, and prints one `export VAR=path` line per tool:
+# Provides the manifest and monitoring tools (helm, kustomize, promtool) and prints one
+# `export VAR=path` line per tool:
 #
 #   eval "$(hack/tools/ensure.sh)"            # all: MESHFED_HELM, MESHFED_KUSTOMIZE, MESHFED_PROMTOOL
 #   eval "$(hack/tools/ensure.sh helm)"       # one
 #
-# Each tool has its own wrapper module here (hack/tools/<tool>/go.mod with a `tool` line), so
-# the project's go.mod never sees their dependencies and their versions never fight each other
-# (helm and promtool pin different k8s.io and cloud SDK versions).
+# helm and kustomize build from the Go module proxy when they are not cached, each in its own
+# wrapper module here (hack/tools/<tool>/go.mod with a `tool` line), so the project's go.mod
+# never sees their dependencies and their versions never fight each other.
+#
+# promtool comes from Debian's `prometheus` package (promtool 2.42; installed with apt-get when
+# missing): building it from source links every Prometheus service-discovery plugin and took
+# 8-18 minutes on 2 cores, the longest step of a cold `make test`. MESHFED_PROMTOOL set by the
+# caller wins.
 #
 # Only `export ...` lines go to stdout; every message goes to stderr. The cache key of a tool
 # is a hash of its go.mod, go.sum and ldflags, so bumping a version builds into a new directory:
@@ -21,7 +26,6 @@ root="${MESHFED_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed-tools}"
 declare -A pkg=(
   [helm]=helm.sh/helm/v3/cmd/helm
   [kustomize]=sigs.k8s.io/kustomize/kustomize/v5
-  [promtool]=github.com/prometheus/prometheus/cmd/promtool
 )
 declare -A var=([helm]=MESHFED_HELM [kustomize]=MESHFED_KUSTOMIZE [promtool]=MESHFED_PROMTOOL)
 # helm's default Kubernetes version (helm template without --kube-version, helm lint's
@@ -34,15 +38,34 @@ done
 declare -A ldflags=(
   [helm]="-X helm.sh/helm/v3/internal/version.version=v3.22.0$helm_ldflags"
   [kustomize]=""
-  [promtool]=""
 )
 
 tools=("$@")
 if [ ${#tools[@]} -eq 0 ]; then tools=(helm kustomize promtool); fi
 
+# promtool_path prints the path of Debian's promtool, installing the package when it is missing.
+promtool_path() {
+  if [ -n "${MESHFED_PROMTOOL:-}" ]; then
+    echo "$MESHFED_PROMTOOL"
+    return
+  fi
+  if ! command -v promtool >/dev/null 2>&1; then
+    echo "tools: promtool missing: installing Debian's prometheus package (apt-get)" >&2
+    # --no-install-recommends: promtool needs no exporters. Where systemd runs, the package
+    # also starts a Prometheus server on :9090; no test uses that port.
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus ||
+      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }) >&2
+  fi
+  command -v promtool
+}
+
 for t in "${tools[@]}"; do
+  if [ "$t" = promtool ]; then
+    echo "export MESHFED_PROMTOOL=$(promtool_path)"
+    continue
+  fi
   if [ -z "${pkg[$t]:-}" ]; then
-    echo "tools: unknown tool $t (known: ${!pkg[*]})" >&2
+    echo "tools: unknown tool $t (known: ${!pkg[*]} promtool)" >&2
     exit 2
   fi
   mod="$here/$t"
