@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+//
+// The sockmap fast path of the east-west gateway: once a connection is routed, both of
+// its sockets enter these maps and the kernel moves every byte from one to the other.
+//
+//   peers:   sockhash, key = the socket cookie of a source socket, value = the socket its
+//            bytes go to. No program is attached to it: it only names redirect targets.
+//   sources: sockhash holding the sockets whose incoming bytes are redirected; the stream
+//            verdict program below is attached to it. Its keys are the sockets' own cookies.
+//   stats:   per source socket (key = cookie): bytes redirected and when last.
+//
+// A socket joins sources only after its peer is in peers, so the verdict always finds a
+// target; if it does not (a teardown race), the bytes are passed to the socket itself
+// (user space can read them) and counted in misses.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct conn_stat {
+	__u64 bytes;   // bytes redirected from this socket to its peer
+	__u64 last_ns; // bpf_ktime_get_ns() of the last redirect (CLOCK_MONOTONIC)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536); // set by user space at load
+	__type(key, __u64);
+	__type(value, __u64);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} sources SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn_stat);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} misses SEC(".maps");
+
+SEC("sk_skb/stream_verdict")
+int redirect(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	__u32 len = skb->len;
+
+	// An skb with no bytes carries only a FIN (the kernel has already marked the socket
+	// shut for reading, which user space sees as EPOLLRDHUP). Redirected, it would reach
+	// the peer after user space has shut the peer's write side, and fail there with EPIPE.
+	if (len == 0)
+		return SK_DROP;
+
+	if (bpf_sk_redirect_hash(skb, &peers, &cookie, 0) != SK_PASS) {
+		__u32 zero = 0;
+		__u64 *m = bpf_map_lookup_elem(&misses, &zero);
+		if (m)
+			__sync_fetch_and_add(m, 1);
+		return SK_PASS; // no redirect set: the bytes stay with this socket
+	}
+	struct conn_stat *st = bpf_map_lookup_elem(&stats, &cookie);
+	if (st) {
+		__sync_fetch_and_add(&st->bytes, len);
+		st->last_ns = bpf_ktime_get_ns();
+	}
+	return SK_PASS; // redirect set: to the peer's egress
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,26 @@
+// Package sockmap is the gateway's in-kernel copy path (Linux): once a connection is
+// routed, its two sockets enter a BPF sockhash whose sk_skb stream verdict program
+// (bpf/redirect.c) redirects every byte that arrives on one socket to the other's send side,
+// so the bytes never wake user space.
+//
+// User space keeps what the kernel does not do by itself:
+//
+//   - End of stream. The kernel redirects data, not FIN. A dedicated epoll instance
+//     watches each socket for EPOLLRDHUP/EPOLLERR only (data arrival does not match those
+//     events, so it wakes nobody). On EOF from one side, the bytes already redirected may
+//     still sit in the peer's psock queue, sent by a kernel worker: the peer's write side is
+//     shut only once everything redirected to it (counted by the program) has entered its
+//     send queue (TCP_INFO bytes_acked + SIOCOUTQ, from a baseline taken at setup); then
+//     the other direction goes on until its own EOF, and both sockets are closed.
+//   - Idle timeout: the program records when it last moved bytes; a timer per connection
+//     checks that stamp (one map lookup per timeout period), no reads.
+//   - Byte counters: per source socket in a BPF hash map, read on demand (scrape) and when
+//     the connection ends.
+//   - Order: the peer map (redirect targets) is filled before any socket joins the source
+//     map, bytes buffered before that stay in the socket's receive queue and are swept, in
+//     order, by the verdict when the socket joins (SO_RCVLOWAT re-runs data_ready), so
+//     nothing is reordered or stranded.
+//
+// Probe tells whether this kernel and process can use it (BPF syscall, sockhash, sk_skb,
+// CAP_BPF or CAP_NET_ADMIN), and why not.
+package sockmap

@@ -1,0 +1,598 @@
+package sockmap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a connection can end with (Conn.Err).
+var (
+	// ErrIdle: no bytes moved either way for the idle timeout.
+	ErrIdle = errors.New("idle timeout")
+	// ErrCut: Close was called (drain timeout, shutdown).
+	ErrCut = errors.New("cut")
+)
+
+const (
+	capNetAdmin = 12
+	capSysAdmin = 21
+	capBPF      = 39
+)
+
+// Probe reports nil when the sockmap path can be used here, or an error saying why not:
+// no BPF syscall, no sockhash maps, no sk_skb programs, or neither CAP_BPF nor
+// CAP_NET_ADMIN (with CAP_SYS_ADMIN) in the effective set.
+func Probe() error {
+	caps, err := effectiveCaps()
+	if err != nil {
+		return fmt.Errorf("reading capabilities: %w", err)
+	}
+	has := func(c uint) bool { return caps&(1<<c) != 0 }
+	// Loading sk_skb programs and sockhash maps needs CAP_BPF and CAP_NET_ADMIN (or
+	// CAP_SYS_ADMIN, which implies both for BPF).
+	if !(has(capSysAdmin) || has(capBPF) && has(capNetAdmin)) {
+		return errors.New("needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)")
+	}
+	if err := features.HaveMapType(ebpf.SockHash); err != nil {
+		if errors.Is(err, unix.ENOSYS) {
+			return errors.New("no BPF system call in this kernel")
+		}
+		return fmt.Errorf("no sockhash maps: %w", err)
+	}
+	if err := features.HaveProgramType(ebpf.SkSKB); err != nil {
+		return fmt.Errorf("no sk_skb programs: %w", err)
+	}
+	return nil
+}
+
+func effectiveCaps() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapEff in /proc/self/status")
+}
+
+// Options size a Redirector.
+type Options struct {
+	// MaxConns is the most connections held at once (each takes two entries in each map).
+	// 0: as many as the process's file descriptor limit allows (two per connection).
+	MaxConns int
+}
+
+type connStat struct {
+	Bytes  uint64
+	LastNS uint64
+}
+
+// Redirector holds the loaded program and maps and the epoll instance that watches the
+// sockets for end of stream. One per process is enough; it is safe for concurrent use.
+type Redirector struct {
+	objs   redirectObjects
+	epfd   int
+	wakefd int // eventfd: wakes the event loop to stop
+	done   chan struct{}
+
+	mu    sync.Mutex
+	bySd  map[uint64]*side // by side id (epoll data): ids are never reused, fds are
+	ids   uint64
+	live  map[*Conn]struct{}
+	close sync.Once
+	err   error
+	max   int
+}
+
+// New loads the program, creates the maps and starts the event loop. Probe first to learn
+// why it cannot work here.
+func New(opts Options) (*Redirector, error) {
+	max := opts.MaxConns
+	if max <= 0 {
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 && rl.Cur < 1<<24 {
+			max = int(rl.Cur / 2)
+		} else {
+			max = 1 << 16
+		}
+	}
+	spec, err := loadRedirect()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range []string{redirectMapPeers, redirectMapSources, redirectMapStats} {
+		spec.Maps[name].MaxEntries = uint32(2 * max)
+	}
+	r := &Redirector{epfd: -1, wakefd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
+	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
+		return nil, fmt.Errorf("loading the sockmap program: %w", err)
+	}
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: r.objs.Sources.FD(), Program: r.objs.Redirect, Attach: ebpf.AttachSkSKBStreamVerdict,
+	}); err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("attaching the stream verdict program: %w", err)
+	}
+	if r.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if r.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		unix.Close(r.epfd)
+		r.objs.Close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN} // id 0
+	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, r.wakefd, &ev); err != nil {
+		unix.Close(r.wakefd)
+		unix.Close(r.epfd)
+		r.objs.Close()
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	go r.loop()
+	return r, nil
+}
+
+// MaxConns is the number of connections the maps hold.
+func (r *Redirector) MaxConns() int { return r.max }
+
+// Misses is how many times the program found no peer for a socket's bytes (and left them
+// to the socket): always 0 unless something is wrong.
+func (r *Redirector) Misses() uint64 {
+	var v uint64
+	_ = r.objs.Misses.Lookup(uint32(0), &v)
+	return v
+}
+
+// Live is the number of connections in the kernel path now.
+func (r *Redirector) Live() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.live)
+}
+
+// Close cuts every live connection, stops the event loop and unloads the program.
+func (r *Redirector) Close() error {
+	r.close.Do(func() {
+		r.mu.Lock()
+		conns := make([]*Conn, 0, len(r.live))
+		for c := range r.live {
+			conns = append(conns, c)
+		}
+		r.mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+		var one [8]byte
+		one[0] = 1
+		_, _ = unix.Write(r.wakefd, one[:])
+		<-r.done
+		unix.Close(r.wakefd)
+		unix.Close(r.epfd)
+		r.err = r.objs.Close()
+	})
+	return r.err
+}
+
+func (r *Redirector) loop() {
+	defer close(r.done)
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(r.epfd, events, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return
+		}
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == 0 {
+				return // the wake eventfd
+			}
+			r.mu.Lock()
+			s := r.bySd[id]
+			r.mu.Unlock()
+			if s != nil {
+				s.c.event(s, ev.Events)
+			}
+		}
+	}
+}
+
+// side is one socket of a connection.
+type side struct {
+	c      *Conn
+	fd     int
+	id     uint64
+	cookie uint64
+	base   uint64 // bytes written into its send queue at setup (bytes_acked + SIOCOUTQ)
+	first  uint64 // bytes user space wrote to it at setup
+	eof    bool   // its peer sent FIN (EPOLLRDHUP)
+	shut   bool   // its write side is shut (the other side's EOF passed on)
+	peer   *side
+}
+
+// Conn is one connection in the kernel path.
+type Conn struct {
+	r      *Redirector
+	a, b   side
+	idle   time.Duration
+	start  int64 // CLOCK_MONOTONIC ns at setup
+	mu     sync.Mutex
+	timer  *time.Timer // idle timer
+	retry  *time.Timer // flush re-check
+	wait   time.Duration
+	ended  bool
+	err    error
+	final  [2]uint64
+	done   chan struct{}
+	closed atomic.Bool
+}
+
+// Splice moves a and b into the kernel path: from now on, bytes arriving on a are sent on
+// b and the other way round, and first is written to b before any byte of a. It takes
+// ownership of both connections (their descriptors are duplicated and the *net.TCPConn
+// closed, so the Go netpoller forgets them): do not use them again. On error the
+// connections are untouched and still the caller's, unless the error says otherwise.
+// idle > 0 closes the connection after that long without bytes either way.
+func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration) (*Conn, error) {
+	c := &Conn{r: r, idle: idle, done: make(chan struct{})}
+	c.a.c, c.b.c = c, c
+	c.a.peer, c.b.peer = &c.b, &c.a
+	fa, err := rawFD(a)
+	if err != nil {
+		return nil, err
+	}
+	fb, err := rawFD(b)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []*side{&c.a, &c.b} {
+		fd := fa
+		if s == &c.b {
+			fd = fb
+		}
+		if s.cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+			return nil, fmt.Errorf("SO_COOKIE: %w", err)
+		}
+		if s.base, err = written(fd); err != nil {
+			return nil, err
+		}
+	}
+	now := monoNow()
+	c.start = now
+	undo := func() {
+		for _, k := range []uint64{c.a.cookie, c.b.cookie} {
+			_ = r.objs.Sources.Delete(k)
+			_ = r.objs.Peers.Delete(k)
+			_ = r.objs.Stats.Delete(k)
+		}
+	}
+	// Stats first (the program counts into them), then the redirect targets: a's bytes go
+	// to b, b's to a. No socket is a source yet, so nothing moves.
+	for _, s := range []*side{&c.a, &c.b} {
+		if err := r.objs.Stats.Update(s.cookie, connStat{LastNS: uint64(now)}, ebpf.UpdateNoExist); err != nil {
+			undo()
+			return nil, fmt.Errorf("sockmap stats: %w", err)
+		}
+	}
+	if err := r.objs.Peers.Update(c.a.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
+		undo()
+		return nil, fmt.Errorf("sockmap peers: %w", err)
+	}
+	if err := r.objs.Peers.Update(c.b.cookie, uint64(fa), ebpf.UpdateNoExist); err != nil {
+		undo()
+		return nil, fmt.Errorf("sockmap peers: %w", err)
+	}
+	// b joins first: whatever it answers to first goes to a in the kernel.
+	if err := r.objs.Sources.Update(c.b.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
+		undo()
+		return nil, fmt.Errorf("sockmap sources: %w", err)
+	}
+	if len(first) > 0 {
+		if err := writeAll(fb, first); err != nil {
+			undo()
+			return nil, fmt.Errorf("writing the first bytes: %w", err)
+		}
+		c.b.first = uint64(len(first))
+	}
+	if err := r.objs.Sources.Update(c.a.cookie, uint64(fa), ebpf.UpdateNoExist); err != nil {
+		undo()
+		return nil, fmt.Errorf("sockmap sources (after the first bytes were written): %w", err)
+	}
+	// Bytes already queued on either socket arrived before it joined: run the verdict over
+	// them now (setting SO_RCVLOWAT calls data_ready), in order, ahead of anything later.
+	for _, fd := range []int{fb, fa} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+			undo()
+			return nil, fmt.Errorf("SO_RCVLOWAT: %w", err)
+		}
+	}
+	// Own the descriptors: duplicates for us, and the Go netpoller lets go of the originals.
+	da, err := unix.FcntlInt(uintptr(fa), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	db, err := unix.FcntlInt(uintptr(fb), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(da)
+		undo()
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	a.Close()
+	b.Close()
+	c.a.fd, c.b.fd = da, db
+	r.mu.Lock()
+	r.live[c] = struct{}{}
+	r.ids++
+	c.a.id = r.ids
+	r.ids++
+	c.b.id = r.ids
+	r.bySd[c.a.id] = &c.a
+	r.bySd[c.b.id] = &c.b
+	r.mu.Unlock()
+	if idle > 0 {
+		c.mu.Lock()
+		c.timer = time.AfterFunc(idle, c.checkIdle)
+		c.mu.Unlock()
+	}
+	for _, s := range []*side{&c.a, &c.b} {
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(s.id)), Pad: int32(uint32(s.id >> 32))}
+		if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+			c.end(fmt.Errorf("epoll_ctl: %w", err))
+			return c, nil
+		}
+	}
+	return c, nil
+}
+
+func rawFD(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// written is how many bytes have entered fd's send queue since the connection began, up
+// to a constant: bytes acknowledged plus bytes still queued. TCP_INFO is read first, so a
+// concurrent ACK can only make the sum smaller, never larger than the truth.
+func written(fd int) (uint64, error) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, fmt.Errorf("SIOCOUTQ: %w", err)
+	}
+	return ti.Bytes_acked + uint64(q), nil
+}
+
+func writeAll(fd int, p []byte) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p) > 0 {
+		n, err := unix.Write(fd, p)
+		if n > 0 {
+			p = p[n:]
+		}
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			ms := int(time.Until(deadline) / time.Millisecond)
+			if ms <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			if _, err := unix.Poll(fds, ms); err != nil && err != unix.EINTR {
+				return err
+			}
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// event handles an epoll event for s.
+func (c *Conn) event(s *side, ev uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return
+	}
+	if ev&unix.EPOLLERR != 0 {
+		e, _ := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if syscall.Errno(e) == unix.EPIPE && s.shut {
+			// The kernel worker found this socket's write side shut: only what came after
+			// the drain check (nothing but FIN carriers) can be behind that. Not an error.
+			return
+		}
+		err := error(syscall.Errno(e))
+		if e == 0 {
+			err = errors.New("socket error")
+		}
+		c.endLocked(os.NewSyscallError("socket", err))
+		return
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 && !s.eof {
+		s.eof = true
+		c.flushLocked()
+	}
+}
+
+// flushLocked passes each EOF on once everything redirected before it has been handed to
+// the peer's send queue, and ends the connection when both directions are done. When the
+// kernel's worker has not caught up yet, it looks again shortly.
+func (c *Conn) flushLocked() {
+	pending := false
+	for _, s := range []*side{&c.a, &c.b} {
+		if !s.eof || s.peer.shut {
+			continue
+		}
+		ok, err := c.drainedLocked(s)
+		if err != nil {
+			c.endLocked(err)
+			return
+		}
+		if !ok {
+			pending = true
+			continue
+		}
+		if err := unix.Shutdown(s.peer.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			c.endLocked(os.NewSyscallError("shutdown", err))
+			return
+		}
+		s.peer.shut = true
+	}
+	if c.a.shut && c.b.shut {
+		c.endLocked(nil)
+		return
+	}
+	if pending {
+		c.wait = min(max(2*c.wait, 100*time.Microsecond), 20*time.Millisecond)
+		if c.retry == nil {
+			c.retry = time.AfterFunc(c.wait, c.recheck)
+		} else {
+			c.retry.Reset(c.wait)
+		}
+	}
+}
+
+func (c *Conn) recheck() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.ended {
+		c.flushLocked()
+	}
+}
+
+// drainedLocked: has every byte redirected from s reached s.peer's send queue?
+func (c *Conn) drainedLocked(s *side) (bool, error) {
+	var st connStat
+	if err := c.r.objs.Stats.Lookup(s.cookie, &st); err != nil {
+		return false, fmt.Errorf("sockmap stats: %w", err)
+	}
+	w, err := written(s.peer.fd)
+	if err != nil {
+		return false, err
+	}
+	return w-s.peer.base >= s.peer.first+st.Bytes, nil
+}
+
+func (c *Conn) checkIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return
+	}
+	last := c.start
+	for _, s := range []*side{&c.a, &c.b} {
+		var st connStat
+		if err := c.r.objs.Stats.Lookup(s.cookie, &st); err == nil && int64(st.LastNS) > last {
+			last = int64(st.LastNS)
+		}
+	}
+	if left := time.Duration(last + int64(c.idle) - monoNow()); left > 0 {
+		c.timer.Reset(left)
+		return
+	}
+	c.endLocked(ErrIdle)
+}
+
+// Close cuts the connection now (both sockets closed); Done is closed on return.
+func (c *Conn) Close() {
+	c.end(ErrCut)
+}
+
+func (c *Conn) end(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.endLocked(err)
+}
+
+func (c *Conn) endLocked(err error) {
+	if c.ended {
+		return
+	}
+	c.ended = true
+	c.err = err
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.retry != nil {
+		c.retry.Stop()
+	}
+	r := c.r
+	for i, s := range []*side{&c.a, &c.b} {
+		var st connStat
+		if err := r.objs.Stats.LookupAndDelete(s.cookie, &st); err == nil {
+			c.final[i] = st.Bytes
+		}
+		_ = unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
+	r.mu.Lock()
+	delete(r.bySd, c.a.id)
+	delete(r.bySd, c.b.id)
+	delete(r.live, c)
+	r.mu.Unlock()
+	// Closing a socket takes it out of both sockhashes.
+	unix.Close(c.a.fd)
+	unix.Close(c.b.fd)
+	c.closed.Store(true)
+	close(c.done)
+}
+
+// Done is closed when the connection has ended (both directions finished, an error, the
+// idle timeout or Close); Err then tells which.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is nil when both sides ended cleanly (EOF both ways, passed on), ErrIdle, ErrCut, or
+// the socket error that ended it. Valid once Done is closed.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Bytes is how many bytes the kernel has moved a→b and b→a (first excluded): live while the
+// connection runs, final once it has ended.
+func (c *Conn) Bytes() (ab, ba uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return c.final[0], c.final[1]
+	}
+	var sa, sb connStat
+	_ = c.r.objs.Stats.Lookup(c.a.cookie, &sa)
+	_ = c.r.objs.Stats.Lookup(c.b.cookie, &sb)
+	return sa.Bytes, sb.Bytes
+}
