@@ -2,12 +2,16 @@
 # bench/10-gateway.sh — the east-west gateway against a direct connection, HAProxy
 # (mode tcp, req.ssl_sni, inspect-delay) and nginx (stream, ssl_preread), all on loopback,
 # in one run: connections per second (TLS handshake + 32-byte echo + close), p50/p99
-# latency, bulk throughput, proxy CPU per 1000 connections and per GB (/proc/<pid>/stat),
-# and memory and file descriptors per idle connection at $IDLE idle connections.
-# Prints a markdown table with ratios against direct and against HAProxy.
+# latency, bulk throughput, CPU per 1000 connections and per GB -- the proxy's own
+# (/proc/<pid>/stat) and the machine's added CPU (load generator, backends, proxies and
+# every kernel thread, minus the direct run's) -- and memory and file descriptors per idle
+# connection at $IDLE idle connections. The floor (a relay that only accepts, connects and
+# lets the kernel redirect the bytes) runs in the same rounds. Prints markdown tables with
+# ratios against direct, HAProxy, nginx and the floor.
 #
 # Knobs (environment): IDLE=10000 CONC=16 LAT_TIME=6s CONN_TIME=9s BULK_TIME=9s STREAMS=4 ROUNDS=3
-# (each phase time is split over ROUNDS rounds that interleave the targets)
+# (each phase time is split over ROUNDS rounds that interleave the targets; every figure is
+# the median over the rounds)
 # Runs as root on Debian: installs haproxy and nginx (with its stream module) if absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,11 +55,18 @@ trap cleanup EXIT
 go build -o "$WORK/meshfed" ./cmd/meshfed
 go build -o "$WORK/benchload" ./eastwest/internal/benchload
 
-mapfile -t P < <("$WORK/benchload" freeports 9)
+mapfile -t P < <("$WORK/benchload" freeports 12)
 ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} GW=${P[3]} GWADM=${P[4]} GW2=${P[5]} GW2ADM=${P[6]} HAP=${P[7]} NGX=${P[8]}
+FL1=${P[9]} FL2=${P[10]} FL3=${P[11]}
 
 "$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
-PIDS+=($!)
+BACKENDS=$!; PIDS+=($BACKENDS)
+
+# The floor: a relay that only accepts, connects and hands both sockets to the kernel
+# (sockmap redirect), one listener per backend. Needs root and BPF; skipped otherwise.
+"$WORK/benchload" floor --relay 127.0.0.1:$FL1=127.0.0.1:$ECHO --relay 127.0.0.1:$FL2=127.0.0.1:$SINK \
+  --relay 127.0.0.1:$FL3=127.0.0.1:$HOLD > "$WORK/floor.log" 2>&1 &
+FLOORPID=$!; PIDS+=($FLOORPID); echo $FLOORPID > "$WORK/floor.pids"
 
 cat > "$WORK/exports.yaml" <<YAML
 services:
@@ -127,12 +138,19 @@ nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
 NGXPID=$!; PIDS+=($NGXPID)
 
 # Wait for every listener.
-for port in $ECHO $GW $GW2 $HAP $NGX; do
+for port in $ECHO $GW $GW2 $HAP $NGX $FL1; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    kill -0 $FLOORPID 2>/dev/null || [ "$port" != "$FL1" ] || break
     sleep 0.1
   done
 done
+FLOOR=()
+if grep -q '^ready' "$WORK/floor.log"; then
+  FLOOR=(--target "floor=127.0.0.1:$FL1,127.0.0.1:$FL2,127.0.0.1:$FL3@$WORK/floor.pids")
+else
+  echo "note: no floor in this run: $(tail -1 "$WORK/floor.log")" >&2
+fi
 # nginx: the master and its workers (the workers do the proxying).
 { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
 
@@ -143,6 +161,7 @@ echo "== east-west gateway benchmark: $(nproc) cores, load average $(cut -d" " -
   --target "meshfed io-copy=127.0.0.1:$GW2@$WORK/meshfed-iocopy.pids!$IDLE_IOCOPY" \
   --target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" \
   --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids" \
+  "${FLOOR[@]}" --account-pid "$BACKENDS" \
   --idle "$IDLE" --conc "$CONC" --lat-time "$LAT_TIME" --conn-time "$CONN_TIME" \
   --bulk-time "$BULK_TIME" --streams "$STREAMS" --rounds "$ROUNDS" --json "${BENCH_JSON:-$WORK/result.json}"
 cat <<'TXT'
@@ -151,6 +170,10 @@ Columns: conn/s = new connections per second (TCP + TLS 1.3 handshake + 32-byte 
 concurrency CONC); p50/p99 = one connection at a time, the same work; added = minus direct;
 bulk = one ClientHello then raw bytes (no crypto after the hello), STREAMS streams; proxy CPU =
 utime+stime of the proxy's processes from /proc/<pid>/stat (nginx: master + workers);
+machine CPU = the load generator, the backends, every proxy process and every kernel thread
+(softirq work done in a process's context is in its system time), over the phase; added =
+minus direct's in the same round. Each figure is the median over ROUNDS interleaved rounds.
+floor = a relay that only accepts, connects and lets the kernel redirect the bytes (sockmap).
 RSS and fds per idle connection = growth of the proxy process(es) with IDLE idle connections
 open, both sides together (client side + upstream side); kernel = growth of Slab+KernelStack+
 PageTables for the whole machine per idle connection, relative to direct for proxies.

@@ -26,6 +26,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshfed/meshfed/eastwest/internal/sockmap"
 )
 
 const (
@@ -45,6 +47,8 @@ func main() {
 		err = backends(os.Args[2:])
 	case "run":
 		err = run(os.Args[2:])
+	case "floor":
+		err = floor(os.Args[2:])
 	case "freeports":
 		// Free loopback ports for the script's listeners (bound and released at once).
 		n, _ := strconv.Atoi(os.Args[2])
@@ -166,6 +170,65 @@ func backends(args []string) error {
 	return nil
 }
 
+// ---------------------------------------------------------------- the floor relay
+
+// floor is the least a relay can add: for each LISTEN=TARGET pair it accepts, connects to
+// TARGET, and hands both sockets to the kernel (the gateway's sockmap path: an sk_skb
+// verdict redirects each socket's bytes to the other), doing nothing in user space after
+// accept and connect but closing both when they end. No hello is read, no route chosen.
+func floor(args []string) error {
+	fs := flag.NewFlagSet("floor", flag.ExitOnError)
+	var pairs [][2]string
+	fs.Func("relay", "LISTEN=TARGET (repeat)", func(v string) error {
+		l, t, ok := strings.Cut(v, "=")
+		if !ok {
+			return fmt.Errorf("%q: want LISTEN=TARGET", v)
+		}
+		pairs = append(pairs, [2]string{l, t})
+		return nil
+	})
+	fs.Parse(args)
+	if err := sockmap.Probe(); err != nil {
+		return fmt.Errorf("the floor relay needs the sockmap path: %w", err)
+	}
+	r, err := sockmap.New(sockmap.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for _, p := range pairs {
+		ln, err := net.Listen("tcp", p[0])
+		if err != nil {
+			return err
+		}
+		go func(ln net.Listener, target string) {
+			d := net.Dialer{KeepAlive: -1}
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					up, err := d.Dial("tcp", target)
+					if err != nil {
+						c.Close()
+						return
+					}
+					if _, err := r.Splice(c.(*net.TCPConn), up.(*net.TCPConn), nil, 0); err != nil {
+						c.Close()
+						up.Close()
+					}
+				}()
+			}
+		}(ln, p[1])
+	}
+	fmt.Println("ready")
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	<-ch
+	return nil
+}
+
 // ---------------------------------------------------------------- measuring a process
 
 type procStat struct {
@@ -245,21 +308,105 @@ func (t *target) loadPIDs() error {
 	return nil
 }
 
+// result is one target's figures: each is the median over the rounds, and the machine
+// figures are the whole machine's CPU (every process and the kernel, /proc/stat) over the
+// phase; "added" is minus the direct baseline's figure of the same round.
 type result struct {
-	Name                      string
-	LatP50, LatP99            time.Duration
-	LatN                      int
-	ConnsPerSec               float64
-	ConnErrors                int64
-	CPUPer1000Conns           time.Duration
-	BulkGBps                  float64
-	CPUPerGB                  time.Duration
-	IdleConns                 int
-	RSSPerConn, FDsPerConn    float64
-	SlabPerConn               float64
-	IdleErrors                int64
-	HasProc                   bool
-	CPUMeasuredConns, CPUBulk time.Duration
+	Name                   string
+	LatP50, LatP99         time.Duration
+	LatN                   int
+	ConnsPerSec            float64
+	ConnErrors             int64
+	CPUPer1000Conns        time.Duration // the proxy's processes
+	MachPer1000Conns       time.Duration // whole machine
+	AddedPer1000Conns      time.Duration // whole machine, minus direct's
+	BulkGBps               float64
+	CPUPerGB               time.Duration
+	MachPerGB              time.Duration
+	AddedPerGB             time.Duration
+	BulkErrors             int
+	IdleConns              int
+	RSSPerConn, FDsPerConn float64
+	SlabPerConn            float64
+	IdleErrors             int64
+	HasProc                bool
+	Rounds                 []roundFig
+}
+
+// roundFig is one round's figures for one target (kept in the JSON output).
+type roundFig struct {
+	LatP50, LatP99                        time.Duration
+	ConnsPerSec                           float64
+	CPUPer1000, MachPer1000, AddedPer1000 time.Duration
+	BulkGBps                              float64
+	CPUPerGB, MachPerGB, AddedPerGB       time.Duration
+}
+
+// machineCPU is the whole machine's busy CPU time so far: every field of /proc/stat's cpu
+// line except idle and iowait (user, nice, system, irq, softirq, steal; guest time is
+// already inside user). On a machine shared with other work it counts that work too.
+func machineCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait, guest, guest_nice
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// benchCPU is the CPU time of everything the benchmark involves: the given processes (this
+// load generator, the backends, every proxy under test) and every kernel thread (softirq
+// threads, the workqueue workers that run sockmap's redirects, ...). Softirq work done in a
+// process's context is inside that process's system time (this kernel has no
+// IRQ_TIME_ACCOUNTING; with it, /proc/stat's irq and softirq would have to be added). It
+// is the whole machine's CPU less the other users' processes, which on a shared machine
+// would otherwise swamp the figures.
+func benchCPU(pids []int) time.Duration {
+	s, _ := readProc(pids)
+	total := s.cpu
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		if len(f) < 13 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid != 2 && pid != 2 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * time.Second / 100
+	}
+	return total
+}
+
+func median[T int64 | float64 | time.Duration](v []T) T {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]T(nil), v...)
+	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 var localSeq atomic.Uint32
@@ -467,6 +614,12 @@ func run(args []string) error {
 	bulkTime := fs.Duration("bulk-time", 4*time.Second, "bulk phase length per target")
 	streams := fs.Int("streams", 4, "parallel bulk streams")
 	nIdle := fs.Int("idle", 10000, "idle connections held per target")
+	var extraPIDs []int
+	fs.Func("account-pid", "another process whose CPU the machine figures count (the backends); repeat", func(v string) error {
+		n, err := strconv.Atoi(v)
+		extraPIDs = append(extraPIDs, n)
+		return err
+	})
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
 	rounds := fs.Int("rounds", 3, "rounds interleaving the targets in the latency, conns and bulk phases")
 	fs.Parse(args)
@@ -491,62 +644,99 @@ func run(args []string) error {
 		}
 	}
 	// Rounds interleave the targets so that load from elsewhere on the machine falls on all
-	// of them alike; each round gives every target 1/rounds of each phase's time.
+	// of them alike; each round gives every target 1/rounds of each phase's time, and each
+	// figure is the median over the rounds.
 	R := time.Duration(*rounds)
-	lat := make([][]time.Duration, len(targets))
-	type acc struct {
-		n, errs int64
-		el, cpu time.Duration
+	acct := []int{os.Getpid()}
+	for _, t := range targets {
+		acct = append(acct, t.pids...)
 	}
-	cr := make([]acc, len(targets))
-	br := make([]acc, len(targets))
+	acct = append(acct, extraPIDs...)
+	var othersAll, spanAll time.Duration
 	for round := 0; round < *rounds; round++ {
+		figs := make([]roundFig, len(targets))
+		var others, span time.Duration // CPU of other users' processes while measuring
 		for i, t := range targets {
 			l, err := latency(t.AddrEcho, *latTime/R, *latMax / *rounds)
 			if err != nil {
 				return fmt.Errorf("%s latency: %w", t.Name, err)
 			}
-			lat[i] = append(lat[i], l...)
+			sort.Slice(l, func(a, b int) bool { return l[a] < l[b] })
+			figs[i].LatP50, figs[i].LatP99 = l[len(l)/2], l[len(l)*99/100]
+			res[i].LatN += len(l)
 		}
 		for i, t := range targets {
 			before, _ := readProc(t.pids)
+			m0, w0 := benchCPU(acct), machineCPU()
 			n, errs, el := connRate(t.AddrEcho, *conc, *connTime/R)
+			m1, w1 := benchCPU(acct), machineCPU()
+			others += (w1 - w0) - (m1 - m0)
+			span += el
 			after, _ := readProc(t.pids)
-			cr[i].n += n
-			cr[i].errs += errs
-			cr[i].el += el
-			cr[i].cpu += after.cpu - before.cpu
+			res[i].ConnErrors += errs
+			figs[i].ConnsPerSec = float64(n) / el.Seconds()
+			if n > 0 {
+				figs[i].CPUPer1000 = (after.cpu - before.cpu) * 1000 / time.Duration(n)
+				figs[i].MachPer1000 = (m1 - m0) * 1000 / time.Duration(n)
+			}
 		}
 		for i, t := range targets {
 			before, _ := readProc(t.pids)
+			m0, w0 := benchCPU(acct), machineCPU()
 			n, el, err := bulk(t.AddrBulk, *streams, *bulkTime/R)
+			m1, w1 := benchCPU(acct), machineCPU()
+			others += (w1 - w0) - (m1 - m0)
+			span += el
 			after, _ := readProc(t.pids)
 			if err != nil {
 				logf("bulk %s: %v", t.Name, err)
+				res[i].BulkErrors++
 			}
-			br[i].n += n
-			br[i].el += el
-			br[i].cpu += after.cpu - before.cpu
+			figs[i].BulkGBps = float64(n) / el.Seconds() / 1e9
+			if n > 0 {
+				figs[i].CPUPerGB = time.Duration(float64(after.cpu-before.cpu) * 1e9 / float64(n))
+				figs[i].MachPerGB = time.Duration(float64(m1-m0) * 1e9 / float64(n))
+			}
 		}
-		logf("round %d/%d done", round+1, *rounds)
+		for i := range targets {
+			figs[i].AddedPer1000 = figs[i].MachPer1000 - figs[0].MachPer1000
+			figs[i].AddedPerGB = figs[i].MachPerGB - figs[0].MachPerGB
+			res[i].Rounds = append(res[i].Rounds, figs[i])
+		}
+		logf("round %d/%d done (load average %s; other users' processes took %.2f cores while measuring)",
+			round+1, *rounds, loadAvg(), others.Seconds()/span.Seconds())
+		othersAll += others
+		spanAll += span
 	}
 	for i, t := range targets {
-		l := lat[i]
-		sort.Slice(l, func(a, b int) bool { return l[a] < l[b] })
-		res[i].LatP50, res[i].LatP99, res[i].LatN = l[len(l)/2], l[len(l)*99/100], len(l)
-		res[i].ConnsPerSec = float64(cr[i].n) / cr[i].el.Seconds()
-		res[i].ConnErrors = cr[i].errs
-		if cr[i].n > 0 {
-			res[i].CPUPer1000Conns = cr[i].cpu * 1000 / time.Duration(cr[i].n)
+		r := res[i]
+		pick := func(f func(roundFig) time.Duration) time.Duration {
+			v := make([]time.Duration, len(r.Rounds))
+			for k, x := range r.Rounds {
+				v[k] = f(x)
+			}
+			return median(v)
 		}
-		res[i].CPUMeasuredConns = cr[i].cpu
-		res[i].BulkGBps = float64(br[i].n) / br[i].el.Seconds() / 1e9
-		if br[i].n > 0 {
-			res[i].CPUPerGB = time.Duration(float64(br[i].cpu) * 1e9 / float64(br[i].n))
+		pickF := func(f func(roundFig) float64) float64 {
+			v := make([]float64, len(r.Rounds))
+			for k, x := range r.Rounds {
+				v[k] = f(x)
+			}
+			return median(v)
 		}
-		res[i].CPUBulk = br[i].cpu
-		logf("%-16s latency p50 %v p99 %v (%d) | %.0f conn/s (%d errors) proxy CPU %v | bulk %.2f GB/s proxy CPU %v",
-			t.Name, res[i].LatP50, res[i].LatP99, len(l), res[i].ConnsPerSec, cr[i].errs, cr[i].cpu, res[i].BulkGBps, br[i].cpu)
+		r.LatP50 = pick(func(x roundFig) time.Duration { return x.LatP50 })
+		r.LatP99 = pick(func(x roundFig) time.Duration { return x.LatP99 })
+		r.ConnsPerSec = pickF(func(x roundFig) float64 { return x.ConnsPerSec })
+		r.CPUPer1000Conns = pick(func(x roundFig) time.Duration { return x.CPUPer1000 })
+		r.MachPer1000Conns = pick(func(x roundFig) time.Duration { return x.MachPer1000 })
+		r.AddedPer1000Conns = pick(func(x roundFig) time.Duration { return x.AddedPer1000 })
+		r.BulkGBps = pickF(func(x roundFig) float64 { return x.BulkGBps })
+		r.CPUPerGB = pick(func(x roundFig) time.Duration { return x.CPUPerGB })
+		r.MachPerGB = pick(func(x roundFig) time.Duration { return x.MachPerGB })
+		r.AddedPerGB = pick(func(x roundFig) time.Duration { return x.AddedPerGB })
+		logf("%-16s latency p50 %v p99 %v (%d) | %.0f conn/s (%d errors) CPU/1000 proxy %v machine %v added %v | bulk %.2f GB/s CPU/GB proxy %v machine %v added %v",
+			t.Name, r.LatP50, r.LatP99, r.LatN, r.ConnsPerSec, r.ConnErrors, r.CPUPer1000Conns, r.MachPer1000Conns, r.AddedPer1000Conns,
+			r.BulkGBps, r.CPUPerGB, r.MachPerGB, r.AddedPerGB)
 	}
 	for i, t := range targets {
 		procFDs := func() int64 { s, _ := readProc(t.pids); return int64(s.fds) }
@@ -582,7 +772,9 @@ func run(args []string) error {
 		}
 		settle(procFDs, 20*time.Second)
 	}
-	printTable(os.Stdout, res)
+	fmt.Printf("Measured with load average %s at the end; other users' processes took %.2f cores on average while measuring (not counted).\n\n",
+		loadAvg(), othersAll.Seconds()/spanAll.Seconds())
+	printTables(os.Stdout, res)
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(res, "", "  ")
 		os.MkdirAll(filepath.Dir(*jsonOut), 0o755)
@@ -591,37 +783,111 @@ func run(args []string) error {
 	return nil
 }
 
-func printTable(w io.Writer, res []*result) {
-	direct := res[0]
-	var haproxy *result
-	for _, r := range res {
-		if strings.HasPrefix(strings.ToLower(r.Name), "haproxy") {
-			haproxy = r
-		}
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
 	}
+	return strings.Join(f[:3], " ")
+}
+
+// printTables prints the figures as markdown tables, with ratios against the baselines
+// run in the same script: direct (the first target), and the targets named HAProxy,
+// nginx and floor* when present.
+func printTables(w io.Writer, res []*result) {
+	direct := res[0]
+	find := func(prefix string) []*result {
+		var out []*result
+		for _, r := range res {
+			if strings.HasPrefix(strings.ToLower(r.Name), prefix) {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	one := func(prefix string) *result {
+		if f := find(prefix); len(f) > 0 {
+			return f[0]
+		}
+		return nil
+	}
+	haproxy, nginx := one("haproxy"), one("nginx")
+	floorConn, floorBulk := one("floor"), one("floor")
 	ratio := func(a, b float64) string {
-		if b == 0 {
+		if b <= 0 || a < 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.2f×", a/b)
 	}
+	vs := func(base *result, a float64, f func(*result) float64) string {
+		if base == nil {
+			return "-"
+		}
+		return ratio(a, f(base))
+	}
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+	sdur := func(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
 	added := func(a, b time.Duration) string {
 		return fmt.Sprintf("%+.3f ms", float64((a-b).Microseconds())/1000)
 	}
-	fmt.Fprintln(w, "| target | conn/s | ×direct | ×HAProxy | p50 | p99 | added p50 | added p99 | bulk GB/s | ×direct | ×HAProxy | proxy CPU /1000 conns | proxy CPU /GB | idle conns | RSS /idle conn | fds /idle conn | kernel /idle conn |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	conns := func(r *result) float64 { return r.ConnsPerSec }
+	gbps := func(r *result) float64 { return r.BulkGBps }
+	addC := func(r *result) float64 { return float64(r.AddedPer1000Conns) }
+	addG := func(r *result) float64 { return float64(r.AddedPerGB) }
+
+	fmt.Fprintln(w, "Connections (TCP + TLS 1.3 handshake + 32-byte echo + close):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | conn/s | ×direct | ×HAProxy | ×nginx | failed | p50 | p99 | added p50 | added p99 |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range res {
-		hx := func(a, b float64) string {
-			if haproxy == nil {
-				return "-"
-			}
-			return ratio(a, b)
-		}
-		cpuC, cpuG, rss, fds := "-", "-", "-", "-"
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %d | %s | %s | %s | %s |\n",
+			r.Name, r.ConnsPerSec, ratio(r.ConnsPerSec, direct.ConnsPerSec), vs(haproxy, r.ConnsPerSec, conns), vs(nginx, r.ConnsPerSec, conns),
+			r.ConnErrors, ms(r.LatP50), ms(r.LatP99), added(r.LatP50, direct.LatP50), added(r.LatP99, direct.LatP99))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "CPU per 1000 connections (proxy = its own processes; machine = the load generator, backends, proxies and every kernel thread, softirq included; added = machine minus direct's in the same round):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | proxy CPU | machine CPU | added machine CPU | ×HAProxy | ×nginx | ×floor |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, r := range res {
+		p := "-"
 		if r.HasProc {
-			cpuC = ms(r.CPUPer1000Conns)
-			cpuG = ms(r.CPUPerGB)
+			p = ms(r.CPUPer1000Conns)
+		}
+		a := fmt.Sprintf("%+.3f ms", float64(r.AddedPer1000Conns.Microseconds())/1000)
+		if r == direct {
+			a = "-"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Name, p, ms(r.MachPer1000Conns), a,
+			vs(haproxy, addC(r), addC), vs(nginx, addC(r), addC), vs(floorConn, addC(r), addC))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Bulk (one ClientHello, then raw bytes client to backend) and CPU per GB:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | GB/s | ×direct | ×HAProxy | ×nginx | proxy CPU /GB | machine CPU /GB | added machine CPU /GB | ×HAProxy | ×nginx | ×floor |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range res {
+		p := "-"
+		if r.HasProc {
+			p = sdur(r.CPUPerGB)
+		}
+		a := fmt.Sprintf("%+.3f s", r.AddedPerGB.Seconds())
+		if r == direct {
+			a = "-"
+		}
+		fmt.Fprintf(w, "| %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, r.BulkGBps,
+			ratio(r.BulkGBps, direct.BulkGBps), vs(haproxy, r.BulkGBps, gbps), vs(nginx, r.BulkGBps, gbps),
+			p, sdur(r.MachPerGB), a, vs(haproxy, addG(r), addG), vs(nginx, addG(r), addG), vs(floorBulk, addG(r), addG))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Idle connections:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | idle conns | failed | RSS /idle conn | fds /idle conn | kernel /idle conn |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, r := range res {
+		rss, fds := "-", "-"
+		if r.HasProc {
 			rss = fmt.Sprintf("%.1f KiB", r.RSSPerConn/1024)
 			fds = fmt.Sprintf("%.2f", r.FDsPerConn)
 		}
@@ -629,13 +895,6 @@ func printTable(w io.Writer, res []*result) {
 		if r != direct {
 			kern = fmt.Sprintf("%+.1f KiB", (r.SlabPerConn-direct.SlabPerConn)/1024)
 		}
-		hConn, hBulk := "-", "-"
-		if haproxy != nil {
-			hConn, hBulk = hx(r.ConnsPerSec, haproxy.ConnsPerSec), hx(r.BulkGBps, haproxy.BulkGBps)
-		}
-		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s | %d | %s | %s | %s |\n",
-			r.Name, r.ConnsPerSec, ratio(r.ConnsPerSec, direct.ConnsPerSec), hConn,
-			ms(r.LatP50), ms(r.LatP99), added(r.LatP50, direct.LatP50), added(r.LatP99, direct.LatP99),
-			r.BulkGBps, ratio(r.BulkGBps, direct.BulkGBps), hBulk, cpuC, cpuG, r.IdleConns, rss, fds, kern)
+		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s |\n", r.Name, r.IdleConns, r.IdleErrors, rss, fds, kern)
 	}
 }
