@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
 )
@@ -22,7 +23,8 @@ import (
 type Call struct {
 	At       time.Time `json:"at"`
 	SPIFFEID string    `json:"spiffe_id,omitempty"`
-	Peer     string    `json:"peer,omitempty"`
+	Peer     string    `json:"peer,omitempty"`     // the TCP peer: through a gateway, the gateway
+	Workload string    `json:"workload,omitempty"` // the workload that answered (its own address)
 	Millis   float64   `json:"ms"`
 	Error    string    `json:"error,omitempty"`
 }
@@ -77,8 +79,9 @@ func call(ctx context.Context, hc healthpb.HealthClient) Call {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var p peer.Peer
+	var md metadata.MD
 	start := time.Now()
-	_, err := hc.Check(cctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(false))
+	_, err := hc.Check(cctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.Header(&md), grpc.WaitForReady(false))
 	c := Call{At: start, Millis: float64(time.Since(start).Microseconds()) / 1000}
 	if err != nil {
 		c.Error = err.Error()
@@ -86,6 +89,9 @@ func call(ctx context.Context, hc healthpb.HealthClient) Call {
 	}
 	if p.Addr != nil {
 		c.Peer = p.Addr.String()
+	}
+	if v := md.Get(WorkloadAddrHeader); len(v) > 0 {
+		c.Workload = v[0]
 	}
 	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 && len(ti.State.PeerCertificates[0].URIs) > 0 {
 		c.SPIFFEID = ti.State.PeerCertificates[0].URIs[0].String()

@@ -184,7 +184,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	s.say("Calls are served by west, the nearest healthy cluster (same region as east):")
 	s.say("  east's client  --mTLS-->  west's gateway %s (routes by SNI %s, never terminates TLS)", west.GatewayAddr, names.ServiceSNI(ns, service, port))
-	s.say("  -->  %s, identity %s, verified by east through west's federated bundle", first.Peer, first.SPIFFEID)
+	s.say("  -->  west's workload %s, identity %s, verified by east through west's federated bundle", first.Workload, first.SPIFFEID)
 
 	// Step 1: a failover drill of west.
 	s.say("")

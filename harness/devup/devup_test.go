@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,6 +80,12 @@ func TestDevUpSmoke(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	// The call's path names the workload that answered, not the gateway it went through.
+	gw := regexp.MustCompile(`west's gateway (\S+) `).FindStringSubmatch(out.String())
+	wl := regexp.MustCompile(`west's workload (\S+), identity`).FindStringSubmatch(out.String())
+	if gw == nil || wl == nil || wl[1] == gw[1] || !strings.Contains(wl[1], ":") {
+		t.Errorf("the call's path should name west's workload address apart from its gateway's: gateway %v, workload %v", gw, wl)
 	}
 	if strings.Contains(out.String(), "not within") {
 		t.Errorf("traffic did not come back to west in time")

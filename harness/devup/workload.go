@@ -1,6 +1,7 @@
 package devup
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -50,11 +52,21 @@ func startWorkload(addr string, ca *devca.CA, id, bundleDir string) (*workload, 
 	if err != nil {
 		return nil, fmt.Errorf("workload listen %s: %w", addr, err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	// Every answer names the workload that gave it (the address it listens on): through a
+	// gateway, the client's TCP peer is the gateway, not the workload.
+	self := ln.Addr().String()
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			_ = grpc.SetHeader(ctx, metadata.Pairs(WorkloadAddrHeader, self))
+			return h(ctx, req)
+		}))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(ln) }()
-	return &workload{addr: ln.Addr().String(), srv: srv}, nil
+	return &workload{addr: self, srv: srv}, nil
 }
+
+// WorkloadAddrHeader is the response header in which a demo workload names its own address.
+const WorkloadAddrHeader = "meshfed-workload-addr"
 
 func (w *workload) stop() { w.srv.Stop() }
 
