@@ -108,6 +108,10 @@ func isEtcdErr(err, target error) bool {
 func AuthEnabled(ctx context.Context, cli *clientv3.Client) (bool, error) {
 	r, err := cli.AuthStatus(ctx)
 	if err != nil {
+		// etcd before 3.5 has no AuthStatus: say so in terms of versions.
+		if verr := tooOld(ctx, cli, err); verr != nil {
+			return false, verr
+		}
 		return false, fmt.Errorf("etcd auth status: %w", err)
 	}
 	return r.Enabled, nil
