@@ -17,9 +17,12 @@
 //   - Byte counters: per source socket in a BPF hash map, read on demand (scrape) and when
 //     the connection ends.
 //   - Order: the peer map (redirect targets) is filled before any socket joins the source
-//     map, bytes buffered before that stay in the socket's receive queue and are swept, in
-//     order, by the verdict when the socket joins (SO_RCVLOWAT re-runs data_ready), so
-//     nothing is reordered or stranded.
+//     map. What the client side has queued is read and sent after the caller's first bytes
+//     (the verdict takes queued segments whole, so one the caller read part of would be sent
+//     twice, TestPartlyReadSegment); bytes arriving later, and whatever the upstream side
+//     sent before joining, stay in the receive queue and are swept, in order, when the
+//     socket joins (setting SO_RCVLOWAT re-runs data_ready), so nothing is reordered,
+//     repeated or stranded.
 //
 // Probe tells whether this kernel and process can use it (BPF syscall, sockhash, sk_skb,
 // CAP_BPF or CAP_NET_ADMIN), and why not.

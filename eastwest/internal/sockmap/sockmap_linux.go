@@ -242,6 +242,7 @@ type Conn struct {
 	ended  bool
 	err    error
 	final  [2]uint64
+	queued uint64 // bytes of a read by Splice and sent after first (counted a→b)
 	done   chan struct{}
 	closed atomic.Bool
 }
@@ -301,6 +302,18 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration)
 		undo()
 		return nil, fmt.Errorf("sockmap peers: %w", err)
 	}
+	// Bytes still queued on a must not be left for the verdict if the caller read part of
+	// their segment (a gateway reading the hello stops mid-segment): the kernel would send
+	// the segment whole, the part already read twice. So read everything queued now and
+	// send it after first; what arrives from here on is whole segments, swept in order
+	// when a joins.
+	callerFirst := len(first)
+	first, err = appendQueued(fa, first)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	c.queued = uint64(len(first) - callerFirst)
 	// b joins first: whatever it answers to first goes to a in the kernel.
 	if err := r.objs.Sources.Update(c.b.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
 		undo()
@@ -362,6 +375,35 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration)
 		}
 	}
 	return c, nil
+}
+
+// maxQueued bounds what appendQueued reads: a client that keeps streaming before its
+// connection is routed (no TLS client does) is refused rather than buffered without end.
+const maxQueued = 1 << 20
+
+func appendQueued(fd int, first []byte) ([]byte, error) {
+	var buf [16 << 10]byte
+	out := first
+	for {
+		n, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT)
+		if n > 0 {
+			if len(out) == len(first) {
+				out = append([]byte(nil), first...)
+			}
+			out = append(out, buf[:n]...)
+			if len(out)-len(first) > maxQueued {
+				return nil, fmt.Errorf("more than %d bytes queued before the connection was spliced", maxQueued)
+			}
+			continue
+		}
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN || n == 0 && err == nil: // all read, or EOF (seen again by epoll)
+			return out, nil
+		default:
+			return nil, fmt.Errorf("reading queued bytes: %w", err)
+		}
+	}
 }
 
 func rawFD(c *net.TCPConn) (int, error) {
@@ -557,6 +599,9 @@ func (c *Conn) endLocked(err error) {
 		if err := r.objs.Stats.LookupAndDelete(s.cookie, &st); err == nil {
 			c.final[i] = st.Bytes
 		}
+		if i == 0 {
+			c.final[i] += c.queued
+		}
 		_ = unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	r.mu.Lock()
@@ -583,8 +628,9 @@ func (c *Conn) Err() error {
 	return c.err
 }
 
-// Bytes is how many bytes the kernel has moved a→b and b→a (first excluded): live while the
-// connection runs, final once it has ended.
+// Bytes is how many bytes have moved a→b and b→a past the caller's first bytes (the kernel's
+// redirects, and what Splice found queued on a): live while the connection runs, final once
+// it has ended.
 func (c *Conn) Bytes() (ab, ba uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -594,5 +640,5 @@ func (c *Conn) Bytes() (ab, ba uint64) {
 	var sa, sb connStat
 	_ = c.r.objs.Stats.Lookup(c.a.cookie, &sa)
 	_ = c.r.objs.Stats.Lookup(c.b.cookie, &sb)
-	return sa.Bytes, sb.Bytes
+	return sa.Bytes + c.queued, sb.Bytes
 }

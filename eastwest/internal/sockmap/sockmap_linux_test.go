@@ -424,3 +424,27 @@ func TestObjectsFresh(t *testing.T) {
 		}
 	}
 }
+
+// The relay read only part of what the client had sent in one segment (a gateway reads the
+// hello; the client sent more right behind it): the rest of that segment is queued, partly
+// consumed. Exactly the unread bytes must follow first, none twice.
+func TestPartlyReadSegment(t *testing.T) {
+	r := newRedirector(t)
+	data := randBytes(60 << 10)
+	var client net.Conn
+	p := relay(t, r, 0, func(down, up *net.TCPConn) []byte {
+		if _, err := client.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		waitfor.Cond(t, 5*time.Second, func() bool { return inq(down) == len(data) }, "%d of %d bytes queued", inq(down), len(data))
+		buf := make([]byte, 1000)
+		if _, err := io.ReadFull(down, buf); err != nil {
+			t.Fatal(err)
+		}
+		return buf
+	}, func(c, _ net.Conn) { client = c })
+	_ = p.client.CloseWrite()
+	if got := readAllDeadline(t, p.server); !bytes.Equal(got, data) {
+		t.Fatalf("server got %d bytes (want %d, in order, none twice)", len(got), len(data))
+	}
+}
