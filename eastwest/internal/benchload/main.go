@@ -214,7 +214,7 @@ func floor(args []string) error {
 						c.Close()
 						return
 					}
-					if _, err := r.Splice(c.(*net.TCPConn), up.(*net.TCPConn), nil, 0); err != nil {
+					if _, err := r.Splice(c.(*net.TCPConn), up.(*net.TCPConn), nil, 0, nil); err != nil {
 						c.Close()
 						up.Close()
 					}

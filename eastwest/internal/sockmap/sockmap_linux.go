@@ -243,8 +243,10 @@ type Conn struct {
 	err    error
 	final  [2]uint64
 	queued uint64 // bytes of a read by Splice and sent after first (counted a→b)
+	onEnd  func(*Conn)
 	done   chan struct{}
-	closed atomic.Bool
+	closed   atomic.Bool
+	notified atomic.Bool
 }
 
 // Splice moves a and b into the kernel path: from now on, bytes arriving on a are sent on
@@ -252,9 +254,12 @@ type Conn struct {
 // ownership of both connections (their descriptors are duplicated and the *net.TCPConn
 // closed, so the Go netpoller forgets them): do not use them again. On error the
 // connections are untouched and still the caller's, unless the error says otherwise.
-// idle > 0 closes the connection after that long without bytes either way.
-func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration) (*Conn, error) {
-	c := &Conn{r: r, idle: idle, done: make(chan struct{})}
+// idle > 0 closes the connection after that long without bytes either way. onEnd, when
+// not nil, is called once when the connection has ended (from the goroutine that ended
+// it, after Done is closed): a caller holding many connections needs no goroutine per
+// connection to learn of their end.
+func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration, onEnd func(*Conn)) (*Conn, error) {
+	c := &Conn{r: r, idle: idle, done: make(chan struct{}), onEnd: onEnd}
 	c.a.c, c.b.c = c, c
 	c.a.peer, c.b.peer = &c.b, &c.a
 	fa, err := rawFD(a)
@@ -466,6 +471,7 @@ func monoNow() int64 {
 
 // event handles an epoll event for s.
 func (c *Conn) event(s *side, ev uint32) {
+	defer c.notify()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
@@ -530,6 +536,7 @@ func (c *Conn) flushLocked() {
 }
 
 func (c *Conn) recheck() {
+	defer c.notify()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.ended {
@@ -551,6 +558,7 @@ func (c *Conn) drainedLocked(s *side) (bool, error) {
 }
 
 func (c *Conn) checkIdle() {
+	defer c.notify()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
@@ -577,8 +585,16 @@ func (c *Conn) Close() {
 
 func (c *Conn) end(err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.endLocked(err)
+	c.mu.Unlock()
+	c.notify()
+}
+
+// notify calls onEnd once, after the connection ended and c.mu is released.
+func (c *Conn) notify() {
+	if c.closed.Load() && c.notified.CompareAndSwap(false, true) && c.onEnd != nil {
+		c.onEnd(c)
+	}
 }
 
 func (c *Conn) endLocked(err error) {

@@ -83,7 +83,7 @@ func relay(t *testing.T, r *Redirector, idle time.Duration, prep func(down, up *
 	if prep != nil {
 		first = prep(down.(*net.TCPConn), up.(*net.TCPConn))
 	}
-	p.conn, err = r.Splice(down.(*net.TCPConn), up.(*net.TCPConn), first, idle)
+	p.conn, err = r.Splice(down.(*net.TCPConn), up.(*net.TCPConn), first, idle, nil)
 	if err != nil {
 		down.Close()
 		up.Close()
@@ -446,5 +446,48 @@ func TestPartlyReadSegment(t *testing.T) {
 	_ = p.client.CloseWrite()
 	if got := readAllDeadline(t, p.server); !bytes.Equal(got, data) {
 		t.Fatalf("server got %d bytes (want %d, in order, none twice)", len(got), len(data))
+	}
+}
+
+// onEnd is called exactly once, after Done, whichever way the connection ends.
+func TestOnEndOnce(t *testing.T) {
+	r := newRedirector(t)
+	srv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	rel, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel.Close()
+	client, _ := net.Dial("tcp", rel.Addr().String())
+	defer client.Close()
+	down, _ := rel.Accept()
+	up, _ := net.Dial("tcp", srv.Addr().String())
+	server, _ := srv.Accept()
+	defer server.Close()
+	var calls sync.WaitGroup
+	calls.Add(1)
+	n := 0
+	c, err := r.Splice(down.(*net.TCPConn), up.(*net.TCPConn), nil, 0, func(c *Conn) {
+		select {
+		case <-c.Done():
+		default:
+			t.Error("onEnd before Done")
+		}
+		n++
+		calls.Done()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.(*net.TCPConn).SetLinger(0)
+	server.Close() // reset: ends it from the event loop
+	calls.Wait()
+	c.Close() // a second end: no second call
+	if n != 1 {
+		t.Fatalf("onEnd called %d times", n)
 	}
 }
