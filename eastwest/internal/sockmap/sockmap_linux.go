@@ -86,10 +86,10 @@ type connStat struct {
 // Redirector holds the loaded program and maps and the epoll instance that watches the
 // sockets for end of stream. One per process is enough; it is safe for concurrent use.
 type Redirector struct {
-	objs   redirectObjects
-	epfd   int
-	wakefd int // eventfd: wakes the event loop to stop
-	done   chan struct{}
+	objs redirectObjects
+	epfd int
+	epf  *os.File // epfd in the Go netpoller: the loop waits there, holding no thread
+	done chan struct{}
 
 	mu    sync.Mutex
 	bySd  map[uint64]*side // by side id (epoll data): ids are never reused, fds are
@@ -119,7 +119,7 @@ func New(opts Options) (*Redirector, error) {
 	for _, name := range []string{redirectMapPeers, redirectMapSources, redirectMapStats} {
 		spec.Maps[name].MaxEntries = uint32(2 * max)
 	}
-	r := &Redirector{epfd: -1, wakefd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
+	r := &Redirector{epfd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the sockmap program: %w", err)
 	}
@@ -133,18 +133,14 @@ func New(opts Options) (*Redirector, error) {
 		r.objs.Close()
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	if r.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+	// An epoll fd is itself pollable: non-blocking, it goes into the Go netpoller, so the
+	// loop below parks like any socket read instead of holding a thread in epoll_wait.
+	if err := unix.SetNonblock(r.epfd, true); err != nil {
 		unix.Close(r.epfd)
 		r.objs.Close()
-		return nil, fmt.Errorf("eventfd: %w", err)
+		return nil, fmt.Errorf("epoll fd: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN} // id 0
-	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, r.wakefd, &ev); err != nil {
-		unix.Close(r.wakefd)
-		unix.Close(r.epfd)
-		r.objs.Close()
-		return nil, fmt.Errorf("epoll_ctl: %w", err)
-	}
+	r.epf = os.NewFile(uintptr(r.epfd), "sockmap-epoll")
 	go r.loop()
 	return r, nil
 }
@@ -179,12 +175,8 @@ func (r *Redirector) Close() error {
 		for _, c := range conns {
 			c.Close()
 		}
-		var one [8]byte
-		one[0] = 1
-		_, _ = unix.Write(r.wakefd, one[:])
+		r.epf.Close() // ends the loop
 		<-r.done
-		unix.Close(r.wakefd)
-		unix.Close(r.epfd)
 		r.err = r.objs.Close()
 	})
 	return r.err
@@ -192,26 +184,41 @@ func (r *Redirector) Close() error {
 
 func (r *Redirector) loop() {
 	defer close(r.done)
+	rc, err := r.epf.SyscallConn()
+	if err != nil {
+		return
+	}
 	events := make([]unix.EpollEvent, 128)
+	var batch []*side
+	var evs []uint32
 	for {
-		n, err := unix.EpollWait(r.epfd, events, -1)
+		// Called when the netpoller sees the epoll fd readable: take every ready event
+		// (epoll_wait with no timeout) until none is left, then park again.
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, err := unix.EpollWait(int(fd), events, 0)
+				if err == unix.EINTR {
+					continue
+				}
+				if n <= 0 {
+					return false
+				}
+				batch, evs = batch[:0], evs[:0]
+				r.mu.Lock()
+				for _, ev := range events[:n] {
+					if s := r.bySd[uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32]; s != nil {
+						batch = append(batch, s)
+						evs = append(evs, ev.Events)
+					}
+				}
+				r.mu.Unlock()
+				for i, s := range batch {
+					s.c.event(s, evs[i])
+				}
+			}
+		})
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return
-		}
-		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if id == 0 {
-				return // the wake eventfd
-			}
-			r.mu.Lock()
-			s := r.bySd[id]
-			r.mu.Unlock()
-			if s != nil {
-				s.c.event(s, ev.Events)
-			}
+			return // closed
 		}
 	}
 }
@@ -278,9 +285,13 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 		if s.cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
 			return nil, fmt.Errorf("SO_COOKIE: %w", err)
 		}
-		if s.base, err = written(fd); err != nil {
-			return nil, err
+		// Nothing has been written on either socket yet (the caller writes nothing to a, and
+		// first goes to b below), so the send queue is empty: the base is bytes_acked alone.
+		ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return nil, fmt.Errorf("TCP_INFO: %w", err)
 		}
+		s.base = ti.Bytes_acked
 	}
 	now := monoNow()
 	c.start = now
@@ -618,14 +629,13 @@ func (c *Conn) endLocked(err error) {
 		if i == 0 {
 			c.final[i] += c.queued
 		}
-		_ = unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	r.mu.Lock()
 	delete(r.bySd, c.a.id)
 	delete(r.bySd, c.b.id)
 	delete(r.live, c)
 	r.mu.Unlock()
-	// Closing a socket takes it out of both sockhashes.
+	// Closing a socket takes it out of both sockhashes and out of the epoll set.
 	unix.Close(c.a.fd)
 	unix.Close(c.b.fd)
 	c.closed.Store(true)
