@@ -16,6 +16,7 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	redirectMapEvents    = "events"
 	redirectMapMisses    = "misses"
 	redirectMapPeers     = "peers"
 	redirectMapSources   = "sources"
@@ -72,6 +73,7 @@ type redirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
+	Events  *ebpf.MapSpec `ebpf:"events"`
 	Misses  *ebpf.MapSpec `ebpf:"misses"`
 	Peers   *ebpf.MapSpec `ebpf:"peers"`
 	Sources *ebpf.MapSpec `ebpf:"sources"`
@@ -104,6 +106,7 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
+	Events  *ebpf.Map `ebpf:"events"`
 	Misses  *ebpf.Map `ebpf:"misses"`
 	Peers   *ebpf.Map `ebpf:"peers"`
 	Sources *ebpf.Map `ebpf:"sources"`
@@ -112,6 +115,7 @@ type redirectMaps struct {
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
+		m.Events,
 		m.Misses,
 		m.Peers,
 		m.Sources,

@@ -1,6 +1,7 @@
 package sockmap
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,6 +26,12 @@ var (
 	ErrIdle = errors.New("idle timeout")
 	// ErrCut: Close was called (drain timeout, shutdown).
 	ErrCut = errors.New("cut")
+	// ErrAborted (from Splice): the setup failed after bytes were read or written; both
+	// connections have been closed. Any other Splice error leaves them untouched.
+	ErrAborted = errors.New("sockmap setup aborted, connections closed")
+	// ErrNotNow (from Splice): this connection cannot take the kernel path (its client
+	// closed before it was spliced, or sent too much before it was routed); it is untouched.
+	ErrNotNow = errors.New("not for the kernel path")
 )
 
 const (
@@ -78,10 +86,18 @@ type Options struct {
 	MaxConns int
 }
 
+// connStat is the program's struct conn_stat (bpf/redirect.c).
 type connStat struct {
-	Bytes  uint64
-	LastNS uint64
+	Bytes    uint64
+	LastNS   uint64
+	Off      uint64 // the peer's written figure when Bytes was 0 (base + first bytes)
+	Checked  uint64
+	Signaled uint64
 }
+
+// backlogMax is the program's BACKLOG_MAX: above it a source is paused; it resumes
+// once the backlog is under half of it.
+const backlogMax = 4 << 20
 
 // Redirector holds the loaded program and maps and the epoll instance that watches the
 // sockets for end of stream. One per process is enough; it is safe for concurrent use.
@@ -91,13 +107,15 @@ type Redirector struct {
 	epf  *os.File // epfd in the Go netpoller: the loop waits there, holding no thread
 	done chan struct{}
 
-	mu    sync.Mutex
-	bySd  map[uint64]*side // by side id (epoll data): ids are never reused, fds are
-	ids   uint64
-	live  map[*Conn]struct{}
-	close sync.Once
-	err   error
-	max   int
+	mu       sync.Mutex
+	bySd     map[uint64]*side // by side id (epoll data): ids are never reused, fds are
+	byCookie map[uint64]*side // by socket cookie (backlog events)
+	events   *ringbuf.Reader
+	ids      uint64
+	live     map[*Conn]struct{}
+	close    sync.Once
+	err      error
+	max      int
 }
 
 // New loads the program, creates the maps and starts the event loop. Probe first to learn
@@ -119,7 +137,7 @@ func New(opts Options) (*Redirector, error) {
 	for _, name := range []string{redirectMapPeers, redirectMapSources, redirectMapStats} {
 		spec.Maps[name].MaxEntries = uint32(2 * max)
 	}
-	r := &Redirector{epfd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
+	r := &Redirector{epfd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, byCookie: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the sockmap program: %w", err)
 	}
@@ -141,6 +159,12 @@ func New(opts Options) (*Redirector, error) {
 		return nil, fmt.Errorf("epoll fd: %w", err)
 	}
 	r.epf = os.NewFile(uintptr(r.epfd), "sockmap-epoll")
+	if r.events, err = ringbuf.NewReader(r.objs.Events); err != nil {
+		r.epf.Close()
+		r.objs.Close()
+		return nil, fmt.Errorf("sockmap events: %w", err)
+	}
+	go r.backlogEvents()
 	go r.loop()
 	return r, nil
 }
@@ -177,6 +201,7 @@ func (r *Redirector) Close() error {
 		}
 		r.epf.Close() // ends the loop
 		<-r.done
+		r.events.Close() // ends backlogEvents
 		r.err = r.objs.Close()
 	})
 	return r.err
@@ -223,6 +248,31 @@ func (r *Redirector) loop() {
 	}
 }
 
+// backlogEvents takes the program's backlog events (a source whose peer is more than
+// backlogMax behind) and pauses that source. It blocks in the ring buffer's own poll: it
+// wakes only for those events.
+func (r *Redirector) backlogEvents() {
+	var rec ringbuf.Record
+	for {
+		if err := r.events.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if len(rec.RawSample) < 8 {
+			continue
+		}
+		cookie := binary.NativeEndian.Uint64(rec.RawSample)
+		r.mu.Lock()
+		s := r.byCookie[cookie]
+		r.mu.Unlock()
+		if s != nil {
+			s.c.pause(s)
+		}
+	}
+}
+
 // side is one socket of a connection.
 type side struct {
 	c      *Conn
@@ -233,34 +283,42 @@ type side struct {
 	first  uint64 // bytes user space wrote to it at setup
 	eof    bool   // its peer sent FIN (EPOLLRDHUP)
 	shut   bool   // its write side is shut (the other side's EOF passed on)
+	paused bool   // taken out of sources: its peer's backlog is over backlogMax
+	source bool   // in sources (its bytes are redirected by the kernel)
+	tail   bool   // user space is writing its last bytes to the peer (EOF while paused)
+	extra  uint64 // bytes of it user space moved to the peer (queued at setup, tails)
 	peer   *side
 }
 
 // Conn is one connection in the kernel path.
 type Conn struct {
-	r      *Redirector
-	a, b   side
-	idle   time.Duration
-	start  int64 // CLOCK_MONOTONIC ns at setup
-	mu     sync.Mutex
-	timer  *time.Timer // idle timer
-	retry  *time.Timer // flush re-check
-	wait   time.Duration
-	ended  bool
-	err    error
-	final  [2]uint64
-	queued uint64 // bytes of a read by Splice and sent after first (counted a→b)
-	onEnd  func(*Conn)
-	done   chan struct{}
+	r        *Redirector
+	a, b     side
+	idle     time.Duration
+	start    int64 // CLOCK_MONOTONIC ns at setup
+	mu       sync.Mutex
+	timer    *time.Timer // idle timer
+	retry    *time.Timer // flush re-check
+	wait     time.Duration
+	ended    bool
+	err      error
+	final    [2]uint64
+	queued   uint64 // bytes of a read by Splice and sent after first (counted a→b)
+	onEnd    func(*Conn)
+	done     chan struct{}
 	closed   atomic.Bool
 	notified atomic.Bool
+	pauses   atomic.Int64
 }
+
+// Pauses is how many times a side was held back because its peer fell behind.
+func (c *Conn) Pauses() int64 { return c.pauses.Load() }
 
 // Splice moves a and b into the kernel path: from now on, bytes arriving on a are sent on
 // b and the other way round, and first is written to b before any byte of a. It takes
 // ownership of both connections (their descriptors are duplicated and the *net.TCPConn
 // closed, so the Go netpoller forgets them): do not use them again. On error the
-// connections are untouched and still the caller's, unless the error says otherwise.
+// connections are untouched and still the caller's, unless the error is ErrAborted.
 // idle > 0 closes the connection after that long without bytes either way. onEnd, when
 // not nil, is called once when the connection has ended (from the goroutine that ended
 // it, after Done is closed): a caller holding many connections needs no goroutine per
@@ -304,19 +362,57 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 	}
 	// Stats first (the program counts into them), then the redirect targets: a's bytes go
 	// to b, b's to a. No socket is a source yet, so nothing moves.
+	// What a has queued now is read below (asked before a is in any sockhash: then the
+	// ioctl counts the psock's queue instead); more than maxQueued (a client streaming
+	// before it is routed: no TLS client does) is left to the caller's user-space copy.
+	inq, err := unix.IoctlGetInt(fa, unix.SIOCINQ)
+	if err != nil {
+		return nil, fmt.Errorf("SIOCINQ: %w", err)
+	}
+	if inq > maxQueued {
+		return nil, fmt.Errorf("%w: %d bytes queued before the connection was spliced", ErrNotNow, inq)
+	}
+	// Own the descriptors: duplicates for us (the originals are closed at the end, so the
+	// Go netpoller lets go of them).
+	da, err := unix.FcntlInt(uintptr(fa), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	db, err := unix.FcntlInt(uintptr(fb), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(da)
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	fail := func(err error) (*Conn, error) {
+		undo()
+		unix.Close(da)
+		unix.Close(db)
+		return nil, err
+	}
+	// Stats first (the program counts into them), then the redirect targets: a's bytes go
+	// to b, b's to a. No socket is a source yet, so nothing moves.
 	for _, s := range []*side{&c.a, &c.b} {
-		if err := r.objs.Stats.Update(s.cookie, connStat{LastNS: uint64(now)}, ebpf.UpdateNoExist); err != nil {
-			undo()
-			return nil, fmt.Errorf("sockmap stats: %w", err)
+		if err := r.objs.Stats.Update(s.cookie, connStat{LastNS: uint64(now), Off: s.peer.base}, ebpf.UpdateNoExist); err != nil {
+			return fail(fmt.Errorf("sockmap stats: %w", err))
 		}
 	}
 	if err := r.objs.Peers.Update(c.a.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
-		undo()
-		return nil, fmt.Errorf("sockmap peers: %w", err)
+		return fail(notNow("sockmap peers", err))
 	}
 	if err := r.objs.Peers.Update(c.b.cookie, uint64(fa), ebpf.UpdateNoExist); err != nil {
-		undo()
-		return nil, fmt.Errorf("sockmap peers: %w", err)
+		return fail(notNow("sockmap peers", err))
+	}
+	// b joins first: whatever it answers to first goes to a in the kernel.
+	if err := r.objs.Sources.Update(c.b.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
+		return fail(fmt.Errorf("sockmap sources: %w", err))
+	}
+	c.b.source = true
+	// From here bytes are read or written: an error ends both connections.
+	abort := func(err error) (*Conn, error) {
+		fail(nil)
+		a.Close()
+		b.Close()
+		return nil, fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	// Bytes still queued on a must not be left for the verdict if the caller read part of
 	// their segment (a gateway reading the hello stops mid-segment): the kernel would send
@@ -324,47 +420,47 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 	// send it after first; what arrives from here on is whole segments, swept in order
 	// when a joins.
 	callerFirst := len(first)
-	first, err = appendQueued(fa, first)
+	first, err = readQueued(fa, first, inq)
 	if err != nil {
-		undo()
-		return nil, err
+		return abort(err)
 	}
-	c.queued = uint64(len(first) - callerFirst)
-	// b joins first: whatever it answers to first goes to a in the kernel.
-	if err := r.objs.Sources.Update(c.b.cookie, uint64(fb), ebpf.UpdateNoExist); err != nil {
-		undo()
-		return nil, fmt.Errorf("sockmap sources: %w", err)
-	}
+	c.a.extra = uint64(len(first) - callerFirst)
 	if len(first) > 0 {
-		if err := writeAll(fb, first); err != nil {
-			undo()
-			return nil, fmt.Errorf("writing the first bytes: %w", err)
+		if err := writeAll(fb, first, 5*time.Second); err != nil {
+			return abort(fmt.Errorf("writing the first bytes: %w", err))
 		}
 		c.b.first = uint64(len(first))
 	}
+	// a's bytes land in b after first: the program measures b's backlog from there.
+	if err := r.objs.Stats.Update(c.a.cookie, connStat{LastNS: uint64(now), Off: c.b.base + c.b.first}, ebpf.UpdateExist); err != nil {
+		return abort(fmt.Errorf("sockmap stats: %w", err))
+	}
 	if err := r.objs.Sources.Update(c.a.cookie, uint64(fa), ebpf.UpdateNoExist); err != nil {
-		undo()
-		return nil, fmt.Errorf("sockmap sources (after the first bytes were written): %w", err)
+		if !errors.Is(err, unix.EOPNOTSUPP) {
+			return abort(fmt.Errorf("sockmap sources: %w", err))
+		}
+		// a is no longer established: its FIN arrived since it became a redirect target
+		// (a sockhash takes established sockets only). Nothing more can arrive on it, so
+		// what it holds is read and written to b here, and its EOF is passed on as usual
+		// (epoll reports it once registered); b's bytes still go to a in the kernel.
+		rest, err := readQueued(fa, nil, -1)
+		if err != nil {
+			return abort(err)
+		}
+		if err := writeAll(fb, rest, 5*time.Second); err != nil {
+			return abort(fmt.Errorf("writing the last bytes: %w", err))
+		}
+		c.b.first += uint64(len(rest))
+		c.a.extra += uint64(len(rest))
+	} else {
+		c.a.source = true
 	}
 	// Bytes already queued on either socket arrived before it joined: run the verdict over
 	// them now (setting SO_RCVLOWAT calls data_ready), in order, ahead of anything later.
 	for _, fd := range []int{fb, fa} {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
-			undo()
-			return nil, fmt.Errorf("SO_RCVLOWAT: %w", err)
+			return abort(fmt.Errorf("SO_RCVLOWAT: %w", err))
 		}
-	}
-	// Own the descriptors: duplicates for us, and the Go netpoller lets go of the originals.
-	da, err := unix.FcntlInt(uintptr(fa), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		undo()
-		return nil, fmt.Errorf("dup: %w", err)
-	}
-	db, err := unix.FcntlInt(uintptr(fb), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		unix.Close(da)
-		undo()
-		return nil, fmt.Errorf("dup: %w", err)
 	}
 	a.Close()
 	b.Close()
@@ -377,6 +473,8 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 	c.b.id = r.ids
 	r.bySd[c.a.id] = &c.a
 	r.bySd[c.b.id] = &c.b
+	r.byCookie[c.a.cookie] = &c.a
+	r.byCookie[c.b.cookie] = &c.b
 	r.mu.Unlock()
 	if idle > 0 {
 		c.mu.Lock()
@@ -393,33 +491,57 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 	return c, nil
 }
 
-// maxQueued bounds what appendQueued reads: a client that keeps streaming before its
-// connection is routed (no TLS client does) is refused rather than buffered without end.
-const maxQueued = 1 << 20
+// maxQueued bounds what Splice reads from a before it joins the kernel path.
+const maxQueued = 4 << 20
 
-func appendQueued(fd int, first []byte) ([]byte, error) {
-	var buf [16 << 10]byte
-	out := first
-	for {
-		n, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT)
-		if n > 0 {
-			if len(out) == len(first) {
-				out = append([]byte(nil), first...)
-			}
-			out = append(out, buf[:n]...)
-			if len(out)-len(first) > maxQueued {
-				return nil, fmt.Errorf("more than %d bytes queued before the connection was spliced", maxQueued)
-			}
+// readQueued appends to first exactly the n bytes fd has queued (n from SIOCINQ just
+// before): the queue is then empty up to a segment boundary, whatever part of its head
+// segment the caller had read, and segments arriving meanwhile stay whole behind it.
+// n < 0 reads until EOF or EAGAIN (a socket that can receive nothing more: its receive
+// buffer bounds what is read).
+func readQueued(fd int, first []byte, n int) ([]byte, error) {
+	if n == 0 {
+		return first, nil
+	}
+	size := n
+	if n < 0 {
+		size = 64 << 10
+	}
+	out := append(make([]byte, 0, len(first)+size), first...)
+	for read := 0; n < 0 || read < n; {
+		want := size
+		if n >= 0 {
+			want = n - read
+		}
+		if cap(out)-len(out) < want {
+			out = append(out, make([]byte, want)...)[:len(out)]
+		}
+		m, _, err := unix.Recvfrom(fd, out[len(out):len(out)+want], unix.MSG_DONTWAIT)
+		if m > 0 {
+			out = out[:len(out)+m]
+			read += m
 			continue
 		}
 		switch {
 		case err == unix.EINTR:
-		case err == unix.EAGAIN || n == 0 && err == nil: // all read, or EOF (seen again by epoll)
+		case n < 0 && (err == unix.EAGAIN || err == nil): // all read, or EOF
 			return out, nil
+		case err == nil:
+			return nil, fmt.Errorf("reading queued bytes: EOF after %d of %d", read, n)
 		default:
 			return nil, fmt.Errorf("reading queued bytes: %w", err)
 		}
 	}
+	return out, nil
+}
+
+// notNow marks EOPNOTSUPP (a socket no longer established: a sockhash refuses it) as
+// ErrNotNow.
+func notNow(what string, err error) error {
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("%w: %s: the connection is no longer established", ErrNotNow, what)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func rawFD(c *net.TCPConn) (int, error) {
@@ -449,8 +571,8 @@ func written(fd int) (uint64, error) {
 	return ti.Bytes_acked + uint64(q), nil
 }
 
-func writeAll(fd int, p []byte) error {
-	deadline := time.Now().Add(5 * time.Second)
+func writeAll(fd int, p []byte, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for len(p) > 0 {
 		n, err := unix.Write(fd, p)
 		if n > 0 {
@@ -514,8 +636,33 @@ func (c *Conn) event(s *side, ev uint32) {
 func (c *Conn) flushLocked() {
 	pending := false
 	for _, s := range []*side{&c.a, &c.b} {
-		if !s.eof || s.peer.shut {
+		if !s.eof || s.peer.shut || s.tail {
 			continue
+		}
+		if s.paused {
+			// EOF while held back: its last bytes are still in its receive queue, and it
+			// cannot rejoin sources (no longer established). Once the kernel has caught up
+			// on what it did redirect, user space moves the rest, then passes the EOF on.
+			b, err := c.backlogLocked(s)
+			if err != nil {
+				c.endLocked(err)
+				return
+			}
+			if b > 0 {
+				pending = true
+				continue
+			}
+			rest, err := readQueued(s.fd, nil, -1)
+			if err != nil {
+				c.endLocked(err)
+				return
+			}
+			s.paused = false
+			if len(rest) > 0 {
+				s.tail = true
+				go c.writeTail(s, rest)
+				continue
+			}
 		}
 		ok, err := c.drainedLocked(s)
 		if err != nil {
@@ -546,6 +693,30 @@ func (c *Conn) flushLocked() {
 	}
 }
 
+// writeTail writes a paused side's last bytes to its peer (it may have to wait for the
+// peer's send buffer: off the event loop), then goes on with the end of stream.
+func (c *Conn) writeTail(s *side, rest []byte) {
+	timeout := c.idle
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	err := writeAll(s.peer.fd, rest, timeout)
+	defer c.notify()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.tail = false
+	s.peer.first += uint64(len(rest))
+	s.extra += uint64(len(rest))
+	if c.ended {
+		return
+	}
+	if err != nil {
+		c.endLocked(fmt.Errorf("writing the last bytes: %w", err))
+		return
+	}
+	c.flushLocked()
+}
+
 func (c *Conn) recheck() {
 	defer c.notify()
 	c.mu.Lock()
@@ -566,6 +737,75 @@ func (c *Conn) drainedLocked(s *side) (bool, error) {
 		return false, err
 	}
 	return w-s.peer.base >= s.peer.first+st.Bytes, nil
+}
+
+// pause takes s out of sources: its bytes stay in its receive queue, its window closes,
+// and its sender waits, until s's peer has caught up (resumeCheck).
+func (c *Conn) pause(s *side) {
+	defer c.notify()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended || s.paused || !s.source || s.eof {
+		return
+	}
+	if err := c.r.objs.Sources.Delete(s.cookie); err != nil {
+		return // not in sources (a race with the end): nothing to pause
+	}
+	s.paused, s.source = true, false
+	c.pauses.Add(1)
+	c.scheduleResume(s, 0)
+}
+
+func (c *Conn) scheduleResume(s *side, wait time.Duration) {
+	wait = min(max(2*wait, 200*time.Microsecond), 20*time.Millisecond)
+	time.AfterFunc(wait, func() { c.resumeCheck(s, wait) })
+}
+
+// backlogLocked is how many bytes redirected from s have not yet entered s.peer's send
+// queue.
+func (c *Conn) backlogLocked(s *side) (int64, error) {
+	var st connStat
+	if err := c.r.objs.Stats.Lookup(s.cookie, &st); err != nil {
+		return 0, fmt.Errorf("sockmap stats: %w", err)
+	}
+	w, err := written(s.peer.fd)
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.Bytes + st.Off - w), nil
+}
+
+func (c *Conn) resumeCheck(s *side, wait time.Duration) {
+	defer c.notify()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended || !s.paused || s.eof {
+		return // ended, or EOF handled it (flushLocked)
+	}
+	b, err := c.backlogLocked(s)
+	if err != nil {
+		c.endLocked(err)
+		return
+	}
+	if b > backlogMax/2 {
+		c.scheduleResume(s, wait)
+		return
+	}
+	if err := c.resumeLocked(s); err != nil {
+		c.endLocked(err)
+	}
+}
+
+// resumeLocked puts s back in sources and has the verdict sweep what queued meanwhile.
+func (c *Conn) resumeLocked(s *side) error {
+	if err := c.r.objs.Sources.Update(s.cookie, uint64(s.fd), ebpf.UpdateNoExist); err != nil {
+		return fmt.Errorf("sockmap sources (resume): %w", err)
+	}
+	s.paused, s.source = false, true
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+		return fmt.Errorf("SO_RCVLOWAT: %w", err)
+	}
+	return nil
 }
 
 func (c *Conn) checkIdle() {
@@ -626,13 +866,13 @@ func (c *Conn) endLocked(err error) {
 		if err := r.objs.Stats.LookupAndDelete(s.cookie, &st); err == nil {
 			c.final[i] = st.Bytes
 		}
-		if i == 0 {
-			c.final[i] += c.queued
-		}
+		c.final[i] += s.extra
 	}
 	r.mu.Lock()
 	delete(r.bySd, c.a.id)
 	delete(r.bySd, c.b.id)
+	delete(r.byCookie, c.a.cookie)
+	delete(r.byCookie, c.b.cookie)
 	delete(r.live, c)
 	r.mu.Unlock()
 	// Closing a socket takes it out of both sockhashes and out of the epoll set.
@@ -666,5 +906,5 @@ func (c *Conn) Bytes() (ab, ba uint64) {
 	var sa, sb connStat
 	_ = c.r.objs.Stats.Lookup(c.a.cookie, &sa)
 	_ = c.r.objs.Stats.Lookup(c.b.cookie, &sb)
-	return sa.Bytes + c.queued, sb.Bytes
+	return sa.Bytes + c.a.extra, sb.Bytes + c.b.extra
 }

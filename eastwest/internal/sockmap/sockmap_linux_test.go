@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -445,7 +446,12 @@ func TestPartlyReadSegment(t *testing.T) {
 	}, func(c, _ net.Conn) { client = c })
 	_ = p.client.CloseWrite()
 	if got := readAllDeadline(t, p.server); !bytes.Equal(got, data) {
-		t.Fatalf("server got %d bytes (want %d, in order, none twice)", len(got), len(data))
+		i := 0
+		for i < len(got) && i < len(data) && got[i] == data[i] {
+			i++
+		}
+		j := bytes.Index(data, got[i:i+16])
+		t.Fatalf("server got %d bytes (want %d, in order, none twice); first difference at %d, which continues data at %d", len(got), len(data), i, j)
 	}
 }
 
@@ -489,5 +495,116 @@ func TestOnEndOnce(t *testing.T) {
 	c.Close() // a second end: no second call
 	if n != 1 {
 		t.Fatalf("onEnd called %d times", n)
+	}
+}
+
+// A client that has already sent everything and closed before its connection is spliced
+// is not for the kernel path (a sockhash takes established sockets only): Splice says so
+// and leaves both connections to the caller, intact.
+func TestClosedBeforeSplice(t *testing.T) {
+	r := newRedirector(t)
+	var client net.Conn
+	var splErr error
+	srvLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer srvLn.Close()
+	relLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer relLn.Close()
+	client, _ = net.Dial("tcp", relLn.Addr().String())
+	defer client.Close()
+	down, _ := relLn.Accept()
+	defer down.Close()
+	up, _ := net.Dial("tcp", srvLn.Addr().String())
+	defer up.Close()
+	_, _ = client.Write([]byte("request"))
+	_ = client.(*net.TCPConn).CloseWrite()
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(down, buf); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 5*time.Second, func() bool {
+		fd, _ := rawFD(down.(*net.TCPConn))
+		st, _ := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		return st != nil && st.State == 8 // TCP_CLOSE_WAIT
+	}, "the relay socket never saw the client's FIN")
+	_, splErr = r.Splice(down.(*net.TCPConn), up.(*net.TCPConn), buf, 0, nil)
+	if !errors.Is(splErr, ErrNotNow) {
+		t.Fatalf("Splice of a half-closed client: %v, want ErrNotNow", splErr)
+	}
+	// Still the caller's: EOF is there to read, and up still writes.
+	if n, err := down.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("client side after the refused Splice: %d %v, want EOF", n, err)
+	}
+	if _, err := up.Write([]byte("x")); err != nil {
+		t.Fatalf("upstream side after the refused Splice: %v", err)
+	}
+	if r.Live() != 0 {
+		t.Fatal("a refused connection is live")
+	}
+}
+
+// The kernel's redirect has no backpressure of its own: a fast sender and a slow reader
+// would queue without bound in the kernel. The program measures the reader's backlog and
+// user space holds the sender's socket back: what is in flight stays bounded, and every
+// byte still arrives, in order, EOF last.
+func TestBackpressure(t *testing.T) {
+	r := newRedirector(t)
+	p := relay(t, r, 0, nil)
+	const total = 96 << 20
+	data := randBytes(1 << 20)
+	var sent atomic.Int64
+	go func() {
+		for i := 0; i < total/len(data); i++ {
+			n, err := p.client.Write(data)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		_ = p.client.CloseWrite()
+	}()
+	var got int64
+	var worst int64
+	buf := make([]byte, 64<<10)
+	_ = p.server.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for i := 0; ; i++ {
+		n, err := p.server.Read(buf)
+		for k := 0; k < n; k++ {
+			if buf[k] != data[(got+int64(k))%int64(len(data))] {
+				t.Fatalf("byte %d differs: bytes lost, repeated or reordered", got+int64(k))
+			}
+		}
+		got += int64(n)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read after %d bytes: %v", got, err)
+		}
+		ab, _ := p.conn.Bytes()
+		if inflight := int64(ab) - got; inflight > worst {
+			worst = inflight
+		}
+		if i < 2000 && i%8 == 0 {
+			time.Sleep(time.Millisecond) //nolint:forbidigo // a slow reader, not synchronization
+		}
+	}
+	if got != total {
+		t.Fatalf("server got %d bytes, want %d", got, total)
+	}
+	t.Logf("largest amount redirected but not yet read: %d KiB; pauses %d", worst>>10, p.conn.Pauses())
+	// Bound: the backlog limit, plus the socket buffers on the way (send and receive
+	// queues of the upstream connection), plus one check interval.
+	if worst > 48<<20 {
+		t.Fatalf("%d MiB redirected ahead of the reader: no backpressure", worst>>20)
+	}
+	if p.conn.Pauses() == 0 {
+		t.Fatal("the sender was never held back")
+	}
+	_ = p.server.CloseWrite()
+	if err := waitDone(t, p.conn); err != nil {
+		t.Fatalf("ended with %v, want a clean end", err)
+	}
+	if ab, _ := p.conn.Bytes(); ab != total {
+		t.Fatalf("counter %d, want %d", ab, total)
 	}
 }

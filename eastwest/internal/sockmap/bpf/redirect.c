@@ -17,9 +17,30 @@
 #include <bpf/bpf_helpers.h>
 
 struct conn_stat {
-	__u64 bytes;   // bytes redirected from this socket to its peer
-	__u64 last_ns; // bpf_ktime_get_ns() of the last redirect (CLOCK_MONOTONIC)
+	__u64 bytes;    // bytes redirected from this socket to its peer
+	__u64 last_ns;  // bpf_ktime_get_ns() of the last redirect (CLOCK_MONOTONIC)
+	__u64 off;      // set by user space: the peer's "written" figure when bytes was 0
+	__u64 checked;  // bytes when the peer's backlog was last looked at
+	__u64 signaled; // bytes when user space was last told of a backlog
 };
+
+// The kernel's redirect has no backpressure: bytes taken from this socket's receive
+// queue wait in the peer's psock queue, unbounded, while the sender's window stays open.
+// So every CHECK_EVERY bytes the program measures the peer's backlog (redirected minus
+// what has entered the peer's send queue) and, above BACKLOG_MAX, tells user space (at
+// most once per BACKLOG_MAX bytes) through the events ring buffer; user space then takes
+// this socket out of sources until the backlog drains, and TCP's own window holds the
+// sender back meanwhile.
+#define CHECK_EVERY (256 << 10)
+#define BACKLOG_MAX (4 << 20)
+
+// The fields of the kernel's tcp_sock read here (CO-RE: relocated against the running
+// kernel's BTF at load).
+struct tcp_sock {
+	__u32 write_seq;
+	__u32 snd_una;
+	__u64 bytes_acked;
+} __attribute__((preserve_access_index));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -50,6 +71,33 @@ struct {
 	__type(value, __u64);
 } misses SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} events SEC(".maps");
+
+static __always_inline void check_backlog(__u64 cookie, struct conn_stat *st)
+{
+	if (st->bytes - st->checked < CHECK_EVERY)
+		return;
+	st->checked = st->bytes;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&peers, &cookie);
+	if (!sk)
+		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	__u64 written = 0;
+	if (tp)
+		written = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	bpf_sk_release(sk);
+	if (!tp)
+		return;
+	__u64 backlog = st->bytes + st->off - written;
+	if ((__s64)backlog > BACKLOG_MAX && st->bytes - st->signaled >= BACKLOG_MAX) {
+		st->signaled = st->bytes;
+		bpf_ringbuf_output(&events, &cookie, sizeof(cookie), 0);
+	}
+}
+
 SEC("sk_skb/stream_verdict")
 int redirect(struct __sk_buff *skb)
 {
@@ -71,8 +119,11 @@ int redirect(struct __sk_buff *skb)
 	}
 	struct conn_stat *st = bpf_map_lookup_elem(&stats, &cookie);
 	if (st) {
-		__sync_fetch_and_add(&st->bytes, len);
+		// One verdict at a time per socket (it runs under the socket's lock), so plain
+		// updates of this socket's entry do not race with each other.
+		st->bytes += len;
 		st->last_ns = bpf_ktime_get_ns();
+		check_backlog(cookie, st);
 	}
 	return SK_PASS; // redirect set: to the peer's egress
 }
