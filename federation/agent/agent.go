@@ -13,6 +13,7 @@ import (
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/federation/xds"
@@ -33,6 +34,11 @@ type Config struct {
 	XDS xds.Options
 	// Health configures the gateway health checker.
 	Health health.Options
+	// IstioMCP, when its Listen is set, serves the same plans to istiod as an MCP config
+	// source (federation/istio); off by default.
+	IstioMCP istio.Options
+	// IstioBuild tunes the resources given to istiod.
+	IstioBuild istio.BuildOptions
 	// Trust, when set, is the trust component to run beside the service; the agent
 	// connects its outputs to the xDS server (SDS) and the health checker (authenticated
 	// gateway checks). Build it with federate.New.
@@ -54,7 +60,10 @@ type Agent struct {
 	XDS     *xds.Server
 	Health  *health.Checker
 	Trust   *federate.Service
-	log     *slog.Logger
+	// Istio is the MCP server for istiod (nil unless Config.IstioMCP.Listen is set).
+	Istio       *istio.Server
+	istioSource *istio.Source
+	log         *slog.Logger
 
 	mu        sync.Mutex
 	clusterTD map[string]string
@@ -87,6 +96,25 @@ func New(cfg Config) (*Agent, error) {
 	if xo.StaleGrace == 0 {
 		xo.StaleGrace = cfg.StaleGrace
 	}
+	var is *istio.Server
+	var isrc *istio.Source
+	if cfg.IstioMCP.Listen != "" {
+		// One plan, two outputs: istiod gets exactly the plans xDS serves.
+		if is, err = istio.NewServer(clog, reg, cfg.IstioMCP); err != nil {
+			return nil, fmt.Errorf("istio mcp: %w", err)
+		}
+		if err := is.Listen(); err != nil {
+			return nil, err
+		}
+		isrc = istio.NewSource(is, cfg.IstioBuild, clog)
+		next := xo.OnPlans
+		xo.OnPlans = func(u xds.PlanUpdate) {
+			isrc.Update(istioServices(u))
+			if next != nil {
+				next(u)
+			}
+		}
+	}
 	xs, err := xds.New(cfg.Cluster, feed.C(), hc, clog, reg, xo)
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
@@ -94,7 +122,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := xs.Listen(); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
-	a := &Agent{cfg: cfg, Service: svc, XDS: xs, Health: hc, Trust: cfg.Trust, log: clog}
+	a := &Agent{cfg: cfg, Service: svc, XDS: xs, Health: hc, Trust: cfg.Trust, Istio: is, istioSource: isrc, log: clog}
 	if a.Trust != nil {
 		a.wireTrust()
 	}
@@ -106,8 +134,24 @@ func New(cfg Config) (*Agent, error) {
 		if a.Trust != nil {
 			adm.AddReadiness("trust", a.Trust.Ready)
 		}
+		if is != nil {
+			adm.AddReadiness("istio-mcp", is.Ready)
+			adm.Handle("/debug/istio", is.DebugHandler())
+		}
 	}
 	return a, nil
+}
+
+func istioServices(u xds.PlanUpdate) map[string]*istio.Service {
+	out := make(map[string]*istio.Service, len(u.Services))
+	for k, p := range u.Services {
+		if p == nil {
+			out[k] = nil
+			continue
+		}
+		out[k] = &istio.Service{Plan: p.Plan, Ports: p.Ports}
+	}
+	return out
 }
 
 // wireTrust feeds the trust set to the xDS server (SDS validation contexts) and each
@@ -155,6 +199,9 @@ func (a *Agent) OnView(fn func(*imports.View)) { a.Service.OnView(fn) }
 // Ready reports nil when every part is ready.
 func (a *Agent) Ready() error {
 	errs := []error{a.Service.Ready(), a.XDS.Ready()}
+	if a.Istio != nil {
+		errs = append(errs, a.Istio.Ready())
+	}
 	if a.Trust != nil {
 		errs = append(errs, a.Trust.Ready())
 	}
@@ -172,6 +219,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	parts := []part{{"federation", a.Service.Run}, {"health", a.Health.Run}, {"xds", a.XDS.Run}}
 	if a.Trust != nil {
 		parts = append(parts, part{"trust", a.Trust.Run})
+	}
+	if a.Istio != nil {
+		parts = append(parts, part{"istio-mcp", a.Istio.Run}, part{"istio-source", a.istioSource.Run})
 	}
 	errc := make(chan error, len(parts))
 	var wg sync.WaitGroup

@@ -112,6 +112,7 @@ func (s *Server) replan(now time.Time, keys map[string]bool) {
 
 	// Serial: drop services that are gone, collect the rest.
 	jobs := make([]*job, 0, len(sorted))
+	var dropped []string
 	if len(s.svcs) == 0 && len(sorted) > 1024 {
 		// A first big pass: size the per-service maps once.
 		s.svcs = make(map[string]*svcState, len(sorted))
@@ -128,6 +129,7 @@ func (s *Server) replan(now time.Time, keys map[string]bool) {
 		if svc == nil {
 			if st != nil {
 				s.dropService(k, st, b)
+				dropped = append(dropped, k)
 			}
 			continue
 		}
@@ -171,6 +173,7 @@ func (s *Server) replan(now time.Time, keys map[string]bool) {
 		}
 		s.m.updates.WithLabelValues(ck).Add(float64(len(o.set) + len(o.del)))
 	}
+	s.notify(jobs, dropped)
 	s.m.services.Set(float64(len(s.svcs)))
 	s.m.planSeconds.Observe(time.Since(start).Seconds())
 	s.m.planServices.Observe(float64(len(keys)))

@@ -68,6 +68,10 @@ type Options struct {
 	// ServerTLS, when set, serves xDS over TLS (set ClientAuth for mTLS); nil serves
 	// plaintext, which is only right on loopback.
 	ServerTLS *tls.Config
+	// OnPlans, when set, receives every pass's served plans (one plan, several outputs:
+	// federation/istio feeds istiod from it). Called on the server's goroutine: it must
+	// return quickly and must not modify the update.
+	OnPlans func(PlanUpdate)
 }
 
 func (o *Options) defaults() {

@@ -1,0 +1,262 @@
+package istio
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	mcp "istio.io/api/mcp/v1alpha1"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/federation/records"
+)
+
+// Labels and names of the resources meshfed gives istiod.
+const (
+	// LabelManagedBy marks every resource (value "meshfed").
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// LabelService selects a service's WorkloadEntries (the ServiceEntry's workloadSelector).
+	LabelService = "federation.meshfed.io/service"
+	// LabelCluster names the remote cluster a WorkloadEntry stands for.
+	LabelCluster = "federation.meshfed.io/cluster"
+	// LabelRankPrefix + N marks a WorkloadEntry of the cluster meshfed ranks Nth after this
+	// cluster's own endpoints; the DestinationRule's failoverPriority turns it into Envoy
+	// priority N (see failoverPriority).
+	LabelRankPrefix = "failover.meshfed.io/rank-"
+	// NamePrefix starts the name of every resource meshfed makes.
+	NamePrefix = "meshfed-"
+)
+
+// Service is one imported service's plan as federation/xds serves it, with what Istio needs
+// beside the plan.
+type Service struct {
+	Plan  planner.ServicePlan
+	Ports []records.Port
+}
+
+// BuildOptions are the cluster-wide settings of the resources.
+type BuildOptions struct {
+	// Domain is the cluster DNS domain (default cluster.local): hosts are
+	// <svc>.<ns>.svc.<domain>, as in the SNI meshfed's gateways route.
+	Domain string
+}
+
+func (o BuildOptions) domain() string {
+	if o.Domain == "" {
+		return "cluster.local"
+	}
+	return o.Domain
+}
+
+// Skip says why part of a plan was left out of istiod's resources.
+type Skip struct {
+	Service, Cluster, Reason string
+}
+
+// Reasons of Skip.
+const (
+	SkipGatewayHostname  = "gateway-hostname"   // istiod's STATIC endpoints must be IP addresses
+	SkipLocalAfterRemote = "local-after-remote" // policy ranks this cluster after a remote one
+)
+
+// BuildService returns the resources of one service by type: a ServiceEntry for the
+// service's host (MESH_INTERNAL, STATIC, selecting its WorkloadEntries), one WorkloadEntry
+// per usable gateway address of each remote cluster in the plan (address = the gateway,
+// every service port mapped to the gateway's port, locality region/zone/cluster, weight =
+// the cluster's ready endpoints, tlsMode istio so sidecars originate Istio mTLS with the SNI
+// outbound_.<port>_._.<host>), and a DestinationRule whose outlierDetection turns on Istio's
+// failover and whose failoverPriority reproduces the plan's order (failoverPriority). A
+// service with no remote level yields no resources: istiod then knows only its own
+// endpoints, if any.
+func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, []Skip, error) {
+	p := &svc.Plan
+	host := fmt.Sprintf("%s.%s.svc.%s", p.Name, p.Namespace, opts.domain())
+	// The plan is per port; Istio's WorkloadEntries are per service. meshfed's planner orders
+	// clusters per service (ports differ only by which clusters export the port), so the
+	// order of the first port with levels stands for all, and a cluster serving a port it
+	// does not export is refused by its gateway (the SNI names the port).
+	var levels []planner.Level
+	for _, pp := range p.Ports {
+		if len(pp.Levels) > len(levels) {
+			levels = pp.Levels
+		}
+	}
+	var skips []Skip
+	type remote struct {
+		lvl  planner.Level
+		rank int
+	}
+	var remotes []remote
+	for i, l := range levels {
+		if l.Direct {
+			if i > 0 {
+				skips = append(skips, Skip{Service: p.Key(), Cluster: l.Cluster, Reason: SkipLocalAfterRemote})
+			}
+			continue
+		}
+		remotes = append(remotes, remote{lvl: l, rank: len(remotes) + 1})
+	}
+	if len(remotes) == 0 {
+		return nil, skips, nil
+	}
+	ports := servicePorts(svc)
+	out := map[string][]*mcp.Resource{}
+	selector := map[string]string{LabelService: p.Name}
+
+	se := &networking.ServiceEntry{
+		Hosts:            []string{host},
+		Location:         networking.ServiceEntry_MESH_INTERNAL,
+		Resolution:       networking.ServiceEntry_STATIC,
+		WorkloadSelector: &networking.WorkloadSelector{Labels: selector},
+	}
+	for _, sp := range ports {
+		se.Ports = append(se.Ports, &networking.ServicePort{Number: uint32(sp.Port.Port), Name: sp.name, Protocol: sp.protocol})
+	}
+	r, err := resource(p.Namespace, NamePrefix+p.Name, se, map[string]string{LabelManagedBy: "meshfed"})
+	if err != nil {
+		return nil, nil, err
+	}
+	out[TypeServiceEntry] = append(out[TypeServiceEntry], r)
+
+	for _, rm := range remotes {
+		l := rm.lvl
+		for i, ep := range l.Endpoints {
+			if net.ParseIP(ep.Host) == nil {
+				skips = append(skips, Skip{Service: p.Key(), Cluster: l.Cluster, Reason: SkipGatewayHostname})
+				continue
+			}
+			we := &networking.WorkloadEntry{
+				Address:  ep.Host,
+				Ports:    map[string]uint32{},
+				Locality: l.Region + "/" + l.Zone + "/" + l.Cluster,
+				Weight:   l.Weight,
+				Labels: map[string]string{
+					LabelService:                            p.Name,
+					LabelCluster:                            l.Cluster,
+					"security.istio.io/tlsMode":             "istio",
+					LabelRankPrefix + strconv.Itoa(rm.rank): "true",
+				},
+			}
+			for _, sp := range ports {
+				we.Ports[sp.name] = ep.Port
+			}
+			name := fmt.Sprintf("%s%s-%s-%d", NamePrefix, p.Name, l.Cluster, i)
+			r, err := resource(p.Namespace, name, we, we.Labels)
+			if err != nil {
+				return nil, nil, err
+			}
+			out[TypeWorkloadEntry] = append(out[TypeWorkloadEntry], r)
+		}
+	}
+
+	dr := &networking.DestinationRule{
+		Host: host,
+		TrafficPolicy: &networking.TrafficPolicy{
+			LoadBalancer: &networking.LoadBalancerSettings{
+				LocalityLbSetting: &networking.LocalityLoadBalancerSetting{
+					Enabled:          wrapperspb.Bool(true),
+					FailoverPriority: failoverPriority(len(remotes)),
+				},
+			},
+			// Istio applies failover (priorities) only with outlier detection. meshfed's
+			// health checks take a dead gateway out of the plan within seconds; this is the
+			// sidecar's own, slower, second line.
+			OutlierDetection: &networking.OutlierDetection{
+				ConsecutiveGatewayErrors: wrapperspb.UInt32(5),
+				Consecutive_5XxErrors:    wrapperspb.UInt32(5),
+				Interval:                 durationpb.New(5e9),
+				BaseEjectionTime:         durationpb.New(15e9),
+				MaxEjectionPercent:       100,
+			},
+		},
+	}
+	r, err = resource(p.Namespace, NamePrefix+p.Name, dr, map[string]string{LabelManagedBy: "meshfed"})
+	if err != nil {
+		return nil, nil, err
+	}
+	out[TypeDestinationRule] = append(out[TypeDestinationRule], r)
+	return out, skips, nil
+}
+
+// failoverPriority is the DestinationRule's list for n remote ranks:
+// [rank-n=, rank-n-1=, ..., rank-1=]. istiod gives an endpoint priority len(list)-j, where j
+// is the first entry whose label value differs from the entry's value ("" here; istio's
+// loadbalancer.applyFailoverPriorityPerLocality): this cluster's own pods carry none of the
+// labels and match every entry (priority 0); a WorkloadEntry labelled rank-r first differs
+// at j = n-r, so gets priority r. istiod then compacts the priorities to 0..k.
+func failoverPriority(n int) []string {
+	out := make([]string, 0, n)
+	for r := n; r >= 1; r-- {
+		out = append(out, LabelRankPrefix+strconv.Itoa(r)+"=")
+	}
+	return out
+}
+
+type svcPort struct {
+	records.Port
+	name, protocol string
+}
+
+// servicePorts names each port for Istio (the export's name, or tcp-<port>) with the Istio
+// protocol of its appProtocol (TCP when none: the sidecar still originates mTLS, and
+// meshfed's gateway passes TLS through whatever is inside).
+func servicePorts(svc *Service) []svcPort {
+	var out []svcPort
+	seen := map[string]bool{}
+	for _, p := range svc.Ports {
+		if !strings.EqualFold(p.Protocol, "TCP") && p.Protocol != "" {
+			continue // UDP/SCTP: not through a TLS gateway
+		}
+		proto := "TCP"
+		switch strings.ToLower(p.AppProtocol) {
+		case "http":
+			proto = "HTTP"
+		case "http2", "kubernetes.io/h2c":
+			proto = "HTTP2"
+		case "grpc":
+			proto = "GRPC"
+		case "https", "tls", "kubernetes.io/wss":
+			proto = "TLS"
+		}
+		name := p.Name
+		if name == "" || seen[name] {
+			name = strings.ToLower(proto) + "-" + strconv.Itoa(int(p.Port))
+		}
+		seen[name] = true
+		out = append(out, svcPort{Port: p, name: name, protocol: proto})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Port.Port < out[j].Port.Port })
+	return out
+}
+
+// resource wraps a spec as an MCP resource named ns/name, versioned by its content (istiod
+// updates its store only when the version changes).
+func resource(ns, name string, spec proto.Message, labels map[string]string) (*mcp.Resource, error) {
+	body, err := anypb.New(spec)
+	if err != nil {
+		return nil, err
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256(b)
+	lb := map[string]string{}
+	for k, v := range labels {
+		lb[k] = v
+	}
+	lb[LabelManagedBy] = "meshfed"
+	return &mcp.Resource{
+		Metadata: &mcp.Metadata{Name: ns + "/" + name, Version: hex.EncodeToString(h[:8]), Labels: lb},
+		Body:     body,
+	}, nil
+}

@@ -1,0 +1,246 @@
+package istio
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	mcp "istio.io/api/mcp/v1alpha1"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/meshfed/meshfed/internal/metrictest"
+	"github.com/meshfed/meshfed/internal/waitfor"
+)
+
+func startServer(t *testing.T, opts Options) (*Server, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	s, err := NewServer(nil, reg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return s, reg
+}
+
+type client struct {
+	t      *testing.T
+	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	resp   chan *discoveryv3.DiscoveryResponse
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); conn.Close() })
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, stream: st, resp: make(chan *discoveryv3.DiscoveryResponse, 64)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				close(c.resp)
+				return
+			}
+			c.resp <- r
+		}
+	}()
+	return c
+}
+
+func (c *client) send(r *discoveryv3.DiscoveryRequest) {
+	c.t.Helper()
+	if err := c.stream.Send(r); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) next(timeout time.Duration) *discoveryv3.DiscoveryResponse {
+	c.t.Helper()
+	select {
+	case r, ok := <-c.resp:
+		if !ok {
+			c.t.Fatal("stream closed")
+		}
+		return r
+	case <-time.After(timeout):
+		c.t.Fatalf("no response within %v", timeout)
+		return nil
+	}
+}
+
+// none asserts that nothing arrives for d: the negative check has to wait its window.
+func (c *client) none(d time.Duration) {
+	c.t.Helper()
+	select {
+	case r := <-c.resp:
+		c.t.Fatalf("unexpected response %s version %s", r.GetTypeUrl(), r.GetVersionInfo())
+	case <-time.After(d):
+	}
+}
+
+func seState(t *testing.T, hosts ...string) *State {
+	t.Helper()
+	var rs []*mcp.Resource
+	for _, h := range hosts {
+		r, err := resource("demo", NamePrefix+h, &networking.ServiceEntry{Hosts: []string{h + ".demo.svc.cluster.local"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	st, err := NewState(map[string][]*mcp.Resource{TypeServiceEntry: rs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestServerAnswersEveryType: nothing before a state (istiod must not hear "empty"), then one
+// full state per type — produced, known-but-empty and unknown alike — and afterwards only the
+// types whose version changed; the same content has the same version.
+func TestServerAnswersEveryType(t *testing.T) {
+	s, reg := startServer(t, Options{})
+	c := dial(t, s.Addr())
+	types := append(append([]string(nil), KnownTypes...), "example.istio.io/v9/Future")
+	for _, ty := range types {
+		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: ty})
+	}
+	c.none(200 * time.Millisecond)
+	if s.Ready() == nil {
+		t.Fatal("ready without a state")
+	}
+
+	s.SetState(seState(t, "a", "b"))
+	got := map[string]*discoveryv3.DiscoveryResponse{}
+	for range types {
+		r := c.next(5 * time.Second)
+		got[r.GetTypeUrl()] = r
+		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+	}
+	for _, ty := range types {
+		r := got[ty]
+		if r == nil {
+			t.Fatalf("no answer for %s", ty)
+		}
+		want := 0
+		if ty == TypeServiceEntry {
+			want = 2
+		}
+		if len(r.GetResources()) != want {
+			t.Errorf("%s: %d resources, want %d", ty, len(r.GetResources()), want)
+		}
+	}
+	if n := metrictest.Sum(t, reg, "meshfed_istio_mcp_unknown_types_total", "type", "example.istio.io/v9/Future"); n != 1 {
+		t.Errorf("unknown type counted %v times, want 1", n)
+	}
+	seV := got[TypeServiceEntry].GetVersionInfo()
+
+	// The same content again: nothing is pushed.
+	s.SetState(seState(t, "b", "a"))
+	c.none(200 * time.Millisecond)
+
+	// One more service: only ServiceEntry moves.
+	s.SetState(seState(t, "a", "b", "c"))
+	r := c.next(5 * time.Second)
+	if r.GetTypeUrl() != TypeServiceEntry || len(r.GetResources()) != 3 || r.GetVersionInfo() == seV {
+		t.Fatalf("got %s with %d resources version %s", r.GetTypeUrl(), len(r.GetResources()), r.GetVersionInfo())
+	}
+	c.none(200 * time.Millisecond)
+
+	// A NACK is counted by type and reason and shown in status; nothing crashes, nothing is
+	// resent until the state changes.
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: seV, ResponseNonce: r.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "bad ServiceEntry"}})
+	var st []ConnStatus
+	if !waitfor.Poll(5*time.Second, func() bool { st = s.Status(); return len(st) == 1 && st[0].NACKs == 1 }) {
+		t.Fatalf("status %+v", st)
+	}
+	if n := metrictest.Sum(t, reg, "meshfed_istio_mcp_nacks_total", "type", TypeServiceEntry, "reason", "InvalidArgument"); n != 1 {
+		t.Errorf("nacks %v", n)
+	}
+	c.none(100 * time.Millisecond)
+}
+
+// TestServerStateFile: a restarted server serves the last state from disk before any plan,
+// with the same versions.
+func TestServerStateFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "istio-state.json")
+	s1, _ := startServer(t, Options{StateFile: file})
+	st := seState(t, "a")
+	s1.SetState(st)
+
+	s2, _ := startServer(t, Options{StateFile: file})
+	if err := s2.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, s2.Addr())
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+	r := c.next(5 * time.Second)
+	if len(r.GetResources()) != 1 || r.GetVersionInfo() != st.Type(TypeServiceEntry).Version {
+		t.Fatalf("from disk: %d resources, version %s want %s", len(r.GetResources()), r.GetVersionInfo(), st.Type(TypeServiceEntry).Version)
+	}
+}
+
+// TestRelayKeepsServing: the relay copies the upstream's state to its local server; with the
+// upstream gone, a new relay process (new local server on the same state file) serves the
+// last state at once.
+func TestRelayKeepsServing(t *testing.T) {
+	up, _ := startServer(t, Options{})
+	full := func(hosts ...string) *State {
+		st := seState(t, hosts...)
+		st.types[TypeWorkloadEntry] = &TypeState{Version: emptyVersion}
+		st.types[TypeDestinationRule] = &TypeState{Version: emptyVersion}
+		return st
+	}
+	up.SetState(full("a", "b"))
+	file := filepath.Join(t.TempDir(), "relay.json")
+
+	upCtx, stopUp := context.WithCancel(context.Background())
+	local1, _ := startServer(t, Options{StateFile: file})
+	r := &Relay{Upstream: up.Addr(), Node: "relay-test", Local: local1}
+	done := make(chan struct{})
+	go func() { _ = r.Run(upCtx); close(done) }()
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		return local1.State().Type(TypeServiceEntry).Version == up.State().Type(TypeServiceEntry).Version
+	}, "relay did not copy the upstream state")
+	up.SetState(full("a", "b", "c"))
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(local1.State().Type(TypeServiceEntry).Names) == 3 }, "relay did not follow")
+	stopUp()
+	<-done
+
+	local2, _ := startServer(t, Options{StateFile: file})
+	c := dial(t, local2.Addr())
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+	if resp := c.next(5 * time.Second); len(resp.GetResources()) != 3 {
+		t.Fatalf("restarted relay serves %d resources, want 3", len(resp.GetResources()))
+	}
+}

@@ -1,0 +1,132 @@
+package istio
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	meshconfig "istio.io/api/mesh/v1alpha1"
+	networking "istio.io/api/networking/v1alpha3"
+	"sigs.k8s.io/yaml"
+)
+
+// SettingsInput is what istiod's settings for one cluster are made of.
+type SettingsInput struct {
+	// Cluster is the meshfed cluster istiod runs in; ClusterID is istiod's cluster ID
+	// (default: Cluster).
+	Cluster, ClusterID string
+	// Network is the Istio network of the cluster (default: its cluster record's network).
+	// meshfed's resources do not depend on it (remote gateways are dialled directly), but
+	// istiod and its sidecars should agree on it.
+	Network string
+	// MCPAddress is HOST:PORT of meshfed's MCP listener as istiod reaches it.
+	MCPAddress string
+	// MCPTLS: the listener serves TLS (istiod verifies it against MCPCACert when set,
+	// its system roots otherwise).
+	MCPTLS    bool
+	MCPCACert string
+	// TrustDomain of this cluster, and Roots of every federated trust domain (this one
+	// included), from the bundles/ records.
+	TrustDomain string
+	Roots       map[string][]*x509.Certificate
+}
+
+// Settings are istiod's settings: MeshConfig is the fragment to merge into its mesh config
+// (usable alone as the --meshConfig file); Env the variables to set on istiod.
+type Settings struct {
+	MeshConfig *meshconfig.MeshConfig
+	Env        map[string]string
+}
+
+// BuildSettings makes istiod's settings: configSources (meshfed's MCP listener, then k8s://
+// so istiod keeps reading Kubernetes config), trustDomain, trustDomainAliases (every other
+// federated trust domain: Istio then accepts their SPIFFE IDs where it checks identities)
+// and caCertificates (each other trust domain's roots, with its trust domain, so sidecars
+// verify the remote workloads' certificates: Istio's multi-root mesh, ISTIO_MULTIROOT_MESH).
+func BuildSettings(in SettingsInput) (*Settings, error) {
+	if in.Cluster == "" {
+		return nil, errors.New("cluster: required")
+	}
+	if _, _, err := net.SplitHostPort(in.MCPAddress); err != nil {
+		return nil, fmt.Errorf("mcp address %q: %v (HOST:PORT of the federation's --istio-mcp-listen as istiod reaches it)", in.MCPAddress, err)
+	}
+	if in.TrustDomain == "" {
+		return nil, errors.New("trust domain: the cluster record has none")
+	}
+	cid := in.ClusterID
+	if cid == "" {
+		cid = in.Cluster
+	}
+	src := &meshconfig.ConfigSource{Address: "xds://" + in.MCPAddress}
+	if in.MCPTLS {
+		src.TlsSettings = &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_SIMPLE, CaCertificates: in.MCPCACert}
+	}
+	mc := &meshconfig.MeshConfig{
+		ConfigSources: []*meshconfig.ConfigSource{src, {Address: "k8s://"}},
+		TrustDomain:   in.TrustDomain,
+	}
+	tds := make([]string, 0, len(in.Roots))
+	for td := range in.Roots {
+		tds = append(tds, td)
+	}
+	sort.Strings(tds)
+	for _, td := range tds {
+		if td == in.TrustDomain {
+			continue
+		}
+		mc.TrustDomainAliases = append(mc.TrustDomainAliases, td)
+		var b strings.Builder
+		for _, c := range in.Roots[td] {
+			_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		}
+		if b.Len() == 0 {
+			continue // a revoked (empty) bundle: trust nothing from it
+		}
+		mc.CaCertificates = append(mc.CaCertificates, &meshconfig.MeshConfig_CertificateData{
+			CertificateData: &meshconfig.MeshConfig_CertificateData_Pem{Pem: b.String()},
+			TrustDomains:    []string{td},
+		})
+	}
+	env := map[string]string{
+		"CLUSTER_ID":           cid,
+		"ISTIO_MULTIROOT_MESH": "true",
+	}
+	if in.Network != "" {
+		// Where istiod's injector reads the default network of its sidecars.
+		env["ISTIO_META_NETWORK"] = in.Network
+	}
+	return &Settings{MeshConfig: mc, Env: env}, nil
+}
+
+// MeshConfigYAML is the mesh config as istiod's --meshConfig file takes it.
+func (s *Settings) MeshConfigYAML() ([]byte, error) {
+	j, err := s.meshConfigJSON()
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(j)
+}
+
+func (s *Settings) meshConfigJSON() ([]byte, error) {
+	return protojson.MarshalOptions{UseProtoNames: false}.Marshal(s.MeshConfig)
+}
+
+// Document is the settings as one object with the keys meshConfig and env (the contract of
+// `meshfed istio config -o json`).
+func (s *Settings) Document() (map[string]any, error) {
+	j, err := s.meshConfigJSON()
+	if err != nil {
+		return nil, err
+	}
+	var mc map[string]any
+	if err := json.Unmarshal(j, &mc); err != nil {
+		return nil, err
+	}
+	return map[string]any{"meshConfig": mc, "env": s.Env}, nil
+}
