@@ -34,6 +34,7 @@ type federationFlags struct {
 	heartbeatTTL time.Duration
 	pollInterval time.Duration
 	xds          xdsFlags
+	istio        istioFlags
 	trust        *trustFlags
 	leaderElect  bool
 	leaderNS     string
@@ -64,6 +65,8 @@ xDS (for this cluster's Envoys, proxyless gRPC clients and east-west gateway):
   --xds-tls-client-ca            and require client certificates from this CA (mTLS)
 
 ` + trustFlagsHelp + `
+
+` + istioFlagsHelp + `
 
 Examples:
   # One-machine federation on the embedded etcd ('meshfed etcd' in another terminal)
@@ -99,6 +102,7 @@ See docs/federation.md.`,
 	fl.StringVar(&f.leaderNS, "leader-elect-namespace", envOr("POD_NAMESPACE", "meshfed-system"), "namespace of the leader election Lease (env POD_NAMESPACE)")
 	fl.StringVar(&f.leaderLease, "leader-elect-lease", "", "name of the leader election Lease (default meshfed-federation-<cluster>)")
 	addXDSFlags(fl, &f.xds)
+	addIstioFlags(fl, &f.istio)
 	f.trust = addTrustFlags(fl)
 	return cmd
 }
@@ -127,6 +131,7 @@ func (f *federationFlags) validate() error {
 		errs.Add("--heartbeat-ttl", "%v: at least 2s", f.heartbeatTTL)
 	}
 	errs.AddErr("", f.xds.validate())
+	errs.AddErr("", f.istio.validate())
 	if f.trust.enabled() {
 		errs.AddErr("", f.trust.validate())
 	}
@@ -161,6 +166,13 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	}
 	if xdsTLS == nil && !loopbackListen(f.xds.listen) {
 		log.Warn("xDS is served in plaintext beyond loopback: anyone who reaches it reads every route and endpoint; add --xds-tls-cert/--xds-tls-key (and --xds-tls-client-ca for mTLS)", "xds_listen", f.xds.listen)
+	}
+	istioOpts, err := f.istio.options()
+	if err != nil {
+		return err
+	}
+	if istioOpts.Listen != "" && istioOpts.ServerTLS == nil && !loopbackListen(istioOpts.Listen) {
+		log.Warn("the Istio MCP source is served in plaintext beyond loopback: fence it with a NetworkPolicy admitting istiod alone, or add --istio-mcp-tls-cert/--istio-mcp-tls-key", "istio_mcp_listen", istioOpts.Listen)
 	}
 	st, cli, err := f.etcd.open(ctx, log)
 	if err != nil {
@@ -203,9 +215,10 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	}
 	ag, err := agent.New(agent.Config{
 		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
-		XDS:    xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance, ServerTLS: xdsTLS},
-		Health: health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
-		Trust:  tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
+		XDS:      xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance, ServerTLS: xdsTLS},
+		Health:   health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
+		IstioMCP: istioOpts,
+		Trust:    tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
 	})
 	if err != nil {
 		return err
