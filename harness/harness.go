@@ -21,6 +21,7 @@ import (
 	"github.com/meshfed/meshfed/federation/agent"
 	"github.com/meshfed/meshfed/federation/embedetcd"
 	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/store"
@@ -47,6 +48,9 @@ type ClusterSpec struct {
 	// GatewayFromFile makes the gateway read the exports file itself instead of taking
 	// its routes from the cluster's federation over xDS (when Options.GatewayRoutesFromXDS).
 	GatewayFromFile bool
+	// IstioMCP makes the federation serve istiod too (--istio-mcp-listen on the cluster's
+	// loopback address, the last state kept in the cluster's directory).
+	IstioMCP bool
 }
 
 // Options configures the federation.
@@ -108,6 +112,9 @@ type Cluster struct {
 	BundleDir string
 	// AdminAddr is the federation's admin server (with Options.Admin).
 	AdminAddr string
+	// IstioMCPAddr is the federation's MCP listener for istiod (with ClusterSpec.IstioMCP;
+	// kept across federation restarts) and IstioStateFile where it keeps the last state.
+	IstioMCPAddr, IstioStateFile string
 
 	f       *Federation
 	mu      sync.Mutex
@@ -319,9 +326,21 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 		c.AdminAddr = adm.Addr()
 		reg = adm.Registry
 	}
+	var istioOpts istio.Options
+	if c.Spec.IstioMCP {
+		istioOpts.Listen = c.IstioMCPAddr
+		if istioOpts.Listen == "" {
+			istioOpts.Listen = net.JoinHostPort(c.IP, "0")
+		}
+		if c.IstioStateFile == "" {
+			c.IstioStateFile = filepath.Join(filepath.Dir(c.ExportsPath), "istio-state.json")
+		}
+		istioOpts.StateFile = c.IstioStateFile
+	}
 	ag, err := agent.New(agent.Config{
-		Admin:   adm,
-		Cluster: c.Spec.Name, Store: c.Store, HeartbeatTTL: c.f.Opts.HeartbeatTTL, StaleGrace: c.f.Opts.StaleGrace,
+		IstioMCP: istioOpts,
+		Admin:    adm,
+		Cluster:  c.Spec.Name, Store: c.Store, HeartbeatTTL: c.f.Opts.HeartbeatTTL, StaleGrace: c.f.Opts.StaleGrace,
 		Source: &file.Source{Cluster: c.Spec.Name, Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: log.With("cluster", c.Spec.Name)},
 		XDS:    xds.Options{Listen: xdsAddr, MinReassign: c.f.Opts.MinReassign},
 		Health: c.f.Opts.Health, Trust: tsvc, Log: log, Registry: reg,
@@ -330,6 +349,9 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 		return err
 	}
 	c.XDSAddr = ag.XDS.Addr()
+	if ag.Istio != nil {
+		c.IstioMCPAddr = ag.Istio.Addr()
+	}
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	if adm != nil {

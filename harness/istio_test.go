@@ -1,0 +1,213 @@
+package harness_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/istiotest"
+	"github.com/meshfed/meshfed/internal/kubetest"
+	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/operator"
+)
+
+func echoExportsN(addrs ...string) string {
+	_, port, _ := net.SplitHostPort(addrs[0])
+	var eps []string
+	for _, a := range addrs {
+		h, _, _ := net.SplitHostPort(a)
+		eps = append(eps, "{address: "+h+"}")
+	}
+	return fmt.Sprintf("services:\n  - name: echo\n    namespace: demo\n    ports: [{name: tls, port: 8443, targetPort: %s}]\n    endpoints: [%s]\n", port, strings.Join(eps, ", "))
+}
+
+const istioEchoCluster = "outbound|8443||echo.demo.svc.cluster.local"
+
+// TestIstiodFedByFederation: three clusters (east imports demo/echo that west, same region,
+// and north, another region, export; gateways and health checks live); east's federation
+// serves istiod over MCP; istiod runs with the settings `meshfed istio config` makes
+// (operator.IstioConfig); a sidecar of east gets CDS with meshfed's SNI and EDS in meshfed's
+// order. Then west's gateway dies (connections refused), comes back, is cordoned by a drill,
+// north unexports, etcd stops, east's federation and istiod restart: each step is asserted
+// on what istiod sends the sidecar, with its delay.
+func TestIstiodFedByFederation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a federation, kube-apiserver and istiod")
+	}
+	if istiotest.Binary() == "" {
+		t.Skip(istiotest.SkipHint)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var wls []*harness.Workload
+	for _, w := range []struct{ cluster, name, addr string }{
+		{"west", "echo-0", harness.WorkloadIP(1, 0)}, {"west", "echo-1", harness.WorkloadIP(1, 1)}, {"north", "echo-0", harness.WorkloadIP(2, 0)},
+	} {
+		wl, err := harness.StartWorkload(w.cluster, w.name, w.addr+":0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wl.Close()
+		wls = append(wls, wl)
+	}
+	// Both west workloads on one port, so one export lists both.
+	_, p0, _ := net.SplitHostPort(wls[0].Addr)
+	_, p1, _ := net.SplitHostPort(wls[1].Addr)
+	westExports := echoExportsN(wls[0].Addr)
+	if p0 == p1 {
+		westExports = echoExportsN(wls[0].Addr, wls[1].Addr)
+	}
+	f, err := harness.Start(ctx, harness.Options{Clusters: []harness.ClusterSpec{
+		{Name: "east", IstioMCP: true},
+		{Name: "west", Exports: westExports},
+		{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	east, west, north := f.Cluster("east"), f.Cluster("west"), f.Cluster("north")
+	waitfor.Cond(t, 20*time.Second, func() bool { return east.Agent().Istio.Ready() == nil }, "east's MCP source has a plan")
+
+	settings, warnings, err := operator.IstioConfig(ctx, east.Store, operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warnings {
+		t.Log("istio config:", w)
+	}
+	mesh, err := settings.MeshConfigYAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("meshConfig:\n%s", mesh)
+	api := kubetest.Start(t)
+	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: settings.Env["CLUSTER_ID"], MeshConfig: mesh, Env: settings.Env})
+
+	sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
+		IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
+		Labels:   map[string]string{"app": "client"},
+		Locality: &corev3.Locality{Region: "region-1", Zone: "region-1-a", SubZone: "east"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+
+	westN := uint32(1)
+	if p0 == p1 {
+		westN = 2
+	}
+	westEP := func(prio uint32) istiotest.Endpoint {
+		return istiotest.Endpoint{Priority: prio, Locality: "region-1/region-1-a/west", Address: west.GatewayAddr, Weight: westN}
+	}
+	northEP := func(prio uint32) istiotest.Endpoint {
+		return istiotest.Endpoint{Priority: prio, Locality: "region-2/region-2-a/north", Address: north.GatewayAddr, Weight: 1}
+	}
+	expect := func(what string, timeout time.Duration, eps ...istiotest.Endpoint) time.Duration {
+		t.Helper()
+		snap, took, err := sc.WaitFor(timeout, func(s istiotest.Snapshot) bool {
+			return fmt.Sprint(istiotest.Flatten(s.Endpoints[istioEchoCluster])) == fmt.Sprint(eps)
+		})
+		if err != nil {
+			t.Fatalf("%s: %v\nEDS %v\nwant %v\nistiod:\n%s", what, err, istiotest.Flatten(snap.Endpoints[istioEchoCluster]), eps, ist.LogTail(20))
+		}
+		t.Logf("%s: at the sidecar in %v", what, took.Round(time.Millisecond))
+		return took
+	}
+	expect("first EDS (west same region first, north next)", 60*time.Second, westEP(0), northEP(1))
+
+	snap := sc.Snapshot()
+	c := snap.Clusters[istioEchoCluster]
+	if c == nil {
+		t.Fatal("no CDS for echo")
+	}
+	sni := ""
+	for _, m := range c.GetTransportSocketMatches() {
+		u := &tlsv3.UpstreamTlsContext{}
+		if m.GetTransportSocket().GetTypedConfig().UnmarshalTo(u) == nil && u.GetSni() != "" {
+			sni = u.GetSni()
+		}
+	}
+	if want := "outbound_.8443_._.echo.demo.svc.cluster.local"; sni != want {
+		t.Errorf("CDS SNI %q, want %q", sni, want)
+	}
+
+	// West's gateway goes away: connections refused, the health checker marks it down at
+	// once, the plan drops west, istiod follows.
+	if err := west.StopGateway(); err != nil {
+		t.Fatal(err)
+	}
+	if took := expect("west's gateway refusing connections", 10*time.Second, northEP(0)); took > time.Second {
+		t.Errorf("west left the sidecar's EDS after %v, bound 1s (RST)", took)
+	}
+	if err := west.StartGateway(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("west's gateway back", 30*time.Second, westEP(0), northEP(1))
+
+	// A drill cordons west.
+	cordon, err := operator.StartCordon(ctx, west.Store, &records.Drill{ID: "istio-e2e", Cluster: "west", Until: time.Now().Add(time.Minute),
+		StartedBy: "test", StartedAt: time.Now()}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := expect("west cordoned by a drill", 10*time.Second, northEP(0)); took > time.Second {
+		t.Errorf("cordon reached the sidecar after %v, bound 1s", took)
+	}
+	if err := cordon.Lift(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("cordon lifted", 30*time.Second, westEP(0), northEP(1))
+
+	// North unexports.
+	if err := north.SetExports("services: []\n"); err != nil {
+		t.Fatal(err)
+	}
+	expect("north unexported", 30*time.Second, westEP(0))
+
+	// etcd stops: istiod keeps the last state (nothing is withdrawn).
+	f.Etcd.Close()
+	stable := time.Now()
+	time.Sleep(3 * time.Second) // a negative check: nothing may change during this window
+	if got := istiotest.Flatten(sc.Snapshot().Endpoints[istioEchoCluster]); fmt.Sprint(got) != fmt.Sprint([]istiotest.Endpoint{westEP(0)}) {
+		t.Fatalf("with etcd down, EDS changed to %v", got)
+	}
+	t.Logf("etcd down: EDS unchanged for %v", time.Since(stable).Round(time.Millisecond))
+
+	// East's federation restarts with etcd still down: its MCP source serves the state it
+	// kept on disk; then istiod restarts and its sidecars get the last state.
+	if err := east.StopFederation(); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.StartFederation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ist.Restart(ctx); err != nil {
+		t.Fatalf("istiod restart with etcd down: %v", err)
+	}
+	sc2, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
+		IP: "10.1.0.6", Pod: "client-1", Namespace: "demo", ClusterID: "east", Network: "net-east",
+		Labels:   map[string]string{"app": "client"},
+		Locality: &corev3.Locality{Region: "region-1", Zone: "region-1-a", SubZone: "east"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc2.Close()
+	if _, took, err := sc2.WaitFor(60*time.Second, func(s istiotest.Snapshot) bool {
+		return fmt.Sprint(istiotest.Flatten(s.Endpoints[istioEchoCluster])) == fmt.Sprint([]istiotest.Endpoint{westEP(0)})
+	}); err != nil {
+		t.Fatalf("after etcd down + federation restart + istiod restart: %v\n%s", err, ist.LogTail(20))
+	} else {
+		t.Logf("istiod restarted with etcd down: the new sidecar got the last state in %v", took.Round(time.Millisecond))
+	}
+}
