@@ -11,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
+	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/istiotest"
@@ -65,11 +66,15 @@ func TestIstiodFedByFederation(t *testing.T) {
 	if p0 == p1 {
 		westExports = echoExportsN(wls[0].Addr, wls[1].Addr)
 	}
-	f, err := harness.Start(ctx, harness.Options{Clusters: []harness.ClusterSpec{
-		{Name: "east", IstioMCP: true},
-		{Name: "west", Exports: westExports},
-		{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr)},
-	}})
+	// Health checks every 200 ms and reassignments at most every 1.5 s, as in
+	// federation/xds's TestFailoverEndToEnd: the bounds are the plan's, istiod adds its own
+	// delay on top (measured here).
+	f, err := harness.Start(ctx, harness.Options{Health: health.Options{Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond},
+		MinReassign: 1500 * time.Millisecond, Clusters: []harness.ClusterSpec{
+			{Name: "east", IstioMCP: true},
+			{Name: "west", Exports: westExports},
+			{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr)},
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +181,7 @@ func TestIstiodFedByFederation(t *testing.T) {
 
 	// etcd stops: istiod keeps the last state (nothing is withdrawn).
 	f.Etcd.Close()
+	f.Etcd = nil // closed: not again at f.Close
 	stable := time.Now()
 	time.Sleep(3 * time.Second) // a negative check: nothing may change during this window
 	if got := istiotest.Flatten(sc.Snapshot().Endpoints[istioEchoCluster]); fmt.Sprint(got) != fmt.Sprint([]istiotest.Endpoint{westEP(0)}) {

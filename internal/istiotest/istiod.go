@@ -37,7 +37,7 @@ const (
 
 // SkipHint is what a test without the binary is told.
 const SkipHint = EnvIstiod + " is not set: the Istio tier needs a real istiod. Run " +
-	"`MESHFED_ISTIOD_BUILD=1 make test`, or `eval \"$(hack/testbins/istiod/ensure.sh)\"` once " +
+	"`make test`, or `eval \"$(hack/testbins/istiod/ensure.sh)\"` once " +
 	"(a long cold build, then cached; docs/istio.md) and re-run go test"
 
 // Namespace is istiod's own namespace (POD_NAMESPACE); it must exist for /ready.
