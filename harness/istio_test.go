@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/istiotest"
@@ -82,7 +84,14 @@ func TestIstiodFedByFederation(t *testing.T) {
 	east, west, north := f.Cluster("east"), f.Cluster("west"), f.Cluster("north")
 	waitfor.Cond(t, 20*time.Second, func() bool { return east.Agent().Istio.Ready() == nil }, "east's MCP source has a plan")
 
-	settings, warnings, err := operator.IstioConfig(ctx, east.Store, operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr})
+	// The config source beside istiod (`meshfed istio source`): it follows east's federation
+	// and keeps the last state in a file; istiod points at it.
+	relayFile := filepath.Join(t.TempDir(), "istio-state.json")
+	relay, stopRelay := startRelayOn(t, "127.0.0.1:0", relayFile, east.IstioMCPAddr)
+	defer func() { stopRelay() }()
+	waitfor.Cond(t, 20*time.Second, func() bool { return relay.Ready() == nil }, "the relay has east's state")
+
+	settings, warnings, err := operator.IstioConfig(ctx, east.Store, operator.IstioConfigOptions{Cluster: "east", MCPAddress: relay.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,16 +198,19 @@ func TestIstiodFedByFederation(t *testing.T) {
 	}
 	t.Logf("etcd down: EDS unchanged for %v", time.Since(stable).Round(time.Millisecond))
 
-	// East's federation restarts with etcd still down: its MCP source serves the state it
-	// kept on disk; then istiod restarts and its sidecars get the last state.
+	// With etcd still down, east's federation stops and the config source beside istiod
+	// restarts too (a pod restart, say): istiod restarts meanwhile, and starts, because its
+	// source answers from its file; its sidecars get the last state.
 	if err := east.StopFederation(); err != nil {
 		t.Fatal(err)
 	}
-	if err := east.StartFederation(ctx); err != nil {
-		t.Fatal(err)
+	stopRelay()
+	relay, stopRelay = startRelayOn(t, relay.Addr(), relayFile, east.IstioMCPAddr)
+	if relay.Ready() != nil {
+		t.Fatal("the restarted config source has no state from its file")
 	}
 	if err := ist.Restart(ctx); err != nil {
-		t.Fatalf("istiod restart with etcd down: %v", err)
+		t.Fatalf("istiod restart with etcd and the federation down: %v", err)
 	}
 	sc2, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
 		IP: "10.1.0.6", Pod: "client-1", Namespace: "demo", ClusterID: "east", Network: "net-east",
@@ -212,8 +224,37 @@ func TestIstiodFedByFederation(t *testing.T) {
 	if _, took, err := sc2.WaitFor(60*time.Second, func(s istiotest.Snapshot) bool {
 		return fmt.Sprint(istiotest.Flatten(s.Endpoints[istioEchoCluster])) == fmt.Sprint([]istiotest.Endpoint{westEP(0)})
 	}); err != nil {
-		t.Fatalf("after etcd down + federation restart + istiod restart: %v\n%s", err, ist.LogTail(20))
+		t.Fatalf("after etcd down + federation down + istiod restart: %v\n%s", err, ist.LogTail(20))
 	} else {
-		t.Logf("istiod restarted with etcd down: the new sidecar got the last state in %v", took.Round(time.Millisecond))
+		t.Logf("istiod restarted with etcd and the federation down: the new sidecar got the last state in %v", took.Round(time.Millisecond))
 	}
+
+	// East's federation comes back with etcd still down: it serves its own last state from
+	// its file; the relay follows it again and nothing changes at the sidecar.
+	if err := east.StartFederation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 20*time.Second, func() bool { return len(east.Agent().Istio.Status()) == 1 }, "the relay reconnects to the restarted federation")
+	if got := istiotest.Flatten(sc2.Snapshot().Endpoints[istioEchoCluster]); fmt.Sprint(got) != fmt.Sprint([]istiotest.Endpoint{westEP(0)}) {
+		t.Fatalf("after the federation restart, EDS is %v", got)
+	}
+}
+
+// startRelayOn starts a config source on a given address (retrying while the port is in
+// TIME_WAIT or not yet released).
+func startRelayOn(t *testing.T, addr, file, upstream string) (*istio.Server, context.CancelFunc) {
+	t.Helper()
+	srv, err := istio.NewServer(nil, nil, istio.Options{Listen: addr, StateFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return srv.Listen() == nil }, "listen on %s again", addr)
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { _ = srv.Run(rctx); done <- struct{}{} }()
+	go func() {
+		_ = (&istio.Relay{Upstream: upstream, Node: "relay", Local: srv}).Run(rctx)
+		done <- struct{}{}
+	}()
+	return srv, func() { stop(); <-done; <-done }
 }
