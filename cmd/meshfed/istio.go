@@ -151,6 +151,10 @@ func runIstioConfig(ctx context.Context, out, errOut io.Writer, f *istioConfigFl
 	for _, line := range strings.Split(strings.TrimRight(string(mc), "\n"), "\n") {
 		b.WriteString("  " + line + "\n")
 	}
+	if s.Network != "" {
+		fmt.Fprintf(&b, "# The cluster's Istio network is %q: set it at install (Helm values.global.network,\n", s.Network)
+		b.WriteString("# or label istio-system topology.istio.io/network); meshfed's resources do not depend on it.\n")
+	}
 	b.WriteString("# env: set on istiod (Helm: pilot.env). CLUSTER_ID is the meshfed cluster name;\n")
 	b.WriteString("# ISTIO_MULTIROOT_MESH lets sidecars trust the caCertificates above.\n")
 	b.WriteString("env:\n")

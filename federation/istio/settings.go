@@ -42,6 +42,10 @@ type SettingsInput struct {
 type Settings struct {
 	MeshConfig *meshconfig.MeshConfig
 	Env        map[string]string
+	// Network is the cluster's Istio network: an install setting (Helm
+	// values.global.network, or the istio-system namespace's topology.istio.io/network
+	// label), not istiod's environment; the YAML output names it in a comment.
+	Network string
 }
 
 // BuildSettings makes istiod's settings: configSources (meshfed's MCP listener, then k8s://
@@ -97,11 +101,7 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 		"CLUSTER_ID":           cid,
 		"ISTIO_MULTIROOT_MESH": "true",
 	}
-	if in.Network != "" {
-		// Where istiod's injector reads the default network of its sidecars.
-		env["ISTIO_META_NETWORK"] = in.Network
-	}
-	return &Settings{MeshConfig: mc, Env: env}, nil
+	return &Settings{MeshConfig: mc, Env: env, Network: in.Network}, nil
 }
 
 // MeshConfigYAML is the mesh config as istiod's --meshConfig file takes it.
