@@ -244,3 +244,30 @@ func TestRelayKeepsServing(t *testing.T) {
 		t.Fatalf("restarted relay serves %d resources, want 3", len(resp.GetResources()))
 	}
 }
+
+// TestTwoIstiodsSameState: two istiod replicas (two streams) get the same full state with the
+// same versions, and both follow a change.
+func TestTwoIstiodsSameState(t *testing.T) {
+	s, _ := startServer(t, Options{})
+	s.SetState(seState(t, "a"))
+	a, b := dial(t, s.Addr()), dial(t, s.Addr())
+	for _, c := range []*client{a, b} {
+		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+	}
+	ra, rb := a.next(5*time.Second), b.next(5*time.Second)
+	if ra.GetVersionInfo() != rb.GetVersionInfo() || len(ra.GetResources()) != 1 || len(rb.GetResources()) != 1 {
+		t.Fatalf("replicas differ: %s/%d vs %s/%d", ra.GetVersionInfo(), len(ra.GetResources()), rb.GetVersionInfo(), len(rb.GetResources()))
+	}
+	for _, p := range []struct {
+		c *client
+		r *discoveryv3.DiscoveryResponse
+	}{{a, ra}, {b, rb}} {
+		p.c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry, VersionInfo: p.r.GetVersionInfo(), ResponseNonce: p.r.GetNonce()})
+	}
+	s.SetState(seState(t, "a", "b"))
+	ra, rb = a.next(5*time.Second), b.next(5*time.Second)
+	if ra.GetVersionInfo() != rb.GetVersionInfo() || len(ra.GetResources()) != 2 || len(rb.GetResources()) != 2 {
+		t.Fatalf("after a change replicas differ: %s/%d vs %s/%d", ra.GetVersionInfo(), len(ra.GetResources()), rb.GetVersionInfo(), len(rb.GetResources()))
+	}
+	waitfor.Cond(t, 5*time.Second, func() bool { return len(s.Status()) == 2 }, "two istiods in status")
+}
