@@ -56,10 +56,13 @@ func TestEtcdCommand(t *testing.T) {
 	}
 
 	for args, want := range map[string]string{
-		"--listen 2379":                   "--listen",
-		"--cert-file c.pem":               "--cert-file/--key-file: give both or neither",
-		"--client-cert-auth --data-dir x": "--client-cert-auth: needs --trusted-ca-file",
-		"--peer-listen nope --data-dir x": "--peer-listen",
+		"--listen 2379":                              "--listen",
+		"--cert-file c.pem":                          "--cert-file/--key-file: give both or neither",
+		"--client-cert-auth --data-dir x":            "--client-cert-auth: needs --trusted-ca-file",
+		"--peer-listen nope --data-dir x":            "--peer-listen",
+		"--initial-cluster m0=http://127.0.0.1:2380": "--initial-cluster: needs --peer-listen",
+		"--name m0 --peer-listen 127.0.0.1:2380 --initial-cluster m1=http://127.0.0.1:2381": "does not list this member",
+		"--name m0 --peer-listen 127.0.0.1:2380 --initial-cluster m0=127.0.0.1:2380":        "is not http://HOST:PORT",
 	} {
 		cmd := newEtcdCmd()
 		cmd.SetArgs(strings.Fields(args))

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,11 +23,20 @@ type Config struct {
 	DataDir string
 	// ClientAddr is HOST:PORT for clients (port 0 picks a free one). Default 127.0.0.1:2379.
 	ClientAddr string
-	// PeerAddr is HOST:PORT for the (unused, single-member) peer listener; default a free
-	// port on the client host.
+	// PeerAddr is HOST:PORT for the peer listener (unused by a single member); default a
+	// free port on the client host. A member of a multi-member cluster needs a concrete one:
+	// it is advertised to the other members.
 	PeerAddr string
 	// Name of the member (default "meshfed").
 	Name string
+	// InitialCluster lists every member of a new multi-member cluster, NAME=http://HOST:PORT
+	// separated by commas (etcd's --initial-cluster); it must name this member with its
+	// PeerAddr. Empty: a single member. Once DataDir holds data, etcd reads the membership
+	// from it and this is ignored (a restarted member rejoins by itself).
+	InitialCluster string
+	// ClusterToken keeps two clusters with the same member URLs apart (etcd's
+	// --initial-cluster-token; default etcd's).
+	ClusterToken string
 	// TLS, when set, serves clients over TLS with these files; ClientCertAuth requires
 	// client certificates signed by TrustedCAFile.
 	TLS *TLSFiles
@@ -105,6 +115,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if c.InitialCluster != "" {
+		if err := CheckInitialCluster(c.InitialCluster, cfg.Name, pu.String()); err != nil {
+			return nil, err
+		}
+		cfg.InitialCluster = c.InitialCluster
+	}
+	if c.ClusterToken != "" {
+		cfg.InitialClusterToken = c.ClusterToken
+	}
 	cfg.UnsafeNoFsync = c.NoFsync
 	if c.BcryptCost != 0 {
 		cfg.BcryptCost = c.BcryptCost
@@ -144,6 +163,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, ctx.Err()
 	case <-time.After(30 * time.Second):
 		s.Close()
+		if c.InitialCluster != "" {
+			return nil, errors.New("embedded etcd did not become ready within 30s: a member serves only once a majority of the initial cluster runs (start the other members, and check that their peer addresses reach each other)")
+		}
 		return nil, errors.New("embedded etcd did not become ready within 30s")
 	}
 	for _, l := range e.Clients {
@@ -175,6 +197,37 @@ func (s *Server) cleanup() {
 	if s.tmpDir != "" {
 		_ = os.RemoveAll(s.tmpDir)
 	}
+}
+
+// CheckInitialCluster checks that initial (NAME=URL,...) is well formed and lists name
+// at peerURL.
+func CheckInitialCluster(initial, name, peerURL string) error {
+	found := false
+	seen := map[string]bool{}
+	for _, m := range strings.Split(initial, ",") {
+		n, u, ok := strings.Cut(strings.TrimSpace(m), "=")
+		if !ok || n == "" || u == "" {
+			return fmt.Errorf("initial cluster member %q: want NAME=http://HOST:PORT", m)
+		}
+		pu, err := url.Parse(u)
+		if err != nil || pu.Host == "" || (pu.Scheme != "http" && pu.Scheme != "https") {
+			return fmt.Errorf("initial cluster member %q: the peer URL %q is not http://HOST:PORT", m, u)
+		}
+		if seen[n] {
+			return fmt.Errorf("initial cluster names member %q twice", n)
+		}
+		seen[n] = true
+		if n == name {
+			if u != peerURL {
+				return fmt.Errorf("initial cluster gives member %q the peer URL %s, but it listens for peers at %s", name, u, peerURL)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("initial cluster %q does not list this member %q", initial, name)
+	}
+	return nil
 }
 
 func freePort(host string) (int, error) {
