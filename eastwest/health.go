@@ -1,17 +1,22 @@
 package eastwest
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"os"
 	"time"
 
+	"github.com/meshfed/meshfed/api/healthwire"
 	"github.com/meshfed/meshfed/api/names"
 )
 
@@ -75,22 +80,80 @@ func (g *Gateway) HealthLine() string {
 		status, g.cfg.Cluster, routes, ready, g.open.Load())
 }
 
-// serveHealth terminates TLS with the gateway's own certificate and writes one status line.
-// raw (the hello already read) is only valid until return.
+// healthStreamIdle closes a health stream whose checker sent no ping for this long (a
+// checker pings several times a second).
+const healthStreamIdle = 10 * time.Second
+
+// healthTLS is the health name's TLS configuration: the gateway's health certificate, and
+// the stream mode's ALPN protocol (api/healthwire) for checkers that offer it. (A clone
+// per health connection: a stream lives long, and one-shot checks are a few a second.)
+func (g *Gateway) healthTLS() *tls.Config {
+	cfg := g.health.Clone()
+	cfg.NextProtos = []string{healthwire.StreamALPN}
+	return cfg
+}
+
+// serveHealth terminates TLS with the gateway's own certificate and writes one status
+// line, or, for a checker that chose the stream mode, one line per ping until it goes
+// away. raw (the hello already read) is only valid until return.
 func (g *Gateway) serveHealth(c *net.TCPConn, raw []byte) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(g.cfg.HelloTimeout))
-	tc := tls.Server(&replayConn{TCPConn: c, pre: raw}, g.health)
+	tc := tls.Server(&replayConn{TCPConn: c, pre: raw}, g.healthTLS())
 	if err := tc.Handshake(); err != nil {
 		g.m.rejected.WithLabelValues(ReasonHealthHandshake).Inc()
 		g.log.Debug("health handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	if tc.ConnectionState().NegotiatedProtocol == healthwire.StreamALPN {
+		g.serveHealthStream(c, tc)
+		return
+	}
+	g.writeHealthLine(tc)
+	_ = tc.CloseWrite() // close_notify: the line is complete
+}
+
+// writeHealthLine writes the status line and counts it; it reports the status word.
+func (g *Gateway) writeHealthLine(tc *tls.Conn) (string, error) {
 	line := g.HealthLine()
 	status := line[:indexByte(line, ' ')]
 	g.m.health.WithLabelValues(status).Inc()
-	_, _ = tc.Write([]byte(line))
-	_ = tc.CloseWrite() // close_notify: the line is complete
+	_, err := tc.Write([]byte(line))
+	return status, err
+}
+
+// serveHealthStream answers each ping with a status line. Once the gateway drains, the
+// next answer says "draining" and the stream ends; a stream without a ping for
+// healthStreamIdle ends too, and so does every stream shortly after a drain begins (so
+// that the drain never waits on an idle checker).
+func (g *Gateway) serveHealthStream(c *net.TCPConn, tc *tls.Conn) {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-g.drainCh:
+			_ = c.SetReadDeadline(time.Now().Add(time.Second)) // time for one more ping
+		case <-done:
+		}
+	}()
+	br := bufio.NewReaderSize(tc, healthwire.MaxPing)
+	for {
+		if !g.draining.Load() {
+			_ = c.SetReadDeadline(time.Now().Add(healthStreamIdle))
+		}
+		if err := healthwire.ReadPing(br); err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				g.log.Debug("health stream ended", "remote", c.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(g.cfg.HelloTimeout))
+		status, err := g.writeHealthLine(tc)
+		if err != nil || status == "draining" {
+			_ = tc.CloseWrite()
+			return
+		}
+	}
 }
 
 func indexByte(s string, b byte) int {

@@ -11,6 +11,16 @@ import (
 // MaxLine bounds what a reader accepts (a real line is ~100 bytes).
 const MaxLine = 512
 
+// StreamALPN is the ALPN protocol of the stream mode (package doc).
+const StreamALPN = "meshfed-health-stream/1"
+
+// Ping is what a checker writes in stream mode to ask for one status line. A gateway
+// reads up to MaxPing bytes up to a newline and ignores what the line says.
+const (
+	Ping    = "ping\n"
+	MaxPing = 64
+)
+
 // Line is a parsed health line: `<word> key=value ...`, e.g.
 // "ok cluster=west service_ports=3 ready_endpoints=7 open_connections=12".
 type Line struct {
@@ -75,4 +85,32 @@ func ReadLine(r io.Reader) (string, error) {
 		return "", fmt.Errorf("no newline in the first %d bytes", MaxLine)
 	}
 	return "", err
+}
+
+// ReadPing reads one ping line (stream mode) from br: at most MaxPing bytes up to a
+// newline; the content is ignored.
+func ReadPing(br *bufio.Reader) error {
+	for n := 0; n < MaxPing; n++ {
+		b, err := br.ReadByte()
+		if err != nil {
+			return err
+		}
+		if b == '\n' {
+			return nil
+		}
+	}
+	return fmt.Errorf("no newline in the first %d bytes of a ping", MaxPing)
+}
+
+// ReadStreamLine reads one status line (stream mode) from br without reading past it; br
+// must buffer more than MaxLine bytes (bufio.NewReaderSize(conn, MaxLine+1)).
+func ReadStreamLine(br *bufio.Reader) (string, error) {
+	line, err := br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", fmt.Errorf("no newline in the first %d bytes", MaxLine)
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(line), nil
 }

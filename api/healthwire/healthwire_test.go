@@ -1,6 +1,9 @@
 package healthwire
 
 import (
+	"bufio"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -66,4 +69,31 @@ func FuzzParseLine(f *testing.F) {
 			t.Fatalf("round trip of %q: %+v %v", s, l2, err)
 		}
 	})
+}
+
+func TestReadPing(t *testing.T) {
+	br := bufio.NewReader(strings.NewReader(Ping + "anything\n" + strings.Repeat("x", MaxPing+1)))
+	for i := 0; i < 2; i++ {
+		if err := ReadPing(br); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+	}
+	if err := ReadPing(br); err == nil {
+		t.Fatal("a ping without a newline in MaxPing bytes was accepted")
+	}
+	if err := ReadPing(bufio.NewReader(strings.NewReader("pi"))); !errors.Is(err, io.EOF) {
+		t.Fatalf("cut ping: %v, want EOF", err)
+	}
+}
+
+func TestReadStreamLine(t *testing.T) {
+	br := bufio.NewReaderSize(strings.NewReader("ok cluster=a\nok cluster=b\n"+strings.Repeat("x", MaxLine+1)+"\n"), MaxLine+1)
+	for _, want := range []string{"ok cluster=a\n", "ok cluster=b\n"} {
+		if got, err := ReadStreamLine(br); got != want || err != nil {
+			t.Fatalf("ReadStreamLine = %q, %v; want %q", got, err, want)
+		}
+	}
+	if _, err := ReadStreamLine(br); err == nil {
+		t.Fatal("a line over MaxLine was accepted")
+	}
 }

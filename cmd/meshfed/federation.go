@@ -15,7 +15,6 @@ import (
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/federation/agent"
-	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
@@ -216,7 +215,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	ag, err := agent.New(agent.Config{
 		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
 		XDS:      xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance, ServerTLS: xdsTLS},
-		Health:   health.Options{Interval: f.xds.healthInterval, Timeout: f.xds.healthTimeout},
+		Health:   f.xds.healthOptions(),
 		IstioMCP: istioOpts,
 		Trust:    tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
 	})

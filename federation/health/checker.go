@@ -10,26 +10,47 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshfed/meshfed/api/healthwire"
 )
 
 // Options tune the checker; zero values take the defaults.
+//
+// A gateway that offers the stream mode (api/healthwire; every gateway since v2) is
+// checked over one long-lived TLS connection: a ping every PingInterval, each answered
+// with a status line. The address is down when a ping stays unanswered for DownAfter (a
+// blackhole: detected within DownAfter+PingInterval), hard-down at once on a reset, a
+// refusal or a not-ok line. Packet loss only delays answers (TCP retransmits, and the
+// pings that follow make it recover fast), so it does not fail checks the way a lost SYN
+// fails a one-shot check with a 500 ms timeout. Older gateways answer one line per
+// connection; they are checked as before: one connection per Interval, down after
+// FallThreshold failures in a row. docs/architecture.md#failover has the trade-off.
 type Options struct {
-	// Interval between two checks of one address (default 1s).
+	// Interval between two one-shot checks of one address (default 1s).
 	Interval time.Duration
-	// Timeout of one check: connect + handshake + line (default 500ms). Keep it well
-	// under Interval: a blackholed gateway is marked down after FallThreshold timeouts,
-	// so detection takes about (FallThreshold-1)*Interval + Timeout.
+	// Timeout of one one-shot check: connect + handshake + line (default 500ms). Keep it
+	// well under Interval: a blackholed gateway is marked down after FallThreshold
+	// timeouts, so detection takes about (FallThreshold-1)*Interval + Timeout.
 	Timeout time.Duration
-	// FallThreshold failed checks in a row mark an address down (default 3).
+	// FallThreshold failed one-shot checks in a row mark an address down (default 3).
 	FallThreshold int
-	// RiseThreshold good checks in a row mark it up again (default 2).
+	// RiseThreshold good checks (or stream answers) in a row mark it up again (default 2).
 	RiseThreshold int
 	// FastInterval is the interval while an address is changing state (it failed a check
 	// but is not down yet, or passed one but is not up yet), like HAProxy's fastinter:
 	// the thresholds still apply, they are just confirmed sooner (default 250ms; at most
 	// Interval). A blackholed gateway is then down after about Timeout*FallThreshold plus
-	// up to one Interval, instead of (FallThreshold-1)*Interval + Timeout.
+	// up to one Interval, instead of (FallThreshold-1)*Interval + Timeout. It is also the
+	// pause between two attempts to open a health stream.
 	FastInterval time.Duration
+	// PingInterval between two pings on a health stream (default 250ms).
+	PingInterval time.Duration
+	// DownAfter: a ping unanswered this long marks a streaming address down, as does
+	// failing to reopen its stream for this long since its last good answer (default 2s;
+	// at least 2*PingInterval). Connecting and the handshake get this long too.
+	DownAfter time.Duration
+	// NoStream checks with one connection per check only (the behaviour before streams).
+	NoStream bool
 }
 
 func (o *Options) defaults() error {
@@ -48,6 +69,12 @@ func (o *Options) defaults() error {
 	if o.FastInterval == 0 {
 		o.FastInterval = min(250*time.Millisecond, o.Interval)
 	}
+	if o.PingInterval == 0 {
+		o.PingInterval = 250 * time.Millisecond
+	}
+	if o.DownAfter == 0 {
+		o.DownAfter = max(2*time.Second, 2*o.PingInterval)
+	}
 	switch {
 	case o.Interval < 10*time.Millisecond:
 		return fmt.Errorf("health interval %v: use at least 10ms (default 1s)", o.Interval)
@@ -57,6 +84,10 @@ func (o *Options) defaults() error {
 		return fmt.Errorf("health fast interval %v: use more than 0 and at most the interval %v (default 250ms)", o.FastInterval, o.Interval)
 	case o.FallThreshold < 1 || o.RiseThreshold < 1:
 		return fmt.Errorf("health thresholds fall=%d rise=%d: use at least 1 (defaults 3 and 2)", o.FallThreshold, o.RiseThreshold)
+	case o.PingInterval < 10*time.Millisecond:
+		return fmt.Errorf("health ping interval %v: use at least 10ms (default 250ms)", o.PingInterval)
+	case o.DownAfter < 2*o.PingInterval:
+		return fmt.Errorf("health down-after %v: use at least twice the ping interval %v (default 2s)", o.DownAfter, o.PingInterval)
 	}
 	return nil
 }
@@ -76,11 +107,15 @@ type Status struct {
 	LastError string // of the last failed check, "" after a good one
 	LastLine  string // status word of the last line read
 	RTT       time.Duration
+	// Stream: the address answers over a health stream (false: one-shot checks, or not
+	// reached yet).
+	Stream bool
 }
 
 type target struct {
 	Status
 	fails, oks int
+	lastGood   time.Time // last good answer (zero: none yet)
 	cancel     context.CancelFunc
 }
 
@@ -244,35 +279,88 @@ func (c *Checker) start(t *target) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		timer := time.NewTimer(0)
-		defer timer.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-timer.C:
-			}
-			start := time.Now()
-			next := c.opts.Interval
+		c.loop(ctx, k)
+	}()
+}
+
+// loop checks k until ctx ends: over a health stream while the gateway offers one, else
+// with one-shot checks.
+func (c *Checker) loop(ctx context.Context, k Target) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	oneShot := c.opts.NoStream
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		start := time.Now()
+		next := c.opts.Interval
+		if oneShot {
 			if c.check(ctx, k) {
 				next = c.opts.FastInterval
 			}
 			timer.Reset(max(time.Until(start.Add(next)), 0))
+			continue
 		}
-	}()
+		c.mu.Lock()
+		roots := c.roots[k.Cluster]
+		c.mu.Unlock()
+		dctx, cancel := context.WithTimeout(ctx, c.opts.DownAfter)
+		tc, out := dial(dctx, k.Addr, roots, true)
+		if tc != nil && tc.ConnectionState().NegotiatedProtocol != healthwire.StreamALPN {
+			// A gateway without the stream mode: it answers one line and closes. Use that
+			// answer, then check it one connection at a time.
+			out = readStatus(dctx, tc, k.Cluster, k.Addr)
+			tc.Close()
+			tc = nil
+			oneShot = true
+			c.setStream(k, false)
+		}
+		cancel()
+		if tc != nil {
+			c.setStream(k, true)
+			c.stream(ctx, k, tc, start)
+			next = c.opts.FastInterval // reopen soon: the stream's end was applied already
+		} else if c.record(ctx, k, out, start) {
+			next = c.opts.FastInterval
+		} else if !oneShot {
+			next = c.opts.FastInterval // a stream could not be opened: try again soon
+		}
+		timer.Reset(max(time.Until(start.Add(next)), 0))
+	}
 }
 
-// check probes k once and applies the result; it reports whether k is changing state
-// (the next check then comes after FastInterval).
+func (c *Checker) setStream(k Target, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.targets[k]; ok {
+		t.Stream = on
+	}
+}
+
+// check probes k once (one-shot) and applies the result; it reports whether k is
+// changing state (the next check then comes after FastInterval).
 func (c *Checker) check(ctx context.Context, k Target) bool {
 	c.mu.Lock()
 	roots := c.roots[k.Cluster]
 	c.mu.Unlock()
+	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	out := Probe(pctx, k.Cluster, k.Addr, roots)
 	cancel()
+	return c.record(ctx, k, out, start)
+}
+
+// record counts one result (its RTT measured from start when not set) and applies it,
+// unless ctx ended (target removed or shutting down: not a result).
+func (c *Checker) record(ctx context.Context, k Target, out Outcome, start time.Time) bool {
 	if ctx.Err() != nil {
-		return false // stopped (target removed or shutting down): not a result
+		return false
+	}
+	if out.RTT == 0 {
+		out.RTT = time.Since(start)
 	}
 	c.m.checks.WithLabelValues(k.Cluster, out.Result).Inc()
 	c.m.duration.WithLabelValues(k.Cluster).Observe(out.RTT.Seconds())
@@ -295,7 +383,7 @@ func (c *Checker) apply(k Target, out Outcome, now time.Time) (transitioning boo
 	prev := t.State
 	next := prev
 	if out.OK {
-		t.fails, t.LastError = 0, ""
+		t.fails, t.LastError, t.lastGood = 0, "", now
 		t.oks++
 		// The first good answer is enough for an unknown address; a down one needs
 		// RiseThreshold in a row.
@@ -309,6 +397,16 @@ func (c *Checker) apply(k Target, out Outcome, now time.Time) (transitioning boo
 		switch {
 		case out.Hard:
 			next = HardDown
+		case (prev == Up || prev == Unknown) && t.Stream:
+			// Over a stream: down once nothing good came for DownAfter (an unanswered
+			// ping, or a stream that cannot be reopened), not on one slow answer.
+			ref := t.lastGood
+			if ref.IsZero() {
+				ref = t.Since
+			}
+			if now.Sub(ref) >= c.opts.DownAfter {
+				next = Down
+			}
 		case (prev == Up || prev == Unknown) && t.fails >= c.opts.FallThreshold:
 			// An unknown address falls like an up one: one slow first check must not
 			// drop a cluster when a federation service restarts (static stability).

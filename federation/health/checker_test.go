@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/meshfed/meshfed/api/healthwire"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -29,6 +31,7 @@ const (
 	modeBlackhole = "blackhole" // accept and never answer: the TLS handshake never completes
 	modeDraining  = "draining"  // answer "draining ..."
 	modeWrong     = "wrong"     // answer as another cluster
+	modeSlow      = "slow"      // stream mode: answer each ping late (fakeGateway.slow)
 )
 
 // fakeGateway answers the health name like the real gateway (TLS with its own certificate,
@@ -40,16 +43,28 @@ type fakeGateway struct {
 	cluster string
 	cert    tls.Certificate
 	mode    atomic.Value
-	ln      net.Listener
-	addr    string
-	mu      sync.Mutex
-	held    []net.Conn
-	wg      sync.WaitGroup
+	// stream: offer the stream mode (api/healthwire), as gateways since v2 do.
+	stream bool
+	slow   time.Duration
+	ln     net.Listener
+	addr   string
+	mu     sync.Mutex
+	held   []net.Conn
+	wg     sync.WaitGroup
 }
 
 func newFakeGateway(t testing.TB, cluster string) *fakeGateway {
+	return newGateway(t, cluster, false, 0)
+}
+
+// newStreamGateway offers the stream mode; in modeSlow it answers slow late.
+func newStreamGateway(t testing.TB, cluster string, slow time.Duration) *fakeGateway {
+	return newGateway(t, cluster, true, slow)
+}
+
+func newGateway(t testing.TB, cluster string, stream bool, slow time.Duration) *fakeGateway {
 	t.Helper()
-	g := &fakeGateway{t: t, cluster: cluster, cert: selfSigned(t, "health.meshfed.internal")}
+	g := &fakeGateway{t: t, cluster: cluster, cert: selfSigned(t, "health.meshfed.internal"), stream: stream, slow: slow}
 	g.mode.Store(modeOK)
 	g.listen("127.0.0.1:0")
 	t.Cleanup(g.close)
@@ -89,20 +104,59 @@ func (g *fakeGateway) serve(ln net.Listener) {
 				defer g.wg.Done()
 				defer c.Close()
 				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{g.cert}})
+				cfg := &tls.Config{Certificates: []tls.Certificate{g.cert}}
+				if g.stream {
+					cfg.NextProtos = []string{healthwire.StreamALPN}
+				}
+				tc := tls.Server(c, cfg)
 				if tc.Handshake() != nil {
 					return
 				}
-				line := "ok cluster=" + g.cluster + " service_ports=1 ready_endpoints=2\n"
-				switch g.mode.Load().(string) {
-				case modeDraining:
-					line = "draining cluster=" + g.cluster + "\n"
-				case modeWrong:
-					line = "ok cluster=someone-else\n"
+				if tc.ConnectionState().NegotiatedProtocol == healthwire.StreamALPN {
+					g.serveStream(c, tc)
+					return
 				}
-				_, _ = tc.Write([]byte(line))
+				_, _ = tc.Write([]byte(g.line()))
 				_ = tc.CloseWrite()
 			}()
+		}
+	}
+}
+
+func (g *fakeGateway) line() string {
+	switch g.mode.Load().(string) {
+	case modeDraining:
+		return "draining cluster=" + g.cluster + "\n"
+	case modeWrong:
+		return "ok cluster=someone-else\n"
+	}
+	return "ok cluster=" + g.cluster + " service_ports=1 ready_endpoints=2\n"
+}
+
+// serveStream answers pings as the gateway's stream mode does, with the mode in force at
+// each ping: blackhole answers nothing, rst resets the connection, slow answers late.
+func (g *fakeGateway) serveStream(c net.Conn, tc *tls.Conn) {
+	br := bufio.NewReader(tc)
+	for {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if healthwire.ReadPing(br) != nil {
+			return
+		}
+		switch g.mode.Load().(string) {
+		case modeBlackhole:
+			continue
+		case modeRST:
+			_ = c.(*net.TCPConn).SetLinger(0)
+			_ = c.Close()
+			return
+		case modeSlow:
+			time.Sleep(g.slow) // the fake's behaviour: an answer that late
+		}
+		if _, err := tc.Write([]byte(g.line())); err != nil {
+			return
+		}
+		if g.mode.Load().(string) == modeDraining {
+			return
 		}
 	}
 }
@@ -395,5 +449,78 @@ func TestOptionsValidation(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "default") {
 			t.Errorf("%+v: message %q does not give the default", o, err)
 		}
+	}
+}
+
+// streamOptions: a ping every 20ms, down after 300ms unanswered.
+func streamOptions() Options {
+	o := fastOptions()
+	o.PingInterval, o.DownAfter = 20*time.Millisecond, 300*time.Millisecond
+	return o
+}
+
+// TestStream walks a streaming gateway through every transition: one connection carries
+// the checks; an unanswered ping marks it down after DownAfter, not before; answers that
+// come late but within DownAfter keep it up; a reset or a draining answer is hard-down at
+// once.
+func TestStream(t *testing.T) {
+	g := newStreamGateway(t, "west", 100*time.Millisecond)
+	c, _ := startChecker(t, streamOptions())
+	c.SetTargets(map[string][]string{"west": {g.addr}})
+	waitState(t, c, "west", g.addr, Up)
+	if st := c.Statuses()[0]; !st.Stream {
+		t.Fatalf("a gateway offering the stream is checked one-shot: %+v", st)
+	}
+	// Several answers over one stream: the checks counter grows, no new connection.
+	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultOK))
+	waitfor.Cond(t, 5*time.Second, func() bool {
+		return testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultOK)) >= before+5
+	}, "no stream answers")
+
+	// Slow answers (100ms, under DownAfter 300ms): still up, and the RTT says so.
+	g.mode.Store(modeSlow)
+	waitfor.Cond(t, 5*time.Second, func() bool { return c.Statuses()[0].RTT >= 100*time.Millisecond },
+		"RTT of late answers: %v", c.Statuses()[0].RTT)
+	if s := c.State("west", g.addr); s != Up {
+		t.Fatalf("late answers within DownAfter: %v, want up", s)
+	}
+
+	// Blackhole: pings go unanswered; down after DownAfter.
+	g.mode.Store(modeBlackhole)
+	at := time.Now()
+	waitState(t, c, "west", g.addr, Down)
+	if d := time.Since(at); d < 300*time.Millisecond {
+		t.Fatalf("down %v after the blackhole, before DownAfter (300ms)", d)
+	}
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+
+	// Reset: hard-down at once.
+	g.mode.Store(modeRST)
+	waitState(t, c, "west", g.addr, HardDown)
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+
+	// Draining: hard-down at once.
+	g.mode.Store(modeDraining)
+	waitState(t, c, "west", g.addr, HardDown)
+	g.mode.Store(modeOK)
+	waitState(t, c, "west", g.addr, Up)
+}
+
+// TestStreamFallsBackToOneShot: a gateway that does not offer the stream is checked one
+// connection at a time, with the one-shot hysteresis (TestHysteresis has the rest).
+func TestStreamFallsBackToOneShot(t *testing.T) {
+	g := newFakeGateway(t, "west") // no stream
+	c, _ := startChecker(t, streamOptions())
+	c.SetTargets(map[string][]string{"west": {g.addr}})
+	waitState(t, c, "west", g.addr, Up)
+	if st := c.Statuses()[0]; st.Stream {
+		t.Fatalf("a gateway without the stream mode marked as streaming: %+v", st)
+	}
+	g.mode.Store(modeBlackhole)
+	waitState(t, c, "west", g.addr, Down)
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultTimeout)); n < 3 {
+		t.Fatalf("down after %v timeouts, want FallThreshold (3)", n)
 	}
 }

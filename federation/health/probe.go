@@ -62,12 +62,24 @@ func Probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 }
 
 func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outcome {
+	tc, out := dial(ctx, addr, roots, false)
+	if tc == nil {
+		return out
+	}
+	defer tc.Close()
+	return readStatus(ctx, tc, cluster, addr)
+}
+
+// dial connects to addr and completes the TLS handshake of the health name, offering the
+// stream mode when stream is set (the caller checks NegotiatedProtocol). On failure the
+// connection is nil and the outcome says why. The connection's deadline is ctx's, and it
+// is cut when ctx ends; the caller clears both for a stream.
+func dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (*tls.Conn, Outcome) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return classify(ctx, fmt.Errorf("connect %s: %w", addr, err))
+		return nil, classify(ctx, fmt.Errorf("connect %s: %w", addr, err))
 	}
-	defer raw.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
 	}
@@ -77,6 +89,9 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 	defer stop()
 
 	cfg := &tls.Config{ServerName: names.HealthSNI, MinVersion: tls.VersionTLS12}
+	if stream {
+		cfg.NextProtos = []string{healthwire.StreamALPN}
+	}
 	if roots == nil {
 		// Unauthenticated until the trust component supplies this cluster's bundle: the
 		// line carries no secret, and the check's job is liveness (documented).
@@ -87,16 +102,27 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
 		out := classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
 		if out.Result == ResultError {
 			out.Result = ResultTLS // not a network error: the handshake itself failed
 		}
-		return out
+		return nil, out
 	}
-	line, err := healthwire.ReadLine(tc)
+	return tc, Outcome{}
+}
+
+// readStatus reads and judges one status line.
+func readStatus(ctx context.Context, r io.Reader, cluster, addr string) Outcome {
+	line, err := healthwire.ReadLine(r)
 	if err != nil {
 		return classify(ctx, fmt.Errorf("read status line from %s: %w", addr, err))
 	}
+	return judge(line, cluster, addr)
+}
+
+// judge sorts a status line: ok, another cluster answering, or a status other than ok.
+func judge(line, cluster, addr string) Outcome {
 	st, err := healthwire.ParseLine(line)
 	if err != nil {
 		return Outcome{Result: ResultBadLine, Err: fmt.Errorf("%s: %w", addr, err)}
