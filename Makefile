@@ -4,7 +4,7 @@ BIN     := bin/meshfed
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.Version=$(VERSION)
 
-.PHONY: all build image run test test-short bench fuzz lint docs clean
+.PHONY: all build image run test test-short e2e bench fuzz lint docs clean
 
 all: build
 
@@ -28,6 +28,10 @@ test:
 ## test-short: unit tests only, no kube-apiserver build
 test-short:
 	MESHFED_SKIP_KUBE=1 $(GO) test -race -short ./...
+
+## e2e: the testbed on real networks (network namespaces, nftables; needs root), long forms
+e2e: build
+	./hack/e2e.sh
 
 ## bench: benchmark scripts, each printing ratios against a baseline measured in the same run
 bench: build

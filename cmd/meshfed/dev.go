@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -81,6 +83,47 @@ one JSON line per call: when, the server's SPIFFE ID, the peer address, or the e
 	}
 	call.Flags().StringVar(&target, "target", "", "xds:///<service>.<namespace>.svc.clusterset.local:<port>")
 	call.Flags().DurationVar(&interval, "interval", 100*time.Millisecond, "time between calls")
-	cmd.AddCommand(up, call)
+	var wl struct{ listen, cert, key, bundleDir string }
+	workload := &cobra.Command{
+		Use:    "workload",
+		Short:  "The demo's workload: the gRPC health service over mTLS, as a process",
+		Hidden: true,
+		Long: `Serves the standard gRPC health service on --listen with mTLS: its certificate is
+--cert/--key (an SVID of its cluster's trust domain), and clients must present a
+certificate chaining to a root that its federation service wrote into --bundle-dir
+(<td>.pem files), i.e. a cluster it federates with. The testbed (docs/testbed.md) runs one
+per simulated cluster. Runs until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var errs validate.Errors
+			errs.AddErr("--listen", validate.ListenAddr(wl.listen))
+			if wl.cert == "" || wl.key == "" {
+				errs.Add("--cert/--key", "give the workload's certificate and key (PEM), e.g. from 'meshfed trust dev-ca issue'")
+			}
+			if wl.bundleDir == "" {
+				errs.Add("--bundle-dir", "required: the directory its federation service writes the federated bundles to (--bundle-dir of meshfed federation)")
+			}
+			if err := errs.Err(); err != nil {
+				return err
+			}
+			cert, err := tls.LoadX509KeyPair(wl.cert, wl.key)
+			if err != nil {
+				return fmt.Errorf("--cert/--key: %w", err)
+			}
+			w, err := devup.StartWorkload(wl.listen, &cert, wl.bundleDir)
+			if err != nil {
+				return err
+			}
+			defer w.Stop()
+			fmt.Fprintf(cmd.OutOrStdout(), "workload serving at %s\n", w.Addr())
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	workload.Flags().StringVar(&wl.listen, "listen", "127.0.0.1:0", "HOST:PORT to serve on")
+	workload.Flags().StringVar(&wl.cert, "cert", "", "certificate chain (PEM), the workload's SVID")
+	workload.Flags().StringVar(&wl.key, "key", "", "private key (PEM) of --cert")
+	workload.Flags().StringVar(&wl.bundleDir, "bundle-dir", "", "federated bundle directory (<td>.pem) that client certificates must chain to")
+	cmd.AddCommand(up, call, workload)
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -39,9 +40,15 @@ func ClientEnv(bootstrapFile string) []string {
 	}
 }
 
+// MaxInFlight bounds the client's calls at once: a call starts every interval whether or
+// not the previous ones have finished (a call into a blackholed gateway waits for its 2 s
+// deadline), so that the timeline keeps its resolution during a failure.
+const MaxInFlight = 64
+
 // RunClient is the demo client (`meshfed dev call`): a plain grpc-go program that knows
-// nothing of meshfed but its xDS bootstrap (GRPC_XDS_BOOTSTRAP). It calls target every
-// interval until ctx ends and writes one Call per line to out.
+// nothing of meshfed but its xDS bootstrap (GRPC_XDS_BOOTSTRAP). It starts a call of
+// target every interval until ctx ends (at most MaxInFlight at once; a tick with that many
+// in flight is skipped) and writes one Call per line to out, in the order they end.
 func RunClient(ctx context.Context, target string, interval time.Duration, out io.Writer) error {
 	if os.Getenv("GRPC_XDS_BOOTSTRAP") == "" && os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG") == "" {
 		return errors.New("GRPC_XDS_BOOTSTRAP is not set: point it at the bootstrap file `meshfed dev up` wrote")
@@ -57,19 +64,40 @@ func RunClient(ctx context.Context, target string, interval time.Duration, out i
 	defer cc.Close()
 	hc := healthpb.NewHealthClient(cc)
 	enc := json.NewEncoder(out)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, MaxInFlight)
+	werr := make(chan error, 1)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		c := call(ctx, hc)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err := enc.Encode(c); err != nil {
-			return err
+		select {
+		case slots <- struct{}{}:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				c := call(ctx, hc)
+				if ctx.Err() != nil {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err := enc.Encode(c); err != nil {
+					select {
+					case werr <- err:
+					default:
+					}
+				}
+			}()
+		default: // MaxInFlight calls hang: skip this tick
 		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-werr:
+			return err
 		case <-tick.C:
 		}
 	}

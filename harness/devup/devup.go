@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 60*time.Second, func() bool { return bundleMapHas(east.BundleDir, "west.meshfed.local", "north.meshfed.local") }); err != nil {
+	if err := waitFor(ctx, 60*time.Second, func() bool { return BundleMapHas(east.BundleDir, "west.meshfed.local", "north.meshfed.local") }); err != nil {
 		return fmt.Errorf("east's federated bundles never listed west and north: %w", err)
 	}
 	s.say("east's federation wrote the federated trust bundles to %s (bundle-map.json, one PEM per trust domain)", east.BundleDir)
@@ -291,7 +291,9 @@ func planOf(c *harness.Cluster) string {
 	return strings.Join(parts, ", ")
 }
 
-func bundleMapHas(dir string, tds ...string) bool {
+// BundleMapHas reports whether the bundle map a federation wrote into dir lists every
+// trust domain of tds.
+func BundleMapHas(dir string, tds ...string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, "bundle-map.json"))
 	if err != nil {
 		return false
@@ -324,26 +326,43 @@ func writeClientFiles(dir string, east *harness.Cluster) (string, error) {
 	if err := svid.WriteFiles(cert, key); err != nil {
 		return "", err
 	}
-	b := map[string]any{
+	path := filepath.Join(dir, "bootstrap.json")
+	return path, WriteClientBootstrap(path, ClientBootstrap{XDSAddr: east.XDSAddr, NodeID: "east~demo-client~devup", Cluster: "east",
+		CertFile: cert, KeyFile: key, BundleDir: east.BundleDir, TrustDomain: east.Spec.TrustDomain})
+}
+
+// ClientBootstrap is what a proxyless grpc-go client of meshfed needs to know.
+type ClientBootstrap struct {
+	XDSAddr           string // its cluster's federation xDS server (plaintext)
+	NodeID, Cluster   string
+	CertFile, KeyFile string // its SVID
+	// BundleDir is where its cluster's federation writes the federated bundles
+	// (<td>.pem and bundle-map.json); TrustDomain is the cluster's own.
+	BundleDir, TrustDomain string
+}
+
+// WriteClientBootstrap writes the grpc-go xDS bootstrap file of b to path: the xDS server,
+// and a file_watcher certificate provider with the SVID and the SPIFFE bundle map.
+func WriteClientBootstrap(path string, b ClientBootstrap) error {
+	m := map[string]any{
 		"xds_servers": []any{map[string]any{
-			"server_uri":      east.XDSAddr,
+			"server_uri":      b.XDSAddr,
 			"channel_creds":   []any{map[string]any{"type": "insecure"}},
 			"server_features": []any{"xds_v3"},
 		}},
-		"node": map[string]any{"id": "east~demo-client~devup", "cluster": "east"},
+		"node": map[string]any{"id": b.NodeID, "cluster": b.Cluster},
 		"certificate_providers": map[string]any{
 			"meshfed": map[string]any{"plugin_name": "file_watcher", "config": map[string]any{
-				"certificate_file":             cert,
-				"private_key_file":             key,
-				"ca_certificate_file":          filepath.Join(east.BundleDir, east.Spec.TrustDomain+".pem"),
-				"spiffe_trust_bundle_map_file": filepath.Join(east.BundleDir, "bundle-map.json"),
+				"certificate_file":             b.CertFile,
+				"private_key_file":             b.KeyFile,
+				"ca_certificate_file":          filepath.Join(b.BundleDir, b.TrustDomain+".pem"),
+				"spiffe_trust_bundle_map_file": filepath.Join(b.BundleDir, "bundle-map.json"),
 				"refresh_interval":             "1s",
 			}},
 		},
 	}
-	js, _ := json.MarshalIndent(b, "", "  ")
-	path := filepath.Join(dir, "bootstrap.json")
-	return path, os.WriteFile(path, js, 0o600)
+	js, _ := json.MarshalIndent(m, "", "  ")
+	return os.WriteFile(path, js, 0o600)
 }
 
 // client is the demo client process and what it reported.

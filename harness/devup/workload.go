@@ -36,6 +36,23 @@ func startWorkload(addr string, ca *devca.CA, id, bundleDir string) (*workload, 
 	if err != nil {
 		return nil, err
 	}
+	return StartWorkload(addr, svid.TLSCertificate(), bundleDir)
+}
+
+// Workload is the demo gRPC server: the standard health service, mTLS with the given
+// certificate (an SVID), clients verified against the federated roots in a bundle directory.
+type Workload = workload
+
+// Addr is the address the workload serves on.
+func (w *workload) Addr() string { return w.addr }
+
+// Stop stops the workload at once.
+func (w *workload) Stop() { w.stop() }
+
+// StartWorkload serves the demo gRPC service on addr (`meshfed dev workload` runs it as a
+// process): cert is its SVID, and clients must present a certificate chaining to one of
+// the roots (<td>.pem) its federation service writes into bundleDir.
+func StartWorkload(addr string, cert *tls.Certificate, bundleDir string) (*Workload, error) {
 	roots := &bundleRoots{dir: bundleDir}
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -44,7 +61,7 @@ func startWorkload(addr string, ca *devca.CA, id, bundleDir string) (*workload, 
 			if err != nil {
 				return nil, err
 			}
-			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*svid.TLSCertificate()},
+			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert},
 				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
 		},
 	}
