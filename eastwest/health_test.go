@@ -18,12 +18,7 @@ import (
 // the stream ends; a checker that does not offer it still gets one line and a close.
 func TestHealthStream(t *testing.T) {
 	g := startGateway(t, Config{Cluster: "west"}, echoTable("127.0.0.1:9"))
-	c, err := tls.Dial("tcp", g.addr, &tls.Config{ServerName: names.HealthSNI, InsecureSkipVerify: true,
-		NextProtos: []string{healthwire.StreamALPN}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialHealthStream(t, g.addr)
 	if p := c.ConnectionState().NegotiatedProtocol; p != healthwire.StreamALPN {
 		t.Fatalf("negotiated %q, want %q", p, healthwire.StreamALPN)
 	}
@@ -65,12 +60,7 @@ func TestHealthStream(t *testing.T) {
 // up: it ends about a second after the drain begins.
 func TestHealthStreamIdleAtDrain(t *testing.T) {
 	g := startGateway(t, Config{Cluster: "west"}, echoTable("127.0.0.1:9"))
-	c, err := tls.Dial("tcp", g.addr, &tls.Config{ServerName: names.HealthSNI, InsecureSkipVerify: true,
-		NextProtos: []string{healthwire.StreamALPN}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	dialHealthStream(t, g.addr)
 	waitFor(t, "the stream counted", 2*time.Second, func() bool { return g.Active() == 1 })
 	start := time.Now()
 	g.Drain()
@@ -78,4 +68,16 @@ func TestHealthStreamIdleAtDrain(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("idle stream closed %v after the drain", d)
 	}
+}
+
+// dialHealthStream opens a health connection offering the stream mode.
+func dialHealthStream(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: names.HealthSNI, InsecureSkipVerify: true,
+		NextProtos: []string{healthwire.StreamALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

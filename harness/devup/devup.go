@@ -538,19 +538,24 @@ func (c *client) tally(from, to time.Time, tdCluster map[string]string) string {
 		}
 		counts[k]++
 	}
+	if len(counts) == 0 {
+		return "calls this second: none"
+	}
+	return "calls this second: " + FormatCounts(counts)
+}
+
+// FormatCounts writes counts as "a 3, b 1", sorted by key.
+func FormatCounts(counts map[string]int) string {
 	keys := make([]string, 0, len(counts))
 	for k := range counts {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var parts []string
+	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
 		parts = append(parts, fmt.Sprintf("%s %d", k, counts[k]))
 	}
-	if len(parts) == 0 {
-		return "calls this second: none"
-	}
-	return "calls this second: " + strings.Join(parts, ", ")
+	return strings.Join(parts, ", ")
 }
 
 type limitWriter struct {

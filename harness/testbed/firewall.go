@@ -36,55 +36,38 @@ func set(addrs []string) string {
 // clusterRules: a cluster accepts the other clusters on its gateway port only, and
 // reaches the other clusters' gateways and the etcd members' client port.
 func clusterRules(host string, peers, etcd []string) string {
-	return fmt.Sprintf(`table %[1]s {
-	chain faults_in { }
-	chain faults_out { }
-	chain input {
-		type filter hook input priority 0; policy drop;
-		iifname "lo" accept
-		jump faults_in
-		ct state established,related accept
-		ip saddr %[2]s accept
-		tcp dport %[5]d ip saddr %[3]s accept
-	}
-	chain output {
-		type filter hook output priority 0; policy drop;
-		oifname "lo" accept
-		jump faults_out
-		ct state established,related accept
-		ip daddr %[2]s accept
-		tcp dport %[5]d ip daddr %[3]s accept
-		tcp dport %[6]d ip daddr %[4]s accept
-	}
-}
-`, table, host, set(peers), set(etcd), GatewayPort, EtcdPort)
+	return rules(host,
+		[]string{fmt.Sprintf("tcp dport %d ip saddr %s", GatewayPort, set(peers))},
+		[]string{fmt.Sprintf("tcp dport %d ip daddr %s", GatewayPort, set(peers)), fmt.Sprintf("tcp dport %d ip daddr %s", EtcdPort, set(etcd))})
 }
 
 // etcdRules: a member serves the clusters on the client port and its peers on the peer
 // port, and reaches its peers.
 func etcdRules(host string, clusters, peers []string) string {
-	return fmt.Sprintf(`table %[1]s {
-	chain faults_in { }
-	chain faults_out { }
-	chain input {
-		type filter hook input priority 0; policy drop;
-		iifname "lo" accept
-		jump faults_in
-		ct state established,related accept
-		ip saddr %[2]s accept
-		tcp dport %[5]d ip saddr %[3]s accept
-		tcp dport %[6]d ip saddr %[4]s accept
-	}
-	chain output {
-		type filter hook output priority 0; policy drop;
-		oifname "lo" accept
-		jump faults_out
-		ct state established,related accept
-		ip daddr %[2]s accept
-		tcp dport %[6]d ip daddr %[4]s accept
-	}
+	return rules(host,
+		[]string{fmt.Sprintf("tcp dport %d ip saddr %s", EtcdPort, set(clusters)), fmt.Sprintf("tcp dport %d ip saddr %s", EtcdPeerPort, set(peers))},
+		[]string{fmt.Sprintf("tcp dport %d ip daddr %s", EtcdPeerPort, set(peers))})
 }
-`, table, host, set(clusters), set(peers), EtcdPort, EtcdPeerPort)
+
+// rules is a node's table: the common part, then the node's own allowed flows in (ins)
+// and out (outs).
+func rules(host string, ins, outs []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table %s {\n\tchain faults_in { }\n\tchain faults_out { }\n", table)
+	for _, ch := range []struct {
+		hook, iface, addr, faults string
+		allow                     []string
+	}{{"input", "iifname", "saddr", "faults_in", ins}, {"output", "oifname", "daddr", "faults_out", outs}} {
+		fmt.Fprintf(&b, "\tchain %s {\n\t\ttype filter hook %s priority 0; policy drop;\n", ch.hook, ch.hook)
+		fmt.Fprintf(&b, "\t\t%s \"lo\" accept\n\t\tjump %s\n", ch.iface, ch.faults)
+		fmt.Fprintf(&b, "\t\tct state established,related accept\n\t\tip %s %s accept\n", ch.addr, host)
+		for _, a := range ch.allow {
+			fmt.Fprintf(&b, "\t\t%s accept\n", a)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
 }
 
 // nft runs an nft script inside the node's namespace (atomically: all or nothing).

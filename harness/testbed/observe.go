@@ -106,19 +106,10 @@ func Summary(cs []Call) string {
 		}
 		counts[k]++
 	}
-	keys := make([]string, 0, len(counts))
-	for k := range counts {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s %d", k, counts[k]))
-	}
-	if len(parts) == 0 {
+	if len(counts) == 0 {
 		return "no calls"
 	}
-	return strings.Join(parts, ", ")
+	return devup.FormatCounts(counts)
 }
 
 // ErrorKind is the gRPC code of a call error ("code = Unavailable desc = ..."), or the

@@ -269,13 +269,19 @@ func failover(t *testing.T, tb *Testbed, f *Fault, client *Cluster, from string)
 	return fo
 }
 
-// noFailoverUnder injects a fault for d and checks that no client errs or moves and no
-// federation marks any gateway down meanwhile.
-func noFailoverUnder(t *testing.T, tb *Testbed, d time.Duration, mk func(context.Context) (*Fault, error)) {
+// underFault is what happened while a fault held: each federation's down-markings of a
+// gateway (one per observer, cluster and time), and per client the calls made.
+type underFault struct {
+	downs []string
+	calls map[*Cluster][]Call
+}
+
+// holdFault injects a fault, watches every federation's gateway states for d, lifts it.
+func holdFault(t *testing.T, tb *Testbed, d time.Duration, mk func(context.Context) (*Fault, error)) (*Fault, underFault) {
 	t.Helper()
 	ctx := tctx(t, d+time.Minute)
 	f := inject(t)(mk(ctx))
-	var downs []string
+	downs := map[string]bool{}
 	waitfor.Poll(d, func() bool {
 		for _, c := range tb.Clusters {
 			x, err := c.XDS(ctx)
@@ -284,43 +290,52 @@ func noFailoverUnder(t *testing.T, tb *Testbed, d time.Duration, mk func(context
 			}
 			for _, g := range x.Gateways {
 				if g.State != "up" {
-					downs = append(downs, fmt.Sprintf("%s saw %s %s (%s)", c.Spec.Name, g.Cluster, g.State, g.LastError))
+					downs[fmt.Sprintf("%s saw %s %s at %s (%s)", c.Spec.Name, g.Cluster, g.State, g.Since, g.LastError)] = true
 				}
 			}
 		}
-		return false
+		return false // watch for all of d
 	})
 	end := lift(t, f)
+	u := underFault{calls: map[*Cluster][]Call{}}
+	for k := range downs {
+		u.downs = append(u.downs, k)
+	}
+	sort.Strings(u.downs)
 	for _, c := range tb.Clusters {
-		calls := c.Calls.Between(f.At, end)
-		first := tb.Order(c.Spec.Name, c.Spec.Calls)[0]
-		moved := 0
-		for _, x := range calls {
-			if x.Cluster != "" && x.Cluster != first {
-				moved++
-			}
-		}
-		errs := Errors(calls)
-		t.Logf("%s for %v: %s's client: %s", f.Kind, d, c.Spec.Name, Summary(calls))
-		if len(errs) > 0 || moved > 0 {
-			t.Errorf("%s's client under %s: %d errors, %d calls not served by %s", c.Spec.Name, f.Desc, len(errs), moved, first)
-		}
+		u.calls[c] = c.Calls.Between(f.At, end)
 	}
-	if len(downs) > 0 {
-		t.Errorf("under %s a federation marked a gateway down: %s", f.Desc, strings.Join(dedup(downs), "; "))
-	}
+	return f, u
 }
 
-func dedup(xs []string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, x := range xs {
-		if !seen[x] {
-			seen[x] = true
-			out = append(out, x)
+// moved counts the calls c's client made under the fault that its first choice did not
+// serve.
+func (u underFault) moved(tb *Testbed, c *Cluster) int {
+	first := tb.Order(c.Spec.Name, c.Spec.Calls)[0]
+	n := 0
+	for _, x := range u.calls[c] {
+		if x.Cluster != "" && x.Cluster != first {
+			n++
 		}
 	}
-	return out
+	return n
+}
+
+// noFailoverUnder injects a fault for d and checks that no client errs or moves and no
+// federation marks any gateway down meanwhile.
+func noFailoverUnder(t *testing.T, tb *Testbed, d time.Duration, mk func(context.Context) (*Fault, error)) {
+	t.Helper()
+	f, u := holdFault(t, tb, d, mk)
+	for _, c := range tb.Clusters {
+		errs := Errors(u.calls[c])
+		t.Logf("%s for %v: %s's client: %s", f.Kind, d, c.Spec.Name, Summary(u.calls[c]))
+		if moved := u.moved(tb, c); len(errs) > 0 || moved > 0 {
+			t.Errorf("%s's client under %s: %d errors, %d calls not served by its first choice", c.Spec.Name, f.Desc, len(errs), moved)
+		}
+	}
+	if len(u.downs) > 0 {
+		t.Errorf("under %s a federation marked a gateway down: %s", f.Desc, strings.Join(u.downs, "; "))
+	}
 }
 
 // staleIn counts the services in c's import view where cluster is a stale exporter; -1
@@ -461,40 +476,12 @@ func TestLossOneShotChecks(t *testing.T) {
 		t.Skipf("control experiment: runs with %s=1 (make e2e)", E2EEnv)
 	}
 	tb := startTestbed(t, Options{FederationArgs: []string{"--health-stream=false"}})
-	ctx := tctx(t, 3*time.Minute)
-	f := inject(t)(tb.Loss(ctx, 0.05))
-	downs := map[string]bool{} // observer→cluster since: one per down-marking
-	waitfor.Poll(60*time.Second, func() bool {
-		for _, c := range tb.Clusters {
-			x, err := c.XDS(ctx)
-			if err != nil {
-				continue
-			}
-			for _, g := range x.Gateways {
-				if g.State != "up" {
-					downs[c.Spec.Name+"→"+g.Cluster+" at "+g.Since] = true
-				}
-			}
-		}
-		return false
-	})
-	end := lift(t, f)
+	_, u := holdFault(t, tb, 60*time.Second, func(ctx context.Context) (*Fault, error) { return tb.Loss(ctx, 0.05) })
 	errs, moved := 0, 0
 	for _, c := range tb.Clusters {
-		calls := c.Calls.Between(f.At, end)
-		errs += len(Errors(calls))
-		first := tb.Order(c.Spec.Name, c.Spec.Calls)[0]
-		for _, x := range calls {
-			if x.Cluster != "" && x.Cluster != first {
-				moved++
-			}
-		}
+		errs += len(Errors(u.calls[c]))
+		moved += u.moved(tb, c)
 	}
-	var events []string
-	for k := range downs {
-		events = append(events, k)
-	}
-	sort.Strings(events)
 	t.Logf("one-shot checks under 5%% loss for 60s: %d false down-markings (%s), %d client errors, %d calls moved away from the first choice",
-		len(events), strings.Join(events, ", "), errs, moved)
+		len(u.downs), strings.Join(u.downs, "; "), errs, moved)
 }
