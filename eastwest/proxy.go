@@ -1,0 +1,180 @@
+package eastwest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// connect dials ready endpoints of r, trying up to ConnectAttempts different ones and
+// ejecting those that fail. The returned endpoint's active count is already taken.
+func (g *Gateway) connect(r *route) (*net.TCPConn, *epState) {
+	var tried []*epState
+	attempts := min(g.cfg.ConnectAttempts, len(r.eps))
+	// No keepalive upstream either: the idle timeout covers dead peers.
+	d := net.Dialer{Timeout: g.cfg.ConnectTimeout, KeepAlive: -1}
+	for i := 0; i < attempts; i++ {
+		now := time.Now()
+		ep := pick(r.eps, tried, now.UnixNano())
+		if ep == nil {
+			break
+		}
+		tried = append(tried, ep)
+		ep.active.Add(1)
+		c, err := d.Dial("tcp", ep.addr)
+		if err == nil {
+			g.m.connectSecs.Observe(time.Since(now).Seconds())
+			ep.succeeded()
+			return c.(*net.TCPConn), ep
+		}
+		ep.active.Add(-1)
+		r.svc.connectErrs.Inc()
+		back := ep.eject(time.Now(), g.cfg.EjectBase, g.cfg.EjectMax)
+		r.svc.ejections.Inc()
+		g.log.Warn("endpoint connect failed; ejected, trying another", "service", r.key.String(), "endpoint", ep.addr, "err", err, "ejected_for", back)
+	}
+	return nil, nil
+}
+
+// proxied is one connection being spliced.
+type proxied struct {
+	g      *Gateway
+	client *net.TCPConn
+	up     *net.TCPConn
+	route  *route
+	ep     *epState
+	start  time.Time
+	last   atomic.Int64 // unix nanoseconds of the last bytes moved either way
+	cut    atomic.Bool  // set when the drain timeout closed it
+	idle   atomic.Bool
+	failed atomic.Bool
+	left   atomic.Int32 // directions still running
+}
+
+// run starts both directions in fresh goroutines and returns: the handler goroutine's
+// stack, grown by the hello parse and the dial, is freed rather than kept for the life of
+// an idle connection (fresh goroutines start with the smallest stack).
+func (p *proxied) run() {
+	p.left.Store(2)
+	go p.direction(p.up, p.client, p.route.svc.bytesOut)
+	go p.direction(p.client, p.up, p.route.svc.bytesIn)
+}
+
+// direction copies src to dst until src's EOF (then half-closes dst) or an error (then
+// aborts both). The last direction to finish closes the connection.
+func (p *proxied) direction(dst, src *net.TCPConn, counter prometheus.Counter) {
+	var err error
+	if p.g.cfg.CopyMode == CopyIOCopy || !pollSpliceSupported {
+		err = p.ioCopy(dst, src, counter)
+	} else {
+		err = p.pollSplice(dst, src, counter)
+	}
+	if err == nil {
+		// Clean EOF from src: pass the half-close on, keep the other direction going.
+		_ = dst.CloseWrite()
+	} else {
+		if errors.Is(err, errIdle) {
+			p.idle.Store(true)
+		} else {
+			p.failed.Store(true)
+		}
+		// Wake the other direction at once.
+		_ = p.client.SetDeadline(aLongTimeAgo)
+		_ = p.up.SetDeadline(aLongTimeAgo)
+	}
+	if p.left.Add(-1) == 0 {
+		p.finish()
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+var errIdle = errors.New("idle timeout")
+
+func (p *proxied) finish() {
+	p.client.Close()
+	p.up.Close()
+	g := p.g
+	g.liveMu.Lock()
+	delete(g.live, p)
+	g.liveMu.Unlock()
+	result := ResultOK
+	switch {
+	case p.cut.Load():
+		result = ResultDrained
+	case p.idle.Load():
+		result = ResultIdleTimeout
+	case p.failed.Load():
+		result = ResultError
+	}
+	g.m.conns.WithLabelValues(p.route.svc.name, result).Inc()
+	p.route.svc.activeGauge.Dec()
+	p.route.svc.active.Add(-1)
+	p.ep.active.Add(-1)
+	if g.log.Enabled(context.Background(), slog.LevelDebug) {
+		g.log.Debug("closed", "service", p.route.key.String(), "endpoint", p.ep.addr, "result", result, "duration", time.Since(p.start))
+	}
+	g.release()
+}
+
+// stillAlive tells whether the connection moved bytes (either way) within the idle
+// timeout; when so, it returns the deadline to arm next.
+func (p *proxied) stillAlive() (time.Time, bool) {
+	idle := p.g.cfg.IdleTimeout
+	last := time.Unix(0, p.last.Load())
+	if p.cut.Load() || p.failed.Load() || idle <= 0 {
+		return time.Time{}, false
+	}
+	dl := last.Add(idle)
+	return dl, time.Now().Before(dl)
+}
+
+func (p *proxied) armIdle(c *net.TCPConn) {
+	if idle := p.g.cfg.IdleTimeout; idle > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+	}
+}
+
+// ioCopy is the stdlib path: io.Copy between the *net.TCPConn pair (dst.ReadFrom(src),
+// which splices on Linux). The idle timeout is a read deadline re-armed while bytes move.
+func (p *proxied) ioCopy(dst, src *net.TCPConn, counter prometheus.Counter) error {
+	p.armIdle(src)
+	for {
+		n, err := io.Copy(dst, src)
+		if n > 0 {
+			counter.Add(float64(n))
+			p.last.Store(time.Now().UnixNano())
+		}
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if dl, ok := p.stillAlive(); ok {
+				_ = src.SetReadDeadline(dl)
+				continue
+			}
+			if p.idleNow() {
+				return errIdle
+			}
+		}
+		return err
+	}
+}
+
+// idleNow is true when the idle timeout (not a drain cut or the other side's failure)
+// ended the connection.
+func (p *proxied) idleNow() bool {
+	idle := p.g.cfg.IdleTimeout
+	return idle > 0 && !p.cut.Load() && !p.failed.Load() && time.Since(time.Unix(0, p.last.Load())) >= idle
+}
+
+func nowNano() int64 { return time.Now().UnixNano() }
+
+func nowTime() time.Time { return time.Now() }

@@ -1,0 +1,279 @@
+package eastwest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/eastwest/internal/hello"
+)
+
+// Serve accepts connections on ln until ctx ends or Drain is called, then drains: it
+// stops accepting (after DrainAcceptPeriod), lets live connections finish for up to
+// DrainTimeout, then cuts the rest. It closes ln.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	go func() {
+		select {
+		case <-ctx.Done():
+			g.Drain()
+		case <-g.drainCh:
+		}
+	}()
+	acceptDone := make(chan error, 1)
+	go func() { acceptDone <- g.acceptLoop(ln) }()
+	select {
+	case err := <-acceptDone:
+		if !g.draining.Load() {
+			g.Drain()
+			g.finishDrain()
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+	case <-g.drainCh:
+		if p := g.cfg.DrainAcceptPeriod; p > 0 {
+			g.log.Info("still accepting while remote health checks notice the drain", "for", p)
+			t := time.NewTimer(p)
+			<-t.C
+		}
+		ln.Close()
+		<-acceptDone
+	}
+	g.finishDrain()
+	return nil
+}
+
+func (g *Gateway) finishDrain() {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	g.log.Info("stopped accepting; waiting for live connections", "active", g.open.Load(), "drain_timeout", g.cfg.DrainTimeout)
+	t := time.NewTimer(g.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		g.log.Info("drained: every connection finished")
+	case <-t.C:
+		g.liveMu.Lock()
+		n := len(g.live)
+		for p := range g.live {
+			p.cut.Store(true)
+			p.client.Close()
+			p.up.Close()
+		}
+		g.liveMu.Unlock()
+		g.log.Warn("drain timeout: cut the remaining connections", "cut", n)
+		<-done
+	}
+}
+
+func (g *Gateway) acceptLoop(ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if g.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAccept(err) {
+				// Out of fds or similar: back off rather than spin (what net/http does).
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				g.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		if n := g.open.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
+			g.open.Add(-1)
+			g.m.rejected.WithLabelValues(ReasonLimit).Inc()
+			g.log.Debug("refused: --max-conns reached", "remote", c.RemoteAddr(), "max", g.cfg.MaxConns)
+			tc.SetLinger(0)
+			tc.Close()
+			continue
+		}
+		g.m.open.Inc()
+		g.wg.Add(1)
+		go g.handle(tc)
+	}
+}
+
+func isTemporaryAccept(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "too many open files") || strings.Contains(s, "resource temporarily unavailable") ||
+		strings.Contains(s, "connection aborted") || strings.Contains(s, "no buffer space")
+}
+
+// TLS alerts sent before closing a refused TLS connection, so clients see why.
+var (
+	alertUnrecognizedName = []byte{21, 3, 3, 0, 2, 2, 112}
+	alertInternalError    = []byte{21, 3, 3, 0, 2, 2, 80}
+)
+
+func (g *Gateway) reject(c *net.TCPConn, reason string, alert []byte, attrs ...any) {
+	g.m.rejected.WithLabelValues(reason).Inc()
+	if g.log.Enabled(context.Background(), slog.LevelDebug) {
+		g.log.Debug("refused", append([]any{"reason", reason, "remote", c.RemoteAddr().String()}, attrs...)...)
+	}
+	if alert != nil {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write(alert)
+	}
+	c.Close()
+}
+
+func (g *Gateway) release() {
+	g.open.Add(-1)
+	g.m.open.Dec()
+	g.wg.Done()
+}
+
+func (g *Gateway) handle(c *net.TCPConn) {
+	bufp := g.bufPool.Get().(*[]byte)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			g.bufPool.Put(bufp)
+			g.release()
+		}
+	}()
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(g.cfg.HelloTimeout))
+	var ch hello.ClientHello
+	raw, parse, err := g.readHello(c, *bufp, &ch)
+	if err != nil {
+		reason := ReasonMalformedHello
+		switch {
+		case errors.Is(err, hello.ErrNotTLS):
+			reason = ReasonNotTLS
+		case errors.Is(err, hello.ErrTooLarge):
+			reason = ReasonHelloTooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			reason = ReasonHelloTimeout
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			reason = ReasonClientClosed
+		case errors.Is(err, hello.ErrMalformed):
+		default:
+			reason = ReasonClientClosed // reset by the peer and the like
+		}
+		g.reject(c, reason, nil, "err", err, "bytes", len(raw))
+		return
+	}
+	g.m.helloSecs.Observe(time.Since(start).Seconds())
+	g.m.parseSecs.Observe(parse.Seconds())
+	_ = c.SetReadDeadline(time.Time{})
+
+	sni := ch.ServerName
+	if hasUpper(sni) {
+		sni = strings.ToLower(sni) // DNS names are case-insensitive
+	}
+	if sni == names.HealthSNI {
+		g.serveHealth(c, raw)
+		return
+	}
+	if sni == "" {
+		g.reject(c, ReasonNoSNI, alertUnrecognizedName)
+		return
+	}
+	t := g.tbl.Load()
+	var r *route
+	if t != nil {
+		r = t.bySNI[sni]
+	}
+	if r == nil {
+		g.reject(c, ReasonUnknownSNI, alertUnrecognizedName, "sni", sni)
+		return
+	}
+	if len(r.eps) == 0 {
+		g.reject(c, ReasonNoReadyEndpoint, alertInternalError, "service", r.key.String())
+		return
+	}
+	if n := r.svc.active.Add(1); g.cfg.MaxConnsPerService > 0 && n > int64(g.cfg.MaxConnsPerService) {
+		r.svc.active.Add(-1)
+		g.reject(c, ReasonServiceLimit, alertInternalError, "service", r.key.String(), "max", g.cfg.MaxConnsPerService)
+		return
+	}
+	up, ep := g.connect(r)
+	if up == nil {
+		r.svc.active.Add(-1)
+		g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String())
+		return
+	}
+	// Replay the hello bytes exactly as received; nothing else has been sent either way.
+	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.ConnectTimeout))
+	if _, err := up.Write(raw); err != nil {
+		r.svc.active.Add(-1)
+		ep.active.Add(-1)
+		up.Close()
+		g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String(), "endpoint", ep.addr, "err", err)
+		return
+	}
+	_ = up.SetWriteDeadline(time.Time{})
+	r.svc.bytesIn.Add(float64(len(raw)))
+	g.bufPool.Put(bufp)
+	handedOff = true
+	p := &proxied{g: g, client: c, up: up, route: r, ep: ep, start: start}
+	p.last.Store(time.Now().UnixNano())
+	r.svc.activeGauge.Inc()
+	g.liveMu.Lock()
+	g.live[p] = struct{}{}
+	g.liveMu.Unlock()
+	if g.log.Enabled(context.Background(), slog.LevelDebug) {
+		g.log.Debug("proxying", "remote", c.RemoteAddr().String(), "service", r.key.String(), "endpoint", ep.addr, "ech", ch.ECH)
+	}
+	p.run()
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+// readHello reads the ClientHello under the read deadline already set on c, timing the
+// reassembly and parsing apart from the network wait.
+func (g *Gateway) readHello(c *net.TCPConn, buf []byte, ch *hello.ClientHello) ([]byte, time.Duration, error) {
+	a := hello.Assembler{Max: len(buf)}
+	var parse time.Duration
+	n := 0
+	for {
+		m, rerr := c.Read(buf[n:])
+		n += m
+		if m > 0 {
+			t0 := time.Now()
+			msg, err := a.Feed(buf[:n])
+			if err == nil {
+				err = hello.ParseInto(msg, ch)
+				parse += time.Since(t0)
+				return buf[:n], parse, err
+			}
+			parse += time.Since(t0)
+			if !errors.Is(err, hello.ErrIncomplete) {
+				return buf[:n], parse, err
+			}
+			if n == len(buf) {
+				return buf[:n], parse, hello.ErrTooLarge
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF && n > 0 {
+				rerr = io.ErrUnexpectedEOF
+			}
+			return buf[:n], parse, rerr
+		}
+	}
+}
