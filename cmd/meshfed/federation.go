@@ -18,7 +18,7 @@ import (
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
-	"github.com/meshfed/meshfed/trust/expiry"
+	"github.com/meshfed/meshfed/internal/certexpiry"
 )
 
 func init() { register(newFederationCmd) }
@@ -194,10 +194,10 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		log.Warn("no --exports or --kubeconfig: this cluster imports only")
 	}
 	if f.etcd.cert != "" {
-		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "etcd-client", Path: f.etcd.cert}))
+		adm.Registry.MustRegister(certexpiry.NewCertCollector(nil, certexpiry.CertFile{Name: "etcd-client", Path: f.etcd.cert}))
 	}
 	if f.xds.tlsCert != "" {
-		adm.Registry.MustRegister(expiry.NewCertCollector(nil, expiry.CertFile{Name: "xds-server", Path: f.xds.tlsCert}))
+		adm.Registry.MustRegister(certexpiry.NewCertCollector(nil, certexpiry.CertFile{Name: "xds-server", Path: f.xds.tlsCert}))
 	}
 	var elector service.Elector
 	if f.leaderElect {

@@ -16,7 +16,7 @@ import (
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
 	"github.com/meshfed/meshfed/internal/admin"
-	"github.com/meshfed/meshfed/trust/expiry"
+	"github.com/meshfed/meshfed/internal/certexpiry"
 )
 
 func init() { register(newGatewayCmd) }
@@ -217,11 +217,11 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 	if leaf == nil {
 		leaf, _ = x509.ParseCertificate(healthCert.Certificate[0])
 	}
-	var certFiles []expiry.CertFile
+	var certFiles []certexpiry.CertFile
 	if f.fedCert != "" {
-		certFiles = append(certFiles, expiry.CertFile{Name: "gateway-xds-client", Path: f.fedCert})
+		certFiles = append(certFiles, certexpiry.CertFile{Name: "gateway-xds-client", Path: f.fedCert})
 	}
-	adm.Registry.MustRegister(expiry.NewCertCollector(func() map[string]*x509.Certificate {
+	adm.Registry.MustRegister(certexpiry.NewCertCollector(func() map[string]*x509.Certificate {
 		return map[string]*x509.Certificate{"gateway-health": leaf}
 	}, certFiles...))
 	g, err := eastwest.New(eastwest.Config{

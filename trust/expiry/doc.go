@@ -1,5 +1,6 @@
-// Package expiry keeps certificate expiry visible: Prometheus gauges of the seconds left for
-// every trust root, the gateway and health-check certificates and the etcd client
-// certificate, and the warnings `meshfed status` prints below WarnBefore. A root that
-// expires unnoticed has caused several mesh outages (Istio, Linkerd); this is the guard.
+// Package expiry keeps the expiry of trust roots visible: a Prometheus gauge of the seconds
+// left for every root of the federated set, and the warnings `meshfed status` prints below
+// WarnBefore (roots in etcd, certificate files). The certificates a process itself uses
+// (gateway, health check, etcd client) are internal/certexpiry's gauge. A root that expires
+// unnoticed has caused several mesh outages (Istio, Linkerd); this is the guard.
 package expiry

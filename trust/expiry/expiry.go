@@ -2,12 +2,8 @@ package expiry
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"math"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -16,6 +12,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/certexpiry"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -44,81 +41,6 @@ func (c *RootCollector) Collect(ch chan<- prometheus.Metric) {
 				b.TrustDomain.Name(), trust.Fingerprint(r), r.Subject.String())
 		}
 	}
-}
-
-var certDesc = prometheus.NewDesc("meshfed_cert_expiry_seconds",
-	"Seconds until a certificate this process uses expires (negative: expired; -Inf: unreadable).",
-	[]string{"cert", "path"}, nil)
-
-// CertFile names a certificate file a component uses: Name is gateway, health, etcd-client,
-// bundle-endpoint, ...
-type CertFile struct {
-	Name string
-	Path string
-}
-
-// CertCollector reports the expiry of certificate files, read at scrape time so that a
-// renewed file is seen without a restart. Get, if set, supplies in-memory certificates
-// (for example SVIDs held by a process) under their names.
-type CertCollector struct {
-	files []CertFile
-	get   func() map[string]*x509.Certificate
-}
-
-// NewCertCollector collects the expiry of files, and of what get returns (may be nil).
-func NewCertCollector(get func() map[string]*x509.Certificate, files ...CertFile) *CertCollector {
-	return &CertCollector{files: files, get: get}
-}
-
-// Describe implements prometheus.Collector.
-func (c *CertCollector) Describe(ch chan<- *prometheus.Desc) { ch <- certDesc }
-
-// Collect implements prometheus.Collector.
-func (c *CertCollector) Collect(ch chan<- prometheus.Metric) {
-	now := time.Now()
-	for _, f := range c.files {
-		v := negInf
-		if cert, err := ReadLeaf(f.Path); err == nil {
-			v = cert.NotAfter.Sub(now).Seconds()
-		}
-		ch <- prometheus.MustNewConstMetric(certDesc, prometheus.GaugeValue, v, f.Name, f.Path)
-	}
-	if c.get != nil {
-		for name, cert := range c.get() {
-			ch <- prometheus.MustNewConstMetric(certDesc, prometheus.GaugeValue, cert.NotAfter.Sub(now).Seconds(), name, "")
-		}
-	}
-}
-
-var negInf = math.Inf(-1)
-
-// ReadLeaf reads the first certificate of a PEM file (the leaf of a chain).
-func ReadLeaf(path string) (*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		var blk *pem.Block
-		blk, data = pem.Decode(data)
-		if blk == nil {
-			return nil, fmt.Errorf("%s: no PEM certificate", path)
-		}
-		if blk.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(blk.Bytes)
-		}
-	}
-}
-
-// LeafOf is the leaf of a tls.Certificate (parsing it when Leaf is not set).
-func LeafOf(c *tls.Certificate) (*x509.Certificate, error) {
-	if c == nil || len(c.Certificate) == 0 {
-		return nil, fmt.Errorf("no certificate")
-	}
-	if c.Leaf != nil {
-		return c.Leaf, nil
-	}
-	return x509.ParseCertificate(c.Certificate[0])
 }
 
 // Warning is one certificate close to (or past) expiry.
@@ -155,14 +77,14 @@ func Check(now time.Time, threshold time.Duration, certs map[string]*x509.Certif
 }
 
 // CheckFiles is Check over certificate files; an unreadable file is a warning too.
-func CheckFiles(now time.Time, threshold time.Duration, files ...CertFile) []Warning {
+func CheckFiles(now time.Time, threshold time.Duration, files ...certexpiry.CertFile) []Warning {
 	certs := map[string]*x509.Certificate{}
 	var out []Warning
 	for _, f := range files {
 		if f.Path == "" {
 			continue
 		}
-		c, err := ReadLeaf(f.Path)
+		c, err := certexpiry.ReadLeaf(f.Path)
 		if err != nil {
 			out = append(out, Warning{What: fmt.Sprintf("%s certificate %s unreadable: %v", f.Name, f.Path, err)})
 			continue

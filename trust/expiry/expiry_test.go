@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/internal/certexpiry"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
@@ -30,14 +31,14 @@ func TestCollectorsAndWarnings(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "gw.pem")
 	_ = os.WriteFile(path, trust.CertsPEM([]*x509.Certificate{soon}), 0o644)
 	reg.MustRegister(expiry.NewRootCollector(func() *trust.Set { return set }),
-		expiry.NewCertCollector(nil, expiry.CertFile{Name: "gateway", Path: path}, expiry.CertFile{Name: "etcd-client", Path: "/nonexistent"}))
+		certexpiry.NewCertCollector(nil, certexpiry.CertFile{Name: "gateway", Path: path}, certexpiry.CertFile{Name: "etcd-client", Path: "/nonexistent"}))
 	if n := testutil.CollectAndCount(reg, "meshfed_trust_root_expiry_seconds"); n != 2 {
 		t.Fatalf("%d root series", n)
 	}
 	if n := testutil.CollectAndCount(reg, "meshfed_cert_expiry_seconds"); n != 2 {
 		t.Fatalf("%d cert series", n)
 	}
-	ws := expiry.CheckFiles(time.Now(), expiry.WarnBefore, expiry.CertFile{Name: "gateway", Path: path}, expiry.CertFile{Name: "etcd-client", Path: "/nonexistent"})
+	ws := expiry.CheckFiles(time.Now(), expiry.WarnBefore, certexpiry.CertFile{Name: "gateway", Path: path}, certexpiry.CertFile{Name: "etcd-client", Path: "/nonexistent"})
 	if len(ws) != 2 || !strings.Contains(ws[0].String()+ws[1].String(), "unreadable") {
 		t.Fatalf("warnings %v", ws)
 	}
