@@ -36,3 +36,8 @@ func Listen(ctx context.Context, addr string, helloTimeout time.Duration) (net.L
 	}
 	return ln, nil
 }
+
+// Listen is the package's Listen with this gateway's hello timeout.
+func (g *Gateway) Listen(ctx context.Context, addr string) (net.Listener, error) {
+	return Listen(ctx, addr, g.cfg.HelloTimeout)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
 	"github.com/meshfed/meshfed/federation/agent"
 	"github.com/meshfed/meshfed/federation/embedetcd"
@@ -121,9 +122,7 @@ type Cluster struct {
 	agent   *agent.Agent
 	fedStop context.CancelFunc
 	fedDone chan error
-	gwStop  context.CancelFunc
-	gwDone  chan error
-	gwLn    net.Listener
+	gw      *process.Process
 }
 
 // ClusterIP is the loopback address of the i-th cluster.
@@ -408,64 +407,48 @@ func (c *Cluster) WaitReady(ctx context.Context) error { return c.waitReady(ctx)
 func (c *Cluster) StartGateway(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gwStop != nil {
+	if c.gw != nil {
 		return errors.New("gateway already running")
 	}
 	addr := c.GatewayAddr
 	if addr == "" {
 		addr = net.JoinHostPort(c.IP, "0")
 	}
-	cfg := eastwest.Config{Cluster: c.Spec.Name, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway"),
-		Registry: prometheus.NewRegistry(), DrainTimeout: 2 * time.Second}
+	cfg := process.Config{
+		Gateway: eastwest.Config{Cluster: c.Spec.Name, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway"), DrainTimeout: 2 * time.Second},
+		Listen:  addr,
+		Exports: c.ExportsPath, ExportsPoll: c.f.Opts.PollInterval,
+	}
 	if c.CA != nil {
 		svid, err := c.CA.Issue(devca.IssueRequest{ID: "spiffe://" + c.Spec.TrustDomain + "/ns/meshfed-system/sa/gateway", DNSNames: []string{names.HealthSNI}})
 		if err != nil {
 			return fmt.Errorf("gateway health certificate: %w", err)
 		}
-		cfg.HealthCert = svid.TLSCertificate()
+		cfg.Gateway.HealthCert = svid.TLSCertificate()
 	}
-	gw, err := eastwest.New(cfg)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("gateway listen %s: %w", addr, err)
-	}
-	rctx, cancel := context.WithCancel(context.Background())
-	var src eastwest.RouteSource = &eastwest.FileSource{Path: c.ExportsPath, Interval: c.f.Opts.PollInterval, Log: c.f.log, OnReload: gw.ObserveReload}
 	if c.f.Opts.GatewayRoutesFromXDS && !c.Spec.GatewayFromFile {
-		xsrc, err := xdsroutes.New(xdsroutes.Config{Address: c.XDSAddr, Cluster: c.Spec.Name, Host: "harness",
-			BackoffBase: 50 * time.Millisecond, BackoffMax: time.Second, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway-xds")})
-		if err != nil {
-			cancel()
-			ln.Close()
-			return err
-		}
-		src = xsrc
+		cfg.Exports = ""
+		cfg.Federation = &xdsroutes.Config{Address: c.XDSAddr, Host: "harness",
+			BackoffBase: 50 * time.Millisecond, BackoffMax: time.Second, Log: c.f.log.With("cluster", c.Spec.Name, "part", "gateway-xds")}
 	}
-	if err := gw.StartSource(rctx, src); err != nil {
-		cancel()
-		ln.Close()
+	p, err := process.Start(context.Background(), cfg)
+	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(rctx, ln) }()
-	c.Gateway, c.GatewayAddr, c.gwStop, c.gwDone, c.gwLn = gw, ln.Addr().String(), cancel, done, ln
+	c.Gateway, c.GatewayAddr, c.gw = p.Gateway(), p.Addr(), p
 	return nil
 }
 
 // StopGateway stops the gateway (graceful drain, bounded by its 2s drain timeout).
 func (c *Cluster) StopGateway() error {
 	c.mu.Lock()
-	stop, done := c.gwStop, c.gwDone
-	c.gwStop, c.gwDone, c.Gateway = nil, nil, nil
+	p := c.gw
+	c.gw, c.Gateway = nil, nil
 	c.mu.Unlock()
-	if stop == nil {
+	if p == nil {
 		return nil
 	}
-	stop()
-	return <-done
+	return p.Close()
 }
 
 // Cluster returns the named cluster, or nil.

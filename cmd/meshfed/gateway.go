@@ -2,8 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,9 +13,8 @@ import (
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
-	"github.com/meshfed/meshfed/internal/admin"
-	"github.com/meshfed/meshfed/internal/certexpiry"
 )
 
 func init() { register(newGatewayCmd) }
@@ -196,112 +194,49 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 		return err
 	}
 	log := slog.Default().With("component", "gateway", "cluster", f.cluster)
-	var healthCert *tls.Certificate
-	if f.healthCert != "" {
-		c, err := tls.LoadX509KeyPair(f.healthCert, f.healthKey)
-		if err != nil {
-			return fmt.Errorf("--health-cert/--health-key: %w", err)
-		}
-		healthCert = &c
-	} else {
-		c, err := eastwest.SelfSignedHealthCert()
-		if err != nil {
-			return err
-		}
-		healthCert = &c
+	cfg := process.Config{
+		Gateway: eastwest.Config{
+			Cluster: f.cluster, Domain: f.domain,
+			HelloTimeout: f.helloTimeout, MaxHelloBytes: f.maxHelloBytes, IdleTimeout: f.idleTimeout,
+			ConnectTimeout: f.connectTimeout, ConnectAttempts: f.connectAttempts,
+			DrainTimeout: f.drainTimeout, DrainAcceptPeriod: f.drainAccept,
+			MaxConns: f.maxConns, MaxConnsPerService: f.maxPerService,
+			CopyMode: eastwest.CopyMode(f.copyMode), Log: log,
+		},
+		HealthCertFile: f.healthCert, HealthKeyFile: f.healthKey,
+		Listen: f.listen, Admin: f.admin,
+		Exports: f.exports, ExportsPoll: f.pollInterval,
 	}
-	adm := admin.New(log)
-	// Seconds left on the certificates this process presents (a root or a health
-	// certificate must never expire unnoticed).
-	leaf := healthCert.Leaf
-	if leaf == nil {
-		leaf, _ = x509.ParseCertificate(healthCert.Certificate[0])
-	}
-	var certFiles []certexpiry.CertFile
-	if f.fedCert != "" {
-		certFiles = append(certFiles, certexpiry.CertFile{Name: "gateway-xds-client", Path: f.fedCert})
-	}
-	adm.Registry.MustRegister(certexpiry.NewCertCollector(func() map[string]*x509.Certificate {
-		return map[string]*x509.Certificate{"gateway-health": leaf}
-	}, certFiles...))
-	g, err := eastwest.New(eastwest.Config{
-		Cluster: f.cluster, Domain: f.domain,
-		HelloTimeout: f.helloTimeout, MaxHelloBytes: f.maxHelloBytes, IdleTimeout: f.idleTimeout,
-		ConnectTimeout: f.connectTimeout, ConnectAttempts: f.connectAttempts,
-		DrainTimeout: f.drainTimeout, DrainAcceptPeriod: f.drainAccept,
-		MaxConns: f.maxConns, MaxConnsPerService: f.maxPerService,
-		CopyMode: eastwest.CopyMode(f.copyMode), HealthCert: healthCert,
-		Log: log, Registry: adm.Registry,
-	})
-	if err != nil {
-		return err
-	}
-	adm.AddReadiness("routes", g.Ready)
-	adm.AddLiveness("gateway", func() error { return nil })
-	var src eastwest.RouteSource
 	srcFlag, origin := "--exports", f.exports
 	if f.federation != "" {
 		srcFlag, origin = "--federation", f.federation
-		var xdsTLS *tls.Config
+		cfg.Exports = ""
+		cfg.Federation = &xdsroutes.Config{Address: f.federation,
+			CacheFile: f.federationCache, CacheMaxAge: f.federationCacheMaxAge, Version: Version}
 		if f.fedCA != "" {
-			host, _, _ := net.SplitHostPort(f.federation)
-			xdsTLS, err = xdsroutes.TLSFiles{CA: f.fedCA, Cert: f.fedCert, Key: f.fedKey, ServerName: f.fedServerName}.Config(host)
-			if err != nil {
-				return fmt.Errorf("--federation-ca/--federation-cert/--federation-key: %w", err)
-			}
+			cfg.FederationTLS = &xdsroutes.TLSFiles{CA: f.fedCA, Cert: f.fedCert, Key: f.fedKey, ServerName: f.fedServerName}
 		}
-		xs, err := xdsroutes.New(xdsroutes.Config{Address: f.federation, Cluster: f.cluster, Domain: f.domain, TLS: xdsTLS,
-			CacheFile: f.federationCache, CacheMaxAge: f.federationCacheMaxAge,
-			Version: Version, Log: log, Registry: adm.Registry})
-		if err != nil {
-			return fmt.Errorf("--federation: %w", err)
-		}
-		src = xs
-	} else {
-		src = &eastwest.FileSource{Path: f.exports, Interval: f.pollInterval, Log: log, OnReload: g.ObserveReload}
 	}
-	// The admin endpoints come up before the first table: waiting for the federation can
-	// take a while, and meanwhile /healthz answers, /readyz says why not and /metrics shows
-	// the xDS link.
-	if err := adm.Listen(f.admin); err != nil {
-		return fmt.Errorf("--admin: %w", err)
-	}
-	admCtx, stopAdm := context.WithCancel(context.Background())
-	admDone := make(chan error, 1)
-	go func() { admDone <- adm.Serve(admCtx) }()
-	stopAdmin := func() { stopAdm(); <-admDone }
-
-	// The source outlives ctx (it feeds the table during the drain); only a stop before
-	// the first table ends it early.
-	srcCtx, stopSrc := context.WithCancel(context.Background())
-	defer stopSrc()
-	started := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			stopSrc()
-		case <-started:
-		}
-	}()
-	err = g.StartSource(srcCtx, src)
-	close(started)
+	p, err := process.Start(ctx, cfg)
 	if err != nil {
-		stopAdmin()
-		if ctx.Err() != nil {
-			log.Info("stopped before the first route table")
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return nil
 		}
-		return fmt.Errorf("%s: %w", srcFlag, err)
+		var pe *process.Error
+		if errors.As(err, &pe) {
+			flag := map[process.Part]string{
+				process.PartHealthCert:    "--health-cert/--health-key",
+				process.PartFederationTLS: "--federation-ca/--federation-cert/--federation-key",
+				process.PartFederation:    "--federation",
+				process.PartExports:       "--exports",
+				process.PartAdmin:         "--admin",
+				process.PartListen:        "--listen",
+			}[pe.Part]
+			return fmt.Errorf("%s: %w", flag, pe.Err)
+		}
+		return err
 	}
-
-	ln, err := eastwest.Listen(ctx, f.listen, f.helloTimeout)
-	if err != nil {
-		stopAdmin()
-		return fmt.Errorf("--listen: %w", err)
-	}
-	log.Info("gateway listening", "listen", ln.Addr().String(), "admin", adm.Addr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
-	err = g.Serve(ctx, ln)
-	stopAdmin()
-	log.Info("gateway stopped")
-	return err
+	log.Info("gateway listening", "listen", p.Addr(), "admin", p.AdminAddr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
+	_ = p.Wait() // until ctx ends and the drain is over
+	return p.Close()
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
-	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/eastwest/process"
 )
 
 // Run plays the demo, writing what happens to w. It returns an error as soon as
@@ -83,33 +83,19 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		return err
 	}
 	say("   %s:\n%s", exportsPath, indent(exports, "     | "))
-	adm := admin.New(log)
-	g, err := eastwest.New(eastwest.Config{Cluster: "demo", Log: log, Registry: adm.Registry, DrainTimeout: 5 * time.Second, DrainAcceptPeriod: time.Second})
-	if err != nil {
-		return err
-	}
-	adm.AddReadiness("routes", g.Ready)
-	srcCtx, stopSrc := context.WithCancel(ctx)
-	defer stopSrc()
-	if err := g.StartSource(srcCtx, &eastwest.FileSource{Path: exportsPath, Interval: 100 * time.Millisecond, Log: log, OnReload: g.ObserveReload}); err != nil {
-		return err
-	}
-	if err := adm.Listen("127.0.0.1:0"); err != nil {
-		return err
-	}
-	admCtx, stopAdm := context.WithCancel(ctx)
-	defer stopAdm()
-	go adm.Serve(admCtx)
-	ln, err := eastwest.Listen(ctx, "127.0.0.1:0", 3*time.Second)
-	if err != nil {
-		return err
-	}
 	gwCtx, drain := context.WithCancel(ctx)
 	defer drain()
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(gwCtx, ln) }()
-	gwAddr := ln.Addr().String()
-	say("   gateway listens on %s (metrics on http://%s/metrics)", gwAddr, adm.Addr())
+	p, err := process.Start(gwCtx, process.Config{
+		Gateway: eastwest.Config{Cluster: "demo", Log: log, DrainTimeout: 5 * time.Second, DrainAcceptPeriod: time.Second},
+		Listen:  "127.0.0.1:0", Admin: "127.0.0.1:0",
+		Exports: exportsPath, ExportsPoll: 100 * time.Millisecond,
+	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	gwAddr, admAddr := p.Addr(), p.AdminAddr()
+	say("   gateway listens on %s (metrics on http://%s/metrics)", gwAddr, admAddr)
 
 	head("A client in another cluster calls echo through the gateway, by SNI")
 	sni := names.ServiceSNI("demo", "echo", 8443)
@@ -134,7 +120,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	// The balancer picks among both endpoints at random; call until it has tried the dead one.
 	failures := `meshfed_gateway_upstream_connect_failures_total{service="demo/echo"}`
 	calls := 3
-	for ; metricValue(adm.Addr(), failures) < 1 && calls < 30; calls++ {
+	for ; metricValue(admAddr, failures) < 1 && calls < 30; calls++ {
 		c, err := dial(gwAddr, sni, pool, "echo.demo.svc")
 		if err != nil {
 			return fmt.Errorf("call through the gateway: %w", err)
@@ -147,7 +133,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	if n := echoHits.Load(); n != int64(calls) {
 		return fmt.Errorf("echo saw %d connections, want %d", n, calls)
 	}
-	say("   %d calls, all answered: the down endpoint %s:%d was tried %v time(s), ejected,", calls, dead, port, metricValue(adm.Addr(), failures))
+	say("   %d calls, all answered: the down endpoint %s:%d was tried %v time(s), ejected,", calls, dead, port, metricValue(admAddr, failures))
 	say("   and each such call was retried on the live one before the client noticed")
 
 	head("What the gateway refuses (closed before any backend is contacted)")
@@ -224,7 +210,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	if err := write("services: [{name: BAD}]\n"); err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(5 * time.Second); metricValue(adm.Addr(), `meshfed_gateway_route_source_reloads_total{result="invalid"}`) < 1; {
+	for deadline := time.Now().Add(5 * time.Second); metricValue(admAddr, `meshfed_gateway_route_source_reloads_total{result="invalid"}`) < 1; {
 		if time.Now().After(deadline) {
 			return errors.New("invalid exports file not noticed")
 		}
@@ -255,8 +241,8 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	say("   a connection opened before the drain still works: %q", reply)
 	live.Close()
 	select {
-	case err := <-served:
-		if err != nil {
+	case <-p.Done():
+		if err := p.Wait(); err != nil {
 			return err
 		}
 	case <-time.After(10 * time.Second):
@@ -273,7 +259,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		`meshfed_gateway_upstream_connect_failures_total{service="demo/echo"}`,
 		`meshfed_gateway_health_checks_total{status="ok"}`,
 	} {
-		say("   %s %v", m, metricValue(adm.Addr(), m))
+		say("   %s %v", m, metricValue(admAddr, m))
 	}
 	say("\nDone: the gateway routed by SNI without terminating TLS, refused everything else,\nreloaded its routes live and drained cleanly.")
 	return nil
