@@ -32,9 +32,9 @@ import (
 
 	meshdisc "github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/kube"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/internal/kubetest"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 const wait = 60 * time.Second
@@ -346,10 +346,10 @@ func TestFederationRBACSuffices(t *testing.T) {
 	exp := &records.Export{Cluster: "west", Namespace: ns, Name: "web", Type: records.TypeClusterSetIP, SessionAffinity: records.AffinityNone,
 		Ports: []records.Port{{Name: "https", Port: 443, Protocol: "TCP"}}, ExportedAt: t0, Revision: 1,
 		Endpoints: []records.Endpoint{{Address: "10.9.0.1", Ready: true}}}
-	view := &imports.View{Revision: 10, Services: map[string]*imports.Service{
-		ns + "/web": imports.Merge([]*imports.ClusterExport{{Cluster: "west", Export: exp}}),
+	iv := &view.View{Revision: 10, Services: map[string]*view.Service{
+		ns + "/web": view.Merge([]*view.ClusterExport{{Cluster: "west", Export: exp}}),
 	}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}}
-	im.Update(view)
+	im.Update(iv)
 	sliceSel := metav1.ListOptions{LabelSelector: mcsv1a1.LabelServiceName + "=web"}
 	kubetest.Eventually(t, wait, func() error {
 		if _, err := admin.MCS.MulticlusterV1alpha1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{}); err != nil {
@@ -361,7 +361,7 @@ func TestFederationRBACSuffices(t *testing.T) {
 		}
 		return nil
 	})
-	im.Update(&imports.View{Revision: 11, Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}})
+	im.Update(&view.View{Revision: 11, Services: map[string]*view.Service{}, Clusters: map[string]*records.Cluster{"west": west}, Alive: map[string]bool{"west": true}})
 	kubetest.Eventually(t, wait, func() error {
 		_, err := admin.MCS.MulticlusterV1alpha1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {

@@ -3,7 +3,7 @@ package discovery
 import (
 	"context"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // Snapshot is the complete set of this cluster's exports at one moment. Sources emit whole

@@ -14,11 +14,11 @@ import (
 
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/istio"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/istiotest"
 	"github.com/meshfed/meshfed/internal/kubetest"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/operator"
 )
 

@@ -17,11 +17,11 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/internal/peerchain"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // Drill defaults.
@@ -252,7 +252,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	plan := &DrillPlan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
 		Duration: r.Duration, LeaseTTL: r.LeaseTTL, MinReassign: r.MinReassign, Affected: []AffectedService{}}
 	if r.Service != "" {
-		plan.Service = imports.Key(r.Namespace, r.Service)
+		plan.Service = view.Key(r.Namespace, r.Service)
 	}
 	if _, ok := snap.Clusters[r.Fail]; !ok {
 		if len(snap.Exports[r.Fail]) == 0 {
@@ -290,10 +290,10 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	}
 
 	// Impact: every joined cluster is a potential client of every service.
-	view := snap.View()
-	cordoned := cloneViewWithDrill(view, &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service, Until: r.Now.Add(r.Duration)})
-	for _, k := range sortedKeys(view.Services) {
-		svc := view.Services[k]
+	iv := snap.View()
+	cordoned := cloneViewWithDrill(iv, &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service, Until: r.Now.Add(r.Duration)})
+	for _, k := range sortedKeys(iv.Services) {
+		svc := iv.Services[k]
 		if svc.Exporter(r.Fail) == nil || (r.Service != "" && k != plan.Service) {
 			continue
 		}
@@ -302,7 +302,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 			if client == r.Fail {
 				continue
 			}
-			before := planner.PlanService(&planner.Input{Local: client, View: view, Now: r.Now}, svc)
+			before := planner.PlanService(&planner.Input{Local: client, View: iv, Now: r.Now}, svc)
 			after := planner.PlanService(&planner.Input{Local: client, View: cordoned, Now: r.Now}, svc)
 			for _, pp := range before.Ports {
 				b := levelNames(pp.Levels)
@@ -340,7 +340,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 		} else {
 			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
 				r.From, tgt.namespace, tgt.name, tgt.port, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
-			if s := view.Services[imports.Key(tgt.namespace, tgt.name)]; s == nil {
+			if s := iv.Services[view.Key(tgt.namespace, tgt.name)]; s == nil {
 				p.add("--target", "no cluster exports %s/%s", tgt.namespace, tgt.name)
 			} else if !s.HasPort(int32(tgt.port)) {
 				p.add("--target", "%s/%s has no port %d (ports: %v)", tgt.namespace, tgt.name, tgt.port, portsOf(s))
@@ -351,7 +351,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	return plan, tgt, p.Err()
 }
 
-func portsOf(s *imports.Service) []int32 {
+func portsOf(s *view.Service) []int32 {
 	var out []int32
 	for _, p := range s.Ports {
 		out = append(out, p.Port)
@@ -390,7 +390,7 @@ func indexOf(s []string, v string) int {
 	return -1
 }
 
-func cloneViewWithDrill(v *imports.View, d *records.Drill) *imports.View {
+func cloneViewWithDrill(v *view.View, d *records.Drill) *view.View {
 	c := *v
 	c.Drills = append(append([]*records.Drill(nil), v.Drills...), d)
 	return &c

@@ -12,9 +12,9 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/operator/internal/loadgen"
 )
 
@@ -36,7 +36,7 @@ type planRouter struct {
 
 	mu      sync.Mutex
 	kvs     map[string]store.KV
-	view    *imports.View
+	view    *view.View
 	levels  []planner.Level
 	order   string
 	synced  chan struct{}
@@ -110,9 +110,9 @@ func (r *planRouter) replan() {
 	if r.view == nil {
 		return
 	}
-	svc := r.view.Services[imports.Key(r.ns, r.name)]
+	svc := r.view.Services[view.Key(r.ns, r.name)]
 	if svc == nil {
-		svc = &imports.Service{Namespace: r.ns, Name: r.name}
+		svc = &view.Service{Namespace: r.ns, Name: r.name}
 	}
 	in := &planner.Input{Local: r.from, View: r.view, Now: now, Health: r.checker.State}
 	d := r.stab.Apply(now, planner.PlanService(in, svc))

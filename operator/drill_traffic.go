@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/names"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/operator/internal/loadgen"
 )
 

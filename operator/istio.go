@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/istio"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
 )
 

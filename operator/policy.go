@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // ParseServiceRef parses NAMESPACE/NAME; flag names the argument in errors.
@@ -61,7 +61,7 @@ type PolicyResult struct {
 }
 
 func policyView(ks records.Keyspace, p *records.Policy, known map[string]*store.Item[records.Cluster]) PolicyView {
-	v := PolicyView{Service: imports.Key(p.Namespace, p.Name), Key: ks.Policy(p.Namespace, p.Name),
+	v := PolicyView{Service: view.Key(p.Namespace, p.Name), Key: ks.Policy(p.Namespace, p.Name),
 		Order: append([]string{}, p.Order...), LocalFirst: p.IsLocalFirst(), UpdatedAt: p.UpdatedAt, UpdatedBy: p.UpdatedBy}
 	if known != nil {
 		for _, c := range p.Order {
@@ -111,7 +111,7 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 		return nil, err
 	}
 	res := &PolicyResult{}
-	svc := imports.Key(r.Namespace, r.Name)
+	svc := view.Key(r.Namespace, r.Name)
 	found := false
 	for _, k := range snap.ServiceKeys() {
 		if k == svc {

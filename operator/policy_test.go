@@ -7,8 +7,8 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
 )
 
 func TestPolicyValidationAndCAS(t *testing.T) {

@@ -9,9 +9,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // Snapshot is the whole keyspace read at one etcd revision, decoded. Records that do not
@@ -153,7 +153,7 @@ func (s *Snapshot) add(ks records.Keyspace, rawKey, value []byte, create, mod, l
 		s.Rotations[k.TrustDomain] = e
 	case records.KindPolicy:
 		if it := item[records.Policy](s, key, value, create, mod, lease); it != nil {
-			s.Policies[imports.Key(k.Namespace, k.Name)] = it
+			s.Policies[view.Key(k.Namespace, k.Name)] = it
 		}
 	case records.KindAudit:
 		s.Audits++
@@ -173,8 +173,8 @@ func (s *Snapshot) ClusterNames() []string {
 // View builds the import view the way a federation service would from this snapshot: a
 // cluster without heartbeat is stale (since when is unknown: etcd keeps no time for a
 // deletion, so StaleSince stays zero and the grace never runs out here).
-func (s *Snapshot) View() *imports.View {
-	v := &imports.View{Revision: s.Revision, Services: map[string]*imports.Service{},
+func (s *Snapshot) View() *view.View {
+	v := &view.View{Revision: s.Revision, Services: map[string]*view.Service{},
 		Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
 	for n, it := range s.Clusters {
 		v.Clusters[n] = it.Value
@@ -188,15 +188,15 @@ func (s *Snapshot) View() *imports.View {
 	for k, p := range s.Policies {
 		v.Policies[k] = p.Value
 	}
-	by := map[string][]*imports.ClusterExport{}
+	by := map[string][]*view.ClusterExport{}
 	for c, exps := range s.Exports {
 		for _, e := range exps {
-			by[e.Value.ServiceKey()] = append(by[e.Value.ServiceKey()], &imports.ClusterExport{Cluster: c, Export: e.Value, Stale: !v.Alive[c]})
+			by[e.Value.ServiceKey()] = append(by[e.Value.ServiceKey()], &view.ClusterExport{Cluster: c, Export: e.Value, Stale: !v.Alive[c]})
 		}
 	}
 	for k, ces := range by {
 		sort.Slice(ces, func(i, j int) bool { return ces[i].Cluster < ces[j].Cluster })
-		if m := imports.Merge(ces); m != nil {
+		if m := view.Merge(ces); m != nil {
 			v.Services[k] = m
 		}
 	}

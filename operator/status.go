@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/expiry"
 )
@@ -285,7 +285,7 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 	return s, nil
 }
 
-func cordonedNow(v *imports.View, cluster, ns, name string, now time.Time) bool {
+func cordonedNow(v *view.View, cluster, ns, name string, now time.Time) bool {
 	for _, d := range v.Drills {
 		if d.Covers(cluster, ns, name) && (d.Until.IsZero() || now.Before(d.Until)) {
 			return true
@@ -430,7 +430,7 @@ func drillStatuses(ctx context.Context, st *store.Store, snap *Snapshot) []Drill
 		ds := DrillStatus{ID: d.Value.ID, Cluster: d.Value.Cluster, Service: "*", Until: d.Value.Until.UTC(),
 			StartedBy: d.Value.StartedBy, StartedAt: d.Value.StartedAt.UTC(), LeaseTTL: -1, LeaseBound: d.Lease != 0}
 		if d.Value.Service != "" {
-			ds.Service = imports.Key(d.Value.Namespace, d.Value.Service)
+			ds.Service = view.Key(d.Value.Namespace, d.Value.Service)
 		}
 		if d.Lease != 0 {
 			if r, err := st.Client().TimeToLive(ctx, leaseID(d.Lease)); err == nil {

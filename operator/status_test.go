@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )

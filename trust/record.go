@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // Record renders b as the bundles/<td> record owned by owner, carrying b's sequence.

@@ -21,10 +21,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshfed/meshfed/federation/embedetcd"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 func main() {
@@ -82,11 +82,11 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // watcher reports the time an observer cluster's view first shows a wanted state.
 type watcher struct {
 	mu   sync.Mutex
-	want func(*imports.View) bool
+	want func(*view.View) bool
 	hit  chan time.Time
 }
 
-func (w *watcher) onView(v *imports.View) {
+func (w *watcher) onView(v *view.View) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.want != nil && w.want(v) {
@@ -95,7 +95,7 @@ func (w *watcher) onView(v *imports.View) {
 	}
 }
 
-func (w *watcher) expect(f func(*imports.View) bool) {
+func (w *watcher) expect(f func(*view.View) bool) {
 	w.mu.Lock()
 	w.want = f
 	w.mu.Unlock()
@@ -162,7 +162,7 @@ func propagation(ctx context.Context, nc, ns, ne, samples int) error {
 		rec.Revision++
 		want := rec.ReadyEndpoints()
 		name := c.Spec.Name
-		w.expect(func(v *imports.View) bool {
+		w.expect(func(v *view.View) bool {
 			s := v.Services["bench/"+svc]
 			e := s.Exporter(name)
 			return e != nil && e.Export.Revision == rec.Revision && e.ReadyEndpoints() == want
@@ -190,7 +190,7 @@ func propagation(ctx context.Context, nc, ns, ne, samples int) error {
 		svc := fmt.Sprintf("svc-%d", si)
 		name := c.Spec.Name
 		want := ne - notReady
-		w.expect(func(v *imports.View) bool {
+		w.expect(func(v *view.View) bool {
 			e := v.Services["bench/"+svc].Exporter(name)
 			return e != nil && e.ReadyEndpoints() == want
 		})
@@ -208,7 +208,7 @@ func propagation(ctx context.Context, nc, ns, ne, samples int) error {
 		if err := c.SetExports(exportsYAML(ci, ns, ne, -1, 0)); err != nil {
 			return err
 		}
-		w.expect(func(v *imports.View) bool {
+		w.expect(func(v *view.View) bool {
 			e := v.Services["bench/"+svc].Exporter(name)
 			return e != nil && e.ReadyEndpoints() == ne
 		})

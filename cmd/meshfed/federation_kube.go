@@ -7,9 +7,9 @@ import (
 
 	"github.com/meshfed/meshfed/discovery/kube"
 	"github.com/meshfed/meshfed/federation/agent"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // kubeWiring connects the Kubernetes source and importer to the federation service.
@@ -44,7 +44,7 @@ func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logg
 // attach feeds every import view to the source (for MCS conflict conditions) and the
 // importer, and returns the importer's run func.
 func (k *kubeWiring) attach(ag *agent.Agent) func(context.Context) error {
-	ag.OnView(func(v *imports.View) {
+	ag.OnView(func(v *view.View) {
 		k.source.UpdateView(v)
 		k.importer.Update(v)
 	})

@@ -158,7 +158,7 @@ var keyspaceSection = md(`
 Every key is under the prefix (§--prefix§, default §/meshfed/v1/§). Values are versioned JSON
 (§{\"version\":1,...}§); readers tolerate unknown fields and refuse versions newer than they know
 (upgrade that cluster). Every write that depends on a read is a transaction comparing the
-mod revision. The record types are in federation/records; see docs/federation.md for the
+mod revision. The record types are in keyspace/records; see docs/federation.md for the
 lease and stale semantics and ../shared/design.md for the contract.
 
 | key | value | written by | etcd role that may write it |

@@ -7,7 +7,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/exports"
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // Source publishes the services of an exports file as cluster's exports.

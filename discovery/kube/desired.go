@@ -15,8 +15,8 @@ import (
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // Labels meshfed puts on what it imports. Only objects carrying them are ever changed or
@@ -49,14 +49,14 @@ type wantState struct {
 // is ready when that cluster has ready endpoints for the service and no live drill cordons
 // it; a stale cluster stays ready (static stability: stale exports keep serving until the
 // grace period removes them from the view). It is pure: same view, same objects.
-func desired(v *imports.View, self string) *wantState {
+func desired(v *view.View, self string) *wantState {
 	st := &wantState{imports: map[string]*wantImport{}}
 	if v == nil {
 		return st
 	}
 	noGW := map[string]bool{}
 	for key, svc := range v.Services {
-		var remote []*imports.ClusterExport
+		var remote []*view.ClusterExport
 		for _, ce := range svc.Clusters {
 			if ce.Cluster != self && ce.Export != nil {
 				remote = append(remote, ce)
@@ -84,7 +84,7 @@ func desired(v *imports.View, self string) *wantState {
 	return st
 }
 
-func serviceImport(svc *imports.Service) *mcsv1a1.ServiceImport {
+func serviceImport(svc *view.Service) *mcsv1a1.ServiceImport {
 	si := &mcsv1a1.ServiceImport{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: svc.Namespace,
@@ -137,7 +137,7 @@ type gatewayGroup struct {
 	hosts    []string
 }
 
-func clusterSlices(svc *imports.Service, ce *imports.ClusterExport, rec *records.Cluster, ready bool) []*discoveryv1.EndpointSlice {
+func clusterSlices(svc *view.Service, ce *view.ClusterExport, rec *records.Cluster, ready bool) []*discoveryv1.EndpointSlice {
 	groups := map[[2]string]*gatewayGroup{}
 	for _, gw := range rec.Gateways {
 		// Records validate HOST:PORT; anything else is skipped, never guessed at.

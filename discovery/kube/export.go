@@ -13,8 +13,8 @@ import (
 
 	"github.com/meshfed/meshfed/api/exports"
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // Condition reasons meshfed adds to the MCS API's own (v0.5.2 names the Valid reasons Valid,
@@ -184,10 +184,10 @@ func targetPort(sp corev1.ServicePort, slices []*discoveryv1.EndpointSlice) int3
 type statusInput struct {
 	known     bool // the view has this cluster's export of the service (it is in etcd)
 	exporters int
-	conflicts []imports.Conflict
+	conflicts []view.Conflict
 }
 
-func statusFromView(v *imports.View, cluster, key string) statusInput {
+func statusFromView(v *view.View, cluster, key string) statusInput {
 	if v == nil {
 		return statusInput{}
 	}
@@ -252,7 +252,7 @@ func conditions(cur []metav1.Condition, generation int64, inv *invalid, notes []
 
 // conflictText is the Conflict condition's reason (MCS reasons joined by commas, as the API
 // allows for several conflicts) and message.
-func conflictText(cs []imports.Conflict) (mcsv1a1.ServiceExportConditionReason, string) {
+func conflictText(cs []view.Conflict) (mcsv1a1.ServiceExportConditionReason, string) {
 	var reasons []string
 	seen := map[string]bool{}
 	var msgs []string

@@ -12,8 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -167,7 +167,7 @@ func TestConditions(t *testing.T) {
 		t.Fatalf("exported: %+v", exported)
 	}
 	validSince := findCondition(exported, "Valid").LastTransitionTime
-	conflict, _ := conditions(exported, 1, nil, nil, statusInput{known: true, exporters: 2, conflicts: []imports.Conflict{
+	conflict, _ := conditions(exported, 1, nil, nil, statusInput{known: true, exporters: 2, conflicts: []view.Conflict{
 		{Cluster: "west", Field: "type", Message: "type differs"},
 		{Cluster: "west", Field: "ports[80]", Message: "port 80 differs"},
 		{Cluster: "west", Field: "ports[81]", Message: "port 81 differs"},
@@ -189,11 +189,11 @@ func TestConditions(t *testing.T) {
 }
 
 func TestStatusFromView(t *testing.T) {
-	a := &imports.ClusterExport{Cluster: "east", Export: &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP, ExportedAt: t0,
+	a := &view.ClusterExport{Cluster: "east", Export: &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP, ExportedAt: t0,
 		Ports: []records.Port{{Name: "tls", Port: 8443, Protocol: "TCP"}}}}
-	b := &imports.ClusterExport{Cluster: "west", Export: &records.Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: records.TypeHeadless, ExportedAt: t0.Add(time.Hour),
+	b := &view.ClusterExport{Cluster: "west", Export: &records.Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: records.TypeHeadless, ExportedAt: t0.Add(time.Hour),
 		Ports: []records.Port{{Name: "tls", Port: 8443, Protocol: "TCP"}}}}
-	v := &imports.View{Services: map[string]*imports.Service{"demo/echo": imports.Merge([]*imports.ClusterExport{a, b})}}
+	v := &view.View{Services: map[string]*view.Service{"demo/echo": view.Merge([]*view.ClusterExport{a, b})}}
 	if st := statusFromView(v, "east", "demo/echo"); !st.known || len(st.conflicts) != 0 || st.exporters != 2 {
 		t.Errorf("oldest export: %+v", st)
 	}

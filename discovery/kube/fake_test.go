@@ -18,8 +18,8 @@ import (
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/internal/kubetest"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // These run with client-go's fake clientsets, so that `make test-short` (no kube-apiserver)

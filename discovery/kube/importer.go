@@ -27,7 +27,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
-	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // ImporterConfig configures an Importer.
@@ -54,7 +54,7 @@ type Importer struct {
 	synced atomic.Bool
 
 	viewMu sync.Mutex
-	view   *imports.View
+	view   *view.View
 
 	siLister  mcslisters.ServiceImportLister
 	epsLister discoverylisters.EndpointSliceLister
@@ -103,7 +103,7 @@ func NewImporter(cfg ImporterConfig) (*Importer, error) {
 // Update hands the importer the latest import view; the next pass makes the cluster match
 // it. Until the first view arrives nothing is written or deleted (an importer that restarts
 // must not wipe imports before it knows the clusterset). Safe from any goroutine.
-func (im *Importer) Update(v *imports.View) {
+func (im *Importer) Update(v *view.View) {
 	im.viewMu.Lock()
 	im.view = v
 	im.viewMu.Unlock()
@@ -207,7 +207,7 @@ func (im *Importer) Run(ctx context.Context) error {
 	}
 }
 
-func (im *Importer) currentView() *imports.View {
+func (im *Importer) currentView() *view.View {
 	im.viewMu.Lock()
 	defer im.viewMu.Unlock()
 	return im.view

@@ -22,9 +22,9 @@ import (
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/internal/kubetest"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 const wait = 30 * time.Second
@@ -170,17 +170,17 @@ func (rs *runningSource) list() []*records.Export {
 
 // buildView is what the federation service does through etcd, in memory: merge every
 // cluster's exports into the import view.
-func buildView(rev int64, clusters []*records.Cluster, exps ...[]*records.Export) *imports.View {
-	v := &imports.View{Revision: rev, Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}}
-	by := map[string][]*imports.ClusterExport{}
+func buildView(rev int64, clusters []*records.Cluster, exps ...[]*records.Export) *view.View {
+	v := &view.View{Revision: rev, Services: map[string]*view.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}}
+	by := map[string][]*view.ClusterExport{}
 	for _, list := range exps {
 		for _, e := range list {
-			by[e.ServiceKey()] = append(by[e.ServiceKey()], &imports.ClusterExport{Cluster: e.Cluster, Export: e})
+			by[e.ServiceKey()] = append(by[e.ServiceKey()], &view.ClusterExport{Cluster: e.Cluster, Export: e})
 			v.Alive[e.Cluster] = true
 		}
 	}
 	for k, ces := range by {
-		v.Services[k] = imports.Merge(ces)
+		v.Services[k] = view.Merge(ces)
 	}
 	for _, c := range clusters {
 		v.Clusters[c.Name] = c

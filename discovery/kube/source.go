@@ -27,8 +27,8 @@ import (
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // SourceConfig configures a Source.
@@ -62,7 +62,7 @@ type Source struct {
 	epsLister discoverylisters.EndpointSliceLister
 
 	viewMu sync.Mutex
-	view   *imports.View
+	view   *view.View
 
 	// verdicts by ServiceExport namespace/name; owned by the Run goroutine.
 	verdicts map[string]*verdict
@@ -126,7 +126,7 @@ func (s *Source) Ready() error {
 // UpdateView hands the source the latest import view. The source only reads from it the
 // merge's verdict on this cluster's own exports: Ready once the export is in the view, and
 // Conflict from Service.Conflicts. Safe to call from any goroutine, before or during Run.
-func (s *Source) UpdateView(v *imports.View) {
+func (s *Source) UpdateView(v *view.View) {
 	s.viewMu.Lock()
 	s.view = v
 	s.viewMu.Unlock()
@@ -138,7 +138,7 @@ func (s *Source) UpdateView(v *imports.View) {
 // viewItem asks the worker to re-check every export's verdict against the latest view.
 const viewItem = "\x00view"
 
-func (s *Source) currentView() *imports.View {
+func (s *Source) currentView() *view.View {
 	s.viewMu.Lock()
 	defer s.viewMu.Unlock()
 	return s.view

@@ -12,12 +12,12 @@ import (
 
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/federation/service"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/federate"
 )
@@ -158,7 +158,7 @@ func istioServices(u xds.PlanUpdate) map[string]*istio.Service {
 // remote cluster's roots to the health checker. The checker needs cluster -> trust
 // domain, from the clusters/ records of the view: both inputs re-apply the pools.
 func (a *Agent) wireTrust() {
-	a.Service.OnView(func(v *imports.View) {
+	a.Service.OnView(func(v *view.View) {
 		m := make(map[string]string, len(v.Clusters))
 		for name, c := range v.Clusters {
 			m[name] = c.TrustDomain
@@ -194,7 +194,7 @@ func (a *Agent) applyRootsLocked() {
 }
 
 // OnView registers fn for every new import view (call before Run).
-func (a *Agent) OnView(fn func(*imports.View)) { a.Service.OnView(fn) }
+func (a *Agent) OnView(fn func(*view.View)) { a.Service.OnView(fn) }
 
 // Ready reports nil when every part is ready.
 func (a *Agent) Ready() error {

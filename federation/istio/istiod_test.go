@@ -12,10 +12,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/internal/istiotest"
 	"github.com/meshfed/meshfed/internal/kubetest"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // echoPlan is the plan of demo/echo seen from east: west (same region) first, then north,

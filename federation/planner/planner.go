@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // DefaultStaleGrace is how long a cluster whose heartbeat is gone stays in plans while its
@@ -20,7 +20,7 @@ const DefaultStaleGrace = 10 * time.Minute
 type Input struct {
 	// Local is this cluster's name: its own ready endpoints are served direct.
 	Local string
-	View  *imports.View
+	View  *view.View
 	// Health reports a remote gateway address's state; nil means every address Unknown
 	// (usable).
 	Health func(cluster, addr string) health.State
@@ -101,7 +101,7 @@ type ServicePlan struct {
 }
 
 // Key is "namespace/name".
-func (p *ServicePlan) Key() string { return imports.Key(p.Namespace, p.Name) }
+func (p *ServicePlan) Key() string { return view.Key(p.Namespace, p.Name) }
 
 // Port returns the plan of port n, or nil.
 func (p *ServicePlan) Port(n uint32) *PortPlan {
@@ -115,7 +115,7 @@ func (p *ServicePlan) Port(n uint32) *PortPlan {
 
 // candidate is one cluster that may serve the service.
 type candidate struct {
-	ce       *imports.ClusterExport
+	ce       *view.ClusterExport
 	rec      *records.Cluster // nil for a cluster that has not joined
 	direct   bool
 	rank     int // policy position, or len(order) when not listed
@@ -136,7 +136,7 @@ type candidate struct {
 // When every remote cluster is excluded only by health and nothing else is left, the plan
 // keeps them, in order, marked Panic: routing to possibly-dead gateways beats routing
 // nowhere when the checker itself may be the one cut off.
-func PlanService(in *Input, svc *imports.Service) ServicePlan {
+func PlanService(in *Input, svc *view.Service) ServicePlan {
 	plan := ServicePlan{Namespace: svc.Namespace, Name: svc.Name}
 	v := in.View
 	var localRec *records.Cluster
@@ -145,7 +145,7 @@ func PlanService(in *Input, svc *imports.Service) ServicePlan {
 	}
 	var pol *records.Policy
 	if v != nil && v.Policies != nil {
-		pol = v.Policies[imports.Key(svc.Namespace, svc.Name)]
+		pol = v.Policies[view.Key(svc.Namespace, svc.Name)]
 	}
 	localFirst := pol == nil || pol.IsLocalFirst()
 	var order []string
@@ -351,7 +351,7 @@ func exportedPort(e *records.Export, port int32) *records.Port {
 // cordoned reports a live drill on cluster for the service. The drill key is bound to its
 // own lease (it disappears by itself); Until is honoured too, in case the drill process
 // outlives its intent.
-func cordoned(in *Input, cluster string, svc *imports.Service) bool {
+func cordoned(in *Input, cluster string, svc *view.Service) bool {
 	if in.View == nil {
 		return false
 	}
@@ -378,7 +378,7 @@ func splitHostPort(a string) (string, uint32, error) {
 // NextEvent is the earliest future time at which PlanService's answer for svc may change
 // without any input changing (a stale cluster's grace ending, a drill's Until passing);
 // zero when none.
-func NextEvent(in *Input, svc *imports.Service) time.Time {
+func NextEvent(in *Input, svc *view.Service) time.Time {
 	var next time.Time
 	consider := func(t time.Time) {
 		if t.After(in.Now) && (next.IsZero() || t.Before(next)) {

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
@@ -22,7 +22,7 @@ func cluster(name, region string, gws ...string) *records.Cluster {
 
 // export of demo/echo by cl with ports (port:target) and endpoints "addr" (ready) or
 // "addr!" (not ready).
-func export(cl string, ports []int32, eps ...string) *imports.ClusterExport {
+func export(cl string, ports []int32, eps ...string) *view.ClusterExport {
 	e := &records.Export{Cluster: cl, Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP,
 		Revision: 1, ExportedAt: t0}
 	for _, p := range ports {
@@ -32,11 +32,11 @@ func export(cl string, ports []int32, eps ...string) *imports.ClusterExport {
 		addr, notReady := strings.CutSuffix(a, "!")
 		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: addr, Zone: cl + "-z1", Ready: !notReady})
 	}
-	return &imports.ClusterExport{Cluster: cl, Export: e}
+	return &view.ClusterExport{Cluster: cl, Export: e}
 }
 
-func view(exps ...*imports.ClusterExport) *imports.View {
-	v := &imports.View{
+func newView(exps ...*view.ClusterExport) *view.View {
+	v := &view.View{
 		Revision: 7,
 		Clusters: map[string]*records.Cluster{
 			"east":  cluster("east", "r1", "10.9.0.1:15443"),
@@ -44,11 +44,11 @@ func view(exps ...*imports.ClusterExport) *imports.View {
 			"north": cluster("north", "r2", "10.1.0.1:15443"),
 			"south": cluster("south", "r2", "10.2.0.1:15443"),
 		},
-		Services: map[string]*imports.Service{},
+		Services: map[string]*view.Service{},
 		Policies: map[string]*records.Policy{},
 	}
 	if len(exps) > 0 {
-		v.Services["demo/echo"] = imports.Merge(exps)
+		v.Services["demo/echo"] = view.Merge(exps)
 	}
 	return v
 }
@@ -86,10 +86,10 @@ func TestPlanService(t *testing.T) {
 	p80 := []int32{80}
 	type tc struct {
 		name    string
-		v       *imports.View
+		v       *view.View
 		local   string
 		health  map[string]health.State
-		mutate  func(v *imports.View)
+		mutate  func(v *view.View)
 		port    uint32
 		want    string
 		exclude []string // "cluster:reason"
@@ -97,40 +97,40 @@ func TestPlanService(t *testing.T) {
 	cases := []tc{
 		{
 			name:  "local first, then same region, then others",
-			v:     view(export("east", p80, "10.9.1.1", "10.9.1.2!"), export("west", p80, "a", "b", "c!"), export("north", p80, "d")),
+			v:     newView(export("east", p80, "10.9.1.1", "10.9.1.2!"), export("west", p80, "a", "b", "c!"), export("north", p80, "d")),
 			local: "east", port: 80,
 			want: "east*(10.9.1.1:1080/1) west(10.0.0.1:15443/2,10.0.0.2:15443/2) north(10.1.0.1:15443/1)",
 		},
 		{
 			name:  "no ready local endpoints: nearest remote is priority 0",
-			v:     view(export("east", p80, "10.9.1.1!"), export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("east", p80, "10.9.1.1!"), export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
 			want:    "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1)",
 			exclude: []string{"east:no-ready-endpoints"},
 		},
 		{
 			name:  "exported by west and north only",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
 			want: "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1)",
 		},
 		{
 			name:  "other region ties by name",
-			v:     view(export("south", p80, "a"), export("north", p80, "d"), export("west", p80, "x")),
+			v:     newView(export("south", p80, "a"), export("north", p80, "d"), export("west", p80, "x")),
 			local: "east", port: 80,
 			want: "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1) south(10.2.0.1:15443/1)",
 		},
 		{
 			name:   "local cluster not joined: no region known, by name",
-			v:      view(export("south", p80, "a"), export("north", p80, "d"), export("west", p80, "x")),
-			mutate: func(v *imports.View) { delete(v.Clusters, "east") },
+			v:      newView(export("south", p80, "a"), export("north", p80, "d"), export("west", p80, "x")),
+			mutate: func(v *view.View) { delete(v.Clusters, "east") },
 			local:  "east", port: 80,
 			want: "north(10.1.0.1:15443/1) south(10.2.0.1:15443/1) west(10.0.0.1:15443/1,10.0.0.2:15443/1)",
 		},
 		{
 			name: "policy order overrides, local still first",
-			v:    view(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d"), export("south", p80, "e")),
-			mutate: func(v *imports.View) {
+			v:    newView(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d"), export("south", p80, "e")),
+			mutate: func(v *view.View) {
 				v.Policies["demo/echo"] = &records.Policy{Namespace: "demo", Name: "echo", Order: []string{"south", "gone"}}
 			},
 			local: "east", port: 80,
@@ -138,8 +138,8 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name: "policy localFirst=false: local ranks like a same-region cluster",
-			v:    view(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d"), export("south", p80, "e")),
-			mutate: func(v *imports.View) {
+			v:    newView(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d"), export("south", p80, "e")),
+			mutate: func(v *view.View) {
 				v.Policies["demo/echo"] = &records.Policy{Namespace: "demo", Name: "echo", Order: []string{"north"}, LocalFirst: boolp(false)}
 			},
 			local: "east", port: 80,
@@ -147,14 +147,14 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "one gateway address down keeps the other",
-			v:     view(export("west", p80, "a", "b"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a", "b"), export("north", p80, "d")),
 			local: "east", port: 80,
 			health: map[string]health.State{"west/10.0.0.1:15443": health.Down, "west/10.0.0.2:15443": health.Up},
 			want:   "west(10.0.0.2:15443/2) north(10.1.0.1:15443/1)",
 		},
 		{
 			name:  "all of a cluster's gateways down removes it",
-			v:     view(export("west", p80, "a", "b"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a", "b"), export("north", p80, "d")),
 			local: "east", port: 80,
 			health:  map[string]health.State{"west/10.0.0.1:15443": health.HardDown, "west/10.0.0.2:15443": health.Down, "north/10.1.0.1:15443": health.Up},
 			want:    "north(10.1.0.1:15443/1)",
@@ -162,14 +162,14 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "every remote down and nothing local: panic keeps them all",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
 			health: map[string]health.State{"west/10.0.0.1:15443": health.Down, "west/10.0.0.2:15443": health.Down, "north/10.1.0.1:15443": health.HardDown},
 			want:   "west!(10.0.0.1:15443/1,10.0.0.2:15443/1) north!(10.1.0.1:15443/1)",
 		},
 		{
 			name:  "every remote down but local endpoints ready: no panic",
-			v:     view(export("east", p80, "10.9.1.1"), export("west", p80, "a")),
+			v:     newView(export("east", p80, "10.9.1.1"), export("west", p80, "a")),
 			local: "east", port: 80,
 			health:  map[string]health.State{"west/10.0.0.1:15443": health.Down, "west/10.0.0.2:15443": health.Down},
 			want:    "east*(10.9.1.1:1080/1)",
@@ -177,9 +177,9 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "cordoned for this service",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) {
+			mutate: func(v *view.View) {
 				v.Drills = []*records.Drill{{ID: "d1", Cluster: "west", Namespace: "demo", Service: "echo", Until: t0.Add(time.Hour)}}
 			},
 			want:    "north(10.1.0.1:15443/1)",
@@ -187,9 +187,9 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "cordoned for every service, local cluster too",
-			v:     view(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("east", p80, "10.9.1.1"), export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) {
+			mutate: func(v *view.View) {
 				v.Drills = []*records.Drill{{ID: "d1", Cluster: "east", Until: t0.Add(time.Hour)}}
 			},
 			want:    "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1)",
@@ -197,9 +197,9 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "a drill past its until, or for another service, does nothing",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) {
+			mutate: func(v *view.View) {
 				v.Drills = []*records.Drill{
 					{ID: "d1", Cluster: "west", Until: t0.Add(-time.Second)},
 					{ID: "d2", Cluster: "north", Namespace: "demo", Service: "other", Until: t0.Add(time.Hour)},
@@ -209,9 +209,9 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "stale within the grace stays",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) {
+			mutate: func(v *view.View) {
 				ce := v.Services["demo/echo"].Exporter("west")
 				ce.Stale, ce.StaleSince = true, t0.Add(-9*time.Minute)
 			},
@@ -219,9 +219,9 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "stale past the grace goes",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) {
+			mutate: func(v *view.View) {
 				ce := v.Services["demo/echo"].Exporter("west")
 				ce.Stale, ce.StaleSince = true, t0.Add(-10*time.Minute)
 			},
@@ -230,37 +230,37 @@ func TestPlanService(t *testing.T) {
 		},
 		{
 			name:  "remote with zero ready endpoints left out",
-			v:     view(export("west", p80, "a!"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a!"), export("north", p80, "d")),
 			local: "east", port: 80,
 			want:    "north(10.1.0.1:15443/1)",
 			exclude: []string{"west:no-ready-endpoints"},
 		},
 		{
 			name:  "a port only some clusters export",
-			v:     view(export("west", []int32{80, 90}, "a"), export("north", p80, "d")),
+			v:     newView(export("west", []int32{80, 90}, "a"), export("north", p80, "d")),
 			local: "east", port: 90,
 			want:    "west(10.0.0.1:15443/1,10.0.0.2:15443/1)",
 			exclude: []string{"north:port-not-exported"},
 		},
 		{
 			name:  "exporter that has not joined (no gateways known)",
-			v:     view(export("west", p80, "a"), export("mars", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("mars", p80, "d")),
 			local: "east", port: 80,
 			want:    "west(10.0.0.1:15443/1,10.0.0.2:15443/1)",
 			exclude: []string{"mars:no-cluster-record"},
 		},
 		{
 			name:  "an address listed twice is served once",
-			v:     view(export("west", p80, "a"), export("north", p80, "d")),
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) { v.Clusters["north"].Gateways = []string{"10.0.0.1:15443"} },
+			mutate: func(v *view.View) { v.Clusters["north"].Gateways = []string{"10.0.0.1:15443"} },
 			want:   "west(10.0.0.1:15443/1,10.0.0.2:15443/1)",
 		},
 		{
 			name:  "local endpoint weights",
-			v:     view(export("east", p80, "10.9.1.2", "10.9.1.1")),
+			v:     newView(export("east", p80, "10.9.1.2", "10.9.1.1")),
 			local: "east", port: 80,
-			mutate: func(v *imports.View) { v.Services["demo/echo"].Clusters[0].Export.Endpoints[0].Weight = 5 },
+			mutate: func(v *view.View) { v.Services["demo/echo"].Clusters[0].Export.Endpoints[0].Weight = 5 },
 			want:   "east*(10.9.1.1:1080/1,10.9.1.2:1080/5)",
 		},
 	}
@@ -328,7 +328,7 @@ func checkInvariants(t *testing.T, in *Input, plan *ServicePlan) {
 }
 
 func TestNextEvent(t *testing.T) {
-	v := view(export("west", []int32{80}, "a"), export("north", []int32{80}, "d"))
+	v := newView(export("west", []int32{80}, "a"), export("north", []int32{80}, "d"))
 	ce := v.Services["demo/echo"].Exporter("west")
 	ce.Stale, ce.StaleSince = true, t0.Add(-time.Minute)
 	v.Drills = []*records.Drill{{ID: "d", Cluster: "north", Until: t0.Add(time.Minute)}}
@@ -348,7 +348,7 @@ func TestPlanRandomized(t *testing.T) {
 	names := []string{"east", "west", "north", "south", "mars"}
 	states := []health.State{health.Unknown, health.Up, health.Down, health.HardDown}
 	for i := 0; i < 2000; i++ {
-		var exps []*imports.ClusterExport
+		var exps []*view.ClusterExport
 		for _, n := range names {
 			if r.IntN(3) == 0 {
 				continue
@@ -375,7 +375,7 @@ func TestPlanRandomized(t *testing.T) {
 		if len(exps) == 0 {
 			continue
 		}
-		v := view(exps...)
+		v := newView(exps...)
 		if r.IntN(3) == 0 {
 			v.Drills = []*records.Drill{{ID: "d", Cluster: names[r.IntN(len(names))], Until: t0.Add(time.Minute)}}
 		}

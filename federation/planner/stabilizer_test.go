@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // TestStabilizer walks one service through the failover story: west dies (removal: at
@@ -15,7 +15,7 @@ import (
 func TestStabilizer(t *testing.T) {
 	p80 := []int32{80}
 	hs := map[string]health.State{}
-	v := view(export("west", p80, "a", "b"), export("north", p80, "d"))
+	v := newView(export("west", p80, "a", "b"), export("north", p80, "d"))
 	plan := func(now time.Time) ServicePlan {
 		in := &Input{Local: "east", View: v, Now: now, Health: healthMap(hs)}
 		return PlanService(in, v.Services["demo/echo"])
@@ -52,7 +52,7 @@ func TestStabilizer(t *testing.T) {
 	}
 
 	now = now.Add(time.Second)
-	v = view(export("west", p80, "a", "b"), export("north", p80, "d", "e"))
+	v = newView(export("west", p80, "a", "b"), export("north", p80, "d", "e"))
 	step("north's weight changes while west is held: applied", "north(10.1.0.1:15443/2)", true, true)
 
 	now = t0.Add(11 * time.Second)
@@ -81,8 +81,8 @@ func TestStabilizerPorts(t *testing.T) {
 	if s.MinInterval != DefaultMinReassign {
 		t.Fatalf("default interval %v", s.MinInterval)
 	}
-	mk := func(exps ...*imports.ClusterExport) ServicePlan {
-		v := view(exps...)
+	mk := func(exps ...*view.ClusterExport) ServicePlan {
+		v := newView(exps...)
 		return PlanService(&Input{Local: "east", View: v, Now: t0}, v.Services["demo/echo"])
 	}
 	s.Apply(t0, mk(export("west", []int32{80}, "a")))
@@ -108,7 +108,7 @@ func TestStabilizerEmptyPortNotHeld(t *testing.T) {
 		if !ready {
 			ep = "a!"
 		}
-		v := view(export("west", p80, ep))
+		v := newView(export("west", p80, ep))
 		return PlanService(&Input{Local: "east", View: v, Now: t0}, v.Services["demo/echo"])
 	}
 	s.Apply(t0, mk(true))

@@ -6,18 +6,18 @@ import (
 	"sort"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // ImportEntry is one service of the /debug/imports table.
 type ImportEntry struct {
-	Namespace string             `json:"namespace"`
-	Name      string             `json:"name"`
-	Type      string             `json:"type"`
-	Ports     []records.Port     `json:"ports"`
-	Clusters  []ImportCluster    `json:"clusters"`
-	Conflicts []imports.Conflict `json:"conflicts,omitempty"`
+	Namespace string          `json:"namespace"`
+	Name      string          `json:"name"`
+	Type      string          `json:"type"`
+	Ports     []records.Port  `json:"ports"`
+	Clusters  []ImportCluster `json:"clusters"`
+	Conflicts []view.Conflict `json:"conflicts,omitempty"`
 }
 
 // ImportCluster is one exporter of an ImportEntry.
@@ -30,7 +30,7 @@ type ImportCluster struct {
 }
 
 // ImportTable renders a view as the /debug/imports table, sorted by namespace/name.
-func ImportTable(v *imports.View) []ImportEntry {
+func ImportTable(v *view.View) []ImportEntry {
 	keys := make([]string, 0, len(v.Services))
 	for k := range v.Services {
 		keys = append(keys, k)

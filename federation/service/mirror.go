@@ -6,9 +6,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // mirror is the raw state of the keyspace families the view needs, fed by one Syncer.
@@ -81,7 +81,7 @@ func (mr *mirror) Apply(evs []store.Event, rev int64) {
 		// Only live events measure propagation: a full list brings old records too.
 		if !e.Delete {
 			if k, err := mr.ks.Parse(e.KV.Key); err == nil && k.Kind == records.KindExport && k.Cluster != mr.self {
-				if byC := mr.exports[imports.Key(k.Namespace, k.Name)]; byC != nil {
+				if byC := mr.exports[view.Key(k.Namespace, k.Name)]; byC != nil {
 					if v := byC[k.Cluster]; v != nil && v.UpdatedAt.After(now.Add(-time.Hour)) {
 						mr.m.propagation.Observe(now.Sub(v.UpdatedAt).Seconds())
 					}
@@ -178,7 +178,7 @@ func (mr *mirror) applyLocked(e store.Event) {
 			mr.dirtyCluster(k.Cluster)
 		}
 	case records.KindExport:
-		sk := imports.Key(k.Namespace, k.Name)
+		sk := view.Key(k.Namespace, k.Name)
 		if e.Delete {
 			if byC := mr.exports[sk]; byC != nil {
 				delete(byC, k.Cluster)
@@ -220,7 +220,7 @@ func (mr *mirror) applyLocked(e store.Event) {
 		mr.drills[k.Name] = v
 	case records.KindPolicy:
 		mr.meta = true
-		sk := imports.Key(k.Namespace, k.Name)
+		sk := view.Key(k.Namespace, k.Name)
 		if e.Delete {
 			delete(mr.policies, sk)
 			return
@@ -251,7 +251,7 @@ type snapshot struct {
 	all      bool
 	meta     bool
 	dirty    []string
-	exports  map[string][]*imports.ClusterExport // only dirty services (all when all)
+	exports  map[string][]*view.ClusterExport // only dirty services (all when all)
 	clusters map[string]*records.Cluster
 	alive    map[string]bool
 	drills   []*records.Drill
@@ -275,15 +275,15 @@ func (mr *mirror) take(stale map[string]time.Time, now time.Time, grace time.Dur
 			keys[sk] = true
 		}
 	}
-	s.exports = make(map[string][]*imports.ClusterExport, len(keys))
+	s.exports = make(map[string][]*view.ClusterExport, len(keys))
 	for sk := range keys {
 		s.dirty = append(s.dirty, sk)
-		var list []*imports.ClusterExport
+		var list []*view.ClusterExport
 		for c, e := range mr.exports[sk] {
 			if c == mr.self && mr.hasLocal {
 				continue
 			}
-			ce := &imports.ClusterExport{Cluster: c, Export: e}
+			ce := &view.ClusterExport{Cluster: c, Export: e}
 			if !mr.alive[c] {
 				since, ok := stale[c]
 				if !ok {
@@ -298,7 +298,7 @@ func (mr *mirror) take(stale map[string]time.Time, now time.Time, grace time.Dur
 		}
 		if mr.hasLocal {
 			if e, ok := mr.local[sk]; ok {
-				list = append(list, &imports.ClusterExport{Cluster: mr.self, Export: e})
+				list = append(list, &view.ClusterExport{Cluster: mr.self, Export: e})
 			}
 		}
 		s.exports[sk] = list

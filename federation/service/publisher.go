@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // published is what this cluster has in etcd for one service.
@@ -62,7 +62,7 @@ func (p *publisher) offer(s discovery.Snapshot) {
 	for _, e := range s.Exports {
 		e.Cluster = p.cluster
 		e.Canonicalize()
-		k := imports.Key(e.Namespace, e.Name)
+		k := view.Key(e.Namespace, e.Name)
 		desired[k] = e
 		// The overlay copy borrows creation time and revision from what was written, so
 		// the local view agrees with what peers read; e itself stays as the source said.
@@ -169,7 +169,7 @@ func (p *publisher) load(ctx context.Context) error {
 	p.state = make(map[string]*published, len(items))
 	for _, it := range items {
 		v := it.Value
-		p.state[imports.Key(v.Namespace, v.Name)] = &published{rec: v, modRev: it.ModRevision}
+		p.state[view.Key(v.Namespace, v.Name)] = &published{rec: v, modRev: it.ModRevision}
 	}
 	for _, e := range bad {
 		// Our own key holds something we cannot read: overwrite it with a good record.

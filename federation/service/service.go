@@ -15,9 +15,9 @@ import (
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/discovery"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // DefaultStaleGrace is how long a stale cluster's exports stay in the view.
@@ -60,8 +60,8 @@ type Service struct {
 	hbHeld chan struct{} // closed once this leadership term holds the heartbeat
 
 	mu        sync.RWMutex
-	view      *imports.View
-	subs      []func(*imports.View)
+	view      *view.View
+	subs      []func(*view.View)
 	started   bool
 	srcErr    error
 	selfKnown bool
@@ -130,7 +130,7 @@ func New(cfg Config) (*Service, error) {
 			s.hbMu.Unlock()
 		}
 	}
-	s.view = &imports.View{Services: map[string]*imports.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
+	s.view = &view.View{Services: map[string]*view.Service{}, Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
 	return s, nil
 }
 
@@ -143,14 +143,14 @@ func b2f(b bool) float64 {
 
 // OnView registers fn to receive every new import view (call before Run). Calls are
 // serial, from one goroutine; fn must not block for long.
-func (s *Service) OnView(fn func(*imports.View)) {
+func (s *Service) OnView(fn func(*view.View)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.subs = append(s.subs, fn)
 }
 
 // View returns the current import view (immutable).
-func (s *Service) View() *imports.View {
+func (s *Service) View() *view.View {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.view
@@ -383,15 +383,15 @@ func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired
 
 // apply builds the next view from the previous one and the changes; nil when nothing
 // visible changed.
-func (s *Service) apply(snap *snapshot) *imports.View {
+func (s *Service) apply(snap *snapshot) *view.View {
 	s.mu.RLock()
 	old := s.view
 	s.mu.RUnlock()
-	nv := &imports.View{Revision: snap.rev, Clusters: snap.clusters, Alive: snap.alive, Drills: snap.drills, Policies: snap.policies}
+	nv := &view.View{Revision: snap.rev, Clusters: snap.clusters, Alive: snap.alive, Drills: snap.drills, Policies: snap.policies}
 	if snap.all {
-		nv.Services = make(map[string]*imports.Service, len(snap.exports))
+		nv.Services = make(map[string]*view.Service, len(snap.exports))
 	} else {
-		nv.Services = make(map[string]*imports.Service, len(old.Services)+len(snap.dirty))
+		nv.Services = make(map[string]*view.Service, len(old.Services)+len(snap.dirty))
 		for k, v := range old.Services {
 			nv.Services[k] = v
 		}
@@ -400,9 +400,9 @@ func (s *Service) apply(snap *snapshot) *imports.View {
 	var changedKeys []string
 	for _, sk := range snap.dirty {
 		prev := old.Services[sk]
-		var cur *imports.Service
+		var cur *view.Service
 		if list := snap.exports[sk]; len(list) > 0 {
-			cur = imports.Merge(list)
+			cur = view.Merge(list)
 			nv.Services[sk] = cur
 		} else {
 			delete(nv.Services, sk)
@@ -449,7 +449,7 @@ func (s *Service) apply(snap *snapshot) *imports.View {
 // sameExports reports whether two merges of a service rest on the very same export
 // records with the same staleness (the mirror keeps a record's pointer until it changes),
 // so nothing a consumer sees can differ.
-func sameExports(a, b *imports.Service) bool {
+func sameExports(a, b *view.Service) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
@@ -465,9 +465,9 @@ func sameExports(a, b *imports.Service) bool {
 	return true
 }
 
-func (s *Service) publish(v *imports.View) {
+func (s *Service) publish(v *view.View) {
 	s.mu.RLock()
-	subs := append(([]func(*imports.View))(nil), s.subs...)
+	subs := append(([]func(*view.View))(nil), s.subs...)
 	s.mu.RUnlock()
 	for _, fn := range subs {
 		fn(v)
@@ -492,7 +492,7 @@ func (s *Service) noteSelf(clusters map[string]*records.Cluster) {
 }
 
 // describeChange summarises how a service changed, or "" when nothing visible did.
-func describeChange(key string, prev, cur *imports.Service) string {
+func describeChange(key string, prev, cur *view.Service) string {
 	p, c := summary(prev), summary(cur)
 	switch {
 	case p == c:
@@ -505,7 +505,7 @@ func describeChange(key string, prev, cur *imports.Service) string {
 	return p + " -> " + c
 }
 
-func summary(s *imports.Service) string {
+func summary(s *view.Service) string {
 	if s == nil {
 		return ""
 	}

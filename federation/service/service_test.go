@@ -16,13 +16,13 @@ import (
 
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/federation/embedetcd"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/service"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 type member struct {
@@ -87,7 +87,7 @@ func (f *fed) startTTL(name string, grace, ttl time.Duration) *member {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	svc.OnView(func(v *imports.View) {
+	svc.OnView(func(v *view.View) {
 		m.pushes.Add(1)
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -116,7 +116,7 @@ func (m *member) stop() {
 	}
 }
 
-func summarize(s *imports.Service) string {
+func summarize(s *view.Service) string {
 	out := ""
 	for _, c := range s.Clusters {
 		out += fmt.Sprintf("%s:%d:%v ", c.Cluster, c.ReadyEndpoints(), c.Stale)
@@ -125,7 +125,7 @@ func summarize(s *imports.Service) string {
 }
 
 // exporter returns cluster's entry for demo/echo in m's view.
-func (m *member) exporter(cluster string) *imports.ClusterExport {
+func (m *member) exporter(cluster string) *view.ClusterExport {
 	s := m.svc.View().Services["demo/echo"]
 	if s == nil {
 		return nil

@@ -22,10 +22,10 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/metrictest"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // These tests speak ADS on the wire as the two clients that cannot run here do: Envoy (not
@@ -34,27 +34,27 @@ import (
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
-func localView(rev int64, eps ...records.Endpoint) *imports.View {
+func localView(rev int64, eps ...records.Endpoint) *view.View {
 	exp := &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP,
 		Ports: []records.Port{{Name: "grpc", Port: 8443, TargetPort: 9443, Protocol: "TCP"}}, Endpoints: append([]records.Endpoint(nil), eps...),
 		Revision: rev, ExportedAt: t0, UpdatedAt: t0.Add(time.Duration(rev) * time.Second)}
-	v := &imports.View{Revision: rev,
+	v := &view.View{Revision: rev,
 		Clusters: map[string]*records.Cluster{"east": {Name: "east", Network: "n", Region: "r1", Zone: "r1a",
 			TrustDomain: "east.example", Gateways: []string{"127.0.0.1:1"}, JoinedAt: t0}},
-		Services: map[string]*imports.Service{}, Alive: map[string]bool{"east": true}}
+		Services: map[string]*view.Service{}, Alive: map[string]bool{"east": true}}
 	if len(eps) > 0 {
-		v.Services["demo/echo"] = imports.Merge([]*imports.ClusterExport{{Cluster: "east", Export: exp}})
+		v.Services["demo/echo"] = view.Merge([]*view.ClusterExport{{Cluster: "east", Export: exp}})
 	}
 	return v
 }
 
-func startServer(t *testing.T, first *imports.View) (*xds.Server, *xds.Feed, *prometheus.Registry) {
+func startServer(t *testing.T, first *view.View) (*xds.Server, *xds.Feed, *prometheus.Registry) {
 	t.Helper()
 	return startServerWith(t, first, xds.Options{Listen: "127.0.0.1:0"})
 }
 
 // startServerWith runs east's xDS server with opts, fed first.
-func startServerWith(t *testing.T, first *imports.View, opts xds.Options) (*xds.Server, *xds.Feed, *prometheus.Registry) {
+func startServerWith(t *testing.T, first *view.View, opts xds.Options) (*xds.Server, *xds.Feed, *prometheus.Registry) {
 	t.Helper()
 	log := testLogger(t)
 	reg := prometheus.NewRegistry()
@@ -329,7 +329,7 @@ func TestClosedViewChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan *imports.View, 1)
+	ch := make(chan *view.View, 1)
 	ch <- localView(1, records.Endpoint{Address: "10.0.0.1", Ready: true})
 	close(ch)
 	s, err := xds.New("east", ch, hc, log, nil, xds.Options{Listen: "127.0.0.1:0"})

@@ -3,14 +3,14 @@ package xds
 import (
 	"slices"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // sameService reports whether two imported services plan the same (cost: the size of the
 // service). Exports are compared by revision and content, so a merger that rebuilds
 // every Service value still only re-plans the ones that changed.
-func sameService(a, b *imports.Service) bool {
+func sameService(a, b *view.Service) bool {
 	if a == b {
 		return true
 	}

@@ -3,7 +3,7 @@ package xds
 import (
 	"sync"
 
-	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // Feed carries import views from a callback (service.Service.OnView) to the server: Send
@@ -11,15 +11,15 @@ import (
 // sent (so seeding a feed with Service.View() after registering the callback is safe).
 type Feed struct {
 	mu   sync.Mutex
-	ch   chan *imports.View
+	ch   chan *view.View
 	last int64
 }
 
 // NewFeed makes an empty feed.
-func NewFeed() *Feed { return &Feed{ch: make(chan *imports.View, 1)} }
+func NewFeed() *Feed { return &Feed{ch: make(chan *view.View, 1)} }
 
 // Send offers v; nil and revision-0 views (not synced yet) are ignored.
-func (f *Feed) Send(v *imports.View) {
+func (f *Feed) Send(v *view.View) {
 	if v == nil || v.Revision == 0 {
 		return
 	}
@@ -39,7 +39,7 @@ func (f *Feed) Send(v *imports.View) {
 
 // mergeViews returns next, with the Changed lists of both when both have one (a shallow
 // copy: views are shared read-only), or with none when either is unknown.
-func mergeViews(prev, next *imports.View) *imports.View {
+func mergeViews(prev, next *view.View) *view.View {
 	if prev == nil || prev == next || next.Changed == nil && prev.Changed == nil {
 		return next
 	}
@@ -53,4 +53,4 @@ func mergeViews(prev, next *imports.View) *imports.View {
 }
 
 // C is the channel New takes.
-func (f *Feed) C() <-chan *imports.View { return f.ch }
+func (f *Feed) C() <-chan *view.View { return f.ch }

@@ -4,12 +4,12 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/meshfed/meshfed/federation/imports"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 func TestFeed(t *testing.T) {
 	f := NewFeed()
-	take := func() *imports.View {
+	take := func() *view.View {
 		t.Helper()
 		select {
 		case v := <-f.C():
@@ -20,7 +20,7 @@ func TestFeed(t *testing.T) {
 		}
 	}
 	f.Send(nil)
-	f.Send(&imports.View{}) // revision 0: not synced, never planned
+	f.Send(&view.View{}) // revision 0: not synced, never planned
 	select {
 	case v := <-f.C():
 		t.Fatalf("got %+v", v)
@@ -28,27 +28,27 @@ func TestFeed(t *testing.T) {
 	}
 
 	// Views replaced before being taken carry their change lists along.
-	f.Send(&imports.View{Revision: 2, Changed: []string{"a/x"}})
-	f.Send(&imports.View{Revision: 3, Changed: []string{"a/y"}})
+	f.Send(&view.View{Revision: 2, Changed: []string{"a/x"}})
+	f.Send(&view.View{Revision: 3, Changed: []string{"a/y"}})
 	v := take()
 	if v.Revision != 3 || !slices.Equal(v.Changed, []string{"a/x", "a/y"}) {
 		t.Fatalf("merged view %+v", v)
 	}
 	// An unknown change list makes the merge unknown.
-	f.Send(&imports.View{Revision: 4})
-	f.Send(&imports.View{Revision: 5, Changed: []string{"a/z"}})
+	f.Send(&view.View{Revision: 4})
+	f.Send(&view.View{Revision: 5, Changed: []string{"a/z"}})
 	if v := take(); v.Revision != 5 || v.Changed != nil {
 		t.Fatalf("merge with an unknown list: %+v", v)
 	}
 	// An older view (a seed racing the callback) is dropped; an equal one is not (local
 	// exports change without an etcd revision).
-	f.Send(&imports.View{Revision: 4, Changed: []string{"old"}})
+	f.Send(&view.View{Revision: 4, Changed: []string{"old"}})
 	select {
 	case v := <-f.C():
 		t.Fatalf("older view delivered: %+v", v)
 	default:
 	}
-	f.Send(&imports.View{Revision: 5, Changed: []string{"b/w"}})
+	f.Send(&view.View{Revision: 5, Changed: []string{"b/w"}})
 	if v := take(); !slices.Equal(v.Changed, []string{"b/w"}) {
 		t.Fatalf("equal revision: %+v", v)
 	}
@@ -62,7 +62,7 @@ func TestChangedList(t *testing.T) {
 	s.replan(benchT0, s.onView(v))
 	nv := *v
 	nv.Revision = 2
-	nv.Services = map[string]*imports.Service{}
+	nv.Services = map[string]*view.Service{}
 	for k, sv := range v.Services {
 		nv.Services[k] = sv
 	}

@@ -2,7 +2,7 @@ package xds
 
 import (
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // PlannedService is one service's plan exactly as the server serves it (after the

@@ -17,16 +17,16 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // job is one service of a planning pass. Planning and resource building are pure and run
 // in parallel; everything that touches server state runs serially around them.
 type job struct {
 	key string
-	svc *imports.Service
+	svc *view.Service
 	st  *svcState
 
 	plan planner.ServicePlan

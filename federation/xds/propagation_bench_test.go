@@ -20,12 +20,12 @@ import (
 
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/service"
-	"github.com/meshfed/meshfed/federation/store"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
 )
 
 // percentile of sorted durations.

@@ -28,7 +28,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // roundTrip checks what an Envoy would do with a resource we cannot feed to a real Envoy

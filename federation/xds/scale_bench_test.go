@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 var benchT0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
 // scaleView is nSvc services, each exported by every one of nCl clusters with nEp ready
 // endpoints (cluster c00 is the local one).
-func scaleView(nSvc, nCl, nEp int) *imports.View {
-	v := &imports.View{Revision: 1, Services: make(map[string]*imports.Service, nSvc),
+func scaleView(nSvc, nCl, nEp int) *view.View {
+	v := &view.View{Revision: 1, Services: make(map[string]*view.Service, nSvc),
 		Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}}
 	for c := 0; c < nCl; c++ {
 		name := fmt.Sprintf("c%02d", c)
@@ -33,8 +33,8 @@ func scaleView(nSvc, nCl, nEp int) *imports.View {
 	return v
 }
 
-func scaleService(s, nCl, nEp int, rev int64) *imports.Service {
-	exps := make([]*imports.ClusterExport, 0, nCl)
+func scaleService(s, nCl, nEp int, rev int64) *view.Service {
+	exps := make([]*view.ClusterExport, 0, nCl)
 	for c := 0; c < nCl; c++ {
 		e := &records.Export{Cluster: fmt.Sprintf("c%02d", c), Namespace: fmt.Sprintf("ns%d", s%50), Name: fmt.Sprintf("svc%d", s),
 			Type: records.TypeClusterSetIP, Ports: []records.Port{{Name: "grpc", Port: 8443, TargetPort: 9443, Protocol: "TCP"}},
@@ -43,9 +43,9 @@ func scaleService(s, nCl, nEp int, rev int64) *imports.Service {
 		for i := range e.Endpoints {
 			e.Endpoints[i] = records.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", c, (s/200)%250, (s%200)+i%50), Zone: "z", Ready: i != nEp-1 || rev%2 == 1}
 		}
-		exps = append(exps, &imports.ClusterExport{Cluster: e.Cluster, Export: e})
+		exps = append(exps, &view.ClusterExport{Cluster: e.Cluster, Export: e})
 	}
-	return imports.Merge(exps)
+	return view.Merge(exps)
 }
 
 func benchServer(tb testing.TB) *Server {
@@ -54,7 +54,7 @@ func benchServer(tb testing.TB) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s, err := New("c00", make(chan *imports.View), hc, log, nil, Options{})
+	s, err := New("c00", make(chan *view.View), hc, log, nil, Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func BenchmarkFullRecompute(b *testing.B) {
 
 // BenchmarkUpdateOneService changes one endpoint of one service in a big view and
 // re-plans: the cost should follow that service, not the number of services. "listed":
-// the view says which services changed (imports.View.Changed); "unlisted": the server
+// the view says which services changed (view.View.Changed); "unlisted": the server
 // compares every service of the view (one map lookup each).
 func BenchmarkUpdateOneService(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
@@ -129,11 +129,11 @@ func BenchmarkUpdateOneService(b *testing.B) {
 				s := benchServer(b)
 				s.replan(time.Now(), s.onView(v))
 				// Views as the federation service builds them: unchanged services shared.
-				views := make([]*imports.View, 2)
+				views := make([]*view.View, 2)
 				for i := range views {
 					nv := *v
 					nv.Revision = int64(i + 2)
-					nv.Services = make(map[string]*imports.Service, len(v.Services))
+					nv.Services = make(map[string]*view.Service, len(v.Services))
 					for k, sv := range v.Services {
 						nv.Services[k] = sv
 					}
@@ -169,7 +169,7 @@ func BenchmarkViewScan(b *testing.B) {
 			v := scaleView(n, 10, 10)
 			s := benchServer(b)
 			s.replan(time.Now(), s.onView(v))
-			views := make([]*imports.View, 2)
+			views := make([]*view.View, 2)
 			for i := range views {
 				nv := *v
 				nv.Revision = int64(i + 2)

@@ -36,9 +36,9 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
 	"github.com/meshfed/meshfed/federation/planner"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // DefaultListen is the xDS listen address (loopback: data planes of this host only).
@@ -109,7 +109,7 @@ var _ HealthSource = (*health.Checker)(nil)
 // Server serves failover-aware xDS for one cluster. Make it with New, then Run it.
 type Server struct {
 	cluster string
-	views   <-chan *imports.View
+	views   <-chan *view.View
 	hc      HealthSource
 	log     *slog.Logger
 	opts    Options
@@ -132,7 +132,7 @@ type Server struct {
 	debug   map[string]planner.ServicePlan
 
 	// Owned by the Run goroutine.
-	view      *imports.View
+	view      *view.View
 	stab      *planner.Stabilizer
 	svcs      map[string]*svcState
 	byCluster map[string]map[string]bool // cluster → keys of services it exports
@@ -158,7 +158,7 @@ type svcState struct {
 // always works on the latest: it drains the channel, so a sender may block only briefly);
 // hc is the gateway health checker, whose targets the server sets from the clusters/
 // records. reg receives the metrics (nil: not registered).
-func New(cluster string, views <-chan *imports.View, hc HealthSource, log *slog.Logger, reg prometheus.Registerer, opts Options) (*Server, error) {
+func New(cluster string, views <-chan *view.View, hc HealthSource, log *slog.Logger, reg prometheus.Registerer, opts Options) (*Server, error) {
 	if cluster == "" {
 		return nil, errors.New("xds: cluster name is required")
 	}
@@ -357,8 +357,8 @@ func (s *Server) Run(ctx context.Context) error {
 
 // onView diffs the new view against the last one and returns the services to re-plan.
 // It is proportional to the number of services only through pointer comparisons: a
-// merger that keeps unchanged *imports.Service values makes it cheap.
-func (s *Server) onView(v *imports.View) map[string]bool {
+// merger that keeps unchanged *view.Service values makes it cheap.
+func (s *Server) onView(v *view.View) map[string]bool {
 	old := s.view
 	s.view = v
 	keys := map[string]bool{}
@@ -408,7 +408,7 @@ func (s *Server) onView(v *imports.View) map[string]bool {
 		}
 		for _, d := range drillDiff(old.Drills, v.Drills) {
 			if d.Service != "" {
-				keys[imports.Key(d.Namespace, d.Service)] = true
+				keys[view.Key(d.Namespace, d.Service)] = true
 			} else {
 				s.markCluster(d.Cluster, keys)
 			}
@@ -433,7 +433,7 @@ func (s *Server) markCluster(name string, keys map[string]bool) {
 }
 
 // updateTargets points the health checker at every other cluster's gateways.
-func (s *Server) updateTargets(v *imports.View) {
+func (s *Server) updateTargets(v *view.View) {
 	t := map[string][]string{}
 	for name, c := range v.Clusters {
 		if name != s.cluster && c != nil && len(c.Gateways) > 0 {
@@ -569,7 +569,7 @@ func (s *Server) dropService(key string, st *svcState, b batch) {
 }
 
 // index keeps cluster → services up to date for the service.
-func (s *Server) index(key string, st *svcState, svc *imports.Service) {
+func (s *Server) index(key string, st *svcState, svc *view.Service) {
 	cl := make([]string, 0, len(svc.Clusters))
 	for _, ce := range svc.Clusters {
 		cl = append(cl, ce.Cluster)
@@ -591,7 +591,7 @@ func (s *Server) index(key string, st *svcState, svc *imports.Service) {
 	st.clusters = cl
 }
 
-func (s *Server) trustDomains(svc *imports.Service) []string {
+func (s *Server) trustDomains(svc *view.Service) []string {
 	var tds []string
 	for _, ce := range svc.Clusters {
 		if rec := s.view.Clusters[ce.Cluster]; rec != nil && rec.TrustDomain != "" && !slices.Contains(tds, rec.TrustDomain) {

@@ -12,10 +12,10 @@ import (
 
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // startGateway runs a real east-west gateway (empty route table: it answers its health
@@ -38,9 +38,9 @@ func startGateway(t *testing.T, cluster, listen string) string {
 	return ln.Addr().String()
 }
 
-func remoteView(rev int64, westGW, northGW string, westStaleSince time.Time, drills ...*records.Drill) *imports.View {
-	exp := func(cl string) *imports.ClusterExport {
-		return &imports.ClusterExport{Cluster: cl, Export: &records.Export{Cluster: cl, Namespace: "demo", Name: "echo",
+func remoteView(rev int64, westGW, northGW string, westStaleSince time.Time, drills ...*records.Drill) *view.View {
+	exp := func(cl string) *view.ClusterExport {
+		return &view.ClusterExport{Cluster: cl, Export: &records.Export{Cluster: cl, Namespace: "demo", Name: "echo",
 			Type: records.TypeClusterSetIP, Ports: []records.Port{{Port: 8443, Protocol: "TCP"}},
 			Endpoints: []records.Endpoint{{Address: "10.9.9.9", Ready: true}}, Revision: 1, ExportedAt: t0}}
 	}
@@ -52,9 +52,9 @@ func remoteView(rev int64, westGW, northGW string, westStaleSince time.Time, dri
 		return &records.Cluster{Name: name, Network: "n", Region: region, Zone: region + "a", TrustDomain: name + ".example",
 			Gateways: []string{gw}, JoinedAt: t0}
 	}
-	return &imports.View{Revision: rev,
+	return &view.View{Revision: rev,
 		Clusters: map[string]*records.Cluster{"east": rec("east", "r1", "127.0.0.1:9"), "west": rec("west", "r1", westGW), "north": rec("north", "r2", northGW)},
-		Services: map[string]*imports.Service{"demo/echo": imports.Merge([]*imports.ClusterExport{w, exp("north")})},
+		Services: map[string]*view.Service{"demo/echo": view.Merge([]*view.ClusterExport{w, exp("north")})},
 		Drills:   drills,
 	}
 }

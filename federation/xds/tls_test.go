@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/imports"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // TestXDSOverMTLS: the xDS listener with TLSFiles (what --xds-tls-cert/--xds-tls-key/
@@ -81,7 +81,7 @@ func TestXDSOverMTLS(t *testing.T) {
 
 // oneLocalService is a view where this cluster (east) exports demo/echo on port 8443 with
 // one ready endpoint at addr.
-func oneLocalService(t *testing.T, addr string) *imports.View {
+func oneLocalService(t *testing.T, addr string) *view.View {
 	host, p, _ := net.SplitHostPort(addr)
 	tp, err := strconv.Atoi(p)
 	if err != nil {
@@ -90,10 +90,10 @@ func oneLocalService(t *testing.T, addr string) *imports.View {
 	exp := &records.Export{Cluster: "east", Namespace: "demo", Name: "echo", Type: records.TypeClusterSetIP,
 		Ports:     []records.Port{{Name: "grpc", Port: 8443, TargetPort: int32(tp), Protocol: "TCP", AppProtocol: "grpc"}},
 		Endpoints: []records.Endpoint{{Address: host, Ready: true}}, Revision: 1, ExportedAt: t0, UpdatedAt: t0}
-	return &imports.View{Revision: 1,
+	return &view.View{Revision: 1,
 		Clusters: map[string]*records.Cluster{"east": {Name: "east", Network: "n", Region: "r1", Zone: "r1a",
 			TrustDomain: tdEast, Gateways: []string{"127.0.0.1:1"}, JoinedAt: t0}},
-		Services: map[string]*imports.Service{"demo/echo": imports.Merge([]*imports.ClusterExport{{Cluster: "east", Export: exp}})},
+		Services: map[string]*view.Service{"demo/echo": view.Merge([]*view.ClusterExport{{Cluster: "east", Export: exp}})},
 		Alive:    map[string]bool{"east": true}}
 }
 

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/names"
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust/devca"
 )

@@ -3,8 +3,8 @@ package federate
 import (
 	"time"
 
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
 )
 
 // rotationWatch is the store.Handler of rotations/: it exports, per trust domain with a job

@@ -9,8 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/meshfed/meshfed/federation/records"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/trust/federate"
 	"github.com/meshfed/meshfed/trust/internal/trusttest"
 )

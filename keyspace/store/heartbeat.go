@@ -8,7 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // DefaultHeartbeatTTL is the lease TTL of alive/<cluster>.

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // Config is how to reach etcd: the shared flags of every etcd-using command.

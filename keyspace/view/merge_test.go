@@ -1,11 +1,11 @@
-package imports
+package view
 
 import (
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 func exp(cluster string, age int, typ string, ports ...records.Port) *ClusterExport {

@@ -1,9 +1,9 @@
-package imports
+package view
 
 import (
 	"time"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // View is the import view at one etcd revision. Treat it as immutable: the federation

@@ -1,10 +1,10 @@
-package imports
+package view
 
 import (
 	"fmt"
 	"sort"
 
-	"github.com/meshfed/meshfed/federation/records"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // Merge builds the imported service from every cluster's export of one service, by the MCS

@@ -19,8 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshfed/meshfed/federation/embedetcd"
-	"github.com/meshfed/meshfed/federation/records"
-	"github.com/meshfed/meshfed/federation/store"
+	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/store"
 )
 
 // pki writes a CA, a server certificate for 127.0.0.1 and a client certificate as PEM files.

@@ -1,0 +1,6 @@
+// Package keyspace is meshfed's shared record model, the layer between api/ and the parts
+// (discovery, trust, eastwest, federation/...): keyspace/records (the versioned records
+// and keys of keyspace v1, no etcd dependency), keyspace/store (the typed etcd store, its
+// resumable mirror and the heartbeat) and keyspace/view (the merged import view and the
+// MCS merge). It imports nothing of meshfed but api/. See docs/federation.md#keyspace-v1.
+package keyspace
