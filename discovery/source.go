@@ -24,3 +24,12 @@ type Source interface {
 	// (nil) or on an error it cannot recover from.
 	Run(ctx context.Context, emit func(Snapshot)) error
 }
+
+// ExportsOnly runs a Source for a consumer that takes the exports alone (the federation
+// service's Source, which names no discovery type): each snapshot's Exports are emitted.
+type ExportsOnly struct{ Source Source }
+
+// Run runs the Source, emitting each snapshot's exports.
+func (e ExportsOnly) Run(ctx context.Context, emit func(exports []*records.Export)) error {
+	return e.Source.Run(ctx, func(s Snapshot) { emit(s.Exports) })
+}

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/embedetcd"
+	"github.com/meshfed/meshfed/keyspace/embedetcd"
 )
 
 func init() { register(newEtcdCmd) }

@@ -80,7 +80,11 @@ func New(cfg Config) (*Agent, error) {
 	if reg == nil && cfg.Admin != nil {
 		reg = cfg.Admin.Registry
 	}
-	svc, err := service.New(service.Config{Cluster: cfg.Cluster, Store: cfg.Store, Source: cfg.Source,
+	var src service.Source // nil: the cluster only imports
+	if cfg.Source != nil {
+		src = discovery.ExportsOnly{Source: cfg.Source}
+	}
+	svc, err := service.New(service.Config{Cluster: cfg.Cluster, Store: cfg.Store, Source: src,
 		HeartbeatTTL: cfg.HeartbeatTTL, StaleGrace: cfg.StaleGrace, Elector: cfg.Elector, Log: log, Registry: reg})
 	if err != nil {
 		return nil, err

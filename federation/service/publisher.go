@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
@@ -35,9 +34,8 @@ type publisher struct {
 	m       *metrics
 	now     func() time.Time
 
-	mu      sync.Mutex
-	pending *discovery.Snapshot
-	kick    chan struct{}
+	mu   sync.Mutex
+	kick chan struct{}
 	// desired is the newest snapshot by service key; the view overlays it for the own
 	// cluster so local changes reach local data planes even while etcd is unreachable.
 	desired map[string]*records.Export
@@ -54,12 +52,12 @@ func newPublisher(st *store.Store, cluster string, log *slog.Logger, m *metrics)
 	return &publisher{st: st, cluster: cluster, log: log, m: m, now: time.Now, kick: make(chan struct{}, 1)}
 }
 
-// offer queues a snapshot (the newest wins).
-func (p *publisher) offer(s discovery.Snapshot) {
-	desired := make(map[string]*records.Export, len(s.Exports))
-	overlay := make(map[string]*records.Export, len(s.Exports))
+// offer queues a snapshot: every export of this cluster at one moment (the newest wins).
+func (p *publisher) offer(exports []*records.Export) {
+	desired := make(map[string]*records.Export, len(exports))
+	overlay := make(map[string]*records.Export, len(exports))
 	p.mu.Lock()
-	for _, e := range s.Exports {
+	for _, e := range exports {
 		e.Cluster = p.cluster
 		e.Canonicalize()
 		k := view.Key(e.Namespace, e.Name)
@@ -77,7 +75,6 @@ func (p *publisher) offer(s discovery.Snapshot) {
 		}
 		overlay[k] = &o
 	}
-	p.pending = &s
 	p.desired = desired
 	cb := p.onLocal
 	p.mu.Unlock()

@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
@@ -28,7 +27,7 @@ type Config struct {
 	Cluster string
 	Store   *store.Store
 	// Source finds local exports; nil for a cluster that only imports.
-	Source       discovery.Source
+	Source       Source
 	HeartbeatTTL time.Duration // default 10s
 	StaleGrace   time.Duration // default 10m
 	// Instance names this process in the heartbeat (default host/pid).
@@ -39,6 +38,14 @@ type Config struct {
 	Elector  Elector
 	Log      *slog.Logger
 	Registry prometheus.Registerer
+}
+
+// Source finds this cluster's exports: Run calls emit with every export of the cluster
+// whenever they may have changed (whole snapshots, never deltas) until ctx ends. The
+// discovery sources are adapted to it by discovery.ExportsOnly (the agent does so): the
+// service does not import discovery.
+type Source interface {
+	Run(ctx context.Context, emit func(exports []*records.Export)) error
 }
 
 // Elector runs fn while this replica leads; fn's context ends when leadership is lost.

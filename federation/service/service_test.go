@@ -14,12 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/file"
-	"github.com/meshfed/meshfed/federation/embedetcd"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
+	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
@@ -81,7 +82,7 @@ func (f *fed) startTTL(name string, grace, ttl time.Duration) *member {
 	m.reg = prometheus.NewRegistry()
 	svc, err := service.New(service.Config{
 		Cluster: name, Store: f.st, HeartbeatTTL: ttl, StaleGrace: grace,
-		Source:   &file.Source{Cluster: name, Path: m.path, Interval: 10 * time.Millisecond},
+		Source:   discovery.ExportsOnly{Source: &file.Source{Cluster: name, Path: m.path, Interval: 10 * time.Millisecond}},
 		Registry: m.reg,
 	})
 	if err != nil {
@@ -320,7 +321,7 @@ func TestOnlyTheLeaderPublishes(t *testing.T) {
 	start := func(e *switchElector) (*service.Service, *prometheus.Registry) {
 		reg := prometheus.NewRegistry()
 		svc, err := service.New(service.Config{Cluster: "west", Store: f.st, HeartbeatTTL: 30 * time.Second, StaleGrace: time.Minute,
-			Source:  &file.Source{Cluster: "west", Path: filepath.Join(f.dir, "west.yaml"), Interval: 10 * time.Millisecond},
+			Source:  discovery.ExportsOnly{Source: &file.Source{Cluster: "west", Path: filepath.Join(f.dir, "west.yaml"), Interval: 10 * time.Millisecond}},
 			Elector: e, Registry: reg})
 		if err != nil {
 			t.Fatal(err)

@@ -30,7 +30,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 
-	"github.com/meshfed/meshfed/federation/embedetcd"
+	"github.com/meshfed/meshfed/keyspace/embedetcd"
 )
 
 // EnvAPIServer names the kube-apiserver binary; hack/testbins/ensure.sh prints it.

@@ -8,7 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/meshfed/meshfed/federation/embedetcd"
+	"github.com/meshfed/meshfed/keyspace/embedetcd"
 )
 
 // Start runs an etcd server for t (no fsync: test data is disposable).

@@ -21,8 +21,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/meshfed/meshfed/federation/embedetcd"
 	"github.com/meshfed/meshfed/internal/testetcd"
+	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
