@@ -8,5 +8,5 @@
 // (TLSFiles). See docs/eastwest.md, "Routes from the federation".
 //
 // It talks to the control plane over the wire only: nothing here imports federation/,
-// discovery/ or trust/ (a test enforces it).
+// discovery/, trust/ or keyspace/ (internal/layers enforces it).
 package xdsroutes
