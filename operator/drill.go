@@ -18,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/internal/peerchain"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -486,7 +487,7 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 		}
 		defer tr.stop()
 		fmt.Fprintf(prog, "warming up: %d req/s from %s to %s for %v\n", r.Rate, r.From, r.Target, r.Warmup)
-		if !sleepCtx(ctx, r.Warmup) {
+		if !ctxtime.Sleep(ctx, r.Warmup) {
 			return tr.finish(rep, r.Fail, true), ctx.Err()
 		}
 	}
@@ -541,17 +542,6 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 	rep.Interrupted = interrupted
 	rep.Ended = time.Now()
 	return rep, errors.Join(lostErr, liftErr)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func drillTLS(r *DrillRequest) (*tls.Config, error) {

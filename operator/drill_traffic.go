@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/operator/internal/loadgen"
 )
@@ -222,7 +223,7 @@ func (t *traffic) progress(ctx context.Context, w io.Writer) {
 func (t *traffic) waitBack(ctx context.Context, fail string, lift time.Time, timeout time.Duration, prog io.Writer) {
 	if !t.servedBefore(fail) {
 		fmt.Fprintf(prog, "%s served none of the traffic before the drill: not waiting for it to come back\n", fail)
-		sleepCtx(ctx, 2*time.Second)
+		ctxtime.Sleep(ctx, 2*time.Second)
 		return
 	}
 	fmt.Fprintf(prog, "waiting up to %v for traffic to come back to %s\n", timeout, fail)
@@ -243,7 +244,7 @@ func (t *traffic) waitBack(ctx context.Context, fail string, lift time.Time, tim
 		}
 		t.mu.Unlock()
 		if back {
-			sleepCtx(ctx, time.Second)
+			ctxtime.Sleep(ctx, time.Second)
 			return
 		}
 		select {

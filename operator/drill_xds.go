@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/operator/internal/loadgen"
 )
 
@@ -71,7 +72,7 @@ func (x *xdsRouter) run(ctx context.Context) {
 			return
 		}
 		_ = err // the last assignment stays in use; reconnect
-		if !sleepCtx(ctx, backoff) {
+		if !ctxtime.Sleep(ctx, backoff) {
 			return
 		}
 		backoff = min(2*backoff, 2*time.Second)

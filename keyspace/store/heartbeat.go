@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 )
 
@@ -68,7 +69,7 @@ func (h *Heartbeat) Run(ctx context.Context) error {
 		}
 		h.set(false, err)
 		h.s.log.Warn("heartbeat lost; re-acquiring", "cluster", h.rec.Cluster, "err", err)
-		if !sleepCtx(ctx, backoff) {
+		if !ctxtime.Sleep(ctx, backoff) {
 			break
 		}
 		backoff = nextBackoff(backoff, 2*time.Second)

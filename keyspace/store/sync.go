@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -100,7 +101,7 @@ func (y *Syncer) Run(ctx context.Context) error {
 			r, err := y.list(ctx)
 			if err != nil {
 				y.fail(err)
-				if !sleepCtx(ctx, backoff) {
+				if !ctxtime.Sleep(ctx, backoff) {
 					break
 				}
 				backoff = nextBackoff(backoff, y.MaxBackoff)
@@ -121,7 +122,7 @@ func (y *Syncer) Run(ctx context.Context) error {
 			continue
 		}
 		y.fail(err)
-		if !sleepCtx(ctx, backoff) {
+		if !ctxtime.Sleep(ctx, backoff) {
 			break
 		}
 		backoff = nextBackoff(backoff, y.MaxBackoff)
@@ -187,17 +188,6 @@ func (y *Syncer) watch(ctx context.Context, rev int64) (int64, error) {
 		return rev, err
 	}
 	return rev, fmt.Errorf("watch %s closed", y.prefix)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func nextBackoff(d, max time.Duration) time.Duration {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
@@ -94,7 +95,7 @@ func (p *publisher) run(ctx context.Context) error {
 			p.setStatus(func(st *PublishStatus) { st.LastError = err })
 			p.s.log.Error("publishing the cluster's bundle failed; retrying", "err", err)
 			go func() {
-				if sleepCtx(ctx, p.s.cfg.RetryInterval) {
+				if ctxtime.Sleep(ctx, p.s.cfg.RetryInterval) {
 					p.kick()
 				}
 			}()

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
@@ -224,7 +225,7 @@ func (s *Service) runOutputs(ctx context.Context) error {
 		if err != nil {
 			s.log.Error("writing out trust bundles failed; retrying", "err", err)
 			go func() {
-				if sleepCtx(ctx, s.cfg.RetryInterval) {
+				if ctxtime.Sleep(ctx, s.cfg.RetryInterval) {
 					s.kick()
 				}
 			}()
@@ -241,15 +242,4 @@ func (s *Service) runOutputs(ctx context.Context) error {
 type ackKey struct {
 	seq    uint64
 	digest string
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

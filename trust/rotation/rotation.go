@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
@@ -623,7 +624,7 @@ func (j *Job) waitConfirm(ctx context.Context, it *store.Item[records.Rotation],
 	j.printf("%s", msg)
 	deadline := j.deadline()
 	for {
-		if !sleepCtx(ctx, j.cfg.Poll) {
+		if !ctxtime.Sleep(ctx, j.cfg.Poll) {
 			return ctx.Err()
 		}
 		cur, err := store.Get[records.Rotation](ctx, j.st, it.Key)
@@ -658,7 +659,7 @@ func (j *Job) waitUntil(ctx context.Context, it *store.Item[records.Rotation], u
 		if !deadline.IsZero() && j.cfg.Now().After(deadline) {
 			return fmt.Errorf("%w: %s at %s", ErrGateTimeout, what, until.UTC().Format(time.RFC3339))
 		}
-		if !sleepCtx(ctx, min(j.cfg.Poll, until.Sub(j.cfg.Now())+time.Millisecond)) {
+		if !ctxtime.Sleep(ctx, min(j.cfg.Poll, until.Sub(j.cfg.Now())+time.Millisecond)) {
 			return ctx.Err()
 		}
 		cur, err := store.Get[records.Rotation](ctx, j.st, it.Key)
@@ -760,7 +761,7 @@ func (j *Job) gate(ctx context.Context, it *store.Item[records.Rotation], seq ui
 		if !deadline.IsZero() && j.cfg.Now().After(deadline) {
 			return fmt.Errorf("%w: acks of sequence %d missing from %s", ErrGateTimeout, seq, strings.Join(waiting, "; "))
 		}
-		if !sleepCtx(ctx, j.cfg.Poll) {
+		if !ctxtime.Sleep(ctx, j.cfg.Poll) {
 			return ctx.Err()
 		}
 		cur, err := store.Get[records.Rotation](ctx, j.st, it.Key)
@@ -945,18 +946,4 @@ func contains(certs []*x509.Certificate, fp string) bool {
 		}
 	}
 	return false
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

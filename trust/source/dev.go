@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -46,7 +47,7 @@ func (d *Dev) Run(ctx context.Context, update func(*trust.Bundle)) error {
 		if err != nil {
 			d.fail(fmt.Errorf("dev CA %s: %w", d.dir, err))
 		}
-		if !sleepCtx(ctx, d.poll) {
+		if !ctxtime.Sleep(ctx, d.poll) {
 			break
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -110,7 +111,7 @@ func (e *Endpoint) Run(ctx context.Context, update func(*trust.Bundle)) error {
 		} else if e.good(b) {
 			update(b)
 		}
-		if !sleepCtx(ctx, e.interval()) {
+		if !ctxtime.Sleep(ctx, e.interval()) {
 			break
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -64,7 +65,7 @@ func (f *File) Run(ctx context.Context, update func(*trust.Bundle)) error {
 				update(b)
 			}
 		}
-		if !sleepCtx(ctx, f.poll) {
+		if !ctxtime.Sleep(ctx, f.poll) {
 			break
 		}
 	}

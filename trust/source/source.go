@@ -244,14 +244,3 @@ func ParseEndpointSpec(td, arg string) (EndpointConfig, error) {
 	}
 	return cfg, nil
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -44,7 +45,7 @@ func (w *Workload) Run(ctx context.Context, update func(*trust.Bundle)) error {
 			break
 		}
 		w.fail(fmt.Errorf("workload API %s: %w", w.addr, err))
-		if !sleepCtx(ctx, time.Second) {
+		if !ctxtime.Sleep(ctx, time.Second) {
 			break
 		}
 	}
