@@ -25,6 +25,7 @@ import (
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -259,13 +260,9 @@ func (c *Cluster) join(ctx context.Context) error {
 	return err
 }
 
-// SetExports replaces the cluster's exports file atomically (write + rename).
+// SetExports replaces the cluster's exports file atomically (internal/atomicfile).
 func (c *Cluster) SetExports(yaml string) error {
-	tmp := c.ExportsPath + ".tmp"
-	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.ExportsPath)
+	return atomicfile.Write(c.ExportsPath, []byte(yaml), 0o644)
 }
 
 // Federation is the cluster's running federation service (nil while stopped).

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 )
@@ -606,7 +607,7 @@ func actorOr(a string) string {
 	return a
 }
 
-// writeCredentials writes c as JSON, mode 0600, atomically (temp file + rename).
+// writeCredentials writes c as JSON, mode 0600, atomically (temp file, fsync, rename).
 func writeCredentials(path string, c Credentials) error {
 	if path == "" {
 		return errors.New("no file given")
@@ -615,23 +616,7 @@ func writeCredentials(path string, c Credentials) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".meshfed-credentials-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // ReadCredentials reads a file written by --credentials-out.

@@ -27,6 +27,7 @@ import (
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/process"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 )
 
 // Run plays the demo, writing what happens to w. It returns an error as soon as
@@ -68,13 +69,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 
 	head("The gateway, routing what the exports file lists")
 	exportsPath := filepath.Join(dir, "exports.yaml")
-	write := func(content string) error {
-		tmp := exportsPath + ".tmp"
-		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-			return err
-		}
-		return os.Rename(tmp, exportsPath)
-	}
+	write := func(content string) error { return atomicfile.Write(exportsPath, []byte(content), 0o644) }
 	svc := func(name, addr string) string {
 		return fmt.Sprintf("  - name: %s\n    namespace: demo\n    ports:\n      - {name: tls, port: 8443, targetPort: %d}\n    endpoints:\n      - {address: %s, zone: z1}\n", name, port, addr)
 	}

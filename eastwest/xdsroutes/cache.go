@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/eastwest"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 )
 
 // The last good table is optionally kept in a file (Config.CacheFile), so that a gateway
@@ -162,30 +162,10 @@ func (s *Source) saveCache(t *eastwest.RouteTable) {
 	path := s.cfg.CacheFile
 	data, err := encodeCache(t, s.cfg.Cluster, s.cfg.Domain, time.Now())
 	if err == nil {
-		err = writeAtomic(path, data)
+		err = atomicfile.Write(path, data, 0o600)
 	}
 	if err != nil {
 		s.m.cacheErrors.Inc()
 		s.log.Warn("could not save the route table cache", "cache", path, "err", err)
 	}
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename there is nothing left to remove
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -23,8 +23,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/trust"
-	"github.com/meshfed/meshfed/trust/internal/atomicfile"
 )
 
 // Defaults.
@@ -166,7 +166,7 @@ func (ca *CA) saveState(st *state) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(ca.statePath(), b, 0o600)
+	return atomicfile.Write(ca.statePath(), b, 0o600)
 }
 
 // withLock runs fn holding an exclusive lock on the CA directory.
@@ -200,10 +200,10 @@ func (ca *CA) writeRoot(cert *x509.Certificate, key crypto.Signer) (rootState, e
 	}
 	name := "root-" + shortFP(cert)
 	rs := rootState{Fingerprint: trust.Fingerprint(cert), Cert: name + ".pem", Key: name + "-key.pem", AddedAt: time.Now().UTC()}
-	if err := writeAtomic(filepath.Join(ca.dir, rs.Key), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, rs.Key), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		return rootState{}, err
 	}
-	if err := writeAtomic(filepath.Join(ca.dir, rs.Cert), trust.CertsPEM([]*x509.Certificate{cert}), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, rs.Cert), trust.CertsPEM([]*x509.Certificate{cert}), 0o644); err != nil {
 		return rootState{}, err
 	}
 	return rs, nil
@@ -442,10 +442,10 @@ func (s *SVID) WriteFiles(certPath, keyPath string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		return err
 	}
-	return writeAtomic(certPath, trust.CertsPEM(s.Chain), 0o644)
+	return atomicfile.Write(certPath, trust.CertsPEM(s.Chain), 0o644)
 }
 
 // Keep issues an SVID now and again whenever half of its lifetime has passed or the CA's
@@ -615,7 +615,7 @@ func WriteKey(path string, key crypto.Signer) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 // CheckKeyPair reports whether key is the private key of cert.
@@ -626,8 +626,4 @@ func CheckKeyPair(cert *x509.Certificate, key crypto.Signer) error {
 		return errors.New("--new-ca-key is not the key of --new-ca: give the key the certificate was made for")
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.Write(path, data, mode)
 }

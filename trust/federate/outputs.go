@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/trust"
-	"github.com/meshfed/meshfed/trust/internal/atomicfile"
 )
 
 // BundleMapFile is the SPIFFE bundle map's file name in the bundle directory and ConfigMap.
