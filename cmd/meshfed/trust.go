@@ -8,9 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sort"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 	"github.com/meshfed/meshfed/trust/expiry"
@@ -370,6 +368,7 @@ func readOneCert(path string) (*x509.Certificate, error) {
 func newTrustStatusCmd() *cobra.Command {
 	var ef etcdFlags
 	var warn time.Duration
+	var output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Bundles per trust domain, acks per cluster, rotation jobs, roots close to expiry",
@@ -380,131 +379,28 @@ each rotation job with what it waits for.
 ` + etcdFlagsHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			st, cli, err := ef.open(cmd.Context(), slog.Default())
 			if err != nil {
 				return err
 			}
 			defer cli.Close()
-			return writeTrustStatus(cmd.Context(), cmd.OutOrStdout(), st, warn)
+			return writeTrustStatus(cmd.Context(), cmd.OutOrStdout(), st, warn, output)
 		},
 	}
 	addEtcdFlags(cmd.Flags(), &ef)
+	addOutputFlag(cmd.Flags(), &output)
 	cmd.Flags().DurationVar(&warn, "expiry-warning", expiry.WarnBefore, "warn about roots that expire sooner than this")
 	return cmd
 }
 
-func writeTrustStatus(ctx context.Context, out io.Writer, st *store.Store, warn time.Duration) error {
-	now := time.Now()
-	bundles, _, bad, err := store.List[records.Bundle](ctx, st, st.KS.Family(records.KindBundle))
+// writeTrustStatus prints operator.ReadTrustStatus in the -o format.
+func writeTrustStatus(ctx context.Context, out io.Writer, st *store.Store, warn time.Duration, format string) error {
+	ts, err := operator.ReadTrustStatus(ctx, st, time.Now(), warn)
 	if err != nil {
 		return err
 	}
-	acks, _, _, err := store.List[records.Ack](ctx, st, st.KS.Family(records.KindAck))
-	if err != nil {
-		return err
-	}
-	clusters, _, _, err := store.List[records.Cluster](ctx, st, st.KS.Family(records.KindCluster))
-	if err != nil {
-		return err
-	}
-	rots, _, _, err := store.List[records.Rotation](ctx, st, st.KS.Family(records.KindRotation))
-	if err != nil {
-		return err
-	}
-	ackOf := map[string]map[string]*records.Ack{} // td → cluster → ack
-	for _, a := range acks {
-		if ackOf[a.Value.TrustDomain] == nil {
-			ackOf[a.Value.TrustDomain] = map[string]*records.Ack{}
-		}
-		ackOf[a.Value.TrustDomain][a.Value.Cluster] = a.Value
-	}
-	var names []string
-	for _, c := range clusters {
-		names = append(names, c.Value.Name)
-	}
-	sort.Strings(names)
-	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRUST DOMAIN\tOWNER\tSEQ\tDIGEST\tROOTS (expiry)\tLOCK\tNOT ACKED")
-	for _, it := range bundles {
-		b := it.Value
-		roots := "?"
-		if tb, err := trust.Parse(b.TrustDomain, b.JWKS, trust.ParseOptions{Now: now, AllowEmpty: true, DropExpired: true}); err == nil {
-			var rs []string
-			for _, r := range tb.X509Roots {
-				rs = append(rs, fmt.Sprintf("%s…(%s)", trust.Fingerprint(r)[7:15], r.NotAfter.UTC().Format("2006-01-02")))
-			}
-			roots = strings.Join(rs, " ")
-			if roots == "" {
-				roots = "none (revoked)"
-			}
-		}
-		lock := "-"
-		if b.Lock != nil {
-			lock = b.Lock.Job
-		}
-		var behind []string
-		for _, c := range names {
-			a := ackOf[b.TrustDomain][c]
-			if a == nil || a.Sequence != b.Sequence || a.Digest != b.Digest {
-				got := "none"
-				if a != nil {
-					got = fmt.Sprint(a.Sequence)
-				}
-				behind = append(behind, c+"@"+got)
-			}
-		}
-		nb := strings.Join(behind, " ")
-		if nb == "" {
-			nb = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s…\t%s\t%s\t%s\n", b.TrustDomain, b.Owner, b.Sequence, b.Digest[7:19], roots, lock, nb)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	for _, e := range bad {
-		fmt.Fprintf(out, "unreadable bundle record: %v\n", e)
-	}
-	if len(rots) > 0 {
-		fmt.Fprintln(out)
-		tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ROTATION\tTRUST DOMAIN\tPHASE\tISSUER\tSEQUENCES\tEXCLUDED\tUPDATED\tWAITING FOR")
-		for _, it := range rots {
-			r := it.Value
-			var ex []string
-			for _, e := range r.Excluded {
-				ex = append(ex, e.Cluster+"(by "+e.By+")")
-			}
-			wait := strings.Join(r.Waiting, "; ")
-			if r.Phase == records.PhaseSwitchIssuer && r.Issuer == records.IssuerExternal && r.ConfirmIssuerFor == "" {
-				wait = "operator: switch the issuer, then --confirm-issuer-switched"
-			}
-			if r.AbortRequested && !r.Phase.Terminal() {
-				wait = "(aborting) " + wait
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d→%d→%d\t%s\t%s\t%s\n", r.ID, r.TrustDomain, r.Phase, r.Issuer, r.BaseSequence,
-				r.BothSequence, max(r.NewSequence, r.AbortSequence), dashIfEmpty(strings.Join(ex, " ")), r.UpdatedAt.UTC().Format(time.RFC3339), dashIfEmpty(wait))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-	}
-	ws, err := expiry.CheckBundles(ctx, st, now, warn)
-	if err != nil {
-		return err
-	}
-	if len(ws) > 0 {
-		fmt.Fprintln(out)
-		for _, w := range ws {
-			fmt.Fprintf(out, "WARNING: %s\n", w)
-		}
-	}
-	return nil
-}
-
-func dashIfEmpty(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	return writeOutput(out, format, ts)
 }

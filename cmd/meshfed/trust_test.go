@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -93,11 +95,23 @@ func TestTrustFlagsAndRotateCLI(t *testing.T) {
 		t.Fatalf("second run: %v\n%s", err, out.String())
 	}
 	out.Reset()
-	if err := writeTrustStatus(ctx, &out, st, 30*24*time.Hour); err != nil {
+	if err := writeTrustStatus(ctx, &out, st, 30*24*time.Hour, outputTable); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "a.example") || !strings.Contains(out.String(), "done") {
 		t.Fatalf("status:\n%s", out.String())
 	}
 	t.Logf("meshfed trust status:\n%s", out.String())
+	// -o json: the same facts, for machines.
+	out.Reset()
+	if err := writeTrustStatus(ctx, &out, st, 30*24*time.Hour, outputJSON); err != nil {
+		t.Fatal(err)
+	}
+	var ts operator.TrustStatus
+	if err := json.Unmarshal(out.Bytes(), &ts); err != nil {
+		t.Fatalf("trust status -o json: %v\n%s", err, out.String())
+	}
+	if len(ts.Bundles) != 1 || ts.Bundles[0].TrustDomain != "a.example" || len(ts.Rotations) != 1 || ts.Rotations[0].Phase != records.PhaseDone {
+		t.Fatalf("trust status -o json:\n%s", out.String())
+	}
 }
