@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -21,12 +22,9 @@ type kubeWiring struct {
 }
 
 func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
-	if kubeconfig == "in-cluster" {
-		kubeconfig = ""
-	}
 	cl, err := kube.NewClients(kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
 	}
 	src, err := kube.NewSource(kube.SourceConfig{Cluster: cluster, Kube: cl.Kube, MCS: cl.MCS, Log: log.With("part", "kube-source"), Registerer: adm.Registry})
 	if err != nil {

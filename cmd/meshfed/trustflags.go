@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -9,11 +8,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/discovery/kube"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/federate"
@@ -133,28 +130,11 @@ func (f *trustFlags) build(cluster string, st *store.Store, log *slog.Logger, re
 	}
 	if f.configMap != "" {
 		ns, name, _ := federate.ParseConfigMapRef(f.configMap)
-		client, err := kubeClient(f.cmKubeconfig)
+		cl, err := kube.NewClients(f.cmKubeconfig)
 		if err != nil {
 			return nil, fmt.Errorf("--bundle-configmap-kubeconfig: %w", err)
 		}
-		cfg.ConfigMap = &federate.ConfigMapOutput{Client: client, Namespace: ns, Name: name}
+		cfg.ConfigMap = &federate.ConfigMapOutput{Client: cl.Kube, Namespace: ns, Name: name}
 	}
 	return federate.New(cfg)
-}
-
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if kubeconfig == "" || kubeconfig == "in-cluster" {
-		rc, err = rest.InClusterConfig()
-	} else {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if rc == nil {
-		return nil, errors.New("no Kubernetes configuration")
-	}
-	return kubernetes.NewForConfig(rc)
 }

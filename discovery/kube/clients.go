@@ -9,6 +9,10 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 )
 
+// InCluster, given as the kubeconfig path, means the in-cluster service account (or
+// $KUBECONFIG and ~/.kube/config outside a pod, as kubectl does).
+const InCluster = "in-cluster"
+
 // Clients are the two clientsets the source and the importer use.
 type Clients struct {
 	Config *rest.Config
@@ -16,21 +20,21 @@ type Clients struct {
 	MCS    mcsclient.Interface
 }
 
-// NewClients builds clients from a kubeconfig file (--kubeconfig), or from the in-cluster
-// service account when path is empty; $KUBECONFIG and ~/.kube/config are used as kubectl
-// would when path is empty and meshfed is not running in a pod.
+// NewClients builds clients from a kubeconfig file, or, when path is empty or
+// "in-cluster", as kubectl would: $KUBECONFIG, ~/.kube/config, else the in-cluster service
+// account. It is the one way meshfed loads a kubeconfig.
 func NewClients(path string) (*Clients, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if path != "" {
+	if path != "" && path != InCluster {
 		rules.ExplicitPath = path
 	}
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
 		where := path
-		if where == "" {
+		if where == "" || where == InCluster {
 			where = "in-cluster config, $KUBECONFIG or ~/.kube/config"
 		}
-		return nil, fmt.Errorf("--kubeconfig: load %s: %w", where, err)
+		return nil, fmt.Errorf("load %s: %w", where, err)
 	}
 	return ClientsFor(cfg)
 }
