@@ -5,6 +5,7 @@
 // gateway is never an open relay. One reserved name, health.meshfed.internal, is answered
 // by the gateway itself so remote clusters can health-check it.
 //
-// The route table comes from a RouteSource (a file today, the federation service's xDS
-// later); the gateway only ever sees the plain RouteTable.
+// The route table comes from a RouteSource (an exports file, FileSource, or this
+// cluster's federation service over xDS, eastwest/xdsroutes); the gateway only ever sees
+// the plain RouteTable. eastwest/process runs a whole gateway process.
 package eastwest

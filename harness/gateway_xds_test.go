@@ -25,9 +25,10 @@ import (
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
-// The harness has no xDS server of its own yet: this file starts one per test with
-// federation/xds.New, fed by the harness cluster's real federation service (embedded
-// etcd, file discovery), wired as cmd/meshfed wires it. The gateway under test is the
+// Every harness cluster's agent runs an xDS server (Cluster.XDSAddr). This file starts a
+// second one per test with federation/xds.New, fed by the harness cluster's real
+// federation service (embedded etcd, file discovery), wired as the agent wires it, so
+// that a test owns its registry and can stop that server alone. The gateway under test is the
 // real eastwest.Gateway with its route source on that server (eastwest/xdsroutes).
 
 // fedXDS is one running xDS server of a cluster's federation service.
