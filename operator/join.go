@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/health"
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -602,7 +603,7 @@ func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinP
 
 func actorOr(a string) string {
 	if a == "" {
-		return Actor("")
+		return actor.Of("")
 	}
 	return a
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/operator"
 )
 
@@ -117,7 +118,7 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 		return err
 	}
 	defer cli.Close()
-	f.req.Actor = operator.Actor(f.etcd.user)
+	f.req.Actor = actor.Of(f.etcd.user)
 	f.req.Progress = out
 	if machineOutput(f.output) {
 		f.req.Progress = errOut

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/operator"
 )
 
@@ -106,7 +107,7 @@ func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {
 		return err
 	}
 	defer cli.Close()
-	f.req.Actor = operator.Actor(f.etcd.user)
+	f.req.Actor = actor.Of(f.etcd.user)
 	f.req.ManifestExtra = operator.ManifestValues{"MESHFED_VERSION": Version}
 	f.req.EtcdEndpoints = strings.Join(f.etcd.config().Endpoints, ",")
 	plan, err := operator.Join(ctx, st, f.req)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/operator"
 )
 
@@ -70,7 +71,7 @@ func runLeave(ctx context.Context, out io.Writer, f *leaveFlags) error {
 		return err
 	}
 	defer cli.Close()
-	f.req.Actor = operator.Actor(f.etcd.user)
+	f.req.Actor = actor.Of(f.etcd.user)
 	plan, err := operator.Leave(ctx, st, f.req)
 	if plan != nil && (err == nil || len(plan.Done) > 0) {
 		if werr := writeOutput(out, f.output, plan); werr != nil {

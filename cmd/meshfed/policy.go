@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/operator"
 )
@@ -78,7 +79,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			req.Namespace, req.Name, req.Actor = ns, name, operator.Actor(f.etcd.user)
+			req.Namespace, req.Name, req.Actor = ns, name, actor.Of(f.etcd.user)
 			return f.run(cmd.Context(), func(st *store.Store) error {
 				res, err := operator.SetPolicy(cmd.Context(), st, req)
 				if err != nil {

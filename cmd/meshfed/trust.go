@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/operator"
@@ -305,7 +306,7 @@ func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 		return err
 	}
 	defer cli.Close()
-	cfg := rotation.Config{Store: st, TrustDomain: f.td, DevCADir: f.devCADir, SVIDLifetime: f.svidLifetime,
+	cfg := rotation.Config{Store: st, TrustDomain: f.td, Actor: actor.Of(f.etcd.user), DevCADir: f.devCADir, SVIDLifetime: f.svidLifetime,
 		MinValidity: f.minValidity, Exclude: f.exclude, Out: out, Log: log, Poll: f.poll, GateTimeout: f.gateTimeout}
 	if f.newCA != "" {
 		c, err := readOneCert(f.newCA)

@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -50,7 +51,8 @@ type Config struct {
 	MinValidity time.Duration
 	// Exclude lists clusters that do not count at the gates (recorded in the job).
 	Exclude []string
-	// Actor names who runs the job (recorded); default user@host.
+	// Actor names who runs the job (recorded), as internal/actor names it; default
+	// actor.Of("") (the local account and host).
 	Actor string
 	// Out receives progress lines (nil: discarded).
 	Out io.Writer
@@ -106,7 +108,7 @@ func newJob(cfg Config) (*Job, error) {
 	}
 	host, _ := os.Hostname()
 	if cfg.Actor == "" {
-		cfg.Actor = os.Getenv("USER") + "@" + host
+		cfg.Actor = actor.Of("")
 	}
 	return &Job{cfg: cfg, st: cfg.Store, td: cfg.TrustDomain, holder: host + "/" + strconv.Itoa(os.Getpid()), out: cfg.Out}, nil
 }

@@ -1,14 +1,14 @@
-package operator
+package actor
 
 import (
 	"os"
 	"os/user"
 )
 
-// Actor names who runs a command, for audit records and updatedBy fields: the etcd user
+// Of names who runs a command, for audit records and updatedBy fields: the etcd user
 // (what etcd authorised) and the local account and host (who typed it), e.g.
 // "root (alice@laptop)". Neither is proof of identity; etcd auth is the boundary.
-func Actor(etcdUser string) string {
+func Of(etcdUser string) string {
 	local := "unknown"
 	if u, err := user.Current(); err == nil && u.Username != "" {
 		local = u.Username
