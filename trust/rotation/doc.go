@@ -10,4 +10,8 @@
 //
 // An abort is possible until the old root is removed; it goes forward only (a new
 // sequence with the old roots), moving issuance back first if it had moved.
+//
+// rotation.go has the entry points (Start, Ensure, Resume, Abort, ConfirmIssuer) and the
+// job's creation, phases.go the phase dispatch, gates.go the ack gates, publish.go the
+// bundle and job transactions.
 package rotation
