@@ -14,6 +14,12 @@
 //     the other direction goes on until its own EOF, and both sockets are closed.
 //   - Idle timeout: the program records when it last moved bytes; a timer per connection
 //     checks that stamp (one map lookup per timeout period), no reads.
+//   - Backpressure: the redirect has none (bytes wait in the peer's psock queue while the
+//     sender's window stays open). The program measures the peer's backlog and, past
+//     BACKLOG_MAX, holds the socket's later bytes in its own queue (the window closes);
+//     user space then moves that direction itself, after the kernel's earlier bytes, with
+//     blocking writes. Only the verdict may stop a redirect: deleting the socket from the
+//     sockhash races with a verdict on another CPU, which the kernel then drops.
 //   - Byte counters: per source socket in a BPF hash map, read on demand (scrape) and when
 //     the connection ends.
 //   - Order: the peer map (redirect targets) is filled before any socket joins the source

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -88,16 +89,13 @@ type Options struct {
 
 // connStat is the program's struct conn_stat (bpf/redirect.c).
 type connStat struct {
-	Bytes    uint64
-	LastNS   uint64
-	Off      uint64 // the peer's written figure when Bytes was 0 (base + first bytes)
-	Checked  uint64
-	Signaled uint64
+	Bytes     uint64
+	LastNS    uint64
+	Off       uint64 // the peer's written figure when Bytes was 0 (base + first bytes)
+	Checked   uint64
+	Held      uint64 // 1: the program no longer redirects this socket (its peer fell behind)
+	HeldBytes uint64 // bytes it has kept for user space since
 }
-
-// backlogMax is the program's BACKLOG_MAX: above it a source is paused; it resumes
-// once the backlog is under half of it.
-const backlogMax = 4 << 20
 
 // Redirector holds the loaded program and maps and the epoll instance that watches the
 // sockets for end of stream. One per process is enough; it is safe for concurrent use.
@@ -248,9 +246,9 @@ func (r *Redirector) loop() {
 	}
 }
 
-// backlogEvents takes the program's backlog events (a source whose peer is more than
-// backlogMax behind) and pauses that source. It blocks in the ring buffer's own poll: it
-// wakes only for those events.
+// backlogEvents takes the program's backlog events (a source whose peer fell more than
+// BACKLOG_MAX behind: the program holds its bytes from then on) and has user space move
+// that direction. It blocks in the ring buffer's own poll: it wakes only for those events.
 func (r *Redirector) backlogEvents() {
 	var rec ringbuf.Record
 	for {
@@ -268,7 +266,7 @@ func (r *Redirector) backlogEvents() {
 		s := r.byCookie[cookie]
 		r.mu.Unlock()
 		if s != nil {
-			s.c.pause(s)
+			s.c.hold(s)
 		}
 	}
 }
@@ -279,14 +277,14 @@ type side struct {
 	fd     int
 	id     uint64
 	cookie uint64
-	base   uint64 // bytes written into its send queue at setup (bytes_acked + SIOCOUTQ)
-	first  uint64 // bytes user space wrote to it at setup
-	eof    bool   // its peer sent FIN (EPOLLRDHUP)
-	shut   bool   // its write side is shut (the other side's EOF passed on)
-	paused bool   // taken out of sources: its peer's backlog is over backlogMax
-	source bool   // in sources (its bytes are redirected by the kernel)
-	tail   bool   // user space is writing its last bytes to the peer (EOF while paused)
-	extra  uint64 // bytes of it user space moved to the peer (queued at setup, tails)
+	base   uint64     // bytes written into its send queue at setup (bytes_acked + SIOCOUTQ)
+	first  uint64     // bytes user space wrote to it at setup
+	eof    bool       // its peer sent FIN (EPOLLRDHUP)
+	shut   bool       // its write side is shut (the other side's EOF passed on)
+	source bool       // in sources (its bytes are redirected by the kernel)
+	held   bool       // the program holds its bytes: user space moves them (moveHeld)
+	extra  uint64     // bytes of it user space moved to the peer (queued at setup, held)
+	files  []*os.File // held: the duplicates moveHeld reads and writes through
 	peer   *side
 }
 
@@ -311,7 +309,8 @@ type Conn struct {
 	pauses   atomic.Int64
 }
 
-// Pauses is how many times a side was held back because its peer fell behind.
+// Pauses is how many sides were held back because their peer fell behind (their bytes then
+// go through user space, whose blocking writes hold the sender back).
 func (c *Conn) Pauses() int64 { return c.pauses.Load() }
 
 // Splice moves a and b into the kernel path: from now on, bytes arriving on a are sent on
@@ -636,38 +635,19 @@ func (c *Conn) event(s *side, ev uint32) {
 func (c *Conn) flushLocked() {
 	pending := false
 	for _, s := range []*side{&c.a, &c.b} {
-		if !s.eof || s.peer.shut || s.tail {
-			continue
+		if !s.eof || s.peer.shut || s.held {
+			continue // held: moveHeld passes its EOF on
 		}
-		if s.paused {
-			// EOF while held back: its last bytes are still in its receive queue, and it
-			// cannot rejoin sources (no longer established). Once the kernel has caught up
-			// on what it did redirect, user space moves the rest, then passes the EOF on.
-			b, err := c.backlogLocked(s)
-			if err != nil {
-				c.endLocked(err)
-				return
-			}
-			if b > 0 {
-				pending = true
-				continue
-			}
-			rest, err := readQueued(s.fd, nil, -1)
-			if err != nil {
-				c.endLocked(err)
-				return
-			}
-			s.paused = false
-			if len(rest) > 0 {
-				s.tail = true
-				go c.writeTail(s, rest)
-				continue
-			}
-		}
-		ok, err := c.drainedLocked(s)
+		ok, held, err := c.drainedLocked(s)
 		if err != nil {
 			c.endLocked(err)
 			return
+		}
+		if held {
+			// The EOF came after bytes the program kept for user space (the backlog
+			// event is on its way): moveHeld passes them on, then the EOF.
+			c.holdLocked(s)
+			continue
 		}
 		if !ok {
 			pending = true
@@ -693,30 +673,6 @@ func (c *Conn) flushLocked() {
 	}
 }
 
-// writeTail writes a paused side's last bytes to its peer (it may have to wait for the
-// peer's send buffer: off the event loop), then goes on with the end of stream.
-func (c *Conn) writeTail(s *side, rest []byte) {
-	timeout := c.idle
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	err := writeAll(s.peer.fd, rest, timeout)
-	defer c.notify()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s.tail = false
-	s.peer.first += uint64(len(rest))
-	s.extra += uint64(len(rest))
-	if c.ended {
-		return
-	}
-	if err != nil {
-		c.endLocked(fmt.Errorf("writing the last bytes: %w", err))
-		return
-	}
-	c.flushLocked()
-}
-
 func (c *Conn) recheck() {
 	defer c.notify()
 	c.mu.Lock()
@@ -726,86 +682,122 @@ func (c *Conn) recheck() {
 	}
 }
 
-// drainedLocked: has every byte redirected from s reached s.peer's send queue?
-func (c *Conn) drainedLocked(s *side) (bool, error) {
+// drainedLocked: has every byte redirected from s reached s.peer's send queue? held says
+// whether the program holds s's bytes now (then they are moveHeld's to pass on, even
+// before the backlog event has arrived).
+func (c *Conn) drainedLocked(s *side) (drained, held bool, err error) {
 	var st connStat
 	if err := c.r.objs.Stats.Lookup(s.cookie, &st); err != nil {
-		return false, fmt.Errorf("sockmap stats: %w", err)
+		return false, false, fmt.Errorf("sockmap stats: %w", err)
 	}
 	w, err := written(s.peer.fd)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return w-s.peer.base >= s.peer.first+st.Bytes, nil
+	return w-s.peer.base >= s.peer.first+st.Bytes, st.Held != 0, nil
 }
 
-// pause takes s out of sources: its bytes stay in its receive queue, its window closes,
-// and its sender waits, until s's peer has caught up (resumeCheck).
-func (c *Conn) pause(s *side) {
+// hold takes over a side whose bytes the program now keeps with it (its peer fell more
+// than BACKLOG_MAX behind): user space moves them to the peer (moveHeld). Only the
+// program stops the redirect, in its verdict: taking the socket out of sources from here
+// would race with a verdict on another CPU, which the kernel then drops.
+func (c *Conn) hold(s *side) {
 	defer c.notify()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ended || s.paused || !s.source || s.eof {
+	c.holdLocked(s)
+}
+
+func (c *Conn) holdLocked(s *side) {
+	if c.ended || s.held {
 		return
 	}
-	if err := c.r.objs.Sources.Delete(s.cookie); err != nil {
-		return // not in sources (a race with the end): nothing to pause
+	// Duplicates in the Go netpoller: blocking reads and writes that park no thread, and
+	// that endLocked ends by closing them.
+	for _, fd := range []int{s.fd, s.peer.fd} {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			c.endLocked(fmt.Errorf("dup: %w", err))
+			return
+		}
+		s.files = append(s.files, os.NewFile(uintptr(d), "sockmap-held"))
 	}
-	s.paused, s.source = true, false
+	s.held = true
 	c.pauses.Add(1)
-	c.scheduleResume(s, 0)
+	go c.moveHeld(s, s.files[0], s.files[1])
 }
 
-func (c *Conn) scheduleResume(s *side, wait time.Duration) {
-	wait = min(max(2*wait, 200*time.Microsecond), 20*time.Millisecond)
-	time.AfterFunc(wait, func() { c.resumeCheck(s, wait) })
-}
-
-// backlogLocked is how many bytes redirected from s have not yet entered s.peer's send
-// queue.
-func (c *Conn) backlogLocked(s *side) (int64, error) {
-	var st connStat
-	if err := c.r.objs.Stats.Lookup(s.cookie, &st); err != nil {
-		return 0, fmt.Errorf("sockmap stats: %w", err)
+// moveHeld moves a held side's bytes to its peer in user space until its EOF, which it
+// passes on. It starts once everything the kernel redirected before the hold has entered
+// the peer's send queue, so the bytes stay in order.
+func (c *Conn) moveHeld(s *side, from, to *os.File) {
+	var wait time.Duration
+	for {
+		c.mu.Lock()
+		if c.ended {
+			c.mu.Unlock()
+			return
+		}
+		ok, _, err := c.drainedLocked(s)
+		if err != nil {
+			c.endLocked(err)
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.notify()
+			return
+		}
+		if ok {
+			break
+		}
+		wait = min(max(2*wait, 100*time.Microsecond), 20*time.Millisecond)
+		time.Sleep(wait) //nolint:forbidigo // polling the kernel's send progress: no event tells it
 	}
-	w, err := written(s.peer.fd)
-	if err != nil {
-		return 0, err
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := from.Read(buf)
+		if n > 0 {
+			if _, err := to.Write(buf[:n]); err != nil {
+				c.endMoved(fmt.Errorf("writing held bytes: %w", err))
+				return
+			}
+			c.mu.Lock()
+			s.extra += uint64(n)
+			s.peer.first += uint64(n)
+			c.mu.Unlock()
+		}
+		switch {
+		case rerr == io.EOF:
+			c.mu.Lock()
+			if !c.ended {
+				if err := unix.Shutdown(s.peer.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+					c.endLocked(os.NewSyscallError("shutdown", err))
+				} else {
+					s.peer.shut = true
+					if c.a.shut && c.b.shut {
+						c.endLocked(nil)
+					}
+				}
+			}
+			c.mu.Unlock()
+			c.notify()
+			return
+		case rerr != nil:
+			c.endMoved(fmt.Errorf("reading held bytes: %w", rerr))
+			return
+		}
 	}
-	return int64(st.Bytes + st.Off - w), nil
 }
 
-func (c *Conn) resumeCheck(s *side, wait time.Duration) {
-	defer c.notify()
+// endMoved ends the connection with err unless it has already ended (then err is only
+// the closing of moveHeld's files).
+func (c *Conn) endMoved(err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ended || !s.paused || s.eof {
-		return // ended, or EOF handled it (flushLocked)
-	}
-	b, err := c.backlogLocked(s)
-	if err != nil {
-		c.endLocked(err)
-		return
-	}
-	if b > backlogMax/2 {
-		c.scheduleResume(s, wait)
-		return
-	}
-	if err := c.resumeLocked(s); err != nil {
+	if !c.ended {
 		c.endLocked(err)
 	}
-}
-
-// resumeLocked puts s back in sources and has the verdict sweep what queued meanwhile.
-func (c *Conn) resumeLocked(s *side) error {
-	if err := c.r.objs.Sources.Update(s.cookie, uint64(s.fd), ebpf.UpdateNoExist); err != nil {
-		return fmt.Errorf("sockmap sources (resume): %w", err)
-	}
-	s.paused, s.source = false, true
-	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
-		return fmt.Errorf("SO_RCVLOWAT: %w", err)
-	}
-	return nil
+	c.mu.Unlock()
+	c.notify()
 }
 
 func (c *Conn) checkIdle() {
@@ -878,6 +870,11 @@ func (c *Conn) endLocked(err error) {
 	// Closing a socket takes it out of both sockhashes and out of the epoll set.
 	unix.Close(c.a.fd)
 	unix.Close(c.b.fd)
+	for _, s := range []*side{&c.a, &c.b} {
+		for _, f := range s.files {
+			f.Close()
+		}
+	}
 	c.closed.Store(true)
 	close(c.done)
 }

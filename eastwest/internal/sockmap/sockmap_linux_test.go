@@ -544,8 +544,8 @@ func TestClosedBeforeSplice(t *testing.T) {
 
 // The kernel's redirect has no backpressure of its own: a fast sender and a slow reader
 // would queue without bound in the kernel. The program measures the reader's backlog and
-// user space holds the sender's socket back: what is in flight stays bounded, and every
-// byte still arrives, in order, EOF last.
+// holds the sender's bytes back (user space then moves them): what is in flight stays
+// bounded, and every byte still arrives, in order, EOF last.
 func TestBackpressure(t *testing.T) {
 	r := newRedirector(t)
 	p := relay(t, r, 0, nil)

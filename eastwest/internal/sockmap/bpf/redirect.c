@@ -21,16 +21,23 @@ struct conn_stat {
 	__u64 last_ns;  // bpf_ktime_get_ns() of the last redirect (CLOCK_MONOTONIC)
 	__u64 off;      // set by user space: the peer's "written" figure when bytes was 0
 	__u64 checked;  // bytes when the peer's backlog was last looked at
-	__u64 signaled; // bytes when user space was last told of a backlog
+	__u64 held;     // 1 once the peer fell behind: this socket's bytes stay with it
+	__u64 held_bytes; // bytes kept for user space since then
 };
 
 // The kernel's redirect has no backpressure: bytes taken from this socket's receive
 // queue wait in the peer's psock queue, unbounded, while the sender's window stays open.
 // So every CHECK_EVERY bytes the program measures the peer's backlog (redirected minus
-// what has entered the peer's send queue) and, above BACKLOG_MAX, tells user space (at
-// most once per BACKLOG_MAX bytes) through the events ring buffer; user space then takes
-// this socket out of sources until the backlog drains, and TCP's own window holds the
-// sender back meanwhile.
+// what has entered the peer's send queue); above BACKLOG_MAX it stops redirecting this
+// socket for good (held) and tells user space through the events ring buffer. From then
+// on each of its segments is passed to the socket itself: it waits in the socket's own
+// queue, charged to its receive buffer, so TCP's window closes and holds the sender back,
+// and user space moves it to the peer once the peer has taken everything redirected
+// before it (order kept), with its own blocking writes as the backpressure.
+//
+// The program decides this itself, in the verdict: taking the socket out of the sockhash
+// from user space instead would race with a verdict running on another CPU, which the
+// kernel then finds with no program and drops (bytes lost, TestBackpressure).
 #define CHECK_EVERY (256 << 10)
 #define BACKLOG_MAX (4 << 20)
 
@@ -92,8 +99,8 @@ static __always_inline void check_backlog(__u64 cookie, struct conn_stat *st)
 	if (!tp)
 		return;
 	__u64 backlog = st->bytes + st->off - written;
-	if ((__s64)backlog > BACKLOG_MAX && st->bytes - st->signaled >= BACKLOG_MAX) {
-		st->signaled = st->bytes;
+	if ((__s64)backlog > BACKLOG_MAX) {
+		st->held = 1;
 		bpf_ringbuf_output(&events, &cookie, sizeof(cookie), 0);
 	}
 }
@@ -110,6 +117,15 @@ int redirect(struct __sk_buff *skb)
 	if (len == 0)
 		return SK_DROP;
 
+	struct conn_stat *st = bpf_map_lookup_elem(&stats, &cookie);
+	if (st && st->held) {
+		// Held (see check_backlog): the segment stays with this socket, for user space.
+		// One verdict at a time per socket (it runs under the socket's lock), so plain
+		// updates of this socket's entry do not race with each other.
+		st->held_bytes += len;
+		st->last_ns = bpf_ktime_get_ns();
+		return SK_PASS; // no redirect set: to this socket's own queue
+	}
 	if (bpf_sk_redirect_hash(skb, &peers, &cookie, 0) != SK_PASS) {
 		__u32 zero = 0;
 		__u64 *m = bpf_map_lookup_elem(&misses, &zero);
@@ -117,10 +133,7 @@ int redirect(struct __sk_buff *skb)
 			__sync_fetch_and_add(m, 1);
 		return SK_PASS; // no redirect set: the bytes stay with this socket
 	}
-	struct conn_stat *st = bpf_map_lookup_elem(&stats, &cookie);
 	if (st) {
-		// One verdict at a time per socket (it runs under the socket's lock), so plain
-		// updates of this socket's entry do not race with each other.
 		st->bytes += len;
 		st->last_ns = bpf_ktime_get_ns();
 		check_backlog(cookie, st);
