@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -194,6 +195,12 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 		return err
 	}
 	log := slog.Default().With("component", "gateway", "cluster", f.cluster)
+	// Each proxied connection holds two descriptors. The Go runtime has already raised the
+	// soft RLIMIT_NOFILE to the hard limit at start (Go 1.19+); say what that allows.
+	var nofile syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err == nil {
+		log.Info("file descriptor limit", "soft", nofile.Cur, "hard", nofile.Max, "connections_at_most", nofile.Cur/2)
+	}
 	cfg := process.Config{
 		Gateway: eastwest.Config{
 			Cluster: f.cluster, Domain: f.domain,
