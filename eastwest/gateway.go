@@ -25,6 +25,7 @@ type Gateway struct {
 	drainOne sync.Once
 	health   *tls.Config
 	bufPool  sync.Pool
+	faults   faultState // drill faults in force (faults.go)
 
 	liveMu sync.Mutex
 	live   map[*proxied]struct{}
@@ -45,6 +46,7 @@ func New(cfg Config) (*Gateway, error) {
 		drainCh: make(chan struct{}),
 		live:    map[*proxied]struct{}{},
 	}
+	g.faults.init(cfg.Registry)
 	cert := cfg.HealthCert
 	if cert == nil {
 		c, err := SelfSignedHealthCert()

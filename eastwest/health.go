@@ -147,6 +147,9 @@ func (g *Gateway) serveHealthStream(c *net.TCPConn, tc *tls.Conn) {
 			}
 			return
 		}
+		if g.faultOnHealthPing(c) {
+			return
+		}
 		_ = c.SetWriteDeadline(time.Now().Add(g.cfg.HelloTimeout))
 		status, err := g.writeHealthLine(tc)
 		if err != nil || status == "draining" {

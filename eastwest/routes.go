@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/meshfed/meshfed/api/exports"
+	"github.com/meshfed/meshfed/api/fault"
 )
 
 // ServiceKey names one port of one exported service: what an SNI denotes.
@@ -42,6 +43,9 @@ func (e Endpoint) HostPort() string {
 // data so that any source (file, xDS ClusterLoadAssignments) can build it.
 type RouteTable struct {
 	Services map[ServiceKey][]Endpoint
+	// Faults are the drill faults the gateway carries out (api/fault), each until its
+	// deadline by the gateway's clock; a table without them lifts the ones in force.
+	Faults []fault.Fault
 	// Origin says where the table came from (a path, an xDS version), for logs.
 	Origin string
 }
@@ -105,6 +109,11 @@ func (t *RouteTable) Validate() error {
 			if net.ParseIP(e.Address) == nil || e.Port == 0 || e.Port > 65535 {
 				return fmt.Errorf("route %s: endpoint %s is not IP:port", k, e.HostPort())
 			}
+		}
+	}
+	for i := range t.Faults {
+		if err := t.Faults[i].Validate(); err != nil {
+			return fmt.Errorf("faults[%d]: %w", i, err)
 		}
 	}
 	return nil

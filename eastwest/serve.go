@@ -148,6 +148,9 @@ func (g *Gateway) handle(c *net.TCPConn) {
 			g.release()
 		}
 	}()
+	if g.faultOnAccept(c) {
+		return
+	}
 	start := time.Now()
 	_ = c.SetReadDeadline(start.Add(g.cfg.HelloTimeout))
 	var ch hello.ClientHello
@@ -179,6 +182,9 @@ func (g *Gateway) handle(c *net.TCPConn) {
 		sni = strings.ToLower(sni) // DNS names are case-insensitive
 	}
 	if sni == names.HealthSNI {
+		if g.faultOnService(c, ServiceKey{}, true) {
+			return
+		}
 		g.serveHealth(c, raw)
 		return
 	}
@@ -193,6 +199,9 @@ func (g *Gateway) handle(c *net.TCPConn) {
 	}
 	if r == nil {
 		g.reject(c, ReasonUnknownSNI, alertUnrecognizedName, "sni", sni)
+		return
+	}
+	if g.faultOnService(c, r.key, false) {
 		return
 	}
 	if len(r.eps) == 0 {

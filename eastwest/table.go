@@ -77,6 +77,7 @@ func (g *Gateway) SetRoutes(t *RouteTable) {
 			g.m.active.DeleteLabelValues(n)
 		}
 	}
+	g.setFaults(t.Faults)
 	old := g.tbl.Swap(nt)
 	g.m.routes.Set(float64(nt.routes))
 	g.m.updates.Inc()

@@ -581,6 +581,7 @@ func (st *stream) publish(update func(*eastwest.RouteTable), force bool) {
 		}
 		pending = append(pending, name)
 	}
+	t.Faults = faultsOf(st.clusters)
 	sort.Strings(pending)
 	if len(pending) > 0 && prev == nil {
 		if !force {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
 )
@@ -25,6 +26,9 @@ type inbound struct {
 	// eds is the EDS resource to subscribe to: eds_cluster_config.service_name when set,
 	// else the cluster name.
 	eds string
+	// fault is the drill fault the cluster's metadata carries (filter_metadata
+	// "meshfed.fault"), if any.
+	fault *fault.Fault
 }
 
 // maxErrors bounds how many problems one NACK lists (the error_detail message stays small).
@@ -132,7 +136,33 @@ func checkCluster(c *clusterv3.Cluster, domain string) (inbound, error) {
 	if name == "" {
 		name = c.GetName()
 	}
-	return inbound{key: eastwest.ServiceKey{Namespace: sp.Namespace, Name: sp.Name, Port: sp.Port}, eds: name}, nil
+	in := inbound{key: eastwest.ServiceKey{Namespace: sp.Namespace, Name: sp.Name, Port: sp.Port}, eds: name}
+	if md := c.GetMetadata().GetFilterMetadata()[fault.MetadataKey]; md != nil {
+		f, err := fault.FromStruct(md)
+		if err != nil {
+			return inbound{}, err
+		}
+		if !f.Covers(sp.Namespace, sp.Name) {
+			return inbound{}, fmt.Errorf("%s narrowed to %s/%s on a cluster of %s/%s", fault.MetadataKey, f.Namespace, f.Service, sp.Namespace, sp.Name)
+		}
+		in.fault = &f
+	}
+	return in, nil
+}
+
+// faultsOf lists the distinct faults the clusters carry, in a stable order (a global
+// fault comes on every cluster, a narrowed one on each port of its service).
+func faultsOf(clusters map[string]inbound) []fault.Fault {
+	var out []fault.Fault
+	for _, in := range clusters {
+		if in.fault != nil && !slices.Contains(out, *in.fault) {
+			out = append(out, *in.fault)
+		}
+	}
+	slices.SortFunc(out, func(a, b fault.Fault) int {
+		return strings.Compare(a.ID+"|"+a.Namespace+"/"+a.Service, b.ID+"|"+b.Namespace+"/"+b.Service)
+	})
+	return out
 }
 
 // ready reports whether an endpoint of this health status may take connections: HEALTHY
@@ -223,7 +253,7 @@ func endpointOf(lb *endpointv3.LbEndpoint) (eastwest.Endpoint, error) {
 
 // sameRoutes reports whether two tables route identically (the origin aside).
 func sameRoutes(a, b *eastwest.RouteTable) bool {
-	if a.Len() != b.Len() {
+	if a.Len() != b.Len() || !slices.Equal(a.Faults, b.Faults) {
 		return false
 	}
 	for k, ea := range a.Services {
