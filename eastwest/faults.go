@@ -161,7 +161,7 @@ func (fs *faultSet) narrowed(now time.Time, namespace, service string) *fault.Fa
 // It reports whether c was reset (the caller is done with it); a blackholed connection
 // returns once the fault is over, to be handled as usual.
 func (g *Gateway) faultOnAccept(c *net.TCPConn) (done bool) {
-	return g.actOn(c, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, false)
+	return g.actOn(c, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onAccept)
 }
 
 // faultOnService does the same for a fault narrowed to the connection's service, and
@@ -183,11 +183,21 @@ func (g *Gateway) faultOnService(c *net.TCPConn, k ServiceKey, health bool) (don
 		}
 		return nil
 	}
-	return g.actOn(c, pick, true)
+	return g.actOn(c, pick, onHello)
 }
 
-// actOn carries out the fault pick finds (if any) on c. Delays apply only when afterHello.
-func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.Fault, afterHello bool) bool {
+// Where a fault is carried out: delays wait for the hello, error fractions act on new
+// connections only.
+type faultPoint int
+
+const (
+	onAccept faultPoint = iota // a new connection, before its hello
+	onHello                    // a new connection whose hello named its service
+	onPing                     // a ping on a health stream already open
+)
+
+// actOn carries out the fault pick finds (if any) on c at point p.
+func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.Fault, p faultPoint) bool {
 	fs := g.faults.load()
 	f := pick(fs, time.Now())
 	if f == nil {
@@ -198,7 +208,7 @@ func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.F
 		g.faultReset(c, f)
 		return true
 	case fault.Error:
-		if rand.Float64() < f.Fraction {
+		if p != onPing && rand.Float64() < f.Fraction {
 			g.faultReset(c, f)
 			return true
 		}
@@ -211,7 +221,7 @@ func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.F
 			return nil
 		})
 	case fault.Delay:
-		if afterHello {
+		if p != onAccept {
 			g.faults.m.conns.WithLabelValues(string(f.Kind), "delayed").Inc()
 			g.delayWhile(f.Delay, pick)
 		}
@@ -261,28 +271,8 @@ func (g *Gateway) delayWhile(d time.Duration, pick func(*faultSet, time.Time) *f
 }
 
 // faultOnHealthPing is what a global fault does to a ping on a health stream already
-// open: it reports whether the stream must end (reset: cut with an RST).
+// open: it reports whether the stream must end (reset: cut with an RST). An error
+// fraction acts on new connections only.
 func (g *Gateway) faultOnHealthPing(c *net.TCPConn) (cut bool) {
-	fs := g.faults.load()
-	f := fs.global(time.Now())
-	if f == nil {
-		return false
-	}
-	switch f.Kind {
-	case fault.Reset:
-		g.faultReset(c, f)
-		return true
-	case fault.Blackhole:
-		g.faults.m.conns.WithLabelValues(string(f.Kind), "held").Inc()
-		g.holdWhile(func(fs *faultSet, now time.Time) *fault.Fault {
-			if f := fs.global(now); f != nil && f.Kind == fault.Blackhole {
-				return f
-			}
-			return nil
-		})
-	case fault.Delay:
-		g.faults.m.conns.WithLabelValues(string(f.Kind), "delayed").Inc()
-		g.delayWhile(f.Delay, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) })
-	}
-	return false
+	return g.actOn(c, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onPing)
 }

@@ -57,15 +57,27 @@ func ping(c *tls.Conn, br *bufio.Reader, d time.Duration) (string, error) {
 	return healthwire.ReadStreamLine(br)
 }
 
+// faultGateway is a gateway of west routing demo/echo to a real backend.
+func faultGateway(t *testing.T) (*backend, *RouteTable, *gw) {
+	t.Helper()
+	b := startBackend(t, "127.0.0.1:0")
+	rt := echoTable(b.addr)
+	return b, rt, startGateway(t, Config{Cluster: "west"}, rt)
+}
+
+// openStream opens a health stream, as the federations' checkers hold.
+func openStream(t *testing.T, g *gw) (*tls.Conn, *bufio.Reader) {
+	t.Helper()
+	c := dialHealthStream(t, g.addr)
+	return c, bufio.NewReaderSize(c, healthwire.MaxLine+1)
+}
+
 // TestFaultBlackhole: a global blackhole answers nothing on new connections, the health
 // name and open health streams (no bytes, no close: a timeout, not a reset), and what it
 // held goes on when the federation lifts it.
 func TestFaultBlackhole(t *testing.T) {
-	b := startBackend(t, "127.0.0.1:0")
-	rt := echoTable(b.addr)
-	g := startGateway(t, Config{Cluster: "west"}, rt)
-	stream := dialHealthStream(t, g.addr)
-	br := bufio.NewReaderSize(stream, healthwire.MaxLine+1)
+	_, rt, g := faultGateway(t)
+	stream, br := openStream(t, g)
 	if line, err := ping(stream, br, 5*time.Second); err != nil || !strings.HasPrefix(line, "ok") {
 		t.Fatalf("before: %q, %v", line, err)
 	}
@@ -118,11 +130,8 @@ func TestFaultBlackhole(t *testing.T) {
 
 // TestFaultReset: new connections, the health name and open health streams are reset.
 func TestFaultReset(t *testing.T) {
-	b := startBackend(t, "127.0.0.1:0")
-	rt := echoTable(b.addr)
-	g := startGateway(t, Config{Cluster: "west"}, rt)
-	stream := dialHealthStream(t, g.addr)
-	br := bufio.NewReaderSize(stream, healthwire.MaxLine+1)
+	b, rt, g := faultGateway(t)
+	stream, br := openStream(t, g)
 	g.SetRoutes(withFault(rt, fault.Fault{Spec: fault.Spec{Kind: fault.Reset}, Deadline: time.Now().Add(time.Minute)}))
 	for _, sni := range []string{echoSNI, names.HealthSNI} {
 		if _, _, err := handshake(g.addr, sni, 5*time.Second); !isReset(err) {
@@ -139,11 +148,8 @@ func TestFaultReset(t *testing.T) {
 
 // TestFaultDelay: each new connection's hello and each health answer is held the delay.
 func TestFaultDelay(t *testing.T) {
-	b := startBackend(t, "127.0.0.1:0")
-	rt := echoTable(b.addr)
-	g := startGateway(t, Config{Cluster: "west"}, rt)
-	stream := dialHealthStream(t, g.addr)
-	br := bufio.NewReaderSize(stream, healthwire.MaxLine+1)
+	_, rt, g := faultGateway(t)
+	stream, br := openStream(t, g)
 	const delay = 400 * time.Millisecond
 	g.SetRoutes(withFault(rt, fault.Fault{Spec: fault.Spec{Kind: fault.Delay, Delay: delay}, Deadline: time.Now().Add(time.Minute)}))
 	for _, sni := range []string{echoSNI, names.HealthSNI} {
@@ -163,9 +169,7 @@ func TestFaultDelay(t *testing.T) {
 
 // TestFaultErrorFraction: about that fraction of new connections is reset.
 func TestFaultErrorFraction(t *testing.T) {
-	b := startBackend(t, "127.0.0.1:0")
-	rt := echoTable(b.addr)
-	g := startGateway(t, Config{Cluster: "west"}, rt)
+	_, rt, g := faultGateway(t)
 	g.SetRoutes(withFault(rt, fault.Fault{Spec: fault.Spec{Kind: fault.Error, Fraction: 0.5}, Deadline: time.Now().Add(time.Minute)}))
 	const n = 200
 	resets := 0
@@ -212,9 +216,7 @@ func TestFaultNarrowed(t *testing.T) {
 // TestFaultDeadline: with no word from any federation, the gateway lifts a fault at its
 // deadline by its own clock, within a second, and releases what it held.
 func TestFaultDeadline(t *testing.T) {
-	b := startBackend(t, "127.0.0.1:0")
-	rt := echoTable(b.addr)
-	g := startGateway(t, Config{Cluster: "west"}, rt)
+	_, rt, g := faultGateway(t)
 	deadline := time.Now().Add(1500 * time.Millisecond)
 	g.SetRoutes(withFault(rt, fault.Fault{Spec: fault.Spec{Kind: fault.Blackhole}, Deadline: deadline}))
 	if len(g.Faults()) != 1 {
