@@ -11,6 +11,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/istio"
@@ -257,4 +260,97 @@ func startRelayOn(t *testing.T, addr, file, upstream string) (*istio.Server, con
 		done <- struct{}{}
 	}()
 	return srv, func() { stop(); <-done; <-done }
+}
+
+// TestIstioStatusInKeyspace: east's federation publishes the istiods it feeds under
+// acks/east/istio/<instance>, on its own lease: `meshfed status` shows an istiod behind a
+// `meshfed istio source` relay, synced after its ACKs, then its NACK (with a warning); the
+// record goes with the federation.
+func TestIstioStatusInKeyspace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a federation")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	wl, err := harness.StartWorkload("west", "echo-0", harness.WorkloadIP(1, 0)+":0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	f, err := harness.Start(ctx, harness.Options{Clusters: []harness.ClusterSpec{
+		{Name: "east", IstioMCP: true},
+		{Name: "west", Exports: echoExportsN(wl.Addr)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	east := f.Cluster("east")
+	status := func() *operator.Status {
+		t.Helper()
+		s, err := operator.GetStatus(ctx, east.Store, operator.StatusOptions{NoProbe: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	istioOf := func(s *operator.Status) *operator.IstioStatus {
+		for _, c := range s.Clusters {
+			if c.Name == "east" {
+				return c.Istio
+			}
+		}
+		return nil
+	}
+	var s *operator.Status
+	waitfor.Cond(t, 20*time.Second, func() bool { s = status(); is := istioOf(s); return is != nil && len(is.Replicas) == 1 }, "east's MCP status in etcd")
+	if is := istioOf(s); len(is.Istiods) != 0 {
+		t.Fatalf("istiods before any connected: %+v", is.Istiods)
+	}
+
+	relay, stopRelay := startRelayOn(t, "127.0.0.1:0", filepath.Join(t.TempDir(), "state.json"), east.IstioMCPAddr)
+	defer stopRelay()
+	waitfor.Cond(t, 20*time.Second, func() bool { return relay.Ready() == nil }, "the relay has east's state")
+	ist := istiotest.DialMCP(t, relay.Addr())
+	ist.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "istiod-east-0"}, TypeUrl: istio.TypeServiceEntry})
+	r := ist.Next(20 * time.Second)
+	ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+	waitfor.Cond(t, 20*time.Second, func() bool {
+		s = status()
+		is := istioOf(s)
+		return is != nil && len(is.Istiods) == 1 && is.Istiods[0].Synced
+	}, "the istiod behind the relay, synced, in meshfed status")
+	i := istioOf(s).Istiods[0]
+	if i.Node != "istiod-east-0" || i.Via != "relay" || i.LastPush == nil || i.LastAck == nil {
+		t.Fatalf("istiod in status: %+v", i)
+	}
+	var tb strings.Builder
+	if err := s.WriteTable(&tb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tb.String(), "istiod-east-0") || !strings.Contains(tb.String(), "ACKed (synced)") {
+		t.Fatalf("status table:\n%s", tb.String())
+	}
+
+	// A second service (echo2) changes the ServiceEntry state; istiod rejects it.
+	if err := f.Cluster("west").SetExports(strings.Replace(echoExportsN(wl.Addr), "name: echo", "name: echo2", 1) + strings.TrimPrefix(echoExportsN(wl.Addr), "services:\n")); err != nil {
+		t.Fatal(err)
+	}
+	r = ist.Next(20 * time.Second)
+	ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "bad ServiceEntry"}})
+	waitfor.Cond(t, 20*time.Second, func() bool {
+		s = status()
+		is := istioOf(s)
+		return is != nil && len(is.Istiods) == 1 && len(is.Istiods[0].NACKed) == 1 && len(is.NACKs) == 1
+	}, "the NACK in meshfed status")
+	if w := strings.Join(s.Warnings, "\n"); !strings.Contains(w, "bad ServiceEntry") {
+		t.Fatalf("no warning about the NACK: %s", w)
+	}
+
+	// The record goes with the federation (its lease is revoked at stop).
+	if err := east.StopFederation(); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 20*time.Second, func() bool { return istioOf(status()) == nil }, "the record gone with the federation")
 }

@@ -20,9 +20,10 @@ type Snapshot struct {
 	Revision  int64
 	Clusters  map[string]*store.Item[records.Cluster]
 	Alive     map[string]*store.Item[records.Alive]
-	Exports   map[string][]*store.Item[records.Export] // by cluster, sorted by key
-	Bundles   map[string]*store.Item[records.Bundle]   // by trust domain
-	Acks      map[string][]*store.Item[records.Ack]    // by cluster
+	Exports   map[string][]*store.Item[records.Export]      // by cluster, sorted by key
+	Bundles   map[string]*store.Item[records.Bundle]        // by trust domain
+	Acks      map[string][]*store.Item[records.Ack]         // by cluster
+	Istio     map[string][]*store.Item[records.IstioStatus] // by cluster, one per federation replica
 	Drills    []*store.Item[records.Drill]
 	Rotations map[string]*RotationEntry              // by trust domain
 	Policies  map[string]*store.Item[records.Policy] // by namespace/name
@@ -79,6 +80,7 @@ func newSnapshot() *Snapshot {
 		Exports:   map[string][]*store.Item[records.Export]{},
 		Bundles:   map[string]*store.Item[records.Bundle]{},
 		Acks:      map[string][]*store.Item[records.Ack]{},
+		Istio:     map[string][]*store.Item[records.IstioStatus]{},
 		Rotations: map[string]*RotationEntry{},
 		Policies:  map[string]*store.Item[records.Policy]{},
 	}
@@ -91,6 +93,9 @@ func (s *Snapshot) finish() {
 	}
 	for c := range s.Acks {
 		sort.Slice(s.Acks[c], func(i, j int) bool { return s.Acks[c][i].Key < s.Acks[c][j].Key })
+	}
+	for c := range s.Istio {
+		sort.Slice(s.Istio[c], func(i, j int) bool { return s.Istio[c][i].Key < s.Istio[c][j].Key })
 	}
 	sort.Slice(s.Drills, func(i, j int) bool { return s.Drills[i].Key < s.Drills[j].Key })
 }
@@ -132,6 +137,12 @@ func (s *Snapshot) add(ks records.Keyspace, rawKey, value []byte, create, mod, l
 			s.Bundles[k.TrustDomain] = it
 		}
 	case records.KindAck:
+		if k.Acks == records.AckIstio {
+			if it := item[records.IstioStatus](s, key, value, create, mod, lease); it != nil {
+				s.Istio[k.Cluster] = append(s.Istio[k.Cluster], it)
+			}
+			return
+		}
 		if it := item[records.Ack](s, key, value, create, mod, lease); it != nil {
 			s.Acks[k.Cluster] = append(s.Acks[k.Cluster], it)
 		}

@@ -78,6 +78,52 @@ type ClusterStatus struct {
 	// acked (missing or older ack).
 	AcksBehind []string `json:"acks_behind"`
 	Cordoned   []string `json:"cordoned_by_drills,omitempty"`
+	// Istio: the istiods fed by the cluster's federation over MCP (acks/<cluster>/istio/),
+	// nil when no federation replica of the cluster serves MCP (--istio-mcp-listen).
+	Istio *IstioStatus `json:"istio,omitempty"`
+}
+
+// IstioStatus is what a cluster's federation replicas publish about the istiods they feed
+// (acks/<cluster>/istio/<instance>).
+type IstioStatus struct {
+	// Replicas are the federation instances serving MCP.
+	Replicas []string `json:"replicas"`
+	// Sources are the `meshfed istio source` relays connected to them.
+	Sources []string     `json:"sources,omitempty"`
+	Istiods []IstiodView `json:"istiods"`
+	// StateAt is when the served state last changed (the latest of the replicas);
+	// FromDisk: a replica still serves the state read from its file at start.
+	StateAt  *time.Time `json:"state_at,omitempty"`
+	FromDisk bool       `json:"from_disk,omitempty"`
+	// UnknownTypes: type URLs an istiod asked for that meshfed does not know (skew).
+	UnknownTypes []string        `json:"unknown_types,omitempty"`
+	NACKs        []IstioNACKView `json:"nacks,omitempty"`
+}
+
+// IstiodView is one connected istiod.
+type IstiodView struct {
+	Node      string          `json:"node"`
+	Replica   string          `json:"replica"`
+	Via       string          `json:"via,omitempty"`
+	Connected time.Time       `json:"connected"`
+	Synced    bool            `json:"synced"`
+	LastPush  *time.Time      `json:"last_push,omitempty"`
+	LastAck   *time.Time      `json:"last_ack,omitempty"`
+	NACKed    []IstioTypeNACK `json:"nacked,omitempty"`
+}
+
+// IstioTypeNACK is a type whose last response an istiod rejected.
+type IstioTypeNACK struct {
+	Type  string `json:"type"`
+	Error string `json:"error"`
+}
+
+// IstioNACKView counts NACKs by type and reason since the replica started.
+type IstioNACKView struct {
+	Replica string `json:"replica"`
+	Type    string `json:"type"`
+	Reason  string `json:"reason"`
+	Count   uint64 `json:"count"`
 }
 
 // GatewayStatus is one gateway address probed from here (TLS to health.meshfed.internal).
@@ -399,9 +445,63 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 				cs.Cordoned = append(cs.Cordoned, d.Value.ID)
 			}
 		}
+		cs.Istio = istioStatus(snap.Istio[n])
+		if is := cs.Istio; is != nil {
+			for _, i := range is.Istiods {
+				for _, x := range i.NACKed {
+					s.Warnings = append(s.Warnings, fmt.Sprintf("cluster %s: istiod %s rejects (NACKs) meshfed's %s: %s; it keeps its previous state (docs/istio.md, debugging)", n, i.Node, x.Type, x.Error))
+				}
+			}
+			if len(is.UnknownTypes) > 0 {
+				s.Warnings = append(s.Warnings, fmt.Sprintf("cluster %s: istiod asks for types meshfed does not know (%s), answered empty: istiod is newer or older than the tested one (docs/istio.md)", n, strings.Join(is.UnknownTypes, ", ")))
+			}
+		}
 		out = append(out, cs)
 	}
 	return out
+}
+
+// istioStatus merges the replicas' acks/<cluster>/istio/ records (nil for none).
+func istioStatus(items []*store.Item[records.IstioStatus]) *IstioStatus {
+	if len(items) == 0 {
+		return nil
+	}
+	is := &IstioStatus{Replicas: []string{}, Istiods: []IstiodView{}}
+	unknown := map[string]bool{}
+	for _, it := range items {
+		r := it.Value
+		is.Replicas = append(is.Replicas, r.Instance)
+		is.Sources = append(is.Sources, r.Sources...)
+		if !r.StateAt.IsZero() && (is.StateAt == nil || r.StateAt.After(*is.StateAt)) {
+			t := r.StateAt.UTC()
+			is.StateAt = &t
+		}
+		is.FromDisk = is.FromDisk || r.FromDisk
+		for _, t := range r.UnknownTypes {
+			unknown[t] = true
+		}
+		for _, n := range r.NACKs {
+			is.NACKs = append(is.NACKs, IstioNACKView{Replica: r.Instance, Type: n.Type, Reason: n.Reason, Count: n.Count})
+		}
+		for _, c := range r.Istiods {
+			v := IstiodView{Node: c.Node, Replica: r.Instance, Via: c.Via, Connected: c.Connected.UTC(), Synced: c.Synced,
+				LastPush: timePtr(c.LastPush), LastAck: timePtr(c.LastAck)}
+			for _, x := range c.NACKs {
+				v.NACKed = append(v.NACKed, IstioTypeNACK{Type: x.Type, Error: x.Error})
+			}
+			is.Istiods = append(is.Istiods, v)
+		}
+	}
+	is.UnknownTypes = sortedKeys(unknown)
+	return is
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 func bundleStatus(b *records.Bundle, opts *StatusOptions) *BundleStatus {

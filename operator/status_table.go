@@ -145,6 +145,9 @@ func (s *Status) WriteTable(w io.Writer) error {
 		return err
 	}
 
+	if err := s.writeIstio(w); err != nil {
+		return err
+	}
 	if len(s.Drills) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "LIVE DRILLS")
@@ -180,6 +183,58 @@ func (s *Status) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// writeIstio lists, for the clusters whose federation serves istiod (--istio-mcp-listen),
+// each connected istiod with its ACK/NACK state and last push.
+func (s *Status) writeIstio(w io.Writer) error {
+	found := false
+	for _, c := range s.Clusters {
+		found = found || c.Istio != nil
+	}
+	if !found {
+		return nil
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "ISTIOD  (fed by the federation over MCP: docs/istio.md)")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER	ISTIOD	VIA	STATE	LAST PUSH	LAST ACK")
+	for _, c := range s.Clusters {
+		is := c.Istio
+		if is == nil {
+			continue
+		}
+		if len(is.Istiods) == 0 {
+			what := "(no istiod connected"
+			if len(is.Sources) > 0 {
+				what = "(no istiod behind " + strings.Join(is.Sources, ",")
+			}
+			fmt.Fprintf(tw, "%s	%s)	-	-	-	-\n", c.Name, what)
+			continue
+		}
+		for _, i := range is.Istiods {
+			state := "syncing"
+			if i.Synced {
+				state = "ACKed (synced)"
+			}
+			if len(i.NACKed) > 0 {
+				var ts []string
+				for _, x := range i.NACKed {
+					ts = append(ts, x.Type)
+				}
+				state = "NACK " + strings.Join(ts, ",")
+			}
+			fmt.Fprintf(tw, "%s	%s	%s	%s	%s	%s\n", c.Name, i.Node, orDash(i.Via), state, agoPtr(s.Time, i.LastPush), agoPtr(s.Time, i.LastAck))
+		}
+	}
+	return tw.Flush()
+}
+
+func agoPtr(now time.Time, t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return ago(now, *t) + " ago"
 }
 
 func orDash(s string) string {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/istio"
@@ -39,6 +40,10 @@ type Config struct {
 	IstioMCP istio.Options
 	// IstioBuild tunes the resources given to istiod.
 	IstioBuild istio.BuildOptions
+	// Instance names this process among the cluster's federation replicas (a DNS label;
+	// default host-pid): the MCP server's status is published under
+	// acks/<cluster>/istio/<instance>.
+	Instance string
 	// Trust, when set, is the trust component to run beside the service; the agent
 	// connects its outputs to the xDS server (SDS) and the health checker (authenticated
 	// gateway checks). Build it with federate.New.
@@ -63,6 +68,7 @@ type Agent struct {
 	// Istio is the MCP server for istiod (nil unless Config.IstioMCP.Listen is set).
 	Istio       *istio.Server
 	istioSource *istio.Source
+	instance    string
 	log         *slog.Logger
 
 	mu        sync.Mutex
@@ -126,7 +132,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := xs.Listen(); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
-	a := &Agent{cfg: cfg, Service: svc, XDS: xs, Health: hc, Trust: cfg.Trust, Istio: is, istioSource: isrc, log: clog}
+	a := &Agent{cfg: cfg, Service: svc, XDS: xs, Health: hc, Trust: cfg.Trust, Istio: is, istioSource: isrc, instance: cfg.Instance, log: clog}
+	if a.instance == "" {
+		a.instance = instanceLabel()
+	} else if err := validate.DNSLabel(a.instance); err != nil {
+		return nil, fmt.Errorf("agent instance: %w", err)
+	}
 	if a.Trust != nil {
 		a.wireTrust()
 	}
@@ -225,7 +236,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		parts = append(parts, part{"trust", a.Trust.Run})
 	}
 	if a.Istio != nil {
-		parts = append(parts, part{"istio-mcp", a.Istio.Run}, part{"istio-source", a.istioSource.Run})
+		parts = append(parts, part{"istio-mcp", a.Istio.Run}, part{"istio-source", a.istioSource.Run},
+			part{"istio-status", a.publishIstioStatus})
 	}
 	errc := make(chan error, len(parts))
 	var wg sync.WaitGroup

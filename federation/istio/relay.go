@@ -78,21 +78,71 @@ func (r *Relay) follow(ctx context.Context, cli discoveryv3.AggregatedDiscoveryS
 	if err != nil {
 		return err
 	}
-	node := &corev3.Node{Id: r.Node}
+	// The node carries the local server's report (the istiods behind this relay), resent
+	// whenever it changes, so the federation's status names them.
+	sentReport := ""
+	node := func() (*corev3.Node, error) {
+		md, js, err := reportMetadata(r.Local.Report())
+		if err != nil {
+			return nil, err
+		}
+		if js == sentReport {
+			return nil, nil
+		}
+		sentReport = js
+		return &corev3.Node{Id: r.Node, Metadata: md}, nil
+	}
+	reportCh := r.Local.StatusChanged()
+	n, err := node()
+	if err != nil {
+		return err
+	}
 	for i, t := range ProducedTypes {
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: t}
 		if i == 0 {
-			req.Node = node
+			req.Node = n
 		}
 		if err := stream.Send(req); err != nil {
 			return err
 		}
 	}
+	resps := make(chan *discoveryv3.DiscoveryResponse)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case resps <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	got := map[string][]*mcp.Resource{}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		var resp *discoveryv3.DiscoveryResponse
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
 			return err
+		case <-reportCh:
+			reportCh = r.Local.StatusChanged()
+			n, err := node()
+			if err != nil {
+				return err
+			}
+			if n != nil {
+				if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: n}); err != nil {
+					return err
+				}
+			}
+			continue
+		case resp = <-resps:
 		}
 		var rs []*mcp.Resource
 		var bad error

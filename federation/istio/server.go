@@ -60,6 +60,8 @@ type Server struct {
 	nextID   int64
 	unknown  map[string]bool // types asked for that are not in KnownTypes (logged once)
 	nackSeen map[string]bool // type + reason (logged once)
+	nacks    map[[2]string]uint64
+	statusCh chan struct{} // closed and replaced whenever Report would change
 
 	nonce atomic.Int64
 }
@@ -77,7 +79,8 @@ func NewServer(log *slog.Logger, reg prometheus.Registerer, opts Options) (*Serv
 		return nil, err
 	}
 	s := &Server{opts: opts, log: log.With("component", "istio-mcp"), m: m, changed: make(chan struct{}),
-		conns: map[int64]*conn{}, unknown: map[string]bool{}, nackSeen: map[string]bool{}}
+		conns: map[int64]*conn{}, unknown: map[string]bool{}, nackSeen: map[string]bool{},
+		nacks: map[[2]string]uint64{}, statusCh: make(chan struct{})}
 	if opts.StateFile != "" {
 		st, at, err := ReadStateFile(opts.StateFile)
 		switch {
@@ -103,6 +106,7 @@ func (s *Server) SetState(st *State) {
 	s.state, s.stateAt, s.fromDisk = st, time.Now(), false
 	close(s.changed)
 	s.changed = make(chan struct{})
+	s.statusChangedLocked()
 	s.mu.Unlock()
 	changed := 0
 	for _, t := range unionTypes(old, st) {
@@ -220,14 +224,43 @@ func (a *adsServer) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryServ
 	return errDeltaUnsupported
 }
 
+// maxUnknownTypes bounds the distinct unknown type URLs remembered and counted; the rest are
+// counted as unknownOther.
+const maxUnknownTypes = 64
+
+const unknownOther = "(other)"
+
 var errDeltaUnsupported = status.Error(codes.Unimplemented, "istio mcp: delta xDS is not served; istiod's config source uses state of the world")
 
-// conn is one istiod's stream.
+// statusChangedLocked wakes the StatusChanged waiters (s.mu held).
+func (s *Server) statusChangedLocked() {
+	close(s.statusCh)
+	s.statusCh = make(chan struct{})
+}
+
+func (s *Server) statusChanged() {
+	s.mu.Lock()
+	s.statusChangedLocked()
+	s.mu.Unlock()
+}
+
+// StatusChanged is closed at the next change of what Report returns (an istiod connecting
+// or leaving, an ACK, a NACK, a push, a relay's report, a new state).
+func (s *Server) StatusChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.statusCh
+}
+
+// conn is one istiod's stream (or a `meshfed istio source` relay's: then report holds what
+// the relay says about the istiods behind it).
 type conn struct {
 	id        int64
 	node      string
 	peer      string
 	connected time.Time
+	relay     bool
+	report    *Report
 
 	mu    sync.Mutex
 	types map[string]*typeConn
@@ -237,7 +270,7 @@ type typeConn struct {
 	sentVersion, sentNonce string
 	ackedVersion           string
 	nack                   string // error of the last NACK, "" after an ACK
-	lastPush               time.Time
+	lastPush, lastAck      time.Time
 }
 
 func (s *Server) stream(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -249,12 +282,14 @@ func (s *Server) stream(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 	s.nextID++
 	c.id = s.nextID
 	s.conns[c.id] = c
+	s.statusChangedLocked()
 	s.mu.Unlock()
 	s.m.streams.Inc()
 	defer func() {
 		s.m.streams.Dec()
 		s.mu.Lock()
 		delete(s.conns, c.id)
+		s.statusChangedLocked()
 		s.mu.Unlock()
 		s.log.Info("istiod disconnected", "node", c.node, "peer", c.peer)
 	}()
@@ -316,11 +351,8 @@ func (c *conn) subscribed() []string {
 
 func (s *Server) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) {
 	t := r.GetTypeUrl()
-	if c.node == "" && r.GetNode().GetId() != "" {
-		c.mu.Lock()
-		c.node = r.GetNode().GetId()
-		c.mu.Unlock()
-		s.log.Info("istiod connected", "node", c.node, "peer", c.peer)
+	if n := r.GetNode(); n != nil {
+		s.onNode(c, n)
 	}
 	if t == "" {
 		return
@@ -342,13 +374,19 @@ func (s *Server) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) {
 			s.onNACK(c, t, d.GetCode(), d.GetMessage())
 			return
 		}
-		tc.ackedVersion, tc.nack = r.GetVersionInfo(), ""
+		tc.ackedVersion, tc.nack, tc.lastAck = r.GetVersionInfo(), "", time.Now()
 	}
 	c.mu.Unlock()
+	s.statusChanged()
 	if first && !known(t) {
 		s.mu.Lock()
 		seen := s.unknown[t]
+		if !seen && len(s.unknown) >= maxUnknownTypes {
+			// The listener takes any client: bound what one can make us remember.
+			t, seen = unknownOther, s.unknown[unknownOther]
+		}
 		s.unknown[t] = true
+		s.statusChangedLocked()
 		s.mu.Unlock()
 		s.m.unknownTypes.WithLabelValues(t).Inc()
 		if !seen {
@@ -362,11 +400,21 @@ func (s *Server) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) {
 // serving: the state is not resent until it changes.
 func (s *Server) onNACK(c *conn, t string, code int32, msg string) {
 	reason := codes.Code(code).String()
+	if code < 0 || code > int32(codes.Unauthenticated) {
+		reason = "Unknown" // not a gRPC code: keep the label set bounded
+	}
+	s.mu.Lock()
+	if !known(t) && !s.unknown[t] {
+		t = unknownOther // beyond the remembered unknown types: one label
+	}
+	s.mu.Unlock()
 	s.m.nacks.WithLabelValues(t, reason).Inc()
 	key := t + "\x00" + reason
 	s.mu.Lock()
 	seen := s.nackSeen[key]
 	s.nackSeen[key] = true
+	s.nacks[[2]string{t, reason}]++
+	s.statusChangedLocked()
 	s.mu.Unlock()
 	if !seen {
 		s.log.Error("istiod rejected (NACK) a state; it keeps its previous one", "type", t, "reason", reason, "error", msg, "node", c.node)
@@ -387,6 +435,7 @@ func (s *Server) maybeSend(stream discoveryv3.AggregatedDiscoveryService_StreamA
 	tc.sentVersion, tc.sentNonce, tc.lastPush = ts.Version, nonce, time.Now()
 	c.mu.Unlock()
 	start := time.Now()
+	s.statusChanged()
 	err := stream.Send(&discoveryv3.DiscoveryResponse{TypeUrl: t, VersionInfo: ts.Version, Nonce: nonce, Resources: ts.Resources})
 	if err != nil {
 		return err
@@ -406,20 +455,26 @@ type TypeStatus struct {
 	AckedVersion string    `json:"ackedVersion,omitempty"`
 	NACK         string    `json:"nack,omitempty"`
 	LastPush     time.Time `json:"lastPush,omitzero"`
+	LastAck      time.Time `json:"lastAck,omitzero"`
 }
 
 // ConnStatus is one connected istiod.
 type ConnStatus struct {
-	Node      string       `json:"node"`
-	Peer      string       `json:"peer"`
+	Node string `json:"node"`
+	Peer string `json:"peer"`
+	// Via is the `meshfed istio source` relay the istiod is connected to ("" when direct).
+	Via string `json:"via,omitempty"`
+	// Relay: the stream is a `meshfed istio source`, not an istiod.
+	Relay     bool         `json:"relay,omitempty"`
 	Connected time.Time    `json:"connected"`
 	LastPush  time.Time    `json:"lastPush,omitzero"`
+	LastAck   time.Time    `json:"lastAck,omitzero"`
 	Synced    bool         `json:"synced"` // every type it asked for is ACKed at the current version
 	NACKs     int          `json:"nacks"`  // types whose last answer was a NACK
 	Types     []TypeStatus `json:"types"`
 }
 
-// Status lists the connected istiods (by node id), for /debug and `meshfed status`.
+// Status lists the streams connected to this server (istiods, and relays), for /debug.
 func (s *Server) Status() []ConnStatus {
 	s.mu.Lock()
 	st := s.state
@@ -431,11 +486,14 @@ func (s *Server) Status() []ConnStatus {
 	out := make([]ConnStatus, 0, len(conns))
 	for _, c := range conns {
 		c.mu.Lock()
-		cs := ConnStatus{Node: c.node, Peer: c.peer, Connected: c.connected, Synced: st != nil && len(c.types) > 0}
+		cs := ConnStatus{Node: c.node, Peer: c.peer, Relay: c.relay, Connected: c.connected, Synced: st != nil && len(c.types) > 0}
 		for t, tc := range c.types {
-			cs.Types = append(cs.Types, TypeStatus{Type: t, SentVersion: tc.sentVersion, AckedVersion: tc.ackedVersion, NACK: tc.nack, LastPush: tc.lastPush})
+			cs.Types = append(cs.Types, TypeStatus{Type: t, SentVersion: tc.sentVersion, AckedVersion: tc.ackedVersion, NACK: tc.nack, LastPush: tc.lastPush, LastAck: tc.lastAck})
 			if tc.lastPush.After(cs.LastPush) {
 				cs.LastPush = tc.lastPush
+			}
+			if tc.lastAck.After(cs.LastAck) {
+				cs.LastAck = tc.lastAck
 			}
 			if tc.nack != "" {
 				cs.NACKs++
@@ -467,8 +525,9 @@ func (s *Server) DebugHandler() http.Handler {
 			FromDisk bool              `json:"fromDisk"`
 			Versions map[string]string `json:"versions"`
 			Counts   map[string]int    `json:"counts"`
-			Istiods  []ConnStatus      `json:"istiods"`
-		}{StateAt: at, FromDisk: disk, Versions: map[string]string{}, Counts: map[string]int{}, Istiods: s.Status()}
+			Streams  []ConnStatus      `json:"streams"`
+			Report   *Report           `json:"report"`
+		}{StateAt: at, FromDisk: disk, Versions: map[string]string{}, Counts: map[string]int{}, Streams: s.Status(), Report: s.Report()}
 		if st != nil {
 			for t, ts := range st.types {
 				out.Versions[t] = ts.Version

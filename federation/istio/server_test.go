@@ -2,19 +2,23 @@ package istio
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	mcp "istio.io/api/mcp/v1alpha1"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"github.com/meshfed/meshfed/internal/istiotest"
 	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
@@ -44,68 +48,9 @@ func startServer(t *testing.T, opts Options) (*Server, *prometheus.Registry) {
 	return s, reg
 }
 
-type client struct {
-	t      *testing.T
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	resp   chan *discoveryv3.DiscoveryResponse
-}
+type client = istiotest.MCPClient
 
-func dial(t *testing.T, addr string) *client {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); conn.Close() })
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &client{t: t, stream: st, resp: make(chan *discoveryv3.DiscoveryResponse, 64)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				close(c.resp)
-				return
-			}
-			c.resp <- r
-		}
-	}()
-	return c
-}
-
-func (c *client) send(r *discoveryv3.DiscoveryRequest) {
-	c.t.Helper()
-	if err := c.stream.Send(r); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *client) next(timeout time.Duration) *discoveryv3.DiscoveryResponse {
-	c.t.Helper()
-	select {
-	case r, ok := <-c.resp:
-		if !ok {
-			c.t.Fatal("stream closed")
-		}
-		return r
-	case <-time.After(timeout):
-		c.t.Fatalf("no response within %v", timeout)
-		return nil
-	}
-}
-
-// none asserts that nothing arrives for d: the negative check has to wait its window.
-func (c *client) none(d time.Duration) {
-	c.t.Helper()
-	select {
-	case r := <-c.resp:
-		c.t.Fatalf("unexpected response %s version %s", r.GetTypeUrl(), r.GetVersionInfo())
-	case <-time.After(d):
-	}
-}
+func dial(t *testing.T, addr string) *client { return istiotest.DialMCP(t, addr) }
 
 func seState(t *testing.T, hosts ...string) *State {
 	t.Helper()
@@ -132,9 +77,9 @@ func TestServerAnswersEveryType(t *testing.T) {
 	c := dial(t, s.Addr())
 	types := append(append([]string(nil), KnownTypes...), "example.istio.io/v9/Future")
 	for _, ty := range types {
-		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: ty})
+		c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: ty})
 	}
-	c.none(200 * time.Millisecond)
+	c.None(200 * time.Millisecond)
 	if s.Ready() == nil {
 		t.Fatal("ready without a state")
 	}
@@ -142,9 +87,9 @@ func TestServerAnswersEveryType(t *testing.T) {
 	s.SetState(seState(t, "a", "b"))
 	got := map[string]*discoveryv3.DiscoveryResponse{}
 	for range types {
-		r := c.next(5 * time.Second)
+		r := c.Next(5 * time.Second)
 		got[r.GetTypeUrl()] = r
-		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+		c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
 	}
 	for _, ty := range types {
 		r := got[ty]
@@ -166,19 +111,19 @@ func TestServerAnswersEveryType(t *testing.T) {
 
 	// The same content again: nothing is pushed.
 	s.SetState(seState(t, "b", "a"))
-	c.none(200 * time.Millisecond)
+	c.None(200 * time.Millisecond)
 
 	// One more service: only ServiceEntry moves.
 	s.SetState(seState(t, "a", "b", "c"))
-	r := c.next(5 * time.Second)
+	r := c.Next(5 * time.Second)
 	if r.GetTypeUrl() != TypeServiceEntry || len(r.GetResources()) != 3 || r.GetVersionInfo() == seV {
 		t.Fatalf("got %s with %d resources version %s", r.GetTypeUrl(), len(r.GetResources()), r.GetVersionInfo())
 	}
-	c.none(200 * time.Millisecond)
+	c.None(200 * time.Millisecond)
 
 	// A NACK is counted by type and reason and shown in status; nothing crashes, nothing is
 	// resent until the state changes.
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: seV, ResponseNonce: r.GetNonce(),
+	c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: seV, ResponseNonce: r.GetNonce(),
 		ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "bad ServiceEntry"}})
 	var st []ConnStatus
 	if !waitfor.Poll(5*time.Second, func() bool { st = s.Status(); return len(st) == 1 && st[0].NACKs == 1 }) {
@@ -187,7 +132,7 @@ func TestServerAnswersEveryType(t *testing.T) {
 	if n := metrictest.Sum(t, reg, "meshfed_istio_mcp_nacks_total", "type", TypeServiceEntry, "reason", "InvalidArgument"); n != 1 {
 		t.Errorf("nacks %v", n)
 	}
-	c.none(100 * time.Millisecond)
+	c.None(100 * time.Millisecond)
 }
 
 // TestServerStateFile: a restarted server serves the last state from disk before any plan,
@@ -203,8 +148,8 @@ func TestServerStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, s2.Addr())
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
-	r := c.next(5 * time.Second)
+	c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+	r := c.Next(5 * time.Second)
 	if len(r.GetResources()) != 1 || r.GetVersionInfo() != st.Type(TypeServiceEntry).Version {
 		t.Fatalf("from disk: %d resources, version %s want %s", len(r.GetResources()), r.GetVersionInfo(), st.Type(TypeServiceEntry).Version)
 	}
@@ -239,8 +184,8 @@ func TestRelayKeepsServing(t *testing.T) {
 
 	local2, _ := startServer(t, Options{StateFile: file})
 	c := dial(t, local2.Addr())
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
-	if resp := c.next(5 * time.Second); len(resp.GetResources()) != 3 {
+	c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+	if resp := c.Next(5 * time.Second); len(resp.GetResources()) != 3 {
 		t.Fatalf("restarted relay serves %d resources, want 3", len(resp.GetResources()))
 	}
 }
@@ -252,9 +197,9 @@ func TestTwoIstiodsSameState(t *testing.T) {
 	s.SetState(seState(t, "a"))
 	a, b := dial(t, s.Addr()), dial(t, s.Addr())
 	for _, c := range []*client{a, b} {
-		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
+		c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry})
 	}
-	ra, rb := a.next(5*time.Second), b.next(5*time.Second)
+	ra, rb := a.Next(5*time.Second), b.Next(5*time.Second)
 	if ra.GetVersionInfo() != rb.GetVersionInfo() || len(ra.GetResources()) != 1 || len(rb.GetResources()) != 1 {
 		t.Fatalf("replicas differ: %s/%d vs %s/%d", ra.GetVersionInfo(), len(ra.GetResources()), rb.GetVersionInfo(), len(rb.GetResources()))
 	}
@@ -262,12 +207,115 @@ func TestTwoIstiodsSameState(t *testing.T) {
 		c *client
 		r *discoveryv3.DiscoveryResponse
 	}{{a, ra}, {b, rb}} {
-		p.c.send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry, VersionInfo: p.r.GetVersionInfo(), ResponseNonce: p.r.GetNonce()})
+		p.c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: TypeServiceEntry, VersionInfo: p.r.GetVersionInfo(), ResponseNonce: p.r.GetNonce()})
 	}
 	s.SetState(seState(t, "a", "b"))
-	ra, rb = a.next(5*time.Second), b.next(5*time.Second)
+	ra, rb = a.Next(5*time.Second), b.Next(5*time.Second)
 	if ra.GetVersionInfo() != rb.GetVersionInfo() || len(ra.GetResources()) != 2 || len(rb.GetResources()) != 2 {
 		t.Fatalf("after a change replicas differ: %s/%d vs %s/%d", ra.GetVersionInfo(), len(ra.GetResources()), rb.GetVersionInfo(), len(rb.GetResources()))
 	}
 	waitfor.Cond(t, 5*time.Second, func() bool { return len(s.Status()) == 2 }, "two istiods in status")
+}
+
+// TestRelayReportsIstiods: an istiod behind a relay (`meshfed istio source`) is in the
+// upstream's Report with Via = the relay, with its ACK state, then its NACK (counted by
+// type and reason, logged once however often it repeats), and the unknown type it asked
+// for; a bogus error code or a flood of type URLs keeps the labels bounded.
+func TestRelayReportsIstiods(t *testing.T) {
+	up, _ := startServer(t, Options{})
+	st := seState(t, "a")
+	st.types[TypeWorkloadEntry] = &TypeState{Version: emptyVersion}
+	st.types[TypeDestinationRule] = &TypeState{Version: emptyVersion}
+	up.SetState(st)
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	local, err := NewServer(slog.New(slog.NewTextHandler(&logs, nil)), reg, Options{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = local.Run(ctx) }()
+	waitfor.Cond(t, 5*time.Second, func() bool { return local.Addr() != "" }, "local listens")
+	go func() { _ = (&Relay{Upstream: up.Addr(), Node: "source-1", Local: local}).Run(ctx) }()
+	waitState(t, local)
+
+	ist := dial(t, local.Addr())
+	ist.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "istiod-0"}, TypeUrl: TypeServiceEntry})
+	ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "example.istio.io/v9/Future"})
+	for range 2 {
+		r := ist.Next(5 * time.Second)
+		ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+	}
+	var rep *Report
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		rep = up.Report()
+		return len(rep.Istiods) == 1 && rep.Istiods[0].Synced && len(rep.UnknownTypes) == 1
+	}, "the upstream's report names the istiod behind the relay, synced, and its unknown type")
+	if i := rep.Istiods[0]; i.Node != "istiod-0" || i.Via != "source-1" || i.LastPush.IsZero() || i.LastAck.IsZero() {
+		t.Fatalf("istiod in the upstream's report: %+v", i)
+	}
+	if fmt.Sprint(rep.Sources) != "[source-1]" || rep.UnknownTypes[0] != "example.istio.io/v9/Future" {
+		t.Fatalf("report %+v", rep)
+	}
+
+	// The upstream changes; istiod NACKs the new ServiceEntry state, twice.
+	st2 := seState(t, "a", "b")
+	st2.types[TypeWorkloadEntry] = &TypeState{Version: emptyVersion}
+	st2.types[TypeDestinationRule] = &TypeState{Version: emptyVersion}
+	up.SetState(st2)
+	r := ist.Next(5 * time.Second)
+	for range 2 {
+		ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce(),
+			ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "bad ServiceEntry"}})
+	}
+	// A bogus code and a type nobody asked for: bounded labels.
+	ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "x/y/Z", ResponseNonce: "n", ErrorDetail: &statuspb.Status{Code: 999, Message: "?"}})
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		rep = up.Report()
+		return len(rep.Istiods) == 1 && len(rep.Istiods[0].Types) > 0 && !rep.Istiods[0].Synced && len(rep.NACKs) == 1 && rep.NACKs[0].Count == 2
+	}, "the NACK reaches the upstream's report")
+	if n := rep.NACKs[0]; n.Type != TypeServiceEntry || n.Reason != "InvalidArgument" {
+		t.Fatalf("nack count %+v", n)
+	}
+	nacked := ""
+	for _, ty := range rep.Istiods[0].Types {
+		if ty.NACK != "" {
+			nacked = ty.Type + ": " + ty.NACK
+		}
+	}
+	if nacked != TypeServiceEntry+": bad ServiceEntry" {
+		t.Fatalf("NACKed type in the report: %q", nacked)
+	}
+	if n := metrictest.Sum(t, reg, "meshfed_istio_mcp_nacks_total", "type", TypeServiceEntry, "reason", "InvalidArgument"); n != 2 {
+		t.Errorf("nacks counted %v, want 2", n)
+	}
+	if n := strings.Count(logs.String(), "rejected (NACK)"); n != 1 {
+		t.Errorf("the NACK was logged %d times, want once:\n%s", n, logs.String())
+	}
+	// The bogus one did not crash anything and did not become a label of its own.
+	for i := range maxUnknownTypes + 5 {
+		ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: fmt.Sprintf("flood.example/v1/T%d", i)})
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(local.Report().UnknownTypes) == maxUnknownTypes+1 }, "unknown types bounded")
+	if n := strings.Count(logs.String(), "does not know"); n != maxUnknownTypes+1 {
+		t.Errorf("unknown types logged %d times, want %d (each once, then one for the rest)", n, maxUnknownTypes+1)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

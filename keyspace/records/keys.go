@@ -78,6 +78,17 @@ func (k Keyspace) Ack(cluster, td string) string {
 	return k.Family(KindAck) + cluster + "/bundles/" + td
 }
 
+// IstioAck is acks/<cluster>/istio/<instance>: what the istiods fed by one federation
+// replica (instance) of the cluster ACKed, on that replica's lease (records.IstioStatus).
+func (k Keyspace) IstioAck(cluster, instance string) string {
+	return k.Family(KindAck) + cluster + "/istio/" + instance
+}
+
+// IstioAcksOf is the prefix of one cluster's istio acks.
+func (k Keyspace) IstioAcksOf(cluster string) string {
+	return k.Family(KindAck) + cluster + "/istio/"
+}
+
 // AcksOf is the prefix of one cluster's acks.
 func (k Keyspace) AcksOf(cluster string) string { return k.Family(KindAck) + cluster + "/" }
 
@@ -102,9 +113,18 @@ type Key struct {
 	Kind        Kind
 	Cluster     string // clusters, alive, exports, acks
 	Namespace   string // exports, policy
-	Name        string // exports, policy: the service; drills: the id; audit: time-what
-	TrustDomain string // bundles, acks, rotations
+	Name        string // exports, policy: the service; drills: the id; audit: time-what; istio acks: the instance
+	TrustDomain string // bundles, acks of bundles, rotations
+	// Acks is what an acks/ key acknowledges: AckBundles (acks/<cluster>/bundles/<td>) or
+	// AckIstio (acks/<cluster>/istio/<instance>, the instance in Name).
+	Acks string
 }
+
+// What an acks/ key acknowledges (Key.Acks).
+const (
+	AckBundles = "bundles"
+	AckIstio   = "istio"
+)
 
 // Parse splits a key of this keyspace into its parts and validates them, so a stray or
 // hostile key in etcd is reported, never half-understood.
@@ -137,10 +157,13 @@ func (k Keyspace) Parse(key string) (Key, error) {
 		}
 		return Key{Kind: Kind(kind), TrustDomain: parts[0]}, nil
 	case KindAck:
-		if len(parts) != 3 || !label(parts[0]) || parts[1] != "bundles" || !td(parts[2]) {
-			return bad("<cluster>/bundles/<trust-domain>")
+		if len(parts) == 3 && label(parts[0]) && parts[1] == AckBundles && td(parts[2]) {
+			return Key{Kind: KindAck, Cluster: parts[0], TrustDomain: parts[2], Acks: AckBundles}, nil
 		}
-		return Key{Kind: KindAck, Cluster: parts[0], TrustDomain: parts[2]}, nil
+		if len(parts) == 3 && label(parts[0]) && parts[1] == AckIstio && label(parts[2]) {
+			return Key{Kind: KindAck, Cluster: parts[0], Name: parts[2], Acks: AckIstio}, nil
+		}
+		return bad("<cluster>/bundles/<trust-domain> or " + k.prefix + kind + "/<cluster>/istio/<instance>")
 	case KindDrill:
 		if len(parts) != 1 || ValidateID(parts[0]) != nil {
 			return bad("<id>")

@@ -388,6 +388,73 @@ func (a *Ack) Validate() error {
 	return errs.Err()
 }
 
+// IstioStatus is acks/<cluster>/istio/<instance>: the istiods one federation replica
+// (instance) of the cluster feeds over MCP (--istio-mcp-listen), directly or through a
+// `meshfed istio source` beside istiod, with what each ACKed or NACKed and when it was last
+// pushed. The replica writes it on its own lease (it goes with the replica) whenever that
+// changes, at most once a second; `meshfed status` shows it.
+type IstioStatus struct {
+	Meta
+	Cluster  string `json:"cluster"`
+	Instance string `json:"instance"`
+	// StateAt is when the served state last changed; FromDisk: it is still the last good
+	// state read at start (no plan yet).
+	StateAt   time.Time      `json:"stateAt,omitzero"`
+	FromDisk  bool           `json:"fromDisk,omitempty"`
+	UpdatedAt time.Time      `json:"updatedAt"`
+	Istiods   []IstiodStatus `json:"istiods"`
+	// Sources are `meshfed istio source` relays connected to this replica (each listed
+	// with the istiods behind it in Istiods[].via).
+	Sources []string `json:"sources,omitempty"`
+	// UnknownTypes are type URLs an istiod asked for that this meshfed does not know
+	// (version skew; answered with an empty state).
+	UnknownTypes []string `json:"unknownTypes,omitempty"`
+	// NACKs counts rejected responses since the replica started, by type and reason.
+	NACKs []IstioNACKCount `json:"nacks,omitempty"`
+}
+
+// IstiodStatus is one istiod connected to an MCP source.
+type IstiodStatus struct {
+	Node      string    `json:"node"`
+	Via       string    `json:"via,omitempty"` // the `meshfed istio source` it is connected to
+	Connected time.Time `json:"connected"`
+	// Synced: every type it asked for is ACKed at the version being served.
+	Synced   bool      `json:"synced"`
+	LastPush time.Time `json:"lastPush,omitzero"`
+	LastAck  time.Time `json:"lastAck,omitzero"`
+	// NACKs are the types whose last response it rejected, with its error.
+	NACKs []IstioTypeNACK `json:"nacks,omitempty"`
+}
+
+// IstioTypeNACK is one rejected type and istiod's error.
+type IstioTypeNACK struct {
+	Type  string `json:"type"`
+	Error string `json:"error"`
+}
+
+// IstioNACKCount counts NACKs of one type and reason (the gRPC code of istiod's error).
+type IstioNACKCount struct {
+	Type   string `json:"type"`
+	Reason string `json:"reason"`
+	Count  uint64 `json:"count"`
+}
+
+// Validate implements Record.
+func (a *IstioStatus) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(a.Cluster))
+	errs.AddErr("instance", validate.DNSLabel(a.Instance))
+	if a.UpdatedAt.IsZero() {
+		errs.Add("updatedAt", "must be set")
+	}
+	for i, c := range a.Istiods {
+		if c.Node == "" {
+			errs.Add(fmt.Sprintf("istiods[%d].node", i), "must be set")
+		}
+	}
+	return errs.Err()
+}
+
 // Drill is drills/<id>: a cordon of one cluster, for one service or for all, attached to
 // its own lease so that it reverts by itself when the drill process dies.
 type Drill struct {
@@ -498,6 +565,7 @@ var (
 	_ Record = (*Export)(nil)
 	_ Record = (*Bundle)(nil)
 	_ Record = (*Ack)(nil)
+	_ Record = (*IstioStatus)(nil)
 	_ Record = (*Drill)(nil)
 	_ Record = (*Policy)(nil)
 	_ Record = (*Audit)(nil)

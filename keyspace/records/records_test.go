@@ -54,6 +54,7 @@ func TestValidationNamesFields(t *testing.T) {
 		{&Policy{Namespace: "demo", Name: "echo", Order: []string{"a", "a"}}, []string{"order[1]"}},
 		{&Bundle{TrustDomain: "td", Owner: "w", Sequence: 1, JWKS: json.RawMessage(`{`), Digest: "md5:x"}, []string{"jwks", "digest"}},
 		{&Ack{Cluster: "w", TrustDomain: "td"}, []string{"sequence", "appliedAt"}},
+		{&IstioStatus{Cluster: "w", Instance: "a.b", Istiods: []IstiodStatus{{}}}, []string{"instance", "updatedAt", "istiods[0].node"}},
 		{&Alive{Cluster: "w"}, []string{"instance", "ttlSeconds"}},
 		{&Audit{Action: "Join"}, []string{"time", "actor", "action"}},
 	}
@@ -78,7 +79,8 @@ func TestKeyspaceParse(t *testing.T) {
 		ks.Alive("west"):                  {Kind: KindAlive, Cluster: "west"},
 		ks.Export("west", "demo", "echo"): {Kind: KindExport, Cluster: "west", Namespace: "demo", Name: "echo"},
 		ks.Bundle("west.example"):         {Kind: KindBundle, TrustDomain: "west.example"},
-		ks.Ack("west", "east.example"):    {Kind: KindAck, Cluster: "west", TrustDomain: "east.example"},
+		ks.Ack("west", "east.example"):    {Kind: KindAck, Cluster: "west", TrustDomain: "east.example", Acks: AckBundles},
+		ks.IstioAck("west", "fed-0-1"):    {Kind: KindAck, Cluster: "west", Name: "fed-0-1", Acks: AckIstio},
 		ks.Drill("d-1"):                   {Kind: KindDrill, Name: "d-1"},
 		ks.Rotation("west.example"):       {Kind: KindRotation, TrustDomain: "west.example"},
 		ks.Policy("demo", "echo"):         {Kind: KindPolicy, Namespace: "demo", Name: "echo"},
@@ -89,7 +91,7 @@ func TestKeyspaceParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", k, got, err, want)
 		}
 	}
-	for _, k := range []string{"/m/exports/west/demo", "/m/exports/West/demo/echo", "/m/clusters/a/b", "/other/clusters/a", "/m/acks/w/x/td", "/m/nope/x"} {
+	for _, k := range []string{"/m/exports/west/demo", "/m/exports/West/demo/echo", "/m/clusters/a/b", "/other/clusters/a", "/m/acks/w/x/td", "/m/acks/w/istio/a.b", "/m/acks/w/istio", "/m/nope/x"} {
 		if _, err := ks.Parse(k); err == nil {
 			t.Errorf("Parse(%q) accepted", k)
 		}
@@ -121,6 +123,7 @@ func FuzzDecode(f *testing.F) {
 		roundTrip[Export](t, data)
 		roundTrip[Bundle](t, data)
 		roundTrip[Ack](t, data)
+		roundTrip[IstioStatus](t, data)
 		roundTrip[Drill](t, data)
 		roundTrip[Policy](t, data)
 		roundTrip[Alive](t, data)
