@@ -122,7 +122,7 @@ func serviceImport(svc *view.Service) *mcsv1a1.ServiceImport {
 
 func cordoned(drills []*records.Drill, cluster, ns, name string) bool {
 	for _, d := range drills {
-		if d.Covers(cluster, ns, name) {
+		if d.Cordons() && d.Covers(cluster, ns, name) {
 			return true
 		}
 	}

@@ -356,7 +356,7 @@ func cordoned(in *Input, cluster string, svc *view.Service) bool {
 		return false
 	}
 	for _, d := range in.View.Drills {
-		if d != nil && d.Covers(cluster, svc.Namespace, svc.Name) && (d.Until.IsZero() || in.Now.Before(d.Until)) {
+		if d != nil && d.Cordons() && d.Covers(cluster, svc.Namespace, svc.Name) && (d.Until.IsZero() || in.Now.Before(d.Until)) {
 			return true
 		}
 	}
@@ -391,7 +391,7 @@ func NextEvent(in *Input, svc *view.Service) time.Time {
 		}
 		if in.View != nil {
 			for _, d := range in.View.Drills {
-				if d != nil && ce != nil && !d.Until.IsZero() && d.Covers(ce.Cluster, svc.Namespace, svc.Name) {
+				if d != nil && ce != nil && d.Cordons() && !d.Until.IsZero() && d.Covers(ce.Cluster, svc.Namespace, svc.Name) {
 					consider(d.Until)
 				}
 			}

@@ -208,6 +208,15 @@ func TestPlanService(t *testing.T) {
 			want: "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1)",
 		},
 		{
+			name:  "a gateway fault is no cordon: health checks must find it",
+			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
+			local: "east", port: 80,
+			mutate: func(v *view.View) {
+				v.Drills = []*records.Drill{{ID: "d1", Cluster: "west", Until: t0.Add(time.Hour), Fault: "blackhole", FaultDeadline: t0.Add(time.Hour)}}
+			},
+			want: "west(10.0.0.1:15443/1,10.0.0.2:15443/1) north(10.1.0.1:15443/1)",
+		},
+		{
 			name:  "stale within the grace stays",
 			v:     newView(export("west", p80, "a"), export("north", p80, "d")),
 			local: "east", port: 80,

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/xds"
@@ -235,6 +236,51 @@ func TestGatewayContract(t *testing.T) {
 	}
 	if n := gw.got[resourcev3.ClusterType]; n != 2 {
 		t.Fatalf("gateway got %d CDS responses, want 2 (endpoint changes must not push CDS)", n)
+	}
+}
+
+// TestGatewayFault: a drill with a gateway fault against this cluster puts the fault in
+// the metadata of every inbound cluster it covers; its end takes it out. A fault against
+// another cluster, or a cordon, changes nothing the gateway gets.
+func TestGatewayFault(t *testing.T) {
+	eps := []records.Endpoint{{Address: "10.0.0.1", Zone: "a", Ready: true}}
+	s, feed, _ := startServer(t, localView(1, eps...))
+	md, _ := structpb.NewStruct(map[string]any{names.NodeRoleKey: names.NodeRoleGateway})
+	gw := newSotw(t, dial(t, s.Addr()), &corev3.Node{Id: "gw-east", Cluster: "east", UserAgentName: "meshfed-gateway", Metadata: md})
+	gw.subscribe(resourcev3.ClusterType)
+	faultOf := func(resp *discoverygrpc.DiscoveryResponse) *fault.Fault {
+		t.Helper()
+		var c clusterv3.Cluster
+		if len(resp.Resources) != 1 || resp.Resources[0].UnmarshalTo(&c) != nil {
+			t.Fatalf("gateway CDS: %v", resp.Resources)
+		}
+		m := c.GetMetadata().GetFilterMetadata()[fault.MetadataKey]
+		if m == nil {
+			return nil
+		}
+		f, err := fault.FromStruct(m)
+		if err != nil {
+			t.Fatalf("fault metadata: %v", err)
+		}
+		return &f
+	}
+	if f := faultOf(gw.recv(resourcev3.ClusterType)); f != nil {
+		t.Fatalf("fault before any drill: %v", f)
+	}
+	deadline := time.Now().Add(time.Hour).UTC().Round(0)
+	v := localView(2, eps...)
+	v.Drills = []*records.Drill{
+		{ID: "d0", Cluster: "west", Until: deadline, Fault: "reset", FaultDeadline: deadline},
+		{ID: "d1", Cluster: "east", Until: deadline, Fault: "delay=2s", FaultDeadline: deadline},
+	}
+	feed.Send(v)
+	want := fault.Fault{Spec: fault.Spec{Kind: fault.Delay, Delay: 2 * time.Second}, ID: "d1", Deadline: deadline}
+	if f := faultOf(gw.recv(resourcev3.ClusterType)); f == nil || *f != want {
+		t.Fatalf("fault %v, want %v", f, want)
+	}
+	feed.Send(localView(3, eps...))
+	if f := faultOf(gw.recv(resourcev3.ClusterType)); f != nil {
+		t.Fatalf("fault after the drill ended: %v", f)
 	}
 }
 

@@ -61,7 +61,7 @@ func samePolicy(a, b *records.Policy) bool {
 // drillDiff returns the drills that are in one list and not (identically) in the other.
 func drillDiff(a, b []*records.Drill) []*records.Drill {
 	key := func(d *records.Drill) string {
-		return d.ID + "|" + d.Cluster + "|" + d.Namespace + "|" + d.Service + "|" + d.Until.String()
+		return d.ID + "|" + d.Cluster + "|" + d.Namespace + "|" + d.Service + "|" + d.Until.String() + "|" + d.Fault + "|" + d.FaultDeadline.String()
 	}
 	ka := map[string]*records.Drill{}
 	for _, d := range a {

@@ -3,6 +3,7 @@ package xds
 import (
 	"container/heap"
 	"context"
+	"github.com/meshfed/meshfed/api/fault"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -41,6 +42,7 @@ type job struct {
 	inbound    bool            // (re)build the gateway's resources
 	inPrev     []uint32        // inbound ports already served (their CDS stands)
 	inRegion   string
+	inFault    *fault.Fault // the drill fault the gateway's clusters carry
 	resources  []built
 	clas       []builtCLA
 	panicPorts int
@@ -237,6 +239,32 @@ func (s *Server) decide(in *planner.Input, j *job, region string, b batch) {
 	j.inbound = !sameExport(st.inExp, j.inExp) || region != st.inRegion
 	j.inRegion = region
 	j.inPrev = st.inbound // collect replaces st.inbound, never edits it in place
+	if j.inExp != nil {
+		j.inFault = s.gatewayFault(in.Now, svc)
+	}
+	if !sameFault(j.inFault, st.inFault) {
+		j.inbound = true
+		j.inPrev = nil // every inbound cluster carries the fault, or stops carrying it
+	}
+}
+
+// gatewayFault is the fault this cluster's gateways carry out for svc: the first live
+// drill against this cluster with a gateway fault covering it (a drill whose deadline has
+// passed is left out; the gateways end it by themselves anyway).
+func (s *Server) gatewayFault(now time.Time, svc *view.Service) *fault.Fault {
+	for _, d := range s.view.Drills {
+		if d == nil || d.Cluster != s.cluster || !d.Covers(s.cluster, svc.Namespace, svc.Name) {
+			continue
+		}
+		if f, ok := d.GatewayFault(); ok && f.Active(now) {
+			return &f
+		}
+	}
+	return nil
+}
+
+func sameFault(a, b *fault.Fault) bool {
+	return (a == nil) == (b == nil) && (a == nil || *a == *b)
 }
 
 // build makes the job's resources; it reads only the job and immutable server fields.
@@ -274,7 +302,7 @@ func (s *Server) build(j *job, bld *builder) {
 			// The inbound cluster depends on its name alone: set it once, so a readiness
 			// change pushes EDS to the gateways and not a CDS equal to the last one.
 			if !slices.Contains(j.inPrev, uint32(p.Port)) {
-				c, err := buildInboundCluster(name)
+				c, err := buildInboundCluster(name, j.inFault)
 				j.resources = append(j.resources, built{keyGwCDS, name, "cds", c, err})
 			}
 			e, err := buildInboundCLA(name, s.cluster, j.inRegion, j.inExp, p)
@@ -323,7 +351,7 @@ func (s *Server) collect(j *job, b batch) {
 				b.del(keyGwEDS, name)
 			}
 		}
-		st.inbound, st.inExp, st.inRegion = ports, j.inExp, j.inRegion
+		st.inbound, st.inExp, st.inRegion, st.inFault = ports, j.inExp, j.inRegion, j.inFault
 	}
 	if j.dec.Changed {
 		s.debugMu.Lock()

@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"github.com/meshfed/meshfed/api/fault"
+	"google.golang.org/protobuf/types/known/structpb"
 	"slices"
 	"sort"
 	"strconv"
@@ -323,9 +325,18 @@ func buildRoute(name, host, cluster string) (*routev3.RouteConfiguration, error)
 }
 
 // buildInboundCluster is what the local gateway gets per exported service port (no TLS:
-// the gateway never terminates the workloads' TLS).
-func buildInboundCluster(name string) (*clusterv3.Cluster, error) {
-	return checked(edsCluster(name))
+// the gateway never terminates the workloads' TLS), with the drill fault it is to carry
+// out, if any, in its metadata (docs/xds.md, the gateway contract).
+func buildInboundCluster(name string, f *fault.Fault) (*clusterv3.Cluster, error) {
+	c := edsCluster(name)
+	if f != nil {
+		md, err := f.Struct()
+		if err != nil {
+			return nil, fmt.Errorf("fault of drill %s: %w", f.ID, err)
+		}
+		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{fault.MetadataKey: md}}
+	}
+	return checked(c)
 }
 
 // buildInboundCLA lists the local export's ready endpoints at the port's target port, one

@@ -157,7 +157,7 @@ func TestBuildClusters(t *testing.T) {
 		t.Fatalf("envoy identity must be the static secret %s: %v", DefaultEnvoyIdentitySecret, sds)
 	}
 
-	in, err := buildInboundCluster(names.InboundClusterName("demo", "echo", 8443, ""))
+	in, err := buildInboundCluster(names.InboundClusterName("demo", "echo", 8443, ""), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/meshfed/meshfed/api/fault"
 	"log/slog"
 	"net"
 	"slices"
@@ -150,6 +151,8 @@ type svcState struct {
 	inbound  []uint32        // ports served to the gateway
 	inExp    *records.Export // the local export they were built from
 	inRegion string
+	inFault  *fault.Fault // the drill fault their CDS carries
+
 	clusters []string
 	wakeAt   time.Time
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/meshfed/meshfed/api/fault"
 	"net/netip"
 	"sort"
 	"time"
@@ -467,6 +468,35 @@ type Drill struct {
 	Until     time.Time `json:"until"`
 	StartedBy string    `json:"startedBy"`
 	StartedAt time.Time `json:"startedAt"`
+	// Fault is what the drill does (api/fault text form: cordon, blackhole, reset,
+	// delay=D, error=F); empty is cordon, what older drills wrote. Only a cordon is seen
+	// by the planners; every other kind is carried out by the cluster's own gateways.
+	Fault string `json:"fault,omitempty"`
+	// FaultDeadline is when a gateway fault ends by the gateways' own clocks (the drill's
+	// start plus its duration), whatever becomes of this record.
+	FaultDeadline time.Time `json:"faultDeadline,omitempty"`
+}
+
+// Spec is the drill's fault (Cordon when none is recorded, or unreadable: a record that
+// Validate refuses is never acted on).
+func (d *Drill) Spec() fault.Spec {
+	s, err := fault.Parse(d.Fault)
+	if err != nil {
+		return fault.Spec{Kind: fault.Cordon}
+	}
+	return s
+}
+
+// Cordons reports whether the planners treat the cluster as down (a cordon drill).
+func (d *Drill) Cordons() bool { return !d.Spec().AtGateway() }
+
+// GatewayFault is the fault the cluster's gateways carry out, or false for a cordon.
+func (d *Drill) GatewayFault() (fault.Fault, bool) {
+	s := d.Spec()
+	if !s.AtGateway() {
+		return fault.Fault{}, false
+	}
+	return fault.Fault{Spec: s, ID: d.ID, Namespace: d.Namespace, Service: d.Service, Deadline: d.FaultDeadline}.Normal(), true
 }
 
 // Covers reports whether the drill cordons cluster for namespace/service.
@@ -493,6 +523,11 @@ func (d *Drill) Validate() error {
 	}
 	if d.StartedBy == "" {
 		errs.Add("startedBy", "must name who started the drill")
+	}
+	if s, err := fault.Parse(d.Fault); err != nil {
+		errs.AddErr("fault", err)
+	} else if s.AtGateway() && d.FaultDeadline.IsZero() {
+		errs.Add("faultDeadline", "must be set for a %s fault: gateways end it at that time by themselves", s.Kind)
 	}
 	return errs.Err()
 }

@@ -147,3 +147,26 @@ func roundTrip[T any, PT interface {
 		t.Fatalf("%T re-decode: %v", v, err)
 	}
 }
+
+func TestDrillFault(t *testing.T) {
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	d := &Drill{ID: "d1", Cluster: "west", Until: now.Add(time.Minute), StartedBy: "op", StartedAt: now}
+	if err := d.Validate(); err != nil || !d.Cordons() {
+		t.Fatalf("an old drill (no fault) is a valid cordon: %v, cordons %v", err, d.Cordons())
+	}
+	d.Fault = "blackhole"
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "faultDeadline") {
+		t.Fatalf("gateway fault without a deadline: %v", err)
+	}
+	d.FaultDeadline = now.Add(time.Minute)
+	if err := d.Validate(); err != nil || d.Cordons() {
+		t.Fatalf("blackhole drill: %v, cordons %v", err, d.Cordons())
+	}
+	if f, ok := d.GatewayFault(); !ok || f.Kind != "blackhole" || f.ID != "d1" || !f.Deadline.Equal(d.FaultDeadline) {
+		t.Fatalf("gateway fault %v, %v", f, ok)
+	}
+	d.Fault = "drop"
+	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "fault") {
+		t.Fatalf("unknown fault: %v", err)
+	}
+}
