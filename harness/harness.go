@@ -78,6 +78,10 @@ type Options struct {
 	// the trust component (dev bundle source, bundle files, SDS) and gives each gateway a
 	// health certificate from its CA, so health checks are authenticated.
 	Trust bool
+	// DevCADir, with Trust, keeps every cluster's development CA in DevCADir/<trust
+	// domain> (the layout of `meshfed trust dev-ca`, where tools such as `meshfed drill`
+	// find them); empty: each under its cluster's directory.
+	DevCADir string
 	// Admin gives every cluster's federation an admin server (metrics, /readyz,
 	// /debug/imports, /debug/xds) on the cluster's address.
 	Admin bool
@@ -225,7 +229,11 @@ func (f *Federation) addCluster(ctx context.Context, i int, spec ClusterSpec) (*
 	}
 	if f.Opts.Trust {
 		c.BundleDir = filepath.Join(dir, "bundles")
-		c.CA, err = devca.Init(filepath.Join(dir, "ca"), spec.TrustDomain, devca.Options{})
+		caDir := filepath.Join(dir, "ca")
+		if f.Opts.DevCADir != "" {
+			caDir = f.Opts.DevCADir
+		}
+		c.CA, err = devca.Init(caDir, spec.TrustDomain, devca.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("dev CA: %w", err)
 		}
