@@ -20,6 +20,7 @@ import (
 	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 )
 
 // When join creates etcd users and roles.
@@ -139,10 +140,10 @@ func (r *JoinRequest) record() *records.Cluster {
 }
 
 // validateFlags checks the request's own fields, naming each flag.
-func (r *JoinRequest) validateFlags(p *problems) {
+func (r *JoinRequest) validateFlags(p *problems.List) {
 	label := func(flag, v, example string) {
 		if err := validate.DNSLabel(v); err != nil {
-			p.add(flag, "%v (e.g. %s %s)", err, flag, example)
+			p.Add(flag, "%v (e.g. %s %s)", err, flag, example)
 		}
 	}
 	label("--cluster", r.Cluster, "east")
@@ -150,34 +151,34 @@ func (r *JoinRequest) validateFlags(p *problems) {
 	label("--zone", r.Zone, "eu-west-1a")
 	label("--network", r.Network, "net-east")
 	if strings.HasPrefix(r.TrustDomain, "spiffe://") {
-		p.add("--trust-domain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
+		p.Add("--trust-domain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
 	} else if err := validate.DNSSubdomain(r.TrustDomain); err != nil {
-		p.add("--trust-domain", "%v (e.g. --trust-domain east.example.org)", err)
+		p.Add("--trust-domain", "%v (e.g. --trust-domain east.example.org)", err)
 	}
 	if len(r.Gateways) == 0 {
-		p.add("--gateway", "at least one east-west gateway address is required (e.g. --gateway 203.0.113.10:15443; repeat for more)")
+		p.Add("--gateway", "at least one east-west gateway address is required (e.g. --gateway 203.0.113.10:15443; repeat for more)")
 	}
 	seen := map[string]bool{}
 	for _, g := range r.Gateways {
 		if err := validate.HostPort(g); err != nil {
-			p.add("--gateway", "%v", err)
+			p.Add("--gateway", "%v", err)
 		}
 		if seen[g] {
-			p.add("--gateway", "%s is given twice", g)
+			p.Add("--gateway", "%s is given twice", g)
 		}
 		seen[g] = true
 	}
 	switch r.Users {
 	case "", UsersAuto, UsersAlways, UsersNever:
 	default:
-		p.add("--etcd-users", "%q: use auto, always or never", r.Users)
+		p.Add("--etcd-users", "%q: use auto, always or never", r.Users)
 	}
 	if r.RotatePassword && r.CertAuth {
-		p.add("--rotate-password", "a client-certificate user has no password: leave out --rotate-password or --cert-auth")
+		p.Add("--rotate-password", "a client-certificate user has no password: leave out --rotate-password or --cert-auth")
 	}
 	if r.AdminUser != "" {
 		if err := validate.DNSLabel(r.AdminUser); err != nil {
-			p.add("--admin-user", "%v (e.g. --admin-user meshfed-admin)", err)
+			p.Add("--admin-user", "%v (e.g. --admin-user meshfed-admin)", err)
 		}
 	}
 	for flag, path := range map[string]string{"--credentials-out": r.CredentialsOut, "--admin-credentials-out": r.AdminCredentialsOut} {
@@ -185,11 +186,11 @@ func (r *JoinRequest) validateFlags(p *problems) {
 			continue
 		}
 		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
-			p.add(flag, "directory %s does not exist: create it first", filepath.Dir(path))
+			p.Add(flag, "directory %s does not exist: create it first", filepath.Dir(path))
 		}
 	}
 	if r.CredentialsOut != "" && r.CredentialsOut == r.AdminCredentialsOut {
-		p.add("--admin-credentials-out", "must differ from --credentials-out")
+		p.Add("--admin-credentials-out", "must differ from --credentials-out")
 	}
 }
 
@@ -203,10 +204,10 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 	if r.Users == "" {
 		r.Users = UsersAuto
 	}
-	p := newProblems("join " + r.Cluster)
+	p := problems.New("join " + r.Cluster)
 	r.validateFlags(p)
 	plan := &JoinPlan{DryRun: r.DryRun, Key: st.KS.Cluster(r.Cluster), Cluster: r.record()}
-	flagsOK := p.len() == 0
+	flagsOK := p.Len() == 0
 	// Conflicts with other members are checked even when a flag is bad, so that every
 	// problem shows at once.
 	snap, err := ReadSnapshot(ctx, st)
@@ -233,7 +234,7 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 	if r.EmitManifests != "" {
 		mp, err := planManifests(r.DeployDir, r.EmitManifests, r.manifestValues(st, plan))
 		if err != nil {
-			p.add("--emit-manifests", "%v", err)
+			p.Add("--emit-manifests", "%v", err)
 		}
 		plan.Manifest = mp
 	}
@@ -242,7 +243,7 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 
 // checkMembership compares the request with the keyspace: same name, trust domain,
 // gateways.
-func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan, p *problems) {
+func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan, p *problems.List) {
 	plan.Action = ActionCreate
 	if prev, ok := snap.Clusters[r.Cluster]; ok {
 		plan.Previous = prev.Value
@@ -253,7 +254,7 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 			plan.Action = ActionOverwrite
 			plan.Warnings = append(plan.Warnings, fmt.Sprintf("--force: overwriting %s (%s); an audit record keeps the previous value", plan.Key, describeCluster(prev.Value)))
 		} else {
-			p.add("--cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, run `meshfed leave --cluster %s` first, or add --force to overwrite (audited)",
+			p.Add("--cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, run `meshfed leave --cluster %s` first, or add --force to overwrite (audited)",
 				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), r.Cluster)
 		}
 	}
@@ -263,18 +264,18 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 		}
 		c := snap.Clusters[name].Value
 		if c.TrustDomain == r.TrustDomain {
-			p.add("--trust-domain", "%s is the trust domain of cluster %s (%s): every cluster has its own trust domain; pick another", r.TrustDomain, name, st.KS.Cluster(name))
+			p.Add("--trust-domain", "%s is the trust domain of cluster %s (%s): every cluster has its own trust domain; pick another", r.TrustDomain, name, st.KS.Cluster(name))
 		}
 		for _, g := range r.Gateways {
 			for _, og := range c.Gateways {
 				if g == og {
-					p.add("--gateway", "%s is a gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
+					p.Add("--gateway", "%s is a gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
 				}
 			}
 		}
 	}
 	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != r.Cluster {
-		p.add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
+		p.Add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
 	}
 }
 
@@ -310,7 +311,7 @@ func probeGateways(ctx context.Context, cluster string, addrs []string, timeout 
 
 // planAuth decides what happens to the etcd user and role. Errors returned are etcd
 // failures; problems go to p.
-func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPlan, p *problems) error {
+func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPlan, p *problems.List) error {
 	cli := st.Client()
 	enabled, err := AuthEnabled(ctx, cli)
 	if err != nil {
@@ -333,7 +334,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	a.Permissions = ClusterPermissions(st.KS, r.Cluster, r.TrustDomain)
 	exists, _, err := userState(ctx, cli, a.User)
 	if store.IsPermissionDenied(err) {
-		p.add("--etcd-user", "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root")
+		p.Add("--etcd-user", "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root")
 		return nil
 	}
 	if err != nil {
@@ -361,12 +362,12 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	case !exists:
 		a.Password = "new"
 		if r.CredentialsOut == "" {
-			p.add("--credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. --credentials-out %s-etcd.json", a.User, r.Cluster)
+			p.Add("--credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. --credentials-out %s-etcd.json", a.User, r.Cluster)
 		}
 	case r.RotatePassword:
 		a.Password = "rotated"
 		if r.CredentialsOut == "" {
-			p.add("--credentials-out", "required with --rotate-password: the new password is written only to this file")
+			p.Add("--credentials-out", "required with --rotate-password: the new password is written only to this file")
 		}
 	default:
 		a.Password = "unchanged"
@@ -386,7 +387,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 		ap.UserExists = ex
 		if !ex {
 			if r.AdminCredentialsOut == "" {
-				p.add("--admin-credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600)", r.AdminUser)
+				p.Add("--admin-credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600)", r.AdminUser)
 			}
 			ap.Credentials = r.AdminCredentialsOut
 		}

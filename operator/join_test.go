@@ -15,34 +15,9 @@ import (
 	"github.com/meshfed/meshfed/keyspace/store"
 )
 
-func testExport(cluster, ns, name string, ready ...string) *records.Export {
-	now := time.Now().UTC()
-	e := &records.Export{Cluster: cluster, Namespace: ns, Name: name, Type: records.TypeClusterSetIP, Revision: 1,
-		ExportedAt: now, UpdatedAt: now, Ports: []records.Port{{Name: "tls", Port: 8443, Protocol: "TCP"}}}
-	for _, a := range ready {
-		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: a, Ready: true})
-	}
-	if len(e.Endpoints) == 0 {
-		e.Endpoints = []records.Endpoint{{Address: "10.0.0.1", Ready: true}}
-	}
-	return e
-}
-
 func testBundle(td, owner string) *records.Bundle {
 	return &records.Bundle{TrustDomain: td, Owner: owner, Sequence: 1, JWKS: json.RawMessage(`{"keys":[]}`),
 		Digest: "sha256:" + strings.Repeat("0", 64), Revoked: true, UpdatedAt: time.Now().UTC()}
-}
-
-// put writes rec at key with st's credentials (a plain put, as a federation service does
-// for its own keys).
-func put(t *testing.T, st *store.Store, key string, rec records.Record) error {
-	t.Helper()
-	b, err := records.Encode(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = st.Client().Put(tctx(t), key, string(b))
-	return err
 }
 
 // TestJoinedClusterWritesOnlyItsOwnKeys: with etcd auth on, join creates one user and

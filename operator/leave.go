@@ -11,6 +11,7 @@ import (
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 )
 
 // LeaveRequest is what `meshfed leave` asks for.
@@ -71,9 +72,9 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	if r.Now.IsZero() {
 		r.Now = time.Now()
 	}
-	p := newProblems("leave " + r.Cluster)
+	p := problems.New("leave " + r.Cluster)
 	if err := validate.DNSLabel(r.Cluster); err != nil {
-		p.add("--cluster", "%v (e.g. --cluster east)", err)
+		p.Add("--cluster", "%v (e.g. --cluster east)", err)
 		return nil, nil, p.Err()
 	}
 	plan := &LeavePlan{DryRun: r.DryRun, Cluster: r.Cluster}
@@ -102,7 +103,7 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	}
 	if alive && !r.Force {
 		a := snap.Alive[r.Cluster].Value
-		p.add("--cluster", "the federation service of %s is still running (%s held by %s since %s): it would publish its exports again; stop it first, or add --force",
+		p.Add("--cluster", "the federation service of %s is still running (%s held by %s since %s): it would publish its exports again; stop it first, or add --force",
 			r.Cluster, ks.Alive(r.Cluster), a.Instance, a.Since.UTC().Format(time.RFC3339))
 	}
 	if td != "" {
@@ -110,7 +111,7 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 			if r.Force {
 				plan.Warnings = append(plan.Warnings, fmt.Sprintf("rotation %s of %s is in phase %s: --force leaves anyway", rot.Rotation.ID, td, rot.Rotation.Phase))
 			} else {
-				p.add("--cluster", "a root rotation of %s (%s, phase %s) is in progress: finish or abort it first (meshfed trust rotate), or add --force", td, ks.Rotation(td), rot.Rotation.Phase)
+				p.Add("--cluster", "a root rotation of %s (%s, phase %s) is in progress: finish or abort it first (meshfed trust rotate), or add --force", td, ks.Rotation(td), rot.Rotation.Phase)
 			}
 		}
 	}

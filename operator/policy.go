@@ -13,6 +13,7 @@ import (
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 )
 
 // ParseServiceRef parses NAMESPACE/NAME; flag names the argument in errors.
@@ -79,15 +80,15 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 	if r.Now.IsZero() {
 		r.Now = time.Now()
 	}
-	p := newProblems(fmt.Sprintf("policy set %s/%s", r.Namespace, r.Name))
+	p := problems.New(fmt.Sprintf("policy set %s/%s", r.Namespace, r.Name))
 	if err := validate.DNSLabel(r.Namespace); err != nil {
-		p.add("NAMESPACE/NAME", "namespace: %v", err)
+		p.Add("NAMESPACE/NAME", "namespace: %v", err)
 	}
 	if err := validate.DNSLabel(r.Name); err != nil {
-		p.add("NAMESPACE/NAME", "name: %v", err)
+		p.Add("NAMESPACE/NAME", "name: %v", err)
 	}
 	if len(r.Order) == 0 && !r.NoLocalFirst {
-		p.add("--order", "nothing to set: give the cluster order (e.g. --order west,north) and/or --no-local-first; `meshfed policy delete` goes back to the default order")
+		p.Add("--order", "nothing to set: give the cluster order (e.g. --order west,north) and/or --no-local-first; `meshfed policy delete` goes back to the default order")
 	}
 	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
@@ -96,15 +97,15 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 	seen := map[string]int{}
 	for i, c := range r.Order {
 		if err := validate.DNSLabel(c); err != nil {
-			p.add("--order", "entry %d %q: %v", i+1, c, err)
+			p.Add("--order", "entry %d %q: %v", i+1, c, err)
 			continue
 		}
 		if j, dup := seen[c]; dup {
-			p.add("--order", "%s is listed twice (entries %d and %d): list each cluster once", c, j+1, i+1)
+			p.Add("--order", "%s is listed twice (entries %d and %d): list each cluster once", c, j+1, i+1)
 		}
 		seen[c] = i
 		if _, ok := snap.Clusters[c]; !ok {
-			p.add("--order", "%s is not a member of the clusterset (members: %s): check the name, or join it first", c, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("--order", "%s is not a member of the clusterset (members: %s): check the name, or join it first", c, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 	}
 	if err := p.Err(); err != nil {

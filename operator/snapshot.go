@@ -73,6 +73,18 @@ func ReadSnapshot(ctx context.Context, st *store.Store) (*Snapshot, error) {
 	return s, nil
 }
 
+// SnapshotOf decodes kvs (a store.Syncer's mirror of the keyspace ks) as ReadSnapshot
+// does.
+func SnapshotOf(ks records.Keyspace, kvs []store.KV, rev int64) *Snapshot {
+	s := newSnapshot()
+	s.Revision = rev
+	for _, kv := range kvs {
+		s.add(ks, []byte(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease)
+	}
+	s.finish()
+	return s
+}
+
 func newSnapshot() *Snapshot {
 	return &Snapshot{
 		Clusters:  map[string]*store.Item[records.Cluster]{},

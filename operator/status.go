@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -533,7 +535,7 @@ func drillStatuses(ctx context.Context, st *store.Store, snap *Snapshot) []Drill
 			ds.Service = view.Key(d.Value.Namespace, d.Value.Service)
 		}
 		if d.Lease != 0 {
-			if r, err := st.Client().TimeToLive(ctx, leaseID(d.Lease)); err == nil {
+			if r, err := st.Client().TimeToLive(ctx, clientv3.LeaseID(d.Lease)); err == nil {
 				ds.LeaseTTL = r.TTL
 			}
 		}

@@ -1,75 +1,17 @@
 package operator
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
-	"fmt"
-	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
-	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )
-
-func echoExports(addrs ...string) string {
-	var eps []string
-	port := ""
-	for _, a := range addrs {
-		h, p, _ := net.SplitHostPort(a)
-		eps = append(eps, "{address: "+h+"}")
-		port = p
-	}
-	return fmt.Sprintf(`services:
-  - name: echo
-    namespace: demo
-    ports: [{name: tls, port: 8443, targetPort: %s}]
-    endpoints: [%s]
-`, port, strings.Join(eps, ", "))
-}
-
-// startFederation runs east (region-1, no exports), west (region-1) and north (region-2)
-// with demo workloads in west and north exporting demo/echo. Harness workloads of one
-// service share a port number, so each cluster's workload listens on its own loopback
-// address with the same port.
-func startFederation(t *testing.T, ctx context.Context) (*harness.Federation, map[string]*harness.Workload) {
-	t.Helper()
-	wls := map[string]*harness.Workload{}
-	west, err := harness.StartWorkload("west", "echo-0", harness.WorkloadIP(1, 0)+":0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(west.Close)
-	_, port, _ := net.SplitHostPort(west.Addr)
-	north, err := harness.StartWorkload("north", "echo-0", harness.WorkloadIP(2, 0)+":"+port, nil)
-	if err != nil {
-		t.Skipf("port %s taken on %s: %v", port, harness.WorkloadIP(2, 0), err)
-	}
-	t.Cleanup(north.Close)
-	wls["west"], wls["north"] = west, north
-	f, err := harness.Start(ctx, harness.Options{Log: slog.New(slog.DiscardHandler), Clusters: []harness.ClusterSpec{
-		{Name: "east"},
-		{Name: "west", Exports: echoExports(west.Addr)},
-		{Name: "north", Region: "region-2", Exports: echoExports(north.Addr)},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	return f, wls
-}
-
-func harnessStore(t *testing.T, f *harness.Federation) *store.Store {
-	t.Helper()
-	return openStore(t, f.Etcd, "", "")
-}
 
 // TestStatus: liveness, live gateway probes, exports, bundle sequence, acks and root
 // expiry, drills, rotations (decoded generically when unknown), and the failover order

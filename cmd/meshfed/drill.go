@@ -10,13 +10,14 @@ import (
 
 	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/operator/drill"
 )
 
 func init() { register(newDrillCmd) }
 
 type drillFlags struct {
 	etcd    etcdFlags
-	req     operator.DrillRequest
+	req     drill.Request
 	service string
 	report  string
 	output  string
@@ -81,17 +82,17 @@ See docs/operations.md ("Failover drills").`,
 	r := &f.req
 	fl.StringVar(&r.Fail, "fail", "", "the cluster to cordon")
 	fl.StringVar(&f.service, "service", "", "cordon only this service, NAMESPACE/NAME (default: every service)")
-	fl.DurationVar(&r.Duration, "duration", operator.DefaultDrillDuration, "how long the cordon holds")
-	fl.DurationVar(&r.LeaseTTL, "lease-ttl", operator.DefaultDrillLeaseTTL, "TTL of the cordon's own lease: how long it outlives a killed drill (2s-60s)")
+	fl.DurationVar(&r.Duration, "duration", drill.DefaultDuration, "how long the cordon holds")
+	fl.DurationVar(&r.LeaseTTL, "lease-ttl", drill.DefaultLeaseTTL, "TTL of the cordon's own lease: how long it outlives a killed drill (2s-60s)")
 	fl.StringVar(&r.ID, "id", "", "drill id, the key drills/<id> (default <cluster>-<time>)")
 	fl.StringVar(&r.From, "from", "", "drive traffic as this cluster's clients (with --target)")
 	fl.StringVar(&r.Target, "target", "", "what the traffic calls: NAMESPACE/NAME:PORT, an xDS name, or HOST:PORT (see above)")
 	fl.StringVar(&r.TargetSNI, "target-sni", "", "TLS server name for a HOST:PORT target")
 	fl.StringVar(&r.XDS, "xds", "", "route a service --target by the EDS of this xDS server (the --from cluster's federation service, e.g. 127.0.0.1:15010) instead of a plan computed from etcd")
-	fl.IntVar(&r.Rate, "rate", operator.DefaultDrillRate, "requests per second (1-1000), one TLS connection each")
-	fl.DurationVar(&r.RequestTimeout, "request-timeout", operator.DefaultRequestTimeout, "timeout of one request")
-	fl.DurationVar(&r.Warmup, "warmup", operator.DefaultDrillWarmup, "traffic before the cordon (the baseline)")
-	fl.DurationVar(&r.RecoveryTimeout, "recovery-timeout", operator.DefaultRecoveryTimeout, "how long to wait for traffic to come back after the lift")
+	fl.IntVar(&r.Rate, "rate", drill.DefaultRate, "requests per second (1-1000), one TLS connection each")
+	fl.DurationVar(&r.RequestTimeout, "request-timeout", drill.DefaultRequestTimeout, "timeout of one request")
+	fl.DurationVar(&r.Warmup, "warmup", drill.DefaultWarmup, "traffic before the cordon (the baseline)")
+	fl.DurationVar(&r.RecoveryTimeout, "recovery-timeout", drill.DefaultRecoveryTimeout, "how long to wait for traffic to come back after the lift")
 	fl.DurationVar(&r.MinReassign, "min-reassign", 0, "damping of the traffic's failover plan; match the federation services' (default 10s)")
 	fl.StringVar(&r.CAFile, "tls-ca", "", "PEM CA the target's certificate must chain to (default: not verified; the drill measures routing)")
 	fl.StringVar(&r.CertFile, "tls-cert", "", "PEM client certificate for mTLS targets (with --tls-key)")
@@ -123,7 +124,7 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 	if machineOutput(f.output) {
 		f.req.Progress = errOut
 	}
-	rep, err := operator.RunDrill(ctx, st, f.req)
+	rep, err := drill.Run(ctx, st, f.req)
 	if rep == nil {
 		return err
 	}

@@ -37,8 +37,10 @@ var may = map[string][]string{
 	"federation/agent": {"api", "internal", "keyspace", "discovery", "trust", "federation"},
 	// Above them.
 	"operator": {"api", "internal", "keyspace", "discovery", "trust", "federation"},
-	"harness":  {"api", "internal", "keyspace", "discovery", "trust", "federation", "federation/agent", "eastwest", "operator"},
-	"bench":    {"api", "internal", "keyspace", "discovery", "trust", "federation", "federation/agent", "eastwest", "operator", "harness"},
+	// operator's test helpers run a federation of the harness.
+	"operator/internal/optest": {"api", "internal", "internal/testetcd", "keyspace", "harness"},
+	"harness":                  {"api", "internal", "keyspace", "discovery", "trust", "federation", "federation/agent", "eastwest", "operator"},
+	"bench":                    {"api", "internal", "keyspace", "discovery", "trust", "federation", "federation/agent", "eastwest", "operator", "harness"},
 	"cmd": {"api", "internal", "internal/testetcd", "internal/kubetest", "keyspace", "discovery", "trust", "federation",
 		"federation/agent", "eastwest", "operator", "harness"},
 	"deploy": {},

@@ -1,4 +1,4 @@
-package operator
+package drill
 
 import (
 	"context"
@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,27 +20,28 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/internal/peerchain"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
+	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 )
 
 // Drill defaults.
 const (
-	DefaultDrillDuration   = 60 * time.Second
-	DefaultDrillLeaseTTL   = 10 * time.Second
-	DefaultDrillRate       = 20
+	DefaultDuration        = 60 * time.Second
+	DefaultLeaseTTL        = 10 * time.Second
+	DefaultRate            = 20
 	DefaultRequestTimeout  = time.Second
-	DefaultDrillWarmup     = 3 * time.Second
+	DefaultWarmup          = 3 * time.Second
 	DefaultRecoveryTimeout = 30 * time.Second
 )
 
-func leaseID(id int64) clientv3.LeaseID { return clientv3.LeaseID(id) }
-
-// DrillRequest is what `meshfed drill` asks for.
-type DrillRequest struct {
+// Request is what `meshfed drill` asks for.
+type Request struct {
 	// ID names the drill (drills/<id>); default "<cluster>-<time>".
 	ID string
 	// Fail is the cluster to cordon; Namespace/Service narrow it to one service.
@@ -79,52 +82,55 @@ type DrillRequest struct {
 	Now              time.Time
 }
 
-// target is a parsed --target.
-type target struct {
-	direct    bool
-	addr      string // direct
-	namespace string // service
-	name      string
-	port      uint32
+// Target is what the drill's traffic calls (Request.Target, parsed): a service of the
+// clusterset, or (Direct) a fixed address that does the failover itself.
+type Target struct {
+	Direct bool
+	// Addr is the HOST:PORT of a direct target.
+	Addr string
+	// Namespace, Name and Port name a service target.
+	Namespace string
+	Name      string
+	Port      uint32
 }
 
-// parseTarget reads --target: a service (NAMESPACE/NAME:PORT, the xDS listener name
+// ParseTarget reads a target: a service (NAMESPACE/NAME:PORT, the xDS listener name
 // NAME.NAMESPACE.svc.clusterset.local:PORT, or the xDS cluster name
 // outbound|PORT||NAME.NAMESPACE.svc.clusterset.local) or a direct HOST:PORT.
-func parseTarget(s string) (target, error) {
+func ParseTarget(s string) (Target, error) {
 	if strings.HasPrefix(s, "outbound|") {
 		sp, err := names.ParseClusterName(s)
 		if err != nil {
-			return target{}, err
+			return Target{}, err
 		}
-		return target{namespace: sp.Namespace, name: sp.Name, port: sp.Port}, nil
+		return Target{Namespace: sp.Namespace, Name: sp.Name, Port: sp.Port}, nil
 	}
 	if host, _, err := net.SplitHostPort(s); err == nil && strings.HasSuffix(host, "."+names.ClustersetDomain) {
 		sp, err := names.ParseListenerName(s)
 		if err != nil {
-			return target{}, err
+			return Target{}, err
 		}
-		return target{namespace: sp.Namespace, name: sp.Name, port: sp.Port}, nil
+		return Target{Namespace: sp.Namespace, Name: sp.Name, Port: sp.Port}, nil
 	}
 	if ref, portStr, ok := strings.Cut(s, ":"); ok && strings.Contains(ref, "/") {
-		ns, n, err := ParseServiceRef("--target", ref)
+		ns, n, err := operator.ParseServiceRef("--target", ref)
 		if err != nil {
-			return target{}, err
+			return Target{}, err
 		}
 		p, err := strconv.ParseUint(portStr, 10, 16)
 		if err != nil || p == 0 {
-			return target{}, fmt.Errorf("port %q: use 1-65535", portStr)
+			return Target{}, fmt.Errorf("port %q: use 1-65535", portStr)
 		}
-		return target{namespace: ns, name: n, port: uint32(p)}, nil
+		return Target{Namespace: ns, Name: n, Port: uint32(p)}, nil
 	}
 	if err := validate.HostPort(s); err != nil {
-		return target{}, fmt.Errorf("%v; or name a service: NAMESPACE/NAME:PORT, NAME.NAMESPACE.svc.clusterset.local:PORT or outbound|PORT||NAME.NAMESPACE.svc.clusterset.local", err)
+		return Target{}, fmt.Errorf("%v; or name a service: NAMESPACE/NAME:PORT, NAME.NAMESPACE.svc.clusterset.local:PORT or outbound|PORT||NAME.NAMESPACE.svc.clusterset.local", err)
 	}
-	return target{direct: true, addr: s}, nil
+	return Target{Direct: true, Addr: s}, nil
 }
 
-// DrillPlan is what the drill cordons and whom it affects.
-type DrillPlan struct {
+// Plan is what the drill cordons and whom it affects.
+type Plan struct {
 	DryRun   bool          `json:"dry_run"`
 	ID       string        `json:"id"`
 	Key      string        `json:"key"`
@@ -132,7 +138,7 @@ type DrillPlan struct {
 	Service  string        `json:"service"` // "*" for every service
 	Duration time.Duration `json:"duration_ns"`
 	LeaseTTL time.Duration `json:"lease_ttl_ns"`
-	// MinReassign is the damping the traffic's router applies (see DrillRequest).
+	// MinReassign is the damping the traffic's router applies (see Request).
 	MinReassign time.Duration     `json:"min_reassign_ns"`
 	Affected    []AffectedService `json:"affected"`
 	Traffic     *TrafficPlan      `json:"traffic,omitempty"`
@@ -165,24 +171,24 @@ type TrafficPlan struct {
 	Route  string `json:"route"`
 }
 
-func (r *DrillRequest) defaults() {
+func (r *Request) defaults() {
 	if r.Now.IsZero() {
 		r.Now = time.Now()
 	}
 	if r.Duration == 0 {
-		r.Duration = DefaultDrillDuration
+		r.Duration = DefaultDuration
 	}
 	if r.LeaseTTL == 0 {
-		r.LeaseTTL = DefaultDrillLeaseTTL
+		r.LeaseTTL = DefaultLeaseTTL
 	}
 	if r.Rate == 0 {
-		r.Rate = DefaultDrillRate
+		r.Rate = DefaultRate
 	}
 	if r.RequestTimeout == 0 {
 		r.RequestTimeout = DefaultRequestTimeout
 	}
 	if r.Warmup == 0 {
-		r.Warmup = DefaultDrillWarmup
+		r.Warmup = DefaultWarmup
 	}
 	if r.RecoveryTimeout == 0 {
 		r.RecoveryTimeout = DefaultRecoveryTimeout
@@ -201,71 +207,72 @@ func (r *DrillRequest) defaults() {
 	}
 }
 
-// PlanDrill validates a drill and works out whom it affects; nothing changes.
-func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan, *target, error) {
+// NewPlan validates a drill and works out whom it affects; nothing changes. The target is
+// r.Target parsed (nil without one).
+func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, error) {
 	r.defaults()
-	p := newProblems("drill")
+	p := problems.New("drill")
 	if err := validate.DNSLabel(r.Fail); err != nil {
-		p.add("--fail", "%v (the cluster to cordon, e.g. --fail west)", err)
+		p.Add("--fail", "%v (the cluster to cordon, e.g. --fail west)", err)
 	}
 	if err := records.ValidateID(r.ID); err != nil {
-		p.add("--id", "%v", err)
+		p.Add("--id", "%v", err)
 	}
 	if r.Duration < time.Second {
-		p.add("--duration", "%v: at least 1s (e.g. --duration 60s)", r.Duration)
+		p.Add("--duration", "%v: at least 1s (e.g. --duration 60s)", r.Duration)
 	}
 	if r.LeaseTTL < 2*time.Second || r.LeaseTTL > time.Minute {
-		p.add("--lease-ttl", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
+		p.Add("--lease-ttl", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
 	}
 	if (r.From == "") != (r.Target == "") {
-		p.add("--from/--target", "give both (traffic from one cluster's point of view to a target) or neither")
+		p.Add("--from/--target", "give both (traffic from one cluster's point of view to a target) or neither")
 	}
 	if r.Rate < 1 || r.Rate > 1000 {
-		p.add("--rate", "%d: use 1-1000 requests per second", r.Rate)
+		p.Add("--rate", "%d: use 1-1000 requests per second", r.Rate)
 	}
 	if r.XDS != "" {
 		if err := validate.HostPort(r.XDS); err != nil {
-			p.add("--xds", "%v (the xDS address of the --from cluster's federation service, e.g. 127.0.0.1:15010)", err)
+			p.Add("--xds", "%v (the xDS address of the --from cluster's federation service, e.g. 127.0.0.1:15010)", err)
 		}
 		if r.Target == "" {
-			p.add("--xds", "needs --from and a service --target")
+			p.Add("--xds", "needs --from and a service --target")
 		}
 	}
 	if (r.CertFile == "") != (r.KeyFile == "") {
-		p.add("--tls-cert/--tls-key", "give both or neither")
+		p.Add("--tls-cert/--tls-key", "give both or neither")
 	}
-	var tgt *target
+	var tgt *Target
 	if r.Target != "" {
-		t, err := parseTarget(r.Target)
+		t, err := ParseTarget(r.Target)
 		if err != nil {
-			p.add("--target", "%v", err)
+			p.Add("--target", "%v", err)
 		} else {
 			tgt = &t
 		}
 	}
-	if p.len() > 0 {
+	if p.Len() > 0 {
 		return nil, nil, p.Err()
 	}
-	snap, err := ReadSnapshot(ctx, st)
+	snap, err := operator.ReadSnapshot(ctx, st)
 	if err != nil {
 		return nil, nil, fmt.Errorf("drill: %w", err)
 	}
-	plan := &DrillPlan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
+	plan := &Plan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
 		Duration: r.Duration, LeaseTTL: r.LeaseTTL, MinReassign: r.MinReassign, Affected: []AffectedService{}}
 	if r.Service != "" {
 		plan.Service = view.Key(r.Namespace, r.Service)
 	}
 	if _, ok := snap.Clusters[r.Fail]; !ok {
 		if len(snap.Exports[r.Fail]) == 0 {
-			p.add("--fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("--fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 	}
 	if r.From != "" {
 		if _, ok := snap.Clusters[r.From]; !ok {
-			p.add("--from", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("--from", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 		if r.From == r.Fail {
-			p.add("--from", "traffic from the failed cluster itself stays local (local first): pick another cluster's point of view")
+			p.Add("--from", "traffic from the failed cluster itself stays local (local first): pick another cluster's point of view")
 		}
 	}
 	if r.Service != "" {
@@ -276,12 +283,12 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 			}
 		}
 		if !found {
-			p.add("--service", "%s does not export %s/%s: nothing to cordon", r.Fail, r.Namespace, r.Service)
+			p.Add("--service", "%s does not export %s/%s: nothing to cordon", r.Fail, r.Namespace, r.Service)
 		}
 	}
 	if _, err := st.Client().Get(ctx, plan.Key, clientv3.WithCountOnly()); err == nil {
 		if it, _ := store.Get[records.Drill](ctx, st, plan.Key); it != nil {
-			p.add("--id", "drill %s is already running (%s, started by %s): pick another --id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
+			p.Add("--id", "drill %s is already running (%s, started by %s): pick another --id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
 		}
 	}
 	for _, d := range snap.Drills {
@@ -293,7 +300,7 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	// Impact: every joined cluster is a potential client of every service.
 	iv := snap.View()
 	cordoned := cloneViewWithDrill(iv, &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service, Until: r.Now.Add(r.Duration)})
-	for _, k := range sortedKeys(iv.Services) {
+	for _, k := range slices.Sorted(maps.Keys(iv.Services)) {
 		svc := iv.Services[k]
 		if svc.Exporter(r.Fail) == nil || (r.Service != "" && k != plan.Service) {
 			continue
@@ -333,23 +340,37 @@ func PlanDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillPlan
 	}
 	if tgt != nil {
 		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
-		if tgt.direct {
-			tp.Route = "every request to " + tgt.addr + " (the proxy or load balancer there does the failover; the serving cluster is read from each response)"
+		if tgt.Direct {
+			tp.Route = "every request to " + tgt.Addr + " (the proxy or load balancer there does the failover; the serving cluster is read from each response)"
 		} else if r.XDS != "" {
 			tp.Route = fmt.Sprintf("as %s's clients: EDS %s from the xDS server at %s (lowest priority with a healthy endpoint), TLS with SNI %s",
-				r.From, names.ClusterName(tgt.namespace, tgt.name, tgt.port), r.XDS, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
+				r.From, names.ClusterName(tgt.Namespace, tgt.Name, tgt.Port), r.XDS, names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port))
 		} else {
 			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
-				r.From, tgt.namespace, tgt.name, tgt.port, names.ServiceSNI(tgt.namespace, tgt.name, tgt.port))
-			if s := iv.Services[view.Key(tgt.namespace, tgt.name)]; s == nil {
-				p.add("--target", "no cluster exports %s/%s", tgt.namespace, tgt.name)
-			} else if !s.HasPort(int32(tgt.port)) {
-				p.add("--target", "%s/%s has no port %d (ports: %v)", tgt.namespace, tgt.name, tgt.port, portsOf(s))
+				r.From, tgt.Namespace, tgt.Name, tgt.Port, names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port))
+			if s := iv.Services[view.Key(tgt.Namespace, tgt.Name)]; s == nil {
+				p.Add("--target", "no cluster exports %s/%s", tgt.Namespace, tgt.Name)
+			} else if !s.HasPort(int32(tgt.Port)) {
+				p.Add("--target", "%s/%s has no port %d (ports: %v)", tgt.Namespace, tgt.Name, tgt.Port, portsOf(s))
 			}
 		}
 		plan.Traffic = tp
 	}
 	return plan, tgt, p.Err()
+}
+
+func orActor(a string) string {
+	if a == "" {
+		return actor.Of("")
+	}
+	return a
+}
+
+func orNone(s []string) []string {
+	if len(s) == 0 {
+		return []string{"none yet"}
+	}
+	return s
 }
 
 func portsOf(s *view.Service) []int32 {
@@ -397,77 +418,16 @@ func cloneViewWithDrill(v *view.View, d *records.Drill) *view.View {
 	return &c
 }
 
-// Cordon is a live drill key on its own lease.
-type Cordon struct {
-	Key     string
-	Lease   clientv3.LeaseID
-	cli     *clientv3.Client
-	lost    chan struct{}
-	stopKA  context.CancelFunc
-	revoked bool
-}
-
-// StartCordon writes drills/<id> attached to a new lease of ttl and keeps the lease alive
-// until Lift (or until the process dies: the key then expires within ttl).
-func StartCordon(ctx context.Context, st *store.Store, d *records.Drill, ttl time.Duration) (*Cordon, error) {
-	cli := st.Client()
-	lease, err := cli.Grant(ctx, int64(ttl/time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("grant drill lease: %w", err)
-	}
-	key := st.KS.Drill(d.ID)
-	if _, err := st.Create(ctx, key, d, clientv3.WithLease(lease.ID)); err != nil {
-		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
-		if store.IsPermissionDenied(err) {
-			return nil, fmt.Errorf("%w (drills are written with operator credentials: --etcd-user root or an operator user made by `meshfed join --admin-user`)", err)
-		}
-		return nil, err
-	}
-	// The keep-alive must not end with the caller's context (Ctrl-C): Lift revokes.
-	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	ka, err := cli.KeepAlive(kctx, lease.ID)
-	if err != nil {
-		cancel()
-		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
-		return nil, fmt.Errorf("keep drill lease alive: %w", err)
-	}
-	c := &Cordon{Key: key, Lease: lease.ID, cli: cli, lost: make(chan struct{}), stopKA: cancel}
-	go func() {
-		for range ka {
-		}
-		close(c.lost)
-	}()
-	return c, nil
-}
-
-// Lost is closed when the keep-alive ends (after Lift, or when the lease was lost).
-func (c *Cordon) Lost() <-chan struct{} { return c.lost }
-
-// Lift revokes the lease, which deletes the cordon key at once.
-func (c *Cordon) Lift(ctx context.Context) error {
-	if c.revoked {
-		return nil
-	}
-	c.revoked = true
-	c.stopKA()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := c.cli.Revoke(rctx, c.Lease); err != nil {
-		return fmt.Errorf("revoke drill lease (the cordon %s ends by itself within the lease TTL): %w", c.Key, err)
-	}
-	return nil
-}
-
-// RunDrill runs a drill: validate, (with From/Target) start traffic, cordon for Duration,
+// Run runs a drill: validate, (with From/Target) start traffic, cordon for Duration,
 // lift, wait for traffic to come back, and report. With DryRun it returns the plan only.
 // If ctx ends early (Ctrl-C) the cordon is lifted and the report covers what happened.
-func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillReport, error) {
+func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	r.defaults()
-	plan, tgt, err := PlanDrill(ctx, st, r)
+	plan, tgt, err := NewPlan(ctx, st, r)
 	if err != nil {
 		return nil, err
 	}
-	rep := &DrillReport{Plan: plan}
+	rep := &Report{Plan: plan}
 	if r.DryRun {
 		return rep, nil
 	}
@@ -498,8 +458,8 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 	// ends the cordon before the lift.
 	now := time.Now()
 	d := &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service,
-		Until: now.Add(r.Duration + r.LeaseTTL).UTC(), StartedBy: actorOr(r.Actor), StartedAt: now.UTC()}
-	c, err := StartCordon(ctx, st, d, r.LeaseTTL)
+		Until: now.Add(r.Duration + r.LeaseTTL).UTC(), StartedBy: orActor(r.Actor), StartedAt: now.UTC()}
+	c, err := operator.StartCordon(ctx, st, d, r.LeaseTTL)
 	if err != nil {
 		if tr != nil {
 			tr.finish(rep, r.Fail, true)
@@ -544,7 +504,7 @@ func RunDrill(ctx context.Context, st *store.Store, r DrillRequest) (*DrillRepor
 	return rep, errors.Join(lostErr, liftErr)
 }
 
-func drillTLS(r *DrillRequest) (*tls.Config, error) {
+func drillTLS(r *Request) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if r.CAFile != "" {
 		b, err := os.ReadFile(r.CAFile)

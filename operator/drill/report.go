@@ -1,21 +1,97 @@
-package operator
+package drill
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
-	"github.com/meshfed/meshfed/operator/internal/timeline"
+	"github.com/meshfed/meshfed/operator/drill/internal/timeline"
 )
 
+// Report is what a drill did and measured. Field names are the --report JSON contract.
+type Report struct {
+	Plan        *Plan          `json:"plan"`
+	CordonAt    time.Time      `json:"cordon_at,omitzero"`
+	LiftAt      time.Time      `json:"lift_at,omitzero"`
+	Ended       time.Time      `json:"ended,omitzero"`
+	Interrupted bool           `json:"interrupted"`
+	Traffic     *TrafficReport `json:"traffic,omitempty"`
+}
+
+// TrafficReport is the load generator's measurements. Times in milliseconds are relative
+// to the moment named in the field (cordon or lift), *_at_ms to the traffic's start.
+type TrafficReport struct {
+	From   string    `json:"from"`
+	Target string    `json:"target"`
+	Rate   int       `json:"rate"`
+	Start  time.Time `json:"start"`
+	// Requests and Errors in total; ByCluster counts requests by serving cluster.
+	Requests  int            `json:"requests"`
+	Errors    int            `json:"errors"`
+	ByCluster map[string]int `json:"by_cluster"`
+	// BeforeShare is the failed cluster's share of the answered requests before the cordon.
+	BeforeRequests int     `json:"before_requests"`
+	BeforeShare    float64 `json:"before_share_failed"`
+	// DrainedAfterMs: from the cordon until the end of the last request the failed
+	// cluster served while cordoned (0: none did). Nil when it never served --from.
+	DrainedAfterMs *float64 `json:"drained_after_ms"`
+	// HitsWhileCordoned counts requests the failed cluster served while cordoned.
+	HitsWhileCordoned int `json:"hits_while_cordoned"`
+	// ErrorsDuringSwitch counts failed requests started from one request timeout before
+	// the cordon until one request timeout after DrainedAfterMs.
+	ErrorsDuringSwitch  int `json:"errors_during_switch"`
+	ErrorsWhileCordoned int `json:"errors_while_cordoned"`
+	// BackAfterMs: from the lift until the end of the first request the failed cluster
+	// served again. Nil when it did not come back within the recovery timeout.
+	BackAfterMs *float64         `json:"back_after_ms"`
+	Notes       []string         `json:"notes,omitempty"`
+	ErrorKinds  map[string]int   `json:"error_kinds,omitempty"`
+	Orders      []OrderChange    `json:"order_changes,omitempty"`
+	Marks       []TimelineMark   `json:"marks"`
+	BucketMs    int64            `json:"bucket_ms"`
+	Timeline    []TimelineBucket `json:"timeline"`
+	Samples     []TrafficSample  `json:"samples"`
+	Route       string           `json:"route"`
+}
+
+// OrderChange is the router's failover order changing (plan mode).
+type OrderChange struct {
+	AtMs  float64 `json:"at_ms"`
+	Order string  `json:"order"`
+}
+
+// TimelineMark is a moment of the drill.
+type TimelineMark struct {
+	AtMs  float64 `json:"at_ms"`
+	Label string  `json:"label"`
+}
+
+// TimelineBucket counts requests (by start time) per serving cluster in one bucket.
+type TimelineBucket struct {
+	AtMs      int64          `json:"at_ms"`
+	ByCluster map[string]int `json:"by_cluster"`
+	Errors    int            `json:"errors"`
+}
+
+// TrafficSample is one request.
+type TrafficSample struct {
+	AtMs      float64 `json:"at_ms"`
+	LatencyMs float64 `json:"latency_ms"`
+	Cluster   string  `json:"cluster,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
 // WriteTable renders the drill plan (dry run) or the human summary of a finished drill.
-func (rep *DrillReport) WriteTable(w io.Writer) error {
+func (rep *Report) WriteTable(w io.Writer) error {
 	p := rep.Plan
 	if p == nil {
 		return nil
@@ -59,7 +135,7 @@ func (rep *DrillReport) WriteTable(w io.Writer) error {
 }
 
 // SummaryLines says in plain words what happened.
-func (rep *DrillReport) SummaryLines() []string {
+func (rep *Report) SummaryLines() []string {
 	var out []string
 	p := rep.Plan
 	if !rep.CordonAt.IsZero() {
@@ -75,7 +151,7 @@ func (rep *DrillReport) SummaryLines() []string {
 		return out
 	}
 	var by []string
-	for _, c := range sortedKeys(t.ByCluster) {
+	for _, c := range slices.Sorted(maps.Keys(t.ByCluster)) {
 		by = append(by, fmt.Sprintf("%s %d", c, t.ByCluster[c]))
 	}
 	out = append(out, fmt.Sprintf("Traffic: %d requests from %s's point of view to %s (%s), %d errors.", t.Requests, t.From, t.Target, strings.Join(by, ", "), t.Errors))
@@ -91,7 +167,7 @@ func (rep *DrillReport) SummaryLines() []string {
 	}
 	if len(t.ErrorKinds) > 0 {
 		var ks []string
-		for _, k := range sortedKeys(t.ErrorKinds) {
+		for _, k := range slices.Sorted(maps.Keys(t.ErrorKinds)) {
 			ks = append(ks, fmt.Sprintf("%s ×%d", k, t.ErrorKinds[k]))
 		}
 		out = append(out, "Errors: "+strings.Join(ks, ", ")+".")
@@ -114,7 +190,7 @@ func ReportPaths(file string) (jsonPath, htmlPath string) {
 }
 
 // WriteReport writes the JSON report and the HTML timeline.
-func (rep *DrillReport) WriteReport(file string) (jsonPath, htmlPath string, err error) {
+func (rep *Report) WriteReport(file string) (jsonPath, htmlPath string, err error) {
 	jsonPath, htmlPath = ReportPaths(file)
 	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
@@ -133,7 +209,7 @@ func (rep *DrillReport) WriteReport(file string) (jsonPath, htmlPath string, err
 	return jsonPath, htmlPath, nil
 }
 
-func (rep *DrillReport) chart() timeline.Chart {
+func (rep *Report) chart() timeline.Chart {
 	p := rep.Plan
 	c := timeline.Chart{Title: fmt.Sprintf("meshfed drill %s: %s cordoned (%s)", p.ID, p.Fail, p.Service), Summary: rep.SummaryLines()}
 	c.Facts = append(c.Facts, [2]string{"drill key", p.Key}, [2]string{"lease TTL", p.LeaseTTL.String()}, [2]string{"duration", p.Duration.String()})
@@ -153,7 +229,7 @@ func (rep *DrillReport) chart() timeline.Chart {
 			clusters[k] = true
 		}
 	}
-	names := sortedKeys(clusters)
+	names := slices.Sorted(maps.Keys(clusters))
 	sort.Strings(names)
 	for _, n := range names {
 		s := timeline.Series{Name: n}

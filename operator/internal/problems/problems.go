@@ -1,4 +1,7 @@
-package operator
+// Package problems collects every problem an operator command finds before it changes
+// anything, so that the operator fixes them all in one pass (join, leave, policy and the
+// drill validate this way).
+package problems
 
 import (
 	"fmt"
@@ -7,17 +10,17 @@ import (
 	"github.com/hashicorp/go-multierror"
 )
 
-// problems collects every problem found before a command changes anything, so that the
-// operator fixes them all in one pass. Each problem names the flag (or key) and the fix.
-type problems struct {
+// List collects problems. Each problem names the flag (or key) and the fix.
+type List struct {
 	what string
 	err  *multierror.Error
 }
 
-func newProblems(what string) *problems { return &problems{what: what} }
+// New starts an empty list for the command what ("join", "drill", ...).
+func New(what string) *List { return &List{what: what} }
 
-// add records a problem with flag (may be empty).
-func (p *problems) add(flag, format string, args ...any) {
+// Add records a problem with flag (may be empty).
+func (p *List) Add(flag, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if flag != "" {
 		msg = flag + ": " + msg
@@ -25,14 +28,15 @@ func (p *problems) add(flag, format string, args ...any) {
 	p.err = multierror.Append(p.err, &Problem{Flag: flag, Msg: msg})
 }
 
-// addErr records err (nil is ignored) under flag.
-func (p *problems) addErr(flag string, err error) {
+// AddErr records err (nil is ignored) under flag.
+func (p *List) AddErr(flag string, err error) {
 	if err != nil {
-		p.add(flag, "%v", err)
+		p.Add(flag, "%v", err)
 	}
 }
 
-func (p *problems) len() int {
+// Len is the number of problems recorded.
+func (p *List) Len() int {
 	if p.err == nil {
 		return 0
 	}
@@ -40,8 +44,8 @@ func (p *problems) len() int {
 }
 
 // Err is nil without problems, else a *multierror.Error listing them all.
-func (p *problems) Err() error {
-	if p.len() == 0 {
+func (p *List) Err() error {
+	if p.Len() == 0 {
 		return nil
 	}
 	what := p.what

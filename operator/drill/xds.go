@@ -1,4 +1,4 @@
-package operator
+package drill
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/internal/ctxtime"
-	"github.com/meshfed/meshfed/operator/internal/loadgen"
+	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
 )
 
 // xdsRouter routes the drill's requests from the EDS that a federation service's xDS

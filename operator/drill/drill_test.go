@@ -1,4 +1,4 @@
-package operator
+package drill
 
 import (
 	"bufio"
@@ -28,31 +28,38 @@ import (
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
-	"github.com/meshfed/meshfed/operator/internal/loadgen"
+	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
+	"github.com/meshfed/meshfed/operator/internal/optest"
 )
+
+func joinReq(t *testing.T, name, region, td string) operator.JoinRequest {
+	return operator.JoinRequest{Cluster: name, Region: region, Zone: region + "-a", Network: "net-" + name, TrustDomain: td,
+		Gateways: []string{optest.ClosedAddr(t)}, ProbeTimeout: 300 * time.Millisecond, Actor: "test"}
+}
 
 // TestDrillDryRunShowsImpact: the dry run names every client cluster whose order changes
 // and how, and writes nothing.
 func TestDrillDryRunShowsImpact(t *testing.T) {
 	t.Parallel()
-	_, st := etcdNoAuth(t)
-	ctx := tctx(t)
+	_, st := optest.EtcdNoAuth(t)
+	ctx := optest.Ctx(t)
 	for _, c := range [][2]string{{"east", "eu"}, {"west", "eu"}, {"north", "us"}} {
-		if _, err := Join(ctx, st, joinReq(t, c[0], c[1], c[0]+".example.org")); err != nil {
+		if _, err := operator.Join(ctx, st, joinReq(t, c[0], c[1], c[0]+".example.org")); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for key, rec := range map[string]records.Record{
-		st.KS.Export("west", "demo", "echo"):  testExport("west", "demo", "echo"),
-		st.KS.Export("north", "demo", "echo"): testExport("north", "demo", "echo"),
-		st.KS.Export("west", "demo", "solo"):  testExport("west", "demo", "solo"),
+		st.KS.Export("west", "demo", "echo"):  optest.Export("west", "demo", "echo"),
+		st.KS.Export("north", "demo", "echo"): optest.Export("north", "demo", "echo"),
+		st.KS.Export("west", "demo", "solo"):  optest.Export("west", "demo", "solo"),
 	} {
-		if err := put(t, st, key, rec); err != nil {
+		if err := optest.Put(t, st, key, rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rev0 := keysUnder(t, st, "")
-	rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", DryRun: true, ID: "dry"})
+	rev0 := optest.KeysUnder(t, st, "")
+	rep, err := Run(ctx, st, Request{Fail: "west", DryRun: true, ID: "dry"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +87,7 @@ func TestDrillDryRunShowsImpact(t *testing.T) {
 	if !strings.Contains(strings.Join(p.Warnings, "\n"), "have no other cluster") {
 		t.Errorf("warnings %v", p.Warnings)
 	}
-	if keysUnder(t, st, "") != rev0 || keysUnder(t, st, "drills/") != 0 {
+	if optest.KeysUnder(t, st, "") != rev0 || optest.KeysUnder(t, st, "drills/") != 0 {
 		t.Fatal("dry run wrote")
 	}
 	var b strings.Builder
@@ -90,7 +97,7 @@ func TestDrillDryRunShowsImpact(t *testing.T) {
 	}
 
 	// Validation names flags, all at once.
-	_, err = RunDrill(ctx, st, DrillRequest{Fail: "nosuch", Service: "echo", Namespace: "demo", From: "east", Rate: 5000, LeaseTTL: time.Hour})
+	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", From: "east", Rate: 5000, LeaseTTL: time.Hour})
 	if err == nil {
 		t.Fatal("bad drill accepted")
 	}
@@ -99,7 +106,7 @@ func TestDrillDryRunShowsImpact(t *testing.T) {
 			t.Errorf("error lacks %s: %v", w, err)
 		}
 	}
-	_, err = RunDrill(ctx, st, DrillRequest{Fail: "nosuch", Service: "echo", Namespace: "demo", DryRun: true})
+	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", DryRun: true})
 	if err == nil || !strings.Contains(err.Error(), "--fail") || !strings.Contains(err.Error(), "--service") {
 		t.Fatalf("unknown cluster and service: %v", err)
 	}
@@ -109,14 +116,14 @@ func TestDrillDryRunShowsImpact(t *testing.T) {
 // and is gone (lease revoked) when --duration ends.
 func TestDrillCordonLiftsAtEnd(t *testing.T) {
 	t.Parallel()
-	_, st := etcdNoAuth(t)
-	ctx := tctx(t)
-	if _, err := Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
+	_, st := optest.EtcdNoAuth(t)
+	ctx := optest.Ctx(t)
+	if _, err := operator.Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan *DrillReport, 1)
+	done := make(chan *Report, 1)
 	go func() {
-		rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", ID: "short", Duration: 1500 * time.Millisecond, Actor: "test"})
+		rep, err := Run(ctx, st, Request{Fail: "west", ID: "short", Duration: 1500 * time.Millisecond, Actor: "test"})
 		if err != nil {
 			t.Error(err)
 		}
@@ -143,7 +150,7 @@ func TestDrillCordonLiftsAtEnd(t *testing.T) {
 	if rep == nil || rep.CordonAt.IsZero() || rep.LiftAt.Sub(rep.CordonAt) < 1500*time.Millisecond {
 		t.Fatalf("report %+v", rep)
 	}
-	if keysUnder(t, st, "drills/") != 0 {
+	if optest.KeysUnder(t, st, "drills/") != 0 {
 		t.Fatal("cordon key still there after the drill")
 	}
 	if ttl, _ := st.Client().TimeToLive(ctx, clientv3.LeaseID(lease)); ttl != nil && ttl.TTL > 0 {
@@ -165,11 +172,11 @@ func TestDrillChildProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := newStoreFor(cli)
+	st, err := optest.NewStore(cli)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = RunDrill(ctx, st, DrillRequest{Fail: "west", ID: "killed", Duration: 10 * time.Minute, Progress: os.Stdout, Actor: "child"})
+	_, err = Run(ctx, st, Request{Fail: "west", ID: "killed", Duration: 10 * time.Minute, Progress: os.Stdout, Actor: "child"})
 	t.Fatalf("the drill returned (%v): it should have been killed", err)
 }
 
@@ -179,9 +186,9 @@ func TestDrillChildProcess(t *testing.T) {
 func TestDrillCordonExpiresWhenKilled(t *testing.T) {
 	t.Parallel()
 	srv := testetcd.Start(t)
-	st := openStore(t, srv, "", "")
-	ctx := tctx(t)
-	if _, err := Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
+	st := optest.OpenStore(t, srv, "", "")
+	ctx := optest.Ctx(t)
+	if _, err := operator.Join(ctx, st, joinReq(t, "west", "eu", "west.example.org")); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDrillChildProcess$", "-test.v")
@@ -216,7 +223,7 @@ func TestDrillCordonExpiresWhenKilled(t *testing.T) {
 		}
 	}
 	key := st.KS.Drill("killed")
-	if keysUnder(t, st, "drills/killed") != 1 {
+	if optest.KeysUnder(t, st, "drills/killed") != 1 {
 		t.Fatal("cordon key missing while the drill runs")
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -243,11 +250,11 @@ func TestDrillCordonExpiresWhenKilled(t *testing.T) {
 // server (federation/xds, as cmd/meshfed wires it).
 func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 	t.Parallel()
-	ctx := tctx(t)
-	f, _ := startFederation(t, ctx)
-	st := harnessStore(t, f)
+	ctx := optest.Ctx(t)
+	f, _ := optest.StartFederation(t, ctx)
+	st := optest.HarnessStore(t, f)
 	waitfor.Cond(t, 15*time.Second, func() bool {
-		s, err := ReadSnapshot(ctx, st)
+		s, err := operator.ReadSnapshot(ctx, st)
 		return err == nil && len(s.Exports["west"]) == 1 && len(s.Exports["north"]) == 1 && len(s.Clusters) == 3
 	}, "west and north export demo/echo")
 	t.Run("etcd-plan", func(t *testing.T) { checkDrillTraffic(t, st, "") })
@@ -283,9 +290,9 @@ func startXDS(t *testing.T, f *harness.Federation) string {
 }
 
 func checkDrillTraffic(t *testing.T, st *store.Store, xdsAddr string) {
-	ctx := tctx(t)
-	prog := &syncWriter{}
-	rep, err := RunDrill(ctx, st, DrillRequest{Fail: "west", From: "east", Target: "demo/echo:8443", Rate: 10, RequestTimeout: 2 * time.Second,
+	ctx := optest.Ctx(t)
+	prog := &optest.SyncWriter{}
+	rep, err := Run(ctx, st, Request{Fail: "west", From: "east", Target: "demo/echo:8443", Rate: 10, RequestTimeout: 2 * time.Second,
 		Duration: 2 * time.Second, Warmup: time.Second, MinReassign: time.Second, RecoveryTimeout: 10 * time.Second, XDS: xdsAddr,
 		Progress: prog, ProgressInterval: 500 * time.Millisecond, Actor: "test"})
 	if err != nil {
@@ -334,7 +341,7 @@ func checkDrillTraffic(t *testing.T, st *store.Store, xdsAddr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var back DrillReport
+	var back Report
 	b, _ := os.ReadFile(jp)
 	if err := json.Unmarshal(b, &back); err != nil || back.Traffic == nil || len(back.Traffic.Timeline) == 0 {
 		t.Fatalf("report JSON: %v", err)
@@ -345,29 +352,29 @@ func checkDrillTraffic(t *testing.T, st *store.Store, xdsAddr string) {
 			t.Errorf("HTML timeline lacks %q", want)
 		}
 	}
-	if keysUnder(t, st, "drills/") != 0 {
+	if optest.KeysUnder(t, st, "drills/") != 0 {
 		t.Fatal("cordon left behind")
 	}
 }
 
 func TestParseTarget(t *testing.T) {
 	t.Parallel()
-	cases := map[string]target{
-		"demo/echo:8443":                                {namespace: "demo", name: "echo", port: 8443},
-		"echo.demo.svc.clusterset.local:8443":           {namespace: "demo", name: "echo", port: 8443},
-		"outbound|8443||echo.demo.svc.clusterset.local": {namespace: "demo", name: "echo", port: 8443},
-		"127.0.0.1:15001":                               {direct: true, addr: "127.0.0.1:15001"},
-		"envoy.local:9000":                              {direct: true, addr: "envoy.local:9000"},
+	cases := map[string]Target{
+		"demo/echo:8443":                                {Namespace: "demo", Name: "echo", Port: 8443},
+		"echo.demo.svc.clusterset.local:8443":           {Namespace: "demo", Name: "echo", Port: 8443},
+		"outbound|8443||echo.demo.svc.clusterset.local": {Namespace: "demo", Name: "echo", Port: 8443},
+		"127.0.0.1:15001":                               {Direct: true, Addr: "127.0.0.1:15001"},
+		"envoy.local:9000":                              {Direct: true, Addr: "envoy.local:9000"},
 	}
 	for in, want := range cases {
-		got, err := parseTarget(in)
+		got, err := ParseTarget(in)
 		if err != nil || got != want {
-			t.Errorf("parseTarget(%q) = %+v, %v; want %+v", in, got, err, want)
+			t.Errorf("ParseTarget(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{"demo/echo", "demo/echo:0", "demo/echo:x", "nope", "echo.demo.svc.clusterset.local:0", "outbound|x||y"} {
-		if _, err := parseTarget(bad); err == nil {
-			t.Errorf("parseTarget(%q) accepted", bad)
+		if _, err := ParseTarget(bad); err == nil {
+			t.Errorf("ParseTarget(%q) accepted", bad)
 		}
 	}
 }
@@ -377,14 +384,14 @@ func FuzzParseTarget(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		tg, err := parseTarget(s)
+		tg, err := ParseTarget(s)
 		if err != nil {
 			return
 		}
-		if tg.direct && tg.addr != s {
-			t.Fatalf("direct %q became %q", s, tg.addr)
+		if tg.Direct && tg.Addr != s {
+			t.Fatalf("direct %q became %q", s, tg.Addr)
 		}
-		if !tg.direct && (tg.port == 0 || tg.namespace == "" || tg.name == "") {
+		if !tg.Direct && (tg.Port == 0 || tg.Namespace == "" || tg.Name == "") {
 			t.Fatalf("%q parsed as %+v", s, tg)
 		}
 	})

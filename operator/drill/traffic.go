@@ -1,10 +1,12 @@
-package operator
+package drill
 
 import (
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -13,85 +15,12 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/store"
-	"github.com/meshfed/meshfed/operator/internal/loadgen"
+	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
 )
-
-// DrillReport is what a drill did and measured. Field names are the --report JSON contract.
-type DrillReport struct {
-	Plan        *DrillPlan     `json:"plan"`
-	CordonAt    time.Time      `json:"cordon_at,omitzero"`
-	LiftAt      time.Time      `json:"lift_at,omitzero"`
-	Ended       time.Time      `json:"ended,omitzero"`
-	Interrupted bool           `json:"interrupted"`
-	Traffic     *TrafficReport `json:"traffic,omitempty"`
-}
-
-// TrafficReport is the load generator's measurements. Times in milliseconds are relative
-// to the moment named in the field (cordon or lift), *_at_ms to the traffic's start.
-type TrafficReport struct {
-	From   string    `json:"from"`
-	Target string    `json:"target"`
-	Rate   int       `json:"rate"`
-	Start  time.Time `json:"start"`
-	// Requests and Errors in total; ByCluster counts requests by serving cluster.
-	Requests  int            `json:"requests"`
-	Errors    int            `json:"errors"`
-	ByCluster map[string]int `json:"by_cluster"`
-	// BeforeShare is the failed cluster's share of the answered requests before the cordon.
-	BeforeRequests int     `json:"before_requests"`
-	BeforeShare    float64 `json:"before_share_failed"`
-	// DrainedAfterMs: from the cordon until the end of the last request the failed
-	// cluster served while cordoned (0: none did). Nil when it never served --from.
-	DrainedAfterMs *float64 `json:"drained_after_ms"`
-	// HitsWhileCordoned counts requests the failed cluster served while cordoned.
-	HitsWhileCordoned int `json:"hits_while_cordoned"`
-	// ErrorsDuringSwitch counts failed requests started from one request timeout before
-	// the cordon until one request timeout after DrainedAfterMs.
-	ErrorsDuringSwitch  int `json:"errors_during_switch"`
-	ErrorsWhileCordoned int `json:"errors_while_cordoned"`
-	// BackAfterMs: from the lift until the end of the first request the failed cluster
-	// served again. Nil when it did not come back within the recovery timeout.
-	BackAfterMs *float64         `json:"back_after_ms"`
-	Notes       []string         `json:"notes,omitempty"`
-	ErrorKinds  map[string]int   `json:"error_kinds,omitempty"`
-	Orders      []OrderChange    `json:"order_changes,omitempty"`
-	Marks       []TimelineMark   `json:"marks"`
-	BucketMs    int64            `json:"bucket_ms"`
-	Timeline    []TimelineBucket `json:"timeline"`
-	Samples     []TrafficSample  `json:"samples"`
-	Route       string           `json:"route"`
-}
-
-// OrderChange is the router's failover order changing (plan mode).
-type OrderChange struct {
-	AtMs  float64 `json:"at_ms"`
-	Order string  `json:"order"`
-}
-
-// TimelineMark is a moment of the drill.
-type TimelineMark struct {
-	AtMs  float64 `json:"at_ms"`
-	Label string  `json:"label"`
-}
-
-// TimelineBucket counts requests (by start time) per serving cluster in one bucket.
-type TimelineBucket struct {
-	AtMs      int64          `json:"at_ms"`
-	ByCluster map[string]int `json:"by_cluster"`
-	Errors    int            `json:"errors"`
-}
-
-// TrafficSample is one request.
-type TrafficSample struct {
-	AtMs      float64 `json:"at_ms"`
-	LatencyMs float64 `json:"latency_ms"`
-	Cluster   string  `json:"cluster,omitempty"`
-	Error     string  `json:"error,omitempty"`
-}
 
 // traffic runs the generator for the whole drill and collects results.
 type traffic struct {
-	r      *DrillRequest
+	r      *Request
 	start  time.Time
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -106,7 +35,7 @@ type traffic struct {
 	route   string
 }
 
-func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *target, tlsCfg *tls.Config, prog io.Writer) (*traffic, error) {
+func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target, tlsCfg *tls.Config, prog io.Writer) (*traffic, error) {
 	t := &traffic{r: r, start: time.Now(), done: make(chan struct{}), phase: "warmup", newRes: make(chan struct{}, 1)}
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	t.cancel = cancel
@@ -116,14 +45,14 @@ func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *ta
 		t.mu.Lock()
 		t.orders = append(t.orders, OrderChange{AtMs: ms(at), Order: order})
 		t.mu.Unlock()
-		fmt.Fprintf(prog, "[%6.1fs] %s's order for %s/%s:%d is now %s\n", at.Seconds(), r.From, tgt.namespace, tgt.name, tgt.port, order)
+		fmt.Fprintf(prog, "[%6.1fs] %s's order for %s/%s:%d is now %s\n", at.Seconds(), r.From, tgt.Namespace, tgt.Name, tgt.Port, order)
 	}
 	switch {
-	case tgt.direct:
-		router = directRouter{addr: tgt.addr, sni: r.TargetSNI}
-		t.route = "direct " + tgt.addr
+	case tgt.Direct:
+		router = directRouter{addr: tgt.Addr, sni: r.TargetSNI}
+		t.route = "direct " + tgt.Addr
 	case r.XDS != "":
-		xr := newXDSRouter(r.XDS, r.From, tgt.namespace, tgt.name, tgt.port, onPlan)
+		xr := newXDSRouter(r.XDS, r.From, tgt.Namespace, tgt.Name, tgt.Port, onPlan)
 		go xr.run(gctx)
 		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 		err := xr.waitFirst(sctx)
@@ -133,9 +62,9 @@ func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *ta
 			return nil, fmt.Errorf("drill: --xds: %w", err)
 		}
 		router = xr
-		t.route = "xDS " + r.XDS + " EDS " + names.ClusterName(tgt.namespace, tgt.name, tgt.port) + ", SNI " + names.ServiceSNI(tgt.namespace, tgt.name, tgt.port)
+		t.route = "xDS " + r.XDS + " EDS " + names.ClusterName(tgt.Namespace, tgt.Name, tgt.Port) + ", SNI " + names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port)
 	default:
-		pr, err := newPlanRouter(st, r.From, tgt.namespace, tgt.name, tgt.port, r.MinReassign, onPlan)
+		pr, err := newPlanRouter(st, r.From, tgt.Namespace, tgt.Name, tgt.Port, r.MinReassign, onPlan)
 		if err != nil {
 			cancel()
 			return nil, err
@@ -149,7 +78,7 @@ func startTraffic(ctx context.Context, st *store.Store, r *DrillRequest, tgt *ta
 			return nil, fmt.Errorf("drill: read the keyspace for --from %s: %w", r.From, err)
 		}
 		router, t.router = pr, pr
-		t.route = "plan of " + r.From + " (etcd + federation/planner), SNI " + names.ServiceSNI(tgt.namespace, tgt.name, tgt.port)
+		t.route = "plan of " + r.From + " (etcd + federation/planner), SNI " + names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port)
 	}
 	gen := &loadgen.Generator{Router: router, Rate: r.Rate, Timeout: r.RequestTimeout, TLS: tlsCfg}
 	go func() {
@@ -208,7 +137,7 @@ func (t *traffic) progress(ctx context.Context, w io.Writer) {
 			}
 		}
 		var parts []string
-		for _, c := range sortedKeys(by) {
+		for _, c := range slices.Sorted(maps.Keys(by)) {
 			parts = append(parts, fmt.Sprintf("%s %d", c, by[c]))
 		}
 		if len(parts) == 0 {
@@ -274,7 +203,7 @@ func (t *traffic) stop() {
 }
 
 // finish stops the traffic and computes the report.
-func (t *traffic) finish(rep *DrillReport, fail string, interrupted bool) *DrillReport {
+func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 	t.stop()
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -1,4 +1,4 @@
-package operator
+package drill
 
 import (
 	"context"
@@ -15,7 +15,8 @@ import (
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
-	"github.com/meshfed/meshfed/operator/internal/loadgen"
+	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
 )
 
 // planRouter routes the drill's requests the way cluster `from` routes them: it mirrors
@@ -86,11 +87,11 @@ func (r *planRouter) Apply(evs []store.Event, _ int64) {
 
 func (r *planRouter) rebuild() {
 	r.mu.Lock()
-	snap := newSnapshot()
+	kvs := make([]store.KV, 0, len(r.kvs))
 	for _, kv := range r.kvs {
-		snap.add(r.st.KS, []byte(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease)
+		kvs = append(kvs, kv)
 	}
-	snap.finish()
+	snap := operator.SnapshotOf(r.st.KS, kvs, 0)
 	r.view = snap.View()
 	targets := map[string][]string{}
 	for n, c := range r.view.Clusters {
