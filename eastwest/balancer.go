@@ -20,24 +20,35 @@ type epState struct {
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when in rotation
 }
 
-// svcState is the live state of one service (namespace/name), shared by its ports.
+// svcState is the live state of one service (namespace/name), shared by its ports and by
+// both protocols (the per-service limit counts connections and tunnels together).
 type svcState struct {
 	name   string
 	active atomic.Int64
 
-	activeGauge prometheus.Gauge
-	bytesIn     prometheus.Counter
-	bytesOut    prometheus.Counter
+	sni, hbone  protoStats
 	connectErrs prometheus.Counter
 	ejections   prometheus.Counter
 }
 
-// route is one routable SNI in the compiled table.
+// protoStats are one service's series of one protocol.
+type protoStats struct {
+	protocol    string
+	activeGauge prometheus.Gauge
+	bytesIn     prometheus.Counter
+	bytesOut    prometheus.Counter
+}
+
+// route is one routable name (an SNI, or an HBONE authority) in the compiled table.
 type route struct {
-	key ServiceKey
-	sni string
-	svc *svcState
-	eps []*epState // ready endpoints only
+	key   ServiceKey
+	name  string // the SNI or the authority
+	svc   *svcState
+	stats *protoStats
+	eps   []*epState // ready endpoints only (HBONE: those with an HBONE port, at it)
+	// ready counts the service port's ready endpoints whatever their protocol, to tell
+	// "no ready endpoint" from "none with an HBONE port".
+	ready int
 }
 
 func (e *epState) ejected(now int64) bool { return e.ejectedUntil.Load() > now }

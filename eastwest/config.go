@@ -41,6 +41,8 @@ type Config struct {
 	EjectBase          time.Duration // first ejection after a failed connect, default 1s
 	EjectMax           time.Duration // longest ejection, default 30s
 	CopyMode           CopyMode      // default poll-splice on Linux
+	// HBONE, when set, lets the gateway serve HBONE (ServeHBONE) besides SNI passthrough.
+	HBONE *HBONEConfig
 	// HealthCert answers health.meshfed.internal; nil generates a self-signed one.
 	HealthCert *tls.Certificate
 	Log        *slog.Logger

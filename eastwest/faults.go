@@ -161,7 +161,7 @@ func (fs *faultSet) narrowed(now time.Time, namespace, service string) *fault.Fa
 // It reports whether c was reset (the caller is done with it); a blackholed connection
 // returns once the fault is over, to be handled as usual.
 func (g *Gateway) faultOnAccept(c *net.TCPConn) (done bool) {
-	return g.actOn(c, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onAccept)
+	return g.actOn(g.resetConn(c), func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onAccept)
 }
 
 // faultOnService does the same for a fault narrowed to the connection's service, and
@@ -183,7 +183,22 @@ func (g *Gateway) faultOnService(c *net.TCPConn, k ServiceKey, health bool) (don
 		}
 		return nil
 	}
-	return g.actOn(c, pick, onHello)
+	return g.actOn(g.resetConn(c), pick, onHello)
+}
+
+// faultOnStream is faultOnService for one HBONE tunnel of service k: a reset (or an error
+// fraction) returns true and the caller resets the stream; a blackhole or delay holds it.
+func (g *Gateway) faultOnStream(k ServiceKey) (reset bool) {
+	pick := func(fs *faultSet, now time.Time) *fault.Fault {
+		if f := fs.narrowed(now, k.Namespace, k.Name); f != nil {
+			return f
+		}
+		if f := fs.global(now); f != nil && f.Kind == fault.Delay {
+			return f
+		}
+		return nil
+	}
+	return g.actOn(func(f *fault.Fault) { g.faults.m.conns.WithLabelValues(string(f.Kind), "reset").Inc() }, pick, onHello)
 }
 
 // Where a fault is carried out: delays wait for the hello, error fractions act on new
@@ -196,8 +211,9 @@ const (
 	onPing                     // a ping on a health stream already open
 )
 
-// actOn carries out the fault pick finds (if any) on c at point p.
-func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.Fault, p faultPoint) bool {
+// actOn carries out the fault pick finds (if any) at point p; reset resets what is faulted
+// (a connection, a stream), and actOn then returns true.
+func (g *Gateway) actOn(reset func(*fault.Fault), pick func(*faultSet, time.Time) *fault.Fault, p faultPoint) bool {
 	fs := g.faults.load()
 	f := pick(fs, time.Now())
 	if f == nil {
@@ -205,11 +221,11 @@ func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.F
 	}
 	switch f.Kind {
 	case fault.Reset:
-		g.faultReset(c, f)
+		reset(f)
 		return true
 	case fault.Error:
 		if p != onPing && rand.Float64() < f.Fraction {
-			g.faultReset(c, f)
+			reset(f)
 			return true
 		}
 	case fault.Blackhole:
@@ -227,6 +243,10 @@ func (g *Gateway) actOn(c *net.TCPConn, pick func(*faultSet, time.Time) *fault.F
 		}
 	}
 	return false
+}
+
+func (g *Gateway) resetConn(c *net.TCPConn) func(*fault.Fault) {
+	return func(f *fault.Fault) { g.faultReset(c, f) }
 }
 
 func (g *Gateway) faultReset(c *net.TCPConn, f *fault.Fault) {
@@ -274,5 +294,5 @@ func (g *Gateway) delayWhile(d time.Duration, pick func(*faultSet, time.Time) *f
 // open: it reports whether the stream must end (reset: cut with an RST). An error
 // fraction acts on new connections only.
 func (g *Gateway) faultOnHealthPing(c *net.TCPConn) (cut bool) {
-	return g.actOn(c, func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onPing)
+	return g.actOn(g.resetConn(c), func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onPing)
 }

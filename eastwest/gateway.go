@@ -28,8 +28,9 @@ type Gateway struct {
 	faults   faultState // drill faults in force (faults.go)
 
 	liveMu sync.Mutex
-	live   map[*proxied]struct{}
-	wg     sync.WaitGroup // every connection goroutine
+	live   map[cutter]struct{} // what the end of a drain cuts
+	hbone  *hboneServer        // nil without cfg.HBONE
+	wg     sync.WaitGroup      // every connection goroutine
 }
 
 // New makes a gateway.
@@ -44,7 +45,7 @@ func New(cfg Config) (*Gateway, error) {
 		eps:     map[string]*epState{},
 		svcs:    map[string]*svcState{},
 		drainCh: make(chan struct{}),
-		live:    map[*proxied]struct{}{},
+		live:    map[cutter]struct{}{},
 	}
 	g.faults.init(cfg.Registry)
 	cert := cfg.HealthCert
@@ -56,6 +57,13 @@ func New(cfg Config) (*Gateway, error) {
 		cert = &c
 	}
 	g.health = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+	if cfg.HBONE != nil {
+		h, err := newHBONEServer(g, cfg.HBONE)
+		if err != nil {
+			return nil, err
+		}
+		g.hbone = h
+	}
 	size := cfg.MaxHelloBytes
 	g.bufPool.New = func() any { b := make([]byte, size); return &b }
 	return g, nil
@@ -83,6 +91,21 @@ func (g *Gateway) Drain() {
 		close(g.drainCh)
 		g.log.Info("draining: health name fails from now on", "active", g.open.Load())
 	})
+}
+
+// cutter is a live connection the end of a drain closes.
+type cutter interface{ cutNow() }
+
+func (g *Gateway) addLive(c cutter) {
+	g.liveMu.Lock()
+	g.live[c] = struct{}{}
+	g.liveMu.Unlock()
+}
+
+func (g *Gateway) dropLive(c cutter) {
+	g.liveMu.Lock()
+	delete(g.live, c)
+	g.liveMu.Unlock()
 }
 
 // Active is the number of client connections held now.

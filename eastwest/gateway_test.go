@@ -42,11 +42,11 @@ func TestProxyEndToEnd(t *testing.T) {
 			echo(t, c, line)
 			c.Close()
 			waitFor(t, "connection closed", 5*time.Second, func() bool {
-				return counter(g.m.conns.WithLabelValues("demo/echo", ResultOK)) == 1 && g.Active() == 0
+				return counter(g.m.conns.WithLabelValues("demo/echo", ProtocolSNI, ResultOK)) == 1 && g.Active() == 0
 			})
 			// (io-copy counts bytes when io.Copy returns, poll-splice as they move.)
 			for _, dir := range []string{"in", "out"} {
-				if n := counter(g.m.bytes.WithLabelValues("demo/echo", dir)); n < 1<<20 {
+				if n := counter(g.m.bytes.WithLabelValues("demo/echo", ProtocolSNI, dir)); n < 1<<20 {
 					t.Errorf("bytes %s: %v", dir, n)
 				}
 			}
@@ -210,7 +210,7 @@ func TestHalfClose(t *testing.T) {
 				t.Fatalf("after half-close: %q, %v", got, err)
 			}
 			waitFor(t, "closed ok", 5*time.Second, func() bool {
-				return counter(g.m.conns.WithLabelValues("demo/echo", ResultOK)) == 1
+				return counter(g.m.conns.WithLabelValues("demo/echo", ProtocolSNI, ResultOK)) == 1
 			})
 		})
 	}
@@ -393,7 +393,7 @@ func TestDrainTimeoutCutsConnections(t *testing.T) {
 	if _, err := live.Read(make([]byte, 1)); err == nil {
 		t.Fatal("connection still open after the drain timeout")
 	}
-	if n := counter(g.m.conns.WithLabelValues("demo/echo", ResultDrained)); n != 1 {
+	if n := counter(g.m.conns.WithLabelValues("demo/echo", ProtocolSNI, ResultDrained)); n != 1 {
 		t.Fatalf("drained connections: %v", n)
 	}
 }
@@ -531,7 +531,7 @@ func TestIdleTimeout(t *testing.T) {
 				t.Fatalf("idle connection cut after %v", el)
 			}
 			waitFor(t, "idle counted", 2*time.Second, func() bool {
-				return counter(g.m.conns.WithLabelValues("demo/echo", ResultIdleTimeout)) == 1
+				return counter(g.m.conns.WithLabelValues("demo/echo", ProtocolSNI, ResultIdleTimeout)) == 1
 			})
 		})
 	}

@@ -101,7 +101,7 @@ func (g *Gateway) serveHealth(c *net.TCPConn, raw []byte) {
 	_ = c.SetDeadline(time.Now().Add(g.cfg.HelloTimeout))
 	tc := tls.Server(&replayConn{TCPConn: c, pre: raw}, g.healthTLS())
 	if err := tc.Handshake(); err != nil {
-		g.m.rejected.WithLabelValues(ReasonHealthHandshake).Inc()
+		g.m.rejected.WithLabelValues(ProtocolSNI, ReasonHealthHandshake).Inc()
 		g.log.Debug("health handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}

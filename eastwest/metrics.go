@@ -19,6 +19,23 @@ const (
 	ReasonUpstreamFailed  = "upstream_failed"
 	ReasonDraining        = "draining"
 	ReasonHealthHandshake = "health_handshake"
+
+	// HBONE listener (protocol="hbone"): the handshake, then each CONNECT stream.
+	ReasonHandshake        = "handshake"         // TLS handshake failed or timed out (not a certificate problem)
+	ReasonNoClientCert     = "no_client_cert"    // the caller presented no certificate
+	ReasonUntrustedClient  = "untrusted_client"  // its certificate is no SVID of an allowed, federated trust domain
+	ReasonNotH2            = "not_h2"            // ALPN did not select h2
+	ReasonMethod           = "method"            // not CONNECT (405)
+	ReasonIPAuthority      = "ip_authority"      // :authority is an IP literal (400)
+	ReasonBadAuthority     = "bad_authority"     // :authority is not <svc>.<ns>.svc.<domain>:<port> (400)
+	ReasonUnknownAuthority = "unknown_authority" // names no exported service port here (404)
+	ReasonNoHBONEEndpoint  = "no_hbone_endpoint" // ready endpoints, none with an HBONE port (503)
+)
+
+// Protocols: the label values of the protocol label.
+const (
+	ProtocolSNI   = "sni"   // TLS passthrough routed by SNI (--listen)
+	ProtocolHBONE = "hbone" // HTTP/2 CONNECT over mTLS (--hbone-listen)
 )
 
 // Connection results: the label values of meshfed_gateway_connections_total.
@@ -51,13 +68,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	const ns, sub = "meshfed", "gateway"
 	m := &metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_active",
-			Help: "Proxied connections open now, by service (namespace/name)."}, []string{"service"}),
+			Help: "Proxied connections (HBONE: tunnels) open now, by service (namespace/name) and protocol (sni, hbone)."}, []string{"service", "protocol"}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_total",
-			Help: "Proxied connections closed, by service and result (ok, idle_timeout, error, drained)."}, []string{"service", "result"}),
+			Help: "Proxied connections (HBONE: tunnels) closed, by service, protocol and result (ok, idle_timeout, error, drained)."}, []string{"service", "protocol", "result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bytes_total",
-			Help: "Bytes spliced, by service and direction (in: client to backend, out: backend to client)."}, []string{"service", "direction"}),
+			Help: "Bytes proxied, by service, protocol and direction (in: client to backend, out: backend to client; HBONE: the tunnelled stream's bytes)."}, []string{"service", "protocol", "direction"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_total",
-			Help: "Connections closed without being proxied, by reason."}, []string{"reason"}),
+			Help: "Connections (HBONE: handshakes and CONNECT streams) refused without being proxied, by protocol and reason."}, []string{"protocol", "reason"}),
 		helloSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "hello_read_seconds",
 			Help: "Time from accept to a complete ClientHello (network wait included).", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 		parseSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "hello_parse_seconds",
@@ -79,7 +96,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		health: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "health_checks_total",
 			Help: "Health-name connections answered, by status line (ok, draining, not_ready)."}, []string{"status"}),
 		open: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_open",
-			Help: "Client connections held now, in any phase (hello, health, proxied): what --max-conns bounds."}),
+			Help: "Client connections and HBONE tunnels held now, in any phase (hello, health, proxied): what the connection limit bounds."}),
 	}
 	reg.MustRegister(m.active, m.conns, m.bytes, m.rejected, m.helloSecs, m.parseSecs, m.connectSecs, m.connectErrs,
 		m.ejections, m.routes, m.updates, m.reloads, m.draining, m.health, m.open)

@@ -63,8 +63,8 @@ type proxied struct {
 // an idle connection (fresh goroutines start with the smallest stack).
 func (p *proxied) run() {
 	p.left.Store(2)
-	go p.direction(p.up, p.client, p.route.svc.bytesOut)
-	go p.direction(p.client, p.up, p.route.svc.bytesIn)
+	go p.direction(p.up, p.client, p.route.stats.bytesOut)
+	go p.direction(p.client, p.up, p.route.stats.bytesIn)
 }
 
 // direction copies src to dst until src's EOF (then half-closes dst) or an error (then
@@ -98,28 +98,46 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 var errIdle = errors.New("idle timeout")
 
+// cutNow closes both sides at the end of the drain timeout.
+func (p *proxied) cutNow() {
+	p.cut.Store(true)
+	p.client.Close()
+	p.up.Close()
+}
+
 func (p *proxied) finish() {
 	p.client.Close()
 	p.up.Close()
-	g := p.g
-	g.liveMu.Lock()
-	delete(g.live, p)
-	g.liveMu.Unlock()
-	result := ResultOK
+	p.g.dropLive(p)
+	p.g.closed(p.route, p.ep, outcome{cut: p.cut.Load(), idle: p.idle.Load(), failed: p.failed.Load()}, p.start)
+}
+
+// outcome is how a proxied connection or tunnel ended.
+type outcome struct{ cut, idle, failed bool }
+
+func (o outcome) result() string {
 	switch {
-	case p.cut.Load():
-		result = ResultDrained
-	case p.idle.Load():
-		result = ResultIdleTimeout
-	case p.failed.Load():
-		result = ResultError
+	case o.cut:
+		return ResultDrained
+	case o.idle:
+		return ResultIdleTimeout
+	case o.failed:
+		return ResultError
 	}
-	g.m.conns.WithLabelValues(p.route.svc.name, result).Inc()
-	p.route.svc.activeGauge.Dec()
-	p.route.svc.active.Add(-1)
-	p.ep.active.Add(-1)
+	return ResultOK
+}
+
+// closed counts a proxied connection or tunnel of r to ep as ended and gives back what it
+// held: its service's and endpoint's active counts, and its place under the connection
+// limit.
+func (g *Gateway) closed(r *route, ep *epState, o outcome, start time.Time) {
+	result := o.result()
+	g.m.conns.WithLabelValues(r.svc.name, r.stats.protocol, result).Inc()
+	r.stats.activeGauge.Dec()
+	r.svc.active.Add(-1)
+	ep.active.Add(-1)
 	if g.log.Enabled(context.Background(), slog.LevelDebug) {
-		g.log.Debug("closed", "service", p.route.key.String(), "endpoint", p.ep.addr, "result", result, "duration", time.Since(p.start))
+		g.log.Debug("closed", "protocol", r.stats.protocol, "service", r.key.String(), "endpoint", ep.addr, "result", result, "duration", time.Since(start))
 	}
 	g.release()
 }

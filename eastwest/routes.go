@@ -32,6 +32,14 @@ type Endpoint struct {
 	Zone    string
 	Ready   bool
 	Weight  uint32 // 0 means 1
+	// HBONEPort is where the endpoint takes HBONE tunnels (0: it takes none): the HBONE
+	// listener sends a service port's tunnels to endpoints that have one, at this port.
+	HBONEPort uint32
+}
+
+// HBONEHostPort is address:HBONEPort.
+func (e Endpoint) HBONEHostPort() string {
+	return net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.HBONEPort), 10))
 }
 
 // HostPort is address:port as net.Dial wants it.
@@ -83,6 +91,8 @@ func TableFromExports(f *exports.File, origin string) *RouteTable {
 					Zone:    e.Zone,
 					Ready:   e.IsReady(),
 					Weight:  e.EffectiveWeight(),
+					// The HBONE port is the endpoint's, whatever the service port.
+					HBONEPort: uint32(e.HBONEPort),
 				})
 			}
 			t.Services[k] = eps
@@ -108,6 +118,9 @@ func (t *RouteTable) Validate() error {
 		for _, e := range eps {
 			if net.ParseIP(e.Address) == nil || e.Port == 0 || e.Port > 65535 {
 				return fmt.Errorf("route %s: endpoint %s is not IP:port", k, e.HostPort())
+			}
+			if e.HBONEPort > 65535 {
+				return fmt.Errorf("route %s: endpoint %s: HBONE port %d: use 1-65535 (0: none)", k, e.HostPort(), e.HBONEPort)
 			}
 		}
 	}

@@ -19,6 +19,12 @@ import (
 // stops accepting (after DrainAcceptPeriod), lets live connections finish for up to
 // DrainTimeout, then cuts the rest. It closes ln.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	return g.serveListener(ctx, ln, func(ln net.Listener) error { return g.acceptLoop(ln, ProtocolSNI, g.handle) }, nil)
+}
+
+// serveListener runs loop (an accept loop) on ln until ctx ends or Drain is called, then
+// stops accepting, calls stopped (when set), and drains the whole gateway.
+func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(net.Listener) error, stopped func()) error {
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -27,22 +33,28 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 	acceptDone := make(chan error, 1)
-	go func() { acceptDone <- g.acceptLoop(ln) }()
+	go func() { acceptDone <- loop(ln) }()
 	select {
 	case err := <-acceptDone:
 		if !g.draining.Load() {
 			g.Drain()
+			if stopped != nil {
+				stopped()
+			}
 			g.finishDrain()
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
 	case <-g.drainCh:
 		if p := g.cfg.DrainAcceptPeriod; p > 0 {
-			g.log.Info("still accepting while remote health checks notice the drain", "for", p)
+			g.log.Info("still accepting while remote health checks notice the drain", "listener", ln.Addr().String(), "for", p)
 			t := time.NewTimer(p)
 			<-t.C
 		}
 		ln.Close()
 		<-acceptDone
+	}
+	if stopped != nil {
+		stopped()
 	}
 	g.finishDrain()
 	return nil
@@ -61,9 +73,7 @@ func (g *Gateway) finishDrain() {
 		g.liveMu.Lock()
 		n := len(g.live)
 		for p := range g.live {
-			p.cut.Store(true)
-			p.client.Close()
-			p.up.Close()
+			p.cutNow()
 		}
 		g.liveMu.Unlock()
 		g.log.Warn("drain timeout: cut the remaining connections", "cut", n)
@@ -71,7 +81,9 @@ func (g *Gateway) finishDrain() {
 	}
 }
 
-func (g *Gateway) acceptLoop(ln net.Listener) error {
+// acceptLoop accepts TCP connections on ln and runs handle on each in its own goroutine,
+// within the global connection limit (a refusal is counted under protocol).
+func (g *Gateway) acceptLoop(ln net.Listener, protocol string, handle func(*net.TCPConn)) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -97,15 +109,15 @@ func (g *Gateway) acceptLoop(ln net.Listener) error {
 		}
 		if n := g.open.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
 			g.open.Add(-1)
-			g.m.rejected.WithLabelValues(ReasonLimit).Inc()
-			g.log.Debug("refused: --max-conns reached", "remote", c.RemoteAddr(), "max", g.cfg.MaxConns)
+			g.m.rejected.WithLabelValues(protocol, ReasonLimit).Inc()
+			g.log.Debug("refused: connection limit reached", "protocol", protocol, "remote", c.RemoteAddr(), "max", g.cfg.MaxConns)
 			tc.SetLinger(0)
 			tc.Close()
 			continue
 		}
 		g.m.open.Inc()
 		g.wg.Add(1)
-		go g.handle(tc)
+		go handle(tc)
 	}
 }
 
@@ -122,7 +134,7 @@ var (
 )
 
 func (g *Gateway) reject(c *net.TCPConn, reason string, alert []byte, attrs ...any) {
-	g.m.rejected.WithLabelValues(reason).Inc()
+	g.m.rejected.WithLabelValues(ProtocolSNI, reason).Inc()
 	if g.log.Enabled(context.Background(), slog.LevelDebug) {
 		g.log.Debug("refused", append([]any{"reason", reason, "remote", c.RemoteAddr().String()}, attrs...)...)
 	}
@@ -229,15 +241,13 @@ func (g *Gateway) handle(c *net.TCPConn) {
 		return
 	}
 	_ = up.SetWriteDeadline(time.Time{})
-	r.svc.bytesIn.Add(float64(len(raw)))
+	r.stats.bytesIn.Add(float64(len(raw)))
 	g.bufPool.Put(bufp)
 	handedOff = true
 	p := &proxied{g: g, client: c, up: up, route: r, ep: ep, start: start}
 	p.last.Store(time.Now().UnixNano())
-	r.svc.activeGauge.Inc()
-	g.liveMu.Lock()
-	g.live[p] = struct{}{}
-	g.liveMu.Unlock()
+	r.stats.activeGauge.Inc()
+	g.addLive(p)
 	if g.log.Enabled(context.Background(), slog.LevelDebug) {
 		g.log.Debug("proxying", "remote", c.RemoteAddr().String(), "service", r.key.String(), "endpoint", ep.addr, "ech", ch.ECH)
 	}

@@ -185,7 +185,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 func counter(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
 func (x *gw) rejected(reason string) float64 {
-	return counter(x.m.rejected.WithLabelValues(reason))
+	return counter(x.m.rejected.WithLabelValues(ProtocolSNI, reason))
 }
 
 var errAny = errors.New("any")

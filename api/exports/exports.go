@@ -55,6 +55,10 @@ type Endpoint struct {
 	// Ready defaults to true when absent.
 	Ready  *bool  `json:"ready,omitempty"`
 	Weight uint32 `json:"weight,omitempty"`
+	// HBONEPort, when set, is the endpoint's HBONE port (Istio ambient: 15008, where its
+	// node's ztunnel accepts HTTP/2 CONNECT for it). A service port is reachable over
+	// HBONE only through endpoints that have one.
+	HBONEPort int32 `json:"hbonePort,omitempty"`
 }
 
 // Key is namespace/name.
@@ -78,6 +82,9 @@ func (e Endpoint) EffectiveWeight() uint32 {
 	}
 	return e.Weight
 }
+
+// HBONE reports whether the endpoint takes HBONE tunnels (has an HBONE port).
+func (e Endpoint) HBONE() bool { return e.HBONEPort != 0 }
 
 // PortByNumber finds the service port whose Port is n.
 func (s *Service) PortByNumber(n int32) (Port, bool) {
@@ -155,7 +162,7 @@ func humanJSONError(err error) error {
 	msg := err.Error()
 	// encoding/json says `json: unknown field "x"`; say where it is allowed to be fixed.
 	if strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("%s (fields are: services[].name, namespace, ports[].{name,port,targetPort,protocol,appProtocol}, endpoints[].{address,zone,ready,weight})", strings.TrimPrefix(msg, "json: "))
+		return fmt.Errorf("%s (fields are: services[].name, namespace, ports[].{name,port,targetPort,protocol,appProtocol}, endpoints[].{address,zone,ready,weight,hbonePort})", strings.TrimPrefix(msg, "json: "))
 	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
@@ -271,6 +278,11 @@ func ValidateService(errs *validate.Errors, path string, s *Service) {
 		}
 		if e.Weight > MaxEndpointWeight {
 			errs.Add(ep+".weight", "%d is too large; use 1-%d", e.Weight, MaxEndpointWeight)
+		}
+		if e.HBONEPort != 0 {
+			if err := validate.Port(int64(e.HBONEPort)); err != nil {
+				errs.Add(ep+".hbonePort", "%v (Istio ambient's is 15008; or leave it out when the endpoint takes no HBONE)", err)
+			}
 		}
 	}
 }

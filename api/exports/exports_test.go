@@ -48,6 +48,9 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{`services: [{name: echo, namespace: demo, ports: [{port: 1}, {port: 2}]}]`, "required when a service has more than one port"},
 		{`services: [{name: echo, namespace: demo, ports: [{port: 1, protocol: UDP}]}]`, "protocol"},
 		{`services: [{name: echo, namespace: demo, ports: [{port: "x"}]}]`, "services.ports.port"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbonePort: 70000}]}]`, "services[0].endpoints[0].hbonePort: 70000 is not a port: use 1-65535"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbonePort: -1}]}]`, "leave it out when the endpoint takes no HBONE"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbone_port: 15008}]}]`, "hbonePort"},
 	}
 	for _, tt := range tests {
 		_, err := Parse([]byte(tt.in))
@@ -57,7 +60,27 @@ func TestParseErrorsNameTheField(t *testing.T) {
 	}
 }
 
+func TestParseHBONEPort(t *testing.T) {
+	f, err := Parse([]byte(`
+services:
+  - name: echo
+    namespace: demo
+    ports: [{port: 8443}]
+    endpoints:
+      - {address: 10.0.0.2}
+      - {address: 10.0.0.1, hbonePort: 15008}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := f.Services[0].Endpoints
+	if eps[0].HBONEPort != 15008 || !eps[0].HBONE() || eps[1].HBONE() {
+		t.Errorf("endpoints = %+v: only 10.0.0.1 takes HBONE, at 15008", eps)
+	}
+}
+
 func FuzzParse(f *testing.F) {
+	f.Add([]byte(`services: [{name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 10.0.0.1, hbonePort: 15008}, {address: 10.0.0.2}]}]`))
 	f.Add([]byte(`services: [{name: echo, namespace: demo, ports: [{name: tls, port: 8443, targetPort: 9443}], endpoints: [{address: 127.0.1.1, zone: z1, ready: true}]}]`))
 	f.Add([]byte(`{"services":[{"name":"a","namespace":"b","ports":[{"port":1}]}]}`))
 	f.Add([]byte("services: []"))

@@ -17,6 +17,16 @@ const (
 	NodeRoleGateway = "gateway"
 )
 
+// Per-endpoint fields of the gateway contract's EDS that Envoy has no field for travel in
+// the LbEndpoint's metadata, filter_metadata[EndpointMetadataKey] (a Struct).
+const (
+	// EndpointMetadataKey is the filter_metadata key of meshfed's endpoint fields.
+	EndpointMetadataKey = "meshfed.endpoint"
+	// HBONEPortField is the endpoint's HBONE port (a number, 1-65535); absent when the
+	// endpoint takes no HBONE tunnels.
+	HBONEPortField = "hbonePort"
+)
+
 // InboundClusterName is the xDS cluster a gateway node gets for each service port its
 // cluster exports: `inbound|<port>||<service>.<namespace>.svc.<domain>` (domain default
 // cluster.local: the domain of the SNI names the gateway routes).

@@ -32,6 +32,9 @@ type gatewayFlags struct {
 	maxHelloBytes, maxConns, maxPerService  int
 	connectAttempts                         int
 	copyMode                                string
+	hboneListen, hboneCert, hboneKey        string
+	spiffeSocket, bundleDir                 string
+	hboneAllowTD                            []string
 }
 
 func newGatewayCmd() *cobra.Command {
@@ -78,6 +81,12 @@ Examples:
   openssl s_client -connect gw.east.example:15443 \
     -servername outbound_.8443_._.echo.demo.svc.cluster.local
 
+  # Also take Istio ambient's HBONE on :15008 (mTLS with this gateway's SVID; callers'
+  # SVIDs verified against the federated bundles the federation writes to --bundle-dir)
+  meshfed gateway --cluster east --federation 127.0.0.1:15010 --hbone-listen :15008 \
+    --hbone-cert /etc/meshfed/svid.pem --hbone-key /etc/meshfed/svid-key.pem \
+    --bundle-dir /var/run/meshfed/bundles
+
   # Health-check it as a remote cluster does
   openssl s_client -quiet -connect gw.east.example:15443 -servername health.meshfed.internal
 
@@ -85,7 +94,16 @@ Examples:
   curl -s 127.0.0.1:15000/metrics | grep meshfed_gateway_
   curl -s 127.0.0.1:15000/readyz
 
-See docs/eastwest.md for the health wire protocol, metrics and limits.`,
+With --hbone-listen ADDR the gateway also serves HBONE (Istio ambient multi-network): mTLS
+with this gateway's SVID (--hbone-cert/--hbone-key, re-read when they change, or the
+SPIFFE Workload API at --spiffe-socket), ALPN h2, callers' SVIDs verified against the
+bundle of their own trust domain among the federated ones (--bundle-dir, or the Workload
+API), narrowed by --hbone-allow-trust-domain. Each HTTP/2 CONNECT whose authority is
+<service>.<namespace>.svc.<domain>:<port> of an exported service port is carried,
+unchanged, to the HBONE port of one of its ready endpoints that has one; anything else is
+an HTTP error, and no backend is contacted.
+
+See docs/eastwest.md for the health wire protocol, HBONE, metrics and limits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runGateway(cmd.Context(), f)
@@ -116,6 +134,12 @@ See docs/eastwest.md for the health wire protocol, metrics and limits.`,
 	fl.IntVar(&f.maxConns, "max-conns", 50000, "client connections held at once, all phases (0: unlimited)")
 	fl.IntVar(&f.maxPerService, "max-conns-per-service", 0, "proxied connections per service at once (0: unlimited)")
 	fl.DurationVar(&f.pollInterval, "exports-poll", time.Second, "how often --exports is checked for changes")
+	fl.StringVar(&f.hboneListen, "hbone-listen", "", "ADDR of the HBONE listener (Istio ambient's double HBONE; Istio's port is 15008); off when empty")
+	fl.StringVar(&f.hboneCert, "hbone-cert", "", "PEM X.509 SVID of this gateway for --hbone-listen (with --hbone-key; re-read when it changes)")
+	fl.StringVar(&f.hboneKey, "hbone-key", "", "PEM private key of --hbone-cert")
+	fl.StringVar(&f.spiffeSocket, "spiffe-socket", "", "SPIFFE Workload API socket PATH (or unix:///PATH) giving the SVID, and without --bundle-dir the federated bundles, for --hbone-listen")
+	fl.StringVar(&f.bundleDir, "bundle-dir", "", "DIR the federation writes the federated bundles to (meshfed federation --bundle-dir): HBONE callers must chain to their trust domain's bundle there")
+	fl.StringArrayVar(&f.hboneAllowTD, "hbone-allow-trust-domain", nil, "TD allowed to call over HBONE (repeatable; default: every federated trust domain)")
 	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyPollSplice), "byte mover: poll-splice (no pipe held by idle connections) or io-copy (stdlib io.Copy)")
 	return cmd
 }
@@ -187,7 +211,37 @@ func (f *gatewayFlags) validate() error {
 	if m := eastwest.CopyMode(f.copyMode); m != eastwest.CopyPollSplice && m != eastwest.CopyIOCopy {
 		errs.Add("--copy-mode", "%q: use poll-splice or io-copy", f.copyMode)
 	}
+	f.validateHBONE(&errs)
 	return errs.Err()
+}
+
+func (f *gatewayFlags) validateHBONE(errs *validate.Errors) {
+	if f.hboneListen == "" {
+		if f.hboneCert+f.hboneKey+f.spiffeSocket+f.bundleDir != "" || len(f.hboneAllowTD) > 0 {
+			errs.Add("--hbone-listen", "required by --hbone-cert, --hbone-key, --spiffe-socket, --bundle-dir and --hbone-allow-trust-domain (they configure the HBONE listener)")
+		}
+		return
+	}
+	if _, _, err := net.SplitHostPort(f.hboneListen); err != nil {
+		errs.Add("--hbone-listen", "%q is not HOST:PORT (e.g. :15008)", f.hboneListen)
+	}
+	files := f.hboneCert != "" || f.hboneKey != ""
+	switch {
+	case files && (f.hboneCert == "" || f.hboneKey == ""):
+		errs.Add("--hbone-cert", "give both --hbone-cert and --hbone-key")
+	case files && f.spiffeSocket != "":
+		errs.Add("--spiffe-socket", "the SVID comes from --hbone-cert/--hbone-key or from --spiffe-socket, not both")
+	case !files && f.spiffeSocket == "":
+		errs.Add("--hbone-cert", "--hbone-listen needs this gateway's SVID: --hbone-cert and --hbone-key, or --spiffe-socket")
+	}
+	if f.bundleDir == "" && f.spiffeSocket == "" {
+		errs.Add("--bundle-dir", "--hbone-listen needs the federated bundles: --bundle-dir (what meshfed federation --bundle-dir writes) or --spiffe-socket")
+	}
+	for _, td := range f.hboneAllowTD {
+		if err := validate.DNSSubdomain(td); err != nil {
+			errs.Add("--hbone-allow-trust-domain", "%v (a bare trust domain such as east.example)", err)
+		}
+	}
 }
 
 func runGateway(ctx context.Context, f gatewayFlags) error {
@@ -214,6 +268,10 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 		Listen: f.listen, Admin: f.admin,
 		Exports: f.exports, ExportsPoll: f.pollInterval,
 	}
+	if f.hboneListen != "" {
+		cfg.HBONE = &process.HBONE{Listen: f.hboneListen, CertFile: f.hboneCert, KeyFile: f.hboneKey,
+			SPIFFESocket: f.spiffeSocket, BundleDir: f.bundleDir, AllowTrustDomains: f.hboneAllowTD}
+	}
 	srcFlag, origin := "--exports", f.exports
 	if f.federation != "" {
 		srcFlag, origin = "--federation", f.federation
@@ -238,12 +296,15 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 				process.PartExports:       "--exports",
 				process.PartAdmin:         "--admin",
 				process.PartListen:        "--listen",
+				process.PartHBONECert:     "--hbone-cert/--hbone-key/--spiffe-socket",
+				process.PartHBONEBundles:  "--bundle-dir/--spiffe-socket",
+				process.PartHBONEListen:   "--hbone-listen",
 			}[pe.Part]
 			return fmt.Errorf("%s: %w", flag, pe.Err)
 		}
 		return err
 	}
-	log.Info("gateway listening", "listen", p.Addr(), "admin", p.AdminAddr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
+	log.Info("gateway listening", "listen", p.Addr(), "hbone_listen", p.HBONEAddr(), "admin", p.AdminAddr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
 	_ = p.Wait() // until ctx ends and the drain is over
 	return p.Close()
 }

@@ -27,6 +27,42 @@ func TestGatewayFlagsNameTheFieldAndFix(t *testing.T) {
 	}
 }
 
+func TestGatewayHBONEFlags(t *testing.T) {
+	base := gatewayFlags{cluster: "east", listen: ":15443", admin: "127.0.0.1:0", domain: "cluster.local", exports: "x.yaml",
+		maxHelloBytes: 16 << 10, helloTimeout: time.Second, connectTimeout: time.Second, pollInterval: time.Second,
+		connectAttempts: 3, copyMode: "poll-splice"}
+	for _, tc := range []struct {
+		set  func(*gatewayFlags)
+		want string // "" when valid
+	}{
+		{func(f *gatewayFlags) { f.bundleDir = "/b" }, "--hbone-listen: required by"},
+		{func(f *gatewayFlags) { f.hboneListen = "15008" }, "--hbone-listen: \"15008\" is not HOST:PORT"},
+		{func(f *gatewayFlags) { f.hboneListen, f.bundleDir = ":15008", "/b" }, "--hbone-cert: --hbone-listen needs this gateway's SVID"},
+		{func(f *gatewayFlags) { f.hboneListen, f.hboneCert, f.bundleDir = ":15008", "c.pem", "/b" }, "--hbone-cert: give both"},
+		{func(f *gatewayFlags) { f.hboneListen, f.hboneCert, f.hboneKey = ":15008", "c.pem", "k.pem" }, "--bundle-dir: --hbone-listen needs the federated bundles"},
+		{func(f *gatewayFlags) {
+			f.hboneListen, f.hboneCert, f.hboneKey, f.spiffeSocket = ":15008", "c.pem", "k.pem", "/s"
+		}, "--spiffe-socket: the SVID comes from"},
+		{func(f *gatewayFlags) {
+			f.hboneListen, f.spiffeSocket, f.hboneAllowTD = ":15008", "/s", []string{"spiffe://east"}
+		}, "--hbone-allow-trust-domain"},
+		{func(f *gatewayFlags) {
+			f.hboneListen, f.hboneCert, f.hboneKey, f.bundleDir = ":15008", "c.pem", "k.pem", "/b"
+		}, ""},
+		{func(f *gatewayFlags) { f.hboneListen, f.spiffeSocket = ":15008", "/run/spire/agent.sock" }, ""},
+	} {
+		f := base
+		tc.set(&f)
+		err := f.validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%+v: %v", f, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%+v: %v, want %q", f, err, tc.want)
+		}
+	}
+}
+
 // The command wired end to end: flags to a running gateway, health on its listener, and
 // a clean exit on cancellation (what SIGTERM does through main's signal context).
 func TestGatewayCommandRunsAndDrains(t *testing.T) {

@@ -247,10 +247,10 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 
 	head("Metrics the gateway exported during the demo")
 	for _, m := range []string{
-		`meshfed_gateway_connections_total{result="ok",service="demo/echo"}`,
-		`meshfed_gateway_rejected_total{reason="unknown_sni"}`,
-		`meshfed_gateway_rejected_total{reason="no_sni"}`,
-		`meshfed_gateway_rejected_total{reason="not_tls"}`,
+		`meshfed_gateway_connections_total{protocol="sni",result="ok",service="demo/echo"}`,
+		`meshfed_gateway_rejected_total{protocol="sni",reason="unknown_sni"}`,
+		`meshfed_gateway_rejected_total{protocol="sni",reason="no_sni"}`,
+		`meshfed_gateway_rejected_total{protocol="sni",reason="not_tls"}`,
 		`meshfed_gateway_upstream_connect_failures_total{service="demo/echo"}`,
 		`meshfed_gateway_health_checks_total{status="ok"}`,
 	} {

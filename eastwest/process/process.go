@@ -44,6 +44,10 @@ type Config struct {
 	// FederationTLS, when set, secures the xDS connection from files (it replaces
 	// Federation.TLS); the expiry of its client certificate is exported.
 	FederationTLS *xdsroutes.TLSFiles
+
+	// HBONE, when set, also serves HBONE (Istio ambient) on HBONE.Listen, from the same
+	// route table; off by default.
+	HBONE *HBONE
 }
 
 // Part names the piece of a Config an error is about, so that a command can name the
@@ -75,6 +79,8 @@ type Process struct {
 	gw      *eastwest.Gateway
 	adm     *admin.Server
 	ln      net.Listener
+	hln     net.Listener // HBONE; nil without Config.HBONE
+	closeH  func()       // releases the HBONE identity sources
 	log     *slog.Logger
 	stopSrc context.CancelFunc
 	stopAdm func()
@@ -125,11 +131,21 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 	if cfg.FederationTLS != nil && cfg.FederationTLS.Cert != "" {
 		certFiles = append(certFiles, certexpiry.CertFile{Name: "gateway-xds-client", Path: cfg.FederationTLS.Cert})
 	}
+	closeH := func() {}
+	if cfg.HBONE != nil {
+		hs, err := cfg.HBONE.setup(ctx, log.Error)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Gateway.HBONE, closeH = hs.cfg, hs.close
+		certFiles = append(certFiles, hs.certs...)
+	}
 	adm.Registry.MustRegister(certexpiry.NewCertCollector(func() map[string]*x509.Certificate {
 		return map[string]*x509.Certificate{"gateway-health": leaf}
 	}, certFiles...))
 	g, err := eastwest.New(cfg.Gateway)
 	if err != nil {
+		closeH()
 		return nil, err
 	}
 	adm.AddReadiness("routes", g.Ready)
@@ -137,9 +153,10 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 
 	src, srcPart, err := cfg.source(g, adm.Registry)
 	if err != nil {
+		closeH()
 		return nil, err
 	}
-	p := &Process{gw: g, adm: adm, log: log, stopAdm: func() {}, done: make(chan struct{})}
+	p := &Process{gw: g, adm: adm, log: log, stopAdm: func() {}, closeH: closeH, done: make(chan struct{})}
 	// The admin endpoints come up before the first table: waiting for the federation can
 	// take a while, and meanwhile /healthz answers, /readyz says why not and /metrics shows
 	// the xDS link.
@@ -181,8 +198,28 @@ func Start(ctx context.Context, cfg Config) (*Process, error) {
 		return nil, &Error{PartListen, err}
 	}
 	p.ln = ln
+	if cfg.HBONE != nil {
+		hln, err := g.Listen(ctx, cfg.HBONE.Listen)
+		if err != nil {
+			ln.Close()
+			p.stop()
+			return nil, &Error{PartHBONEListen, err}
+		}
+		p.hln = hln
+	}
 	go func() {
+		var hboneErr error
+		hdone := make(chan struct{})
+		if p.hln != nil {
+			go func() { hboneErr = g.ServeHBONE(ctx, p.hln); close(hdone) }()
+		} else {
+			close(hdone)
+		}
 		p.err = g.Serve(ctx, ln)
+		<-hdone // the gateway drains as one: ServeHBONE ends with Serve
+		if p.err == nil {
+			p.err = hboneErr
+		}
 		close(p.done)
 	}()
 	return p, nil
@@ -222,6 +259,7 @@ func (cfg *Config) source(g *eastwest.Gateway, reg prometheus.Registerer) (eastw
 func (p *Process) stop() {
 	p.stopSrc()
 	p.stopAdm()
+	p.closeH()
 }
 
 // Gateway is the data plane this process runs.
@@ -229,6 +267,14 @@ func (p *Process) Gateway() *eastwest.Gateway { return p.gw }
 
 // Addr is the gateway's bound HOST:PORT.
 func (p *Process) Addr() string { return p.ln.Addr().String() }
+
+// HBONEAddr is the HBONE listener's bound HOST:PORT (empty without Config.HBONE).
+func (p *Process) HBONEAddr() string {
+	if p.hln == nil {
+		return ""
+	}
+	return p.hln.Addr().String()
+}
 
 // AdminAddr is the admin endpoints' bound HOST:PORT (empty when not served).
 func (p *Process) AdminAddr() string { return p.adm.Addr() }

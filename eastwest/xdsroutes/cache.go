@@ -46,6 +46,8 @@ type cacheEndpoint struct {
 	Zone    string `json:"zone,omitempty"`
 	Ready   bool   `json:"ready"`
 	Weight  uint32 `json:"weight,omitempty"`
+	// HBONEPort is the endpoint's HBONE port (0: none).
+	HBONEPort uint32 `json:"hbonePort,omitempty"`
 }
 
 // encodeCache renders the table for the cache file (services in key order).
@@ -113,6 +115,9 @@ func parseCache(data []byte, cluster, domain string) (*eastwest.RouteTable, time
 			}
 			if e.Port == 0 || e.Port > 65535 {
 				errs.Add(eat+".port", "%d: use 1-65535", e.Port)
+			}
+			if e.HBONEPort > 65535 {
+				errs.Add(eat+".hbonePort", "HBONE port %d: use 1-65535 (or leave it out)", e.HBONEPort)
 			}
 			ep := eastwest.Endpoint(e)
 			if seen[ep.HostPort()] {

@@ -14,6 +14,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/api/names"
@@ -243,12 +244,31 @@ func endpointOf(lb *endpointv3.LbEndpoint) (eastwest.Endpoint, error) {
 	if port == 0 || port > 65535 {
 		return eastwest.Endpoint{}, fmt.Errorf("port %d: use 1-65535", port)
 	}
+	hbone, err := hbonePort(lb)
+	if err != nil {
+		return eastwest.Endpoint{}, err
+	}
 	return eastwest.Endpoint{
-		Address: ip.String(),
-		Port:    port,
-		Ready:   ready(lb.GetHealthStatus()),
-		Weight:  lb.GetLoadBalancingWeight().GetValue(),
+		Address:   ip.String(),
+		Port:      port,
+		Ready:     ready(lb.GetHealthStatus()),
+		Weight:    lb.GetLoadBalancingWeight().GetValue(),
+		HBONEPort: hbone,
 	}, nil
+}
+
+// hbonePort reads the endpoint's HBONE port from filter_metadata["meshfed"].hbonePort
+// (docs/xds.md, the gateway contract); 0 when absent.
+func hbonePort(lb *endpointv3.LbEndpoint) (uint32, error) {
+	v, ok := lb.GetMetadata().GetFilterMetadata()[names.EndpointMetadataKey].GetFields()[names.HBONEPortField]
+	if !ok {
+		return 0, nil
+	}
+	n, isNum := v.GetKind().(*structpb.Value_NumberValue)
+	if !isNum || n.NumberValue < 1 || n.NumberValue > 65535 || n.NumberValue != float64(uint32(n.NumberValue)) {
+		return 0, fmt.Errorf("metadata %s.%s %v: want a port number 1-65535", names.EndpointMetadataKey, names.HBONEPortField, v.AsInterface())
+	}
+	return uint32(n.NumberValue), nil
 }
 
 // sameRoutes reports whether two tables route identically (the origin aside).

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshfed/meshfed/api/names"
@@ -30,6 +31,37 @@ func lbEndpoint(host string, port uint32, h corev3.HealthStatus, w uint32) *endp
 		lb.LoadBalancingWeight = wrapperspb.UInt32(w)
 	}
 	return lb
+}
+
+// withHBONE sets the endpoint's HBONE port metadata as the federation sends it.
+func withHBONE(lb *endpointv3.LbEndpoint, v *structpb.Value) *endpointv3.LbEndpoint {
+	lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		names.EndpointMetadataKey: {Fields: map[string]*structpb.Value{names.HBONEPortField: v}}}}
+	return lb
+}
+
+func TestParseCLAHBONEPort(t *testing.T) {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: "inbound|8443||echo.demo.svc.cluster.local", Endpoints: []*endpointv3.LocalityLbEndpoints{
+		locality("z1", 0,
+			withHBONE(lbEndpoint("10.0.0.1", 9443, corev3.HealthStatus_HEALTHY, 0), structpb.NewNumberValue(15008)),
+			lbEndpoint("10.0.0.2", 9443, corev3.HealthStatus_HEALTHY, 0)),
+	}}
+	eps, err := parseCLA(cla)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps[0].HBONEPort != 15008 || eps[1].HBONEPort != 0 {
+		t.Fatalf("endpoints %+v: only 10.0.0.1 has HBONE port 15008", eps)
+	}
+	for name, v := range map[string]*structpb.Value{
+		"zero": structpb.NewNumberValue(0), "too large": structpb.NewNumberValue(70000),
+		"fraction": structpb.NewNumberValue(15008.5), "string": structpb.NewStringValue("15008"),
+	} {
+		cla.Endpoints[0].LbEndpoints[0] = withHBONE(lbEndpoint("10.0.0.1", 9443, corev3.HealthStatus_HEALTHY, 0), v)
+		if _, err := parseCLA(cla); err == nil || !strings.Contains(err.Error(), "meshfed.endpoint.hbonePort") {
+			t.Errorf("%s: error %v, want one naming meshfed.endpoint.hbonePort", name, err)
+		}
+	}
 }
 
 func locality(zone string, prio uint32, lbs ...*endpointv3.LbEndpoint) *endpointv3.LocalityLbEndpoints {
@@ -191,7 +223,8 @@ func TestParseClusters(t *testing.T) {
 func FuzzParseCLA(f *testing.F) {
 	seed := &endpointv3.ClusterLoadAssignment{ClusterName: "inbound|8443||echo.demo.svc.cluster.local", Endpoints: []*endpointv3.LocalityLbEndpoints{
 		locality("z1", 0, lbEndpoint("10.0.0.1", 9443, corev3.HealthStatus_HEALTHY, 2), lbEndpoint("fd00::2", 9443, corev3.HealthStatus_UNHEALTHY, 0)),
-		locality("z2", 1, lbEndpoint("10.0.0.3", 1, corev3.HealthStatus_UNKNOWN, 0)),
+		locality("z2", 1, lbEndpoint("10.0.0.3", 1, corev3.HealthStatus_UNKNOWN, 0),
+			withHBONE(lbEndpoint("10.0.0.4", 9443, corev3.HealthStatus_HEALTHY, 0), structpb.NewNumberValue(15008))),
 	}}
 	b, _ := proto.Marshal(seed)
 	f.Add(b)
@@ -262,7 +295,7 @@ func TestBackoff(t *testing.T) {
 
 func TestCacheRoundTrip(t *testing.T) {
 	tbl := &eastwest.RouteTable{Origin: "xds x", Services: map[eastwest.ServiceKey][]eastwest.Endpoint{
-		{Namespace: "demo", Name: "echo", Port: 8443}: {{Address: "10.0.0.1", Port: 9443, Zone: "z1", Ready: true, Weight: 2}, {Address: "fd00::1", Port: 9443}},
+		{Namespace: "demo", Name: "echo", Port: 8443}: {{Address: "10.0.0.1", Port: 9443, Zone: "z1", Ready: true, Weight: 2, HBONEPort: 15008}, {Address: "fd00::1", Port: 9443}},
 		{Namespace: "demo", Name: "empty", Port: 1}:   {},
 	}}
 	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
@@ -291,6 +324,8 @@ func TestCacheRoundTrip(t *testing.T) {
 			{"namespace":"demo","name":"echo","port":1,"endpoints":[{"address":"10.0.0.1","port":1},{"address":"10.0.0.1","port":1}]}]}`, "listed twice"},
 		"name": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
 			{"namespace":"Demo","name":"echo","port":1,"endpoints":[]}]}`, "DNS labels"},
+		"hbone": {`{"version":1,"cluster":"east","domain":"cluster.local","savedAt":"2026-11-27T09:00:00Z","services":[
+			{"namespace":"demo","name":"echo","port":1,"endpoints":[{"address":"10.0.0.1","port":1,"hbonePort":70000}]}]}`, "HBONE port 70000"},
 	} {
 		if _, _, err := parseCache([]byte(tc.data), "east", "cluster.local"); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)

@@ -44,6 +44,8 @@ type Endpoint struct {
 	Weight uint32
 	// Zone of a direct endpoint ("" when unknown); gateway endpoints carry none.
 	Zone string
+	// HBONEPort of a direct endpoint that takes HBONE tunnels (0: none).
+	HBONEPort uint32
 }
 
 // HostPort is Host:Port.
@@ -259,7 +261,7 @@ func PlanService(in *Input, svc *view.Service) ServicePlan {
 					if w == 0 {
 						w = 1
 					}
-					x := Endpoint{Host: e.Address, Port: target, Weight: w, Zone: e.Zone}
+					x := Endpoint{Host: e.Address, Port: target, Weight: w, Zone: e.Zone, HBONEPort: uint32(e.HBONEPort)}
 					if seen.add(hostPort{x.Host, x.Port}) {
 						lv.Endpoints = append(lv.Endpoints, x)
 					}

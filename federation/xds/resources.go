@@ -4,8 +4,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"github.com/meshfed/meshfed/api/fault"
-	"google.golang.org/protobuf/types/known/structpb"
 	"slices"
 	"sort"
 	"strconv"
@@ -24,8 +22,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/meshfed/meshfed/api/fault"
+	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/records"
 )
@@ -203,6 +204,9 @@ func locality(lv planner.Level, zone string, prio uint32, eps []planner.Endpoint
 		hids[i].Endpoint = &ends[i]
 		lb := &lbs[i]
 		lb.HostIdentifier, lb.HealthStatus, lb.LoadBalancingWeight = &hids[i], corev3.HealthStatus_HEALTHY, weight(e.Weight)
+		if e.HBONEPort != 0 {
+			lb.Metadata = hboneMetadata(e.HBONEPort)
+		}
 		ptrs[i] = lb
 	}
 	w := lv.Weight
@@ -215,6 +219,14 @@ func locality(lv planner.Level, zone string, prio uint32, eps []planner.Endpoint
 		LoadBalancingWeight: weight(w),
 		Priority:            prio,
 	}
+}
+
+// hboneMetadata carries an endpoint's HBONE port to the gateway (docs/xds.md, the gateway
+// contract): filter_metadata["meshfed.endpoint"] = {"hbonePort": <port>}.
+func hboneMetadata(port uint32) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		names.EndpointMetadataKey: {Fields: map[string]*structpb.Value{names.HBONEPortField: structpb.NewNumberValue(float64(port))}},
+	}}
 }
 
 // clusterTLS is what the outbound cluster's TLS depends on.
@@ -356,7 +368,7 @@ func buildInboundCLA(name, cluster, region string, e *records.Export, p records.
 		if w == 0 {
 			w = 1
 		}
-		lv.Endpoints = append(lv.Endpoints, planner.Endpoint{Host: ep.Address, Port: target, Weight: w, Zone: ep.Zone})
+		lv.Endpoints = append(lv.Endpoints, planner.Endpoint{Host: ep.Address, Port: target, Weight: w, Zone: ep.Zone, HBONEPort: uint32(ep.HBONEPort)})
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	cla.Endpoints = appendByZone(nil, lv, 0)

@@ -211,7 +211,7 @@ func TestBuildListenerAndRoute(t *testing.T) {
 
 func TestBuildInboundCLA(t *testing.T) {
 	e := &records.Export{Cluster: "west", Namespace: "demo", Name: "echo", Endpoints: []records.Endpoint{
-		{Address: "10.1.0.1", Zone: "z1", Ready: true}, {Address: "10.1.0.2", Zone: "z2", Ready: true, Weight: 3},
+		{Address: "10.1.0.1", Zone: "z1", Ready: true}, {Address: "10.1.0.2", Zone: "z2", Ready: true, Weight: 3, HBONEPort: 15008},
 		{Address: "10.1.0.3", Zone: "z1", Ready: false},
 	}}
 	name := names.InboundClusterName("demo", "echo", 8443, "")
@@ -227,11 +227,16 @@ func TestBuildInboundCLA(t *testing.T) {
 		}
 		for _, ep := range l.LbEndpoints {
 			sa := ep.GetEndpoint().GetAddress().GetSocketAddress()
-			addrs = append(addrs, l.Locality.Zone+"/"+sa.GetAddress()+":"+portStr(sa.GetPortValue()))
+			a := l.Locality.Zone + "/" + sa.GetAddress() + ":" + portStr(sa.GetPortValue())
+			// The HBONE port travels in the endpoint's metadata (the gateway contract).
+			if h, ok := ep.GetMetadata().GetFilterMetadata()[names.EndpointMetadataKey].GetFields()[names.HBONEPortField]; ok {
+				a += "+hbone:" + portStr(uint32(h.GetNumberValue()))
+			}
+			addrs = append(addrs, a)
 		}
 	}
-	if strings.Join(addrs, " ") != "z1/10.1.0.1:9443 z2/10.1.0.2:9443" {
-		t.Fatalf("inbound endpoints %v (ready ones only, at the target port)", addrs)
+	if strings.Join(addrs, " ") != "z1/10.1.0.1:9443 z2/10.1.0.2:9443+hbone:15008" {
+		t.Fatalf("inbound endpoints %v (ready ones only, at the target port, with their HBONE port)", addrs)
 	}
 	// targetPort 0 means the port itself.
 	cla, _ = buildInboundCLA(name, "west", "r1", e, records.Port{Port: 8443})

@@ -203,6 +203,8 @@ type Endpoint struct {
 	Zone    string `json:"zone,omitempty"`
 	Ready   bool   `json:"ready"`
 	Weight  uint32 `json:"weight,omitempty"`
+	// HBONEPort is the endpoint's HBONE port (0: the endpoint takes no HBONE tunnels).
+	HBONEPort int32 `json:"hbonePort,omitempty"`
 }
 
 // ServiceKey is namespace/name.
@@ -254,7 +256,7 @@ func (e *Export) Service() exports.Service {
 	}
 	for _, ep := range e.Endpoints {
 		ready := ep.Ready
-		s.Endpoints = append(s.Endpoints, exports.Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: &ready, Weight: ep.Weight})
+		s.Endpoints = append(s.Endpoints, exports.Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: &ready, Weight: ep.Weight, HBONEPort: ep.HBONEPort})
 	}
 	return s
 }
@@ -272,7 +274,7 @@ func ExportFromService(cluster string, s *exports.Service) *Export {
 	}
 	e.Endpoints = make([]Endpoint, 0, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
-		e.Endpoints = append(e.Endpoints, Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: ep.IsReady(), Weight: ep.Weight})
+		e.Endpoints = append(e.Endpoints, Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: ep.IsReady(), Weight: ep.Weight, HBONEPort: ep.HBONEPort})
 	}
 	e.Canonicalize()
 	return e

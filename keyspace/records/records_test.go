@@ -11,7 +11,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	now := time.Unix(1700000000, 0).UTC()
 	e := &Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: TypeClusterSetIP, Revision: 3, ExportedAt: now, UpdatedAt: now,
 		Ports:     []Port{{Name: "tls", Port: 8443, TargetPort: 9443, Protocol: "TCP"}},
-		Endpoints: []Endpoint{{Address: "10.0.0.2", Ready: true}, {Address: "10.0.0.1", Zone: "z1"}}}
+		Endpoints: []Endpoint{{Address: "10.0.0.2", Ready: true, HBONEPort: 15008}, {Address: "10.0.0.1", Zone: "z1"}}}
 	e.Canonicalize()
 	b, err := Encode(e)
 	if err != nil {
@@ -24,8 +24,29 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.SameContent(e) || got.Endpoints[0].Address != "10.0.0.1" {
+	if !got.SameContent(e) || got.Endpoints[0].Address != "10.0.0.1" || got.Endpoints[1].HBONEPort != 15008 {
 		t.Fatalf("round trip changed the record: %+v", got)
+	}
+	// The exports file shape carries the HBONE port both ways.
+	svc := got.Service()
+	if back := ExportFromService("west", &svc); back.Endpoints[1].HBONEPort != 15008 || back.Endpoints[0].HBONEPort != 0 {
+		t.Fatalf("HBONE port lost through the exports shape: %+v", back.Endpoints)
+	}
+	changed := *got
+	changed.Endpoints = append([]Endpoint(nil), got.Endpoints...)
+	changed.Endpoints[0].HBONEPort = 15008
+	if changed.SameContent(got) {
+		t.Fatal("an HBONE port change is not a content change")
+	}
+}
+
+func TestExportHBONEPortValidated(t *testing.T) {
+	now := time.Unix(1700000000, 0).UTC()
+	e := &Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: TypeClusterSetIP, Revision: 1, ExportedAt: now,
+		Ports:     []Port{{Port: 8443, Protocol: "TCP"}},
+		Endpoints: []Endpoint{{Address: "10.0.0.1", Ready: true, HBONEPort: 70000}}}
+	if err := e.Validate(); err == nil || !strings.Contains(err.Error(), "endpoints[0].hbonePort:") {
+		t.Fatalf("Validate = %v, want an error naming endpoints[0].hbonePort", err)
 	}
 }
 
@@ -106,7 +127,7 @@ func TestKeyspaceParse(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	seeds := []string{
 		`{"version":1,"name":"west","network":"n","region":"r","zone":"z","trustDomain":"west.example","gateways":["1.2.3.4:15443"],"joinedAt":"2026-01-01T00:00:00Z"}`,
-		`{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"name":"tls","port":8443,"protocol":"TCP"}],"endpoints":[{"address":"10.0.0.1","ready":true}],"revision":1,"exportedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"name":"tls","port":8443,"protocol":"TCP"}],"endpoints":[{"address":"10.0.0.1","ready":true,"hbonePort":15008}],"revision":1,"exportedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"trustDomain":"west.example","owner":"west","sequence":2,"jwks":{"keys":[]},"digest":"sha256:` + strings.Repeat("0", 64) + `"}`,
 		`{"version":1,"cluster":"west","trustDomain":"east.example","sequence":2,"digest":"x","appliedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"id":"d1","cluster":"west","until":"2026-01-01T00:00:00Z","startedBy":"me","startedAt":"2026-01-01T00:00:00Z"}`,

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshfed/meshfed/internal/reloadfile"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -46,11 +46,11 @@ type endpointServer struct {
 	cfg EndpointConfig
 	cur atomic.Pointer[trust.Set]
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	certMod time.Time
-	checked time.Time
-	ln      net.Listener
+	files *reloadfile.File[*tls.Certificate] // CertFile and KeyFile, when given
+
+	mu   sync.Mutex
+	cert *tls.Certificate // the dev CA's, renewed by itself
+	ln   net.Listener
 }
 
 func newEndpointServer(s *Service, cfg EndpointConfig) (*endpointServer, error) {
@@ -68,9 +68,15 @@ func newEndpointServer(s *Service, cfg EndpointConfig) (*endpointServer, error) 
 	}
 	e := &endpointServer{s: s, cfg: cfg}
 	if hasFiles {
-		if _, err := e.fileCert(); err != nil {
+		f, err := reloadfile.KeyPair(cfg.CertFile, cfg.KeyFile, reloadfile.Options{OnReload: func(err error) {
+			if err != nil {
+				s.log.Error("bundle endpoint certificate reload failed; keeping the last one", "err", err)
+			}
+		}})
+		if err != nil {
 			return nil, fmt.Errorf("--bundle-endpoint-cert: %w", err)
 		}
+		e.files = f
 	}
 	return e, nil
 }
@@ -127,39 +133,10 @@ func (e *endpointServer) handler() http.Handler {
 	})
 }
 
-func (e *endpointServer) fileCert() (*tls.Certificate, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.cert != nil && time.Since(e.checked) < time.Second {
-		return e.cert, nil
-	}
-	e.checked = time.Now()
-	st, err := os.Stat(e.cfg.CertFile)
-	if err != nil {
-		if e.cert != nil {
-			return e.cert, nil // keep serving the last good certificate
-		}
-		return nil, err
-	}
-	if e.cert != nil && st.ModTime().Equal(e.certMod) {
-		return e.cert, nil
-	}
-	c, err := tls.LoadX509KeyPair(e.cfg.CertFile, e.cfg.KeyFile)
-	if err != nil {
-		if e.cert != nil {
-			e.s.log.Error("bundle endpoint certificate reload failed; keeping the last one", "err", err)
-			return e.cert, nil
-		}
-		return nil, err
-	}
-	e.cert, e.certMod = &c, st.ModTime()
-	return e.cert, nil
-}
-
 func (e *endpointServer) run(ctx context.Context) error {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.NoClientCert}
 	if e.cfg.CertFile != "" {
-		tc.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return e.fileCert() }
+		tc.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return e.files.Get() }
 	} else {
 		ca, err := devca.Init(e.cfg.DevCADir, e.s.cfg.TrustDomain, devca.Options{})
 		if err != nil {

@@ -14,11 +14,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/internal/atomicfile"
+	"github.com/meshfed/meshfed/internal/bundlemap"
 	"github.com/meshfed/meshfed/trust"
 )
 
 // BundleMapFile is the SPIFFE bundle map's file name in the bundle directory and ConfigMap.
-const BundleMapFile = "bundle-map.json"
+const BundleMapFile = bundlemap.FileName
 
 // ConfigMapOutput writes the bundle files into one ConfigMap (keys <td>.pem and
 // bundle-map.json), for pods that mount trust bundles.
