@@ -29,6 +29,10 @@ type Snapshot struct {
 	Policies  map[string]*store.Item[records.Policy] // by namespace/name
 	Audits    int
 	Bad       []error
+
+	// mirror holds the records the import view is built from (View).
+	mirror *view.Mirror
+	kvs    []store.KV
 }
 
 // RotationEntry is one rotations/<td> record: decoded when this binary knows the type,
@@ -44,7 +48,7 @@ const scanPage = 1000
 
 // ReadSnapshot reads every key under the store's prefix at one revision.
 func ReadSnapshot(ctx context.Context, st *store.Store) (*Snapshot, error) {
-	s := newSnapshot()
+	s := newSnapshot(st.KS)
 	cli := st.Client()
 	prefix := st.KS.Prefix()
 	end := clientv3.GetPrefixRangeEnd(prefix)
@@ -73,20 +77,9 @@ func ReadSnapshot(ctx context.Context, st *store.Store) (*Snapshot, error) {
 	return s, nil
 }
 
-// SnapshotOf decodes kvs (a store.Syncer's mirror of the keyspace ks) as ReadSnapshot
-// does.
-func SnapshotOf(ks records.Keyspace, kvs []store.KV, rev int64) *Snapshot {
-	s := newSnapshot()
-	s.Revision = rev
-	for _, kv := range kvs {
-		s.add(ks, []byte(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease)
-	}
-	s.finish()
-	return s
-}
-
-func newSnapshot() *Snapshot {
+func newSnapshot(ks records.Keyspace) *Snapshot {
 	return &Snapshot{
+		mirror:    view.NewMirror(ks, "", view.MirrorHooks{}),
 		Clusters:  map[string]*store.Item[records.Cluster]{},
 		Alive:     map[string]*store.Item[records.Alive]{},
 		Exports:   map[string][]*store.Item[records.Export]{},
@@ -98,8 +91,10 @@ func newSnapshot() *Snapshot {
 	}
 }
 
-// finish sorts what add appended.
+// finish sorts what add appended and hands the records to the view's mirror.
 func (s *Snapshot) finish() {
+	s.mirror.Reset(s.kvs, s.Revision)
+	s.kvs = nil
 	for c := range s.Exports {
 		sort.Slice(s.Exports[c], func(i, j int) bool { return s.Exports[c][i].Key < s.Exports[c][j].Key })
 	}
@@ -126,6 +121,7 @@ func item[T any, PT interface {
 
 func (s *Snapshot) add(ks records.Keyspace, rawKey, value []byte, create, mod, lease int64) {
 	key := string(rawKey)
+	s.kvs = append(s.kvs, store.KV{Key: key, Value: value, CreateRevision: create, ModRevision: mod, Lease: lease})
 	k, err := ks.Parse(key)
 	if err != nil {
 		s.Bad = append(s.Bad, err)
@@ -193,38 +189,10 @@ func (s *Snapshot) ClusterNames() []string {
 	return out
 }
 
-// View builds the import view the way a federation service would from this snapshot: a
-// cluster without heartbeat is stale (since when is unknown: etcd keeps no time for a
-// deletion, so StaleSince stays zero and the grace never runs out here).
-func (s *Snapshot) View() *view.View {
-	v := &view.View{Revision: s.Revision, Services: map[string]*view.Service{},
-		Clusters: map[string]*records.Cluster{}, Alive: map[string]bool{}, Policies: map[string]*records.Policy{}}
-	for n, it := range s.Clusters {
-		v.Clusters[n] = it.Value
-	}
-	for n := range s.Alive {
-		v.Alive[n] = true
-	}
-	for _, d := range s.Drills {
-		v.Drills = append(v.Drills, d.Value)
-	}
-	for k, p := range s.Policies {
-		v.Policies[k] = p.Value
-	}
-	by := map[string][]*view.ClusterExport{}
-	for c, exps := range s.Exports {
-		for _, e := range exps {
-			by[e.Value.ServiceKey()] = append(by[e.Value.ServiceKey()], &view.ClusterExport{Cluster: c, Export: e.Value, Stale: !v.Alive[c]})
-		}
-	}
-	for k, ces := range by {
-		sort.Slice(ces, func(i, j int) bool { return ces[i].Cluster < ces[j].Cluster })
-		if m := view.Merge(ces); m != nil {
-			v.Services[k] = m
-		}
-	}
-	return v
-}
+// View builds the import view from this snapshot with the federation services' builder
+// (view.Mirror): a cluster without heartbeat is stale (since when is unknown: etcd keeps
+// no time for a deletion, so StaleSince stays zero and the grace never runs out here).
+func (s *Snapshot) View() *view.View { return s.mirror.View(nil) }
 
 // ServiceKeys lists the services exported by any cluster, sorted.
 func (s *Snapshot) ServiceKeys() []string {

@@ -59,7 +59,7 @@ type Service struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
-	mr     *mirror
+	mr     *view.Mirror
 	pub    *publisher
 	syncer *store.Syncer
 	hb     *store.Heartbeat
@@ -109,9 +109,24 @@ func New(cfg Config) (*Service, error) {
 	log = log.With("cluster", cfg.Cluster)
 	m := newMetrics(cfg.Registry)
 	s := &Service{cfg: cfg, log: log, m: m}
-	s.mr = newMirror(cfg.Store.KS, cfg.Cluster, log, m)
+	badSeen := map[string]int64{}
+	s.mr = view.NewMirror(cfg.Store.KS, cfg.Cluster, view.MirrorHooks{
+		Bad: func(key string, modRev int64, err error) {
+			m.invalidRecords.Inc()
+			if badSeen[key] == modRev {
+				return
+			}
+			badSeen[key] = modRev
+			log.Error("ignoring invalid record in etcd; the last good value stays in use", "key", key, "err", err)
+		},
+		LiveExport: func(e *records.Export) {
+			if now := time.Now(); e.UpdatedAt.After(now.Add(-time.Hour)) {
+				m.propagation.Observe(now.Sub(e.UpdatedAt).Seconds())
+			}
+		},
+	})
 	s.pub = newPublisher(cfg.Store, cfg.Cluster, log, m)
-	s.pub.onLocal = s.mr.setLocal
+	s.pub.onLocal = s.mr.SetLocal
 	s.syncer = cfg.Store.NewSyncer(cfg.Store.KS.Prefix(), s.mr)
 	var resyncs int
 	s.syncer.OnStatus = func(st store.SyncStatus) {
@@ -286,7 +301,7 @@ func (s *Service) Run(ctx context.Context) error {
 				writer(lctx)
 				s.setLeading(false)
 				s.pub.reset()
-				s.mr.clearLocal()
+				s.mr.ClearLocal()
 				s.log.Info("no longer leading: another replica publishes")
 			})
 			if err != nil && ctx.Err() == nil {
@@ -318,7 +333,7 @@ func (s *Service) build(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.mr.changed:
+		case <-s.mr.Changed():
 		case <-timer.C:
 			// A stale cluster's grace ended: re-merge its services without it.
 			now := time.Now()
@@ -326,15 +341,15 @@ func (s *Service) build(ctx context.Context) {
 			for c, since := range stale {
 				if !expired[c] && now.Sub(since) >= s.cfg.StaleGrace {
 					expired[c] = true
-					keys = append(keys, s.mr.servicesOf(c)...)
+					keys = append(keys, s.mr.ServicesOf(c)...)
 					s.log.Warn("stale cluster's grace period is over: its exports leave the import view", "stale_cluster", c, "stale_since", since)
 				}
 			}
-			s.mr.markDirty(keys)
+			s.mr.MarkDirty(keys)
 			continue
 		}
 		start := time.Now()
-		snap := s.mr.take(stale, start, s.cfg.StaleGrace)
+		snap := s.mr.Take(&view.Staleness{Since: stale, Now: start, Grace: s.cfg.StaleGrace})
 		s.trackStale(snap, stale, expired, start)
 		next := s.apply(snap)
 		s.m.viewBuilds.Inc()
@@ -355,9 +370,9 @@ func (s *Service) build(ctx context.Context) {
 	}
 }
 
-func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired map[string]bool, now time.Time) {
-	for c := range snap.exporters {
-		if snap.alive[c] {
+func (s *Service) trackStale(snap *view.Changes, stale map[string]time.Time, expired map[string]bool, now time.Time) {
+	for c := range snap.Exporters {
+		if snap.Alive[c] {
 			if _, was := stale[c]; was {
 				s.log.Info("cluster heartbeat is back: no longer stale", "other_cluster", c)
 			}
@@ -372,7 +387,7 @@ func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired
 		}
 	}
 	for c := range stale {
-		if !snap.exporters[c] {
+		if !snap.Exporters[c] {
 			delete(stale, c) // no exports left
 			delete(expired, c)
 		}
@@ -390,86 +405,35 @@ func (s *Service) trackStale(snap *snapshot, stale map[string]time.Time, expired
 
 // apply builds the next view from the previous one and the changes; nil when nothing
 // visible changed.
-func (s *Service) apply(snap *snapshot) *view.View {
+func (s *Service) apply(snap *view.Changes) *view.View {
 	s.mu.RLock()
 	old := s.view
 	s.mu.RUnlock()
-	nv := &view.View{Revision: snap.rev, Clusters: snap.clusters, Alive: snap.alive, Drills: snap.drills, Policies: snap.policies}
-	if snap.all {
-		nv.Services = make(map[string]*view.Service, len(snap.exports))
-	} else {
-		nv.Services = make(map[string]*view.Service, len(old.Services)+len(snap.dirty))
-		for k, v := range old.Services {
-			nv.Services[k] = v
+	nv, services, changed := view.Next(old, snap)
+	for _, c := range services {
+		if d := describeChange(c.Key, c.Prev, c.Cur); d != "" {
+			s.log.Info("import view changed", "service", c.Key, "change", d)
 		}
 	}
-	changed := snap.meta
-	var changedKeys []string
-	for _, sk := range snap.dirty {
-		prev := old.Services[sk]
-		var cur *view.Service
-		if list := snap.exports[sk]; len(list) > 0 {
-			cur = view.Merge(list)
-			nv.Services[sk] = cur
-		} else {
-			delete(nv.Services, sk)
-		}
-		if !sameExports(prev, cur) {
-			changed = true
-			changedKeys = append(changedKeys, sk)
-		}
-		if d := describeChange(sk, prev, cur); d != "" {
-			s.log.Info("import view changed", "service", sk, "change", d)
-		}
-	}
-	if snap.all && len(old.Services) > 0 {
-		for sk, prev := range old.Services {
-			if _, ok := nv.Services[sk]; !ok {
-				changed = true
-				s.log.Info("import view changed", "service", sk, "change", describeChange(sk, prev, nil))
-			}
-		}
-	}
-	s.noteSelf(snap.clusters)
+	s.noteSelf(snap.Clusters)
 	s.m.services.Set(float64(len(nv.Services)))
-	s.m.viewRevision.Set(float64(snap.rev))
+	s.m.viewRevision.Set(float64(snap.Revision))
 	if !changed && old.Revision != 0 {
 		// Keep the revision current for readers, without a push to subscribers.
 		s.mu.Lock()
 		cp := *old
-		cp.Revision = snap.rev
+		cp.Revision = snap.Revision
 		s.view = &cp
 		s.mu.Unlock()
 		return nil
 	}
-	if !snap.all {
-		// Consumers (the xDS planner) re-plan only these services. Rounds that published
-		// nothing had no real change, so this list covers everything since the last push.
-		nv.Changed = changedKeys
-	}
+	// Unless the whole view was rebuilt, nv.Changed lists what consumers (the xDS
+	// planner) re-plan. Rounds that published nothing had no real change, so the list
+	// covers everything since the last push.
 	s.mu.Lock()
 	s.view = nv
 	s.mu.Unlock()
 	return nv
-}
-
-// sameExports reports whether two merges of a service rest on the very same export
-// records with the same staleness (the mirror keeps a record's pointer until it changes),
-// so nothing a consumer sees can differ.
-func sameExports(a, b *view.Service) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	if len(a.Clusters) != len(b.Clusters) {
-		return false
-	}
-	for i := range a.Clusters {
-		x, y := a.Clusters[i], b.Clusters[i]
-		if x.Cluster != y.Cluster || x.Export != y.Export || x.Stale != y.Stale || !x.StaleSince.Equal(y.StaleSince) {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Service) publish(v *view.View) {

@@ -15,12 +15,12 @@ import (
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
-	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
 )
 
 // planRouter routes the drill's requests the way cluster `from` routes them: it mirrors
-// the keyspace from etcd (one watch), checks every gateway like a federation service does
+// the keyspace from etcd (one watch) into the federation services' view builder
+// (view.Mirror, re-merging only the services that changed), checks every gateway like a federation service does
 // (federation/health, same defaults), plans with federation/planner and damps changes
 // with planner.Stabilizer, then sends each request to priority 0 (weighted among its
 // endpoints). It measures the etcd watch → plan path; a client behind a real xDS server
@@ -35,8 +35,9 @@ type planRouter struct {
 	stab    *planner.Stabilizer
 	onPlan  func(order string)
 
+	mirror *view.Mirror
+
 	mu      sync.Mutex
-	kvs     map[string]store.KV
 	view    *view.View
 	levels  []planner.Level
 	order   string
@@ -55,44 +56,28 @@ func newPlanRouter(st *store.Store, from, ns, name string, port uint32, minReass
 		return nil, err
 	}
 	return &planRouter{st: st, from: from, ns: ns, name: name, port: port, checker: chk,
-		stab: planner.NewStabilizer(minReassign), onPlan: onPlan, kvs: map[string]store.KV{},
+		stab: planner.NewStabilizer(minReassign), onPlan: onPlan, mirror: view.NewMirror(st.KS, "", view.MirrorHooks{}),
 		synced: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
 }
 
 // Reset implements store.Handler.
-func (r *planRouter) Reset(kvs []store.KV, _ int64) {
-	r.mu.Lock()
-	r.kvs = make(map[string]store.KV, len(kvs))
-	for _, kv := range kvs {
-		r.kvs[kv.Key] = kv
-	}
-	r.mu.Unlock()
+func (r *planRouter) Reset(kvs []store.KV, rev int64) {
+	r.mirror.Reset(kvs, rev)
 	r.rebuild()
 	r.once.Do(func() { close(r.synced) })
 }
 
 // Apply implements store.Handler.
-func (r *planRouter) Apply(evs []store.Event, _ int64) {
-	r.mu.Lock()
-	for _, e := range evs {
-		if e.Delete {
-			delete(r.kvs, e.KV.Key)
-		} else {
-			r.kvs[e.KV.Key] = e.KV
-		}
-	}
-	r.mu.Unlock()
+func (r *planRouter) Apply(evs []store.Event, rev int64) {
+	r.mirror.Apply(evs, rev)
 	r.rebuild()
 }
 
+// rebuild takes the mirror's changes into the view (a cluster without heartbeat stays,
+// stale, as in status: the drill does not know since when).
 func (r *planRouter) rebuild() {
 	r.mu.Lock()
-	kvs := make([]store.KV, 0, len(r.kvs))
-	for _, kv := range r.kvs {
-		kvs = append(kvs, kv)
-	}
-	snap := operator.SnapshotOf(r.st.KS, kvs, 0)
-	r.view = snap.View()
+	r.view, _, _ = view.Next(r.view, r.mirror.Take(nil))
 	targets := map[string][]string{}
 	for n, c := range r.view.Clusters {
 		if n != r.from {
