@@ -65,6 +65,7 @@ Examples:
 	up.Flags().DurationVar(&o.DrillFor, "drill-for", 8*time.Second, "how long the drill cordons west")
 	up.Flags().DurationVar(&o.MinReassign, "min-reassign", 3*time.Second, "planner damping for the demo (production default 10s)")
 	up.Flags().BoolVar(&exit, "exit-after-demo", false, "stop after the story instead of running until Ctrl-C")
+	up.Flags().StringVar(&o.DevCADir, "dev-ca-dir", devup.DefaultDevCADir, "development CAs of the three clusters (one directory per trust domain; kept across runs), where 'meshfed drill' finds them")
 
 	var target string
 	var interval time.Duration

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meshfed/meshfed/harness/devup"
+
 	"fmt"
 	"log/slog"
 	"strings"
@@ -35,7 +37,7 @@ type trustFlags struct {
 
 // defaultDevCADir is where `meshfed trust dev-ca` and --bundle-source dev keep the
 // development CA unless told otherwise.
-const defaultDevCADir = ".meshfed/dev-ca"
+const defaultDevCADir = devup.DefaultDevCADir
 
 const trustFlagsHelp = `trust (all optional; see docs/trust.md):
   --trust-domain TD         this cluster's SPIFFE trust domain

@@ -39,6 +39,12 @@ type Options struct {
 	DrillFor time.Duration
 	// MinReassign is the planners' damping (default 3s for the demo; 10s in production).
 	MinReassign time.Duration
+	// DevCADir keeps the clusters' development CAs in DevCADir/<trust domain>, where
+	// `meshfed drill` finds the --from cluster's CA by default (`meshfed dev up` passes
+	// .meshfed/dev-ca, the default of both); empty: under Dir.
+	DevCADir string
+	// DrillCommand is the command the story ends by printing (default "bin/meshfed").
+	DrillCommand string
 	// Stay keeps the federation running after the story until ctx ends.
 	Stay bool
 	Out  io.Writer
@@ -100,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 
 	f, err := harness.Start(ctx, harness.Options{
 		Dir: dir, EtcdAddr: o.EtcdAddr, HeartbeatTTL: 10 * time.Second, PollInterval: 100 * time.Millisecond,
-		MinReassign: o.MinReassign, GatewayRoutesFromXDS: true, Trust: true, Admin: true,
+		MinReassign: o.MinReassign, GatewayRoutesFromXDS: true, Trust: true, Admin: true, DevCADir: o.DevCADir,
 		Log: slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Clusters: []harness.ClusterSpec{
 			{Name: "east", Region: "region-1", Zone: "region-1a", TrustDomain: "east.meshfed.local"},
@@ -233,17 +239,38 @@ func Run(ctx context.Context, o Options) error {
 	if !o.Stay {
 		return nil
 	}
+	bin := o.DrillCommand
+	if bin == "" {
+		bin = "bin/meshfed"
+	}
 	s.say("")
 	s.say("The federation keeps running. Try, in another terminal:")
-	s.say("  bin/meshfed status --etcd-endpoints %s --from east", etcd)
+	s.say("  %s status --etcd-endpoints %s --from east", bin, etcd)
 	s.say("  curl -s http://%s/debug/imports", east.AdminAddr)
 	s.say("  curl -s http://%s/debug/xds", east.AdminAddr)
-	s.say("  bin/meshfed drill --etcd-endpoints %s --fail north --duration 20s", etcd)
+	s.say("A drill with traffic: east's requests to %s/%s over mTLS (an SVID of east from its development CA), west's gateway blackholed for 15s:", ns, service)
+	s.say("  %s", DrillCommand(bin, etcd, east.XDSAddr, o.DevCADir))
 	s.say("Ctrl-C stops everything.")
 	cl.quiet()
 	<-ctx.Done()
 	return nil
 }
+
+// DrillCommand is the drill with traffic that the story prints (and a test runs): west's
+// gateways blackholed, east's requests to demo/echo through east's xDS, identity from the
+// development CA in devCADir (the flag is left out at its default, .meshfed/dev-ca).
+func DrillCommand(bin, etcd, xds, devCADir string) string {
+	cmd := fmt.Sprintf("%s drill --etcd-endpoints %s --fail west --fault blackhole --duration 15s --from east --target %s/%s:%d --xds %s",
+		bin, etcd, ns, service, port, xds)
+	if devCADir != "" && filepath.Clean(devCADir) != filepath.Clean(DefaultDevCADir) {
+		cmd += " --dev-ca-dir " + devCADir
+	}
+	return cmd
+}
+
+// DefaultDevCADir is where `meshfed dev up` keeps the development CAs and where
+// `meshfed drill` and `meshfed trust dev-ca` look by default.
+const DefaultDevCADir = ".meshfed/dev-ca"
 
 // story prints the narrative with the time since start.
 type story struct {
