@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/operator/drill"
@@ -26,11 +27,23 @@ type drillFlags struct {
 func newDrillCmd() *cobra.Command {
 	var f drillFlags
 	cmd := &cobra.Command{
-		Use:   "drill --fail CLUSTER",
-		Short: "Failover drill: cordon a cluster for a while, optionally drive traffic and measure the switch",
-		Long: `A drill cordons one cluster (for one service with --service, or for all) for
---duration: every federation service treats it as down and moves traffic to the next
-cluster in order. The cordon is the key drills/<id>, attached to its own etcd lease
+		Use:   "drill --fail CLUSTER [--fault KIND]",
+		Short: "Failover drill: fail a cluster for a while (cordon or a real gateway fault), optionally drive traffic and measure the switch",
+		Long: `A drill fails one cluster (for one service with --service, or for all) for
+--duration. --fault says how:
+
+  cordon          (default) every federation service treats it as down and moves traffic
+                  to the next cluster in order: proves the planners obey;
+  blackhole       its gateways accept connections and then say nothing, the health name
+                  included: the other clusters must detect it by their health checks;
+  reset           its gateways reset new connections and health probes;
+  delay=DURATION  its gateways hold each new connection's hello that long (health answers too);
+  error=FRACTION  its gateways reset that fraction of new connections.
+
+A fault other than cordon writes no cordon: it is carried out by the cluster's own
+gateways (its federation service hands it to them over xDS), and it ends by itself at
+the drill's start plus --duration, by the gateways' own clocks, whatever happens to this
+process, the federation services or etcd. The cordon is the key drills/<id>, attached to its own etcd lease
 (--lease-ttl, default 10s) that this process keeps alive: if the drill process dies
 (kill -9, a lost laptop), the cordon ends by itself within the lease TTL. At the end of
 --duration, or on Ctrl-C, the drill revokes the lease and the cordon ends at once.
@@ -54,9 +67,13 @@ during the switch, and how long after the lift traffic came back. --target is
       a fixed address (a local Envoy listener, a load balancer) that does the failover
       itself.
 
-Each request is one TLS connection that sends a line and reads one back; the answer must
-start with the serving cluster's name ("<cluster> <workload>: ...", as the demo workloads
-answer). Progress is printed every second; the end is a summary in plain words. --report
+Each request is one TLS connection. Its client identity: --tls-cert/--tls-key, or the
+SPIFFE Workload API (--spiffe-socket), or else an SVID of the --from cluster minted from
+its development CA in --dev-ca-dir when that CA is there (what 'meshfed dev up' uses).
+The serving cluster is the one whose trust domain the workload's SPIFFE ID names (its
+certificate checked against that trust domain's bundle from etcd, or --tls-ca); a gRPC
+port (appProtocol grpc) gets a gRPC health check that must answer SERVING. A workload
+without a SPIFFE ID must answer a line naming its cluster ("<cluster> <workload>: ..."). Progress is printed every second; the end is a summary in plain words. --report
 FILE writes the measurements as JSON and a timeline of requests per cluster over time as
 a self-contained HTML page beside it (FILE with .html).
 
@@ -70,6 +87,8 @@ Examples:
   meshfed drill --fail west --duration 30s --from east --target demo/echo:8443 \
     --rate 20 --report west-drill.json        # then open west-drill.html
   meshfed drill --fail west --from east --target demo/echo:8443 --xds 127.0.0.1:15010
+  meshfed drill --fail west --fault blackhole --duration 20s --from east \
+    --target demo/echo:8443 --xds 127.0.0.1:15010
 
 See docs/operations.md ("Failover drills").`,
 		Args: cobra.NoArgs,
@@ -80,7 +99,8 @@ See docs/operations.md ("Failover drills").`,
 	fl := cmd.Flags()
 	addEtcdFlags(fl, &f.etcd)
 	r := &f.req
-	fl.StringVar(&r.Fail, "fail", "", "the cluster to cordon")
+	fl.StringVar(&r.Fail, "fail", "", "the cluster to fail")
+	fl.StringVar(&r.Fault, "fault", "cordon", "what the drill does to it: "+fault.Usage)
 	fl.StringVar(&f.service, "service", "", "cordon only this service, NAMESPACE/NAME (default: every service)")
 	fl.DurationVar(&r.Duration, "duration", drill.DefaultDuration, "how long the cordon holds")
 	fl.DurationVar(&r.LeaseTTL, "lease-ttl", drill.DefaultLeaseTTL, "TTL of the cordon's own lease: how long it outlives a killed drill (2s-60s)")
@@ -94,9 +114,11 @@ See docs/operations.md ("Failover drills").`,
 	fl.DurationVar(&r.Warmup, "warmup", drill.DefaultWarmup, "traffic before the cordon (the baseline)")
 	fl.DurationVar(&r.RecoveryTimeout, "recovery-timeout", drill.DefaultRecoveryTimeout, "how long to wait for traffic to come back after the lift")
 	fl.DurationVar(&r.MinReassign, "min-reassign", 0, "damping of the traffic's failover plan; match the federation services' (default 10s)")
-	fl.StringVar(&r.CAFile, "tls-ca", "", "PEM CA the target's certificate must chain to (default: not verified; the drill measures routing)")
+	fl.StringVar(&r.CAFile, "tls-ca", "", "PEM CA the workload's certificate must chain to (default: a SPIFFE workload is checked against its trust domain's bundle from etcd; others are not verified)")
 	fl.StringVar(&r.CertFile, "tls-cert", "", "PEM client certificate for mTLS targets (with --tls-key)")
 	fl.StringVar(&r.KeyFile, "tls-key", "", "PEM key of --tls-cert")
+	fl.StringVar(&r.SPIFFESocket, "spiffe-socket", "", "SPIFFE Workload API address (unix:///path) giving the traffic's client identity")
+	fl.StringVar(&r.DevCADir, "dev-ca-dir", defaultDevCADir, "without --tls-cert or --spiffe-socket: mint the traffic's client SVID from the --from cluster's development CA here, if it is there")
 	fl.StringVar(&f.report, "report", "", "write the report as JSON to FILE and its HTML timeline beside it")
 	fl.BoolVar(&r.DryRun, "dry-run", false, "show which services and clients the drill would affect; change nothing")
 	addOutputFlag(fl, &f.output)

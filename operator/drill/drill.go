@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/planner"
@@ -28,6 +29,8 @@ import (
 	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/operator/internal/problems"
+	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/clientid"
 )
 
 // Drill defaults.
@@ -44,8 +47,12 @@ const (
 type Request struct {
 	// ID names the drill (drills/<id>); default "<cluster>-<time>".
 	ID string
-	// Fail is the cluster to cordon; Namespace/Service narrow it to one service.
-	Fail      string
+	// Fail is the cluster to fail; Namespace/Service narrow it to one service.
+	Fail string
+	// Fault is what the drill does to it (api/fault text form; empty: cordon). A cordon
+	// tells the planners the cluster is down; every other kind is carried out by the
+	// cluster's own gateways, and the other clusters must find it by health checks.
+	Fault     string
 	Namespace string
 	Service   string
 	Duration  time.Duration
@@ -74,8 +81,13 @@ type Request struct {
 	// is not verified: the drill measures routing, not authentication); CertFile/KeyFile
 	// present a client certificate (mTLS).
 	CAFile, CertFile, KeyFile string
-	DryRun                    bool
-	Actor                     string
+	// SPIFFESocket is a SPIFFE Workload API address giving the client identity.
+	SPIFFESocket string
+	// DevCADir is a development CA directory: without files or a socket, an SVID of the
+	// From cluster's trust domain is minted from it when it holds that CA.
+	DevCADir string
+	DryRun   bool
+	Actor    string
 	// Progress receives a line per ProgressInterval (default 1s) while the drill runs.
 	Progress         io.Writer
 	ProgressInterval time.Duration
@@ -131,10 +143,12 @@ func ParseTarget(s string) (Target, error) {
 
 // Plan is what the drill cordons and whom it affects.
 type Plan struct {
-	DryRun   bool          `json:"dry_run"`
-	ID       string        `json:"id"`
-	Key      string        `json:"key"`
-	Fail     string        `json:"fail"`
+	DryRun bool   `json:"dry_run"`
+	ID     string `json:"id"`
+	Key    string `json:"key"`
+	Fail   string `json:"fail"`
+	// Fault is the fault kind (cordon, blackhole, reset, delay=D, error=F).
+	Fault    string        `json:"fault"`
 	Service  string        `json:"service"` // "*" for every service
 	Duration time.Duration `json:"duration_ns"`
 	LeaseTTL time.Duration `json:"lease_ttl_ns"`
@@ -241,6 +255,13 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	if (r.CertFile == "") != (r.KeyFile == "") {
 		p.Add("--tls-cert/--tls-key", "give both or neither")
 	}
+	if r.CertFile != "" && r.SPIFFESocket != "" {
+		p.Add("--spiffe-socket", "give either a client certificate (--tls-cert/--tls-key) or the Workload API socket, not both")
+	}
+	spec, err := fault.Parse(r.Fault)
+	if err != nil {
+		p.Add("--fault", "%v", err)
+	}
 	var tgt *Target
 	if r.Target != "" {
 		t, err := ParseTarget(r.Target)
@@ -257,7 +278,7 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	if err != nil {
 		return nil, nil, fmt.Errorf("drill: %w", err)
 	}
-	plan := &Plan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Service: "*",
+	plan := &Plan{DryRun: r.DryRun, ID: r.ID, Key: st.KS.Drill(r.ID), Fail: r.Fail, Fault: spec.String(), Service: "*",
 		Duration: r.Duration, LeaseTTL: r.LeaseTTL, MinReassign: r.MinReassign, Affected: []AffectedService{}}
 	if r.Service != "" {
 		plan.Service = view.Key(r.Namespace, r.Service)
@@ -336,7 +357,11 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 		plan.Affected = append(plan.Affected, as)
 	}
 	if len(plan.Affected) == 0 {
-		plan.Warnings = append(plan.Warnings, fmt.Sprintf("%s exports nothing that matches: the cordon changes no plan", r.Fail))
+		plan.Warnings = append(plan.Warnings, fmt.Sprintf("%s exports nothing that matches: the %s changes no plan", r.Fail, spec.Kind))
+	}
+	if spec.AtGateway() && len(snap.Exports[r.Fail]) == 0 {
+		// The fault travels in the metadata of the gateway's inbound clusters: none, no fault.
+		p.Add("--fault", "%s exports nothing: its gateways get no service to carry the %s fault on", r.Fail, spec.Kind)
 	}
 	if tgt != nil {
 		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
@@ -437,11 +462,17 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	}
 	var tr *traffic
 	if tgt != nil {
-		tlsCfg, err := drillTLS(&r)
+		snap, err := operator.ReadSnapshot(ctx, st)
+		if err != nil {
+			return nil, fmt.Errorf("drill: %w", err)
+		}
+		cl, err := newClient(ctx, snap, &r, tgt)
 		if err != nil {
 			return nil, err
 		}
-		tr, err = startTraffic(ctx, st, &r, tgt, tlsCfg, prog)
+		defer cl.id.Close()
+		fmt.Fprintf(prog, "%s\n", cl.says)
+		tr, err = startTraffic(ctx, st, &r, tgt, cl, prog)
 		if err != nil {
 			return nil, err
 		}
@@ -457,8 +488,16 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	// keeps its lease alive. It leaves room for a slow etcd write, so that the planner never
 	// ends the cordon before the lift.
 	now := time.Now()
+	spec, _ := fault.Parse(r.Fault) // validated by NewPlan
 	d := &records.Drill{ID: r.ID, Cluster: r.Fail, Namespace: r.Namespace, Service: r.Service,
 		Until: now.Add(r.Duration + r.LeaseTTL).UTC(), StartedBy: orActor(r.Actor), StartedAt: now.UTC()}
+	what := "cordoned " + r.Fail
+	if spec.AtGateway() {
+		// The gateways end the fault at this deadline by their own clocks, whatever becomes
+		// of this process, the federation services or etcd.
+		d.Fault, d.FaultDeadline = spec.String(), now.Add(r.Duration).UTC()
+		what = fmt.Sprintf("fault %s at %s's gateways", spec, r.Fail)
+	}
 	c, err := operator.StartCordon(ctx, st, d, r.LeaseTTL)
 	if err != nil {
 		if tr != nil {
@@ -468,10 +507,19 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	}
 	rep.CordonAt = time.Now()
 	if tr != nil {
-		tr.mark(rep.CordonAt, "cordon "+r.Fail)
+		if spec.AtGateway() {
+			tr.mark(rep.CordonAt, spec.String()+" "+r.Fail)
+		} else {
+			tr.mark(rep.CordonAt, "cordon "+r.Fail)
+		}
 	}
-	fmt.Fprintf(prog, "cordoned %s for %s (%s, lease TTL %v: if this process dies the cordon ends within that); lifting in %v\n",
-		r.Fail, plan.Service, c.Key, r.LeaseTTL, r.Duration)
+	if spec.AtGateway() {
+		fmt.Fprintf(prog, "%s for %s (%s, lease TTL %v; the gateways end it at %s by their own clocks in any case); lifting in %v\n",
+			what, plan.Service, c.Key, r.LeaseTTL, d.FaultDeadline.Format(time.RFC3339), r.Duration)
+	} else {
+		fmt.Fprintf(prog, "%s for %s (%s, lease TTL %v: if this process dies the cordon ends within that); lifting in %v\n",
+			what, plan.Service, c.Key, r.LeaseTTL, r.Duration)
+	}
 
 	interrupted := false
 	var lostErr error
@@ -492,7 +540,7 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	if tr != nil {
 		tr.mark(rep.LiftAt, "lift")
 	}
-	fmt.Fprintf(prog, "cordon lifted after %v\n", rep.LiftAt.Sub(rep.CordonAt).Round(10*time.Millisecond))
+	fmt.Fprintf(prog, "%s lifted after %v\n", plan.event(), rep.LiftAt.Sub(rep.CordonAt).Round(10*time.Millisecond))
 	if tr != nil && !interrupted && lostErr == nil {
 		tr.waitBack(ctx, r.Fail, rep.LiftAt, r.RecoveryTimeout, prog)
 	}
@@ -504,31 +552,115 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	return rep, errors.Join(lostErr, liftErr)
 }
 
-func drillTLS(r *Request) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+// client is how the traffic's requests authenticate and check whom they reached.
+type client struct {
+	tls      *tls.Config
+	identify func(tls.ConnectionState) (string, error)
+	grpc     bool
+	id       *clientid.Identity
+	// says is what to print about the identity.
+	says string
+}
+
+// newClient finds the traffic's client identity (files, the Workload API, or an SVID of
+// the From cluster minted from a development CA), and how each answer names its cluster:
+// the workload's SPIFFE ID, whose trust domain is a member's (checked against that
+// trust domain's bundle from etcd, or against CAFile when given).
+func newClient(ctx context.Context, snap *operator.Snapshot, r *Request, tgt *Target) (*client, error) {
+	tdCluster := map[string]string{}
+	fromTD := ""
+	for name, c := range snap.Clusters {
+		tdCluster[c.Value.TrustDomain] = name
+		if name == r.From {
+			fromTD = c.Value.TrustDomain
+		}
+	}
+	roots := map[string]*x509.CertPool{}
+	for td, b := range snap.Bundles {
+		if tb, err := trust.FromRecord(b.Value, time.Now()); err == nil && !tb.Empty() {
+			roots[td] = tb.Pool()
+		}
+	}
+	id, err := clientid.Load(ctx, clientid.Options{CertFile: r.CertFile, KeyFile: r.KeyFile, WorkloadAPI: r.SPIFFESocket,
+		DevCADir: r.DevCADir, TrustDomain: fromTD, Roots: roots})
+	if err != nil {
+		return nil, fmt.Errorf("drill: client identity: %w", err)
+	}
+	c := &client{id: id, tls: id.ClientTLS()}
+	if id.HasCert() {
+		c.says = fmt.Sprintf("client identity %s (%s)", orDash(id.ID), id.Source)
+	} else {
+		c.says = fmt.Sprintf("no client identity (no certificate files, no Workload API socket, no development CA of %s in %s): workloads that demand mTLS will refuse the requests", orDash(fromTD), orDash(r.DevCADir))
+	}
+	var caPool *x509.CertPool
 	if r.CAFile != "" {
 		b, err := os.ReadFile(r.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-ca: %w", err)
+			return nil, fmt.Errorf("drill: CA file: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate", r.CAFile)
+		caPool = x509.NewCertPool()
+		if !caPool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("drill: CA file %s: no PEM certificate", r.CAFile)
 		}
-		// Verify the chain only: workload certificates are SPIFFE SVIDs (URI SAN) and the
-		// SNI is a routing name, not the workload's host name.
-		cfg.InsecureSkipVerify = true //nolint:gosec // chain verified below
-		cfg.VerifyPeerCertificate = peerchain.Verify(pool)
-	} else {
-		// Documented: without --tls-ca the drill measures routing, not authentication.
-		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
 	}
-	if r.CertFile != "" {
-		kp, err := tls.LoadX509KeyPair(r.CertFile, r.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	// Workload certificates are SPIFFE SVIDs (URI SAN) and the SNI is a routing name: the
+	// chain is checked here, not a host name. A certificate without a SPIFFE ID is checked
+	// only against CAFile (without it, it is not verified: the drill measures routing).
+	c.tls.VerifyConnection = func(cs tls.ConnectionState) error {
+		if caPool != nil {
+			return peerchain.Verify(caPool)(rawCerts(cs), nil)
 		}
-		cfg.Certificates = []tls.Certificate{kp}
+		if _, ok := clientid.PeerID(cs); ok {
+			return id.VerifyPeer(cs)
+		}
+		return nil
 	}
-	return cfg, nil
+	c.identify = func(cs tls.ConnectionState) (string, error) {
+		pid, ok := clientid.PeerID(cs)
+		if !ok {
+			return "", nil
+		}
+		name, ok := tdCluster[pid.TrustDomain().Name()]
+		if !ok {
+			return "", fmt.Errorf("the workload's SPIFFE ID %s is of no member's trust domain", pid)
+		}
+		return name, nil
+	}
+	if tgt != nil && !tgt.Direct {
+		c.grpc = isGRPC(snap, tgt)
+	}
+	return c, nil
+}
+
+func rawCerts(cs tls.ConnectionState) [][]byte {
+	out := make([][]byte, 0, len(cs.PeerCertificates))
+	for _, c := range cs.PeerCertificates {
+		out = append(out, c.Raw)
+	}
+	return out
+}
+
+// isGRPC reports whether the target port is gRPC in some export (appProtocol grpc, or a
+// port named grpc): requests are then gRPC health checks.
+func isGRPC(snap *operator.Snapshot, tgt *Target) bool {
+	for _, exps := range snap.Exports {
+		for _, e := range exps {
+			if e.Value.Namespace != tgt.Namespace || e.Value.Name != tgt.Name {
+				continue
+			}
+			for _, p := range e.Value.Ports {
+				if uint32(p.Port) == tgt.Port && (strings.EqualFold(p.AppProtocol, "grpc") || strings.HasPrefix(strings.ToLower(p.Name), "grpc")) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -44,6 +44,9 @@ type TrafficReport struct {
 	// DrainedAfterMs: from the cordon until the end of the last request the failed
 	// cluster served while cordoned (0: none did). Nil when it never served --from.
 	DrainedAfterMs *float64 `json:"drained_after_ms"`
+	// DetectedAfterMs (gateway faults): from the fault's start until the start of the last
+	// request the router still sent to the failed cluster during it (0: none).
+	DetectedAfterMs *float64 `json:"detected_after_ms,omitempty"`
 	// HitsWhileCordoned counts requests the failed cluster served while cordoned.
 	HitsWhileCordoned int `json:"hits_while_cordoned"`
 	// ErrorsDuringSwitch counts failed requests started from one request timeout before
@@ -61,6 +64,18 @@ type TrafficReport struct {
 	Timeline    []TimelineBucket `json:"timeline"`
 	Samples     []TrafficSample  `json:"samples"`
 	Route       string           `json:"route"`
+	// Federations says when each observed federation service marked the failed cluster
+	// down (after the fault began) and up (after the lift).
+	Federations []FederationMark `json:"federations,omitempty"`
+}
+
+// FederationMark is one federation service's view of the failed cluster: how long after
+// the fault began it left the order (detection), how long after the lift it came back.
+// Nil: not seen within the drill.
+type FederationMark struct {
+	Federation  string   `json:"federation"`
+	DownAfterMs *float64 `json:"down_after_ms"`
+	UpAfterMs   *float64 `json:"up_after_ms"`
 }
 
 // OrderChange is the router's failover order changing (plan mode).
@@ -99,7 +114,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if p.DryRun {
 		fmt.Fprintln(w, "DRY RUN: nothing is changed.")
 	}
-	fmt.Fprintf(w, "drill %s: cordon %s for %s, %v (key %s, lease TTL %v)\n", p.ID, p.Fail, p.Service, p.Duration, p.Key, p.LeaseTTL)
+	kind := p.kind()
+	fmt.Fprintf(w, "drill %s: %s %s for %s, %v (key %s, lease TTL %v)\n", p.ID, kind, p.Fail, p.Service, p.Duration, p.Key, p.LeaseTTL)
 	if p.DryRun || rep.CordonAt.IsZero() {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SERVICE\tCLIENTS IN\tPORT\tNOW\tDURING THE DRILL\tIMPACT")
@@ -134,6 +150,22 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	return nil
 }
 
+// kind is the fault kind ("cordon" for drills from before faults).
+func (p *Plan) kind() string {
+	if p.Fault == "" {
+		return "cordon"
+	}
+	return p.Fault
+}
+
+// event is what the summary calls the drill's action: the cordon or the fault.
+func (p *Plan) event() string {
+	if p.kind() == "cordon" {
+		return "cordon"
+	}
+	return "fault"
+}
+
 // SummaryLines says in plain words what happened.
 func (rep *Report) SummaryLines() []string {
 	var out []string
@@ -141,6 +173,9 @@ func (rep *Report) SummaryLines() []string {
 	if !rep.CordonAt.IsZero() {
 		held := rep.LiftAt.Sub(rep.CordonAt).Round(10e6)
 		s := fmt.Sprintf("The cordon of %s held for %v.", p.Fail, held)
+		if p.Fault != "" && p.Fault != "cordon" {
+			s = fmt.Sprintf("The fault %s at %s's gateways held for %v (no cordon: the other clusters had to detect it).", p.Fault, p.Fail, held)
+		}
 		if rep.Interrupted {
 			s += " (interrupted)"
 		}
@@ -156,14 +191,30 @@ func (rep *Report) SummaryLines() []string {
 	}
 	out = append(out, fmt.Sprintf("Traffic: %d requests from %s's point of view to %s (%s), %d errors.", t.Requests, t.From, t.Target, strings.Join(by, ", "), t.Errors))
 	if t.BeforeRequests > 0 {
-		out = append(out, fmt.Sprintf("Before the cordon %s served %.0f%% of %d answered requests.", p.Fail, 100*t.BeforeShare, t.BeforeRequests))
+		out = append(out, fmt.Sprintf("Before the %s %s served %.0f%% of %d answered requests.", p.event(), p.Fail, 100*t.BeforeShare, t.BeforeRequests))
 	}
-	if t.DrainedAfterMs != nil {
-		out = append(out, fmt.Sprintf("No request reached %s from %.0f ms after the cordon (%d requests still reached it while cordoned); %d errors during the switch, %d while cordoned.",
-			p.Fail, *t.DrainedAfterMs, t.HitsWhileCordoned, t.ErrorsDuringSwitch, t.ErrorsWhileCordoned))
+	for _, f := range t.Federations {
+		s := f.Federation + ": "
+		if f.DownAfterMs != nil {
+			s += fmt.Sprintf("marked %s down %.0f ms after the drill began", p.Fail, *f.DownAfterMs)
+		} else {
+			s += fmt.Sprintf("never marked %s down during the drill", p.Fail)
+		}
+		if f.UpAfterMs != nil {
+			s += fmt.Sprintf(", up again %.0f ms after the lift", *f.UpAfterMs)
+		}
+		out = append(out, s+".")
+	}
+	if t.DetectedAfterMs != nil {
+		out = append(out, fmt.Sprintf("Detection: requests stopped going to %s %.0f ms after the fault began; %d of them failed during the switch (from one request timeout before the fault until one after that).",
+			p.Fail, *t.DetectedAfterMs, t.ErrorsDuringSwitch))
+	}
+	if t.DrainedAfterMs != nil && t.DetectedAfterMs == nil {
+		out = append(out, fmt.Sprintf("No request reached %s from %.0f ms after the %s began (%d requests still reached it during the %s); %d errors during the switch, %d during the %s.",
+			p.Fail, *t.DrainedAfterMs, p.event(), t.HitsWhileCordoned, p.event(), t.ErrorsDuringSwitch, t.ErrorsWhileCordoned, p.event()))
 	}
 	if t.BackAfterMs != nil {
-		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the cordon lifted (the planner damps re-additions: at most one reassignment per %v).", p.Fail, *t.BackAfterMs, p.MinReassign))
+		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the %s lifted (the planner damps re-additions: at most one reassignment per %v).", p.Fail, *t.BackAfterMs, p.event(), p.MinReassign))
 	}
 	if len(t.ErrorKinds) > 0 {
 		var ks []string
@@ -211,7 +262,7 @@ func (rep *Report) WriteReport(file string) (jsonPath, htmlPath string, err erro
 
 func (rep *Report) chart() timeline.Chart {
 	p := rep.Plan
-	c := timeline.Chart{Title: fmt.Sprintf("meshfed drill %s: %s cordoned (%s)", p.ID, p.Fail, p.Service), Summary: rep.SummaryLines()}
+	c := timeline.Chart{Title: fmt.Sprintf("meshfed drill %s: %s of %s (%s)", p.ID, p.kind(), p.Fail, p.Service), Summary: rep.SummaryLines()}
 	c.Facts = append(c.Facts, [2]string{"drill key", p.Key}, [2]string{"lease TTL", p.LeaseTTL.String()}, [2]string{"duration", p.Duration.String()})
 	t := rep.Traffic
 	if t == nil {

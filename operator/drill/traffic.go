@@ -2,7 +2,6 @@ package drill
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"maps"
@@ -35,7 +34,7 @@ type traffic struct {
 	route   string
 }
 
-func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target, tlsCfg *tls.Config, prog io.Writer) (*traffic, error) {
+func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target, cl *client, prog io.Writer) (*traffic, error) {
 	t := &traffic{r: r, start: time.Now(), done: make(chan struct{}), phase: "warmup", newRes: make(chan struct{}, 1)}
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	t.cancel = cancel
@@ -80,7 +79,7 @@ func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target,
 		router, t.router = pr, pr
 		t.route = "plan of " + r.From + " (etcd + federation/planner), SNI " + names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port)
 	}
-	gen := &loadgen.Generator{Router: router, Rate: r.Rate, Timeout: r.RequestTimeout, TLS: tlsCfg}
+	gen := &loadgen.Generator{Router: router, Rate: r.Rate, Timeout: r.RequestTimeout, TLS: cl.tls, Identify: cl.identify, GRPC: cl.grpc}
 	go func() {
 		defer close(t.done)
 		_ = gen.Run(gctx, func(res loadgen.Result) {
@@ -108,6 +107,8 @@ func (t *traffic) mark(at time.Time, label string) {
 		t.phase = "cordoned"
 	case label == "lift":
 		t.phase = "lifted"
+	default: // "<fault> <cluster>": a gateway fault began
+		t.phase = "fault"
 	}
 }
 
@@ -214,7 +215,7 @@ func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 		Samples: make([]TrafficSample, 0, len(res)), Timeline: []TimelineBucket{}}
 	cordon, lift := rep.CordonAt, rep.LiftAt
 	timeout := t.r.RequestTimeout
-	var lastHit time.Time
+	var lastHit, lastRouted time.Time
 	var firstBack time.Time
 	beforeFail := 0
 	for _, r := range res {
@@ -240,6 +241,9 @@ func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 			if r.Err != "" {
 				tr.ErrorsWhileCordoned++
 			}
+			if r.Expected == fail && r.Start.After(lastRouted) {
+				lastRouted = r.Start
+			}
 			if r.Cluster == fail {
 				tr.HitsWhileCordoned++
 				if end.After(lastHit) {
@@ -261,13 +265,23 @@ func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 			d = ms(lastHit.Sub(cordon))
 		}
 		tr.DrainedAfterMs = &d
+		if rep.Plan != nil && rep.Plan.event() == "fault" {
+			// Under a fault the failed cluster answers nothing: detection is when requests
+			// stopped being sent to it, and the switch lasts until then.
+			det := 0.0
+			if !lastRouted.IsZero() {
+				det = ms(lastRouted.Sub(cordon))
+			}
+			tr.DetectedAfterMs = &det
+			d = max(d, det)
+		}
 		winEnd := cordon.Add(time.Duration(d*float64(time.Millisecond)) + timeout)
 		for _, r := range res {
 			if r.Err != "" && !r.Start.Before(cordon.Add(-timeout)) && r.Start.Before(winEnd) {
 				tr.ErrorsDuringSwitch++
 			}
 		}
-		if lastHit.IsZero() {
+		if lastHit.IsZero() && tr.DetectedAfterMs == nil {
 			tr.Notes = append(tr.Notes, fmt.Sprintf("no request reached %s after the cordon was written (resolution: one request every %v)", fail, time.Second/time.Duration(t.r.Rate)))
 		}
 		if !lift.IsZero() && !firstBack.IsZero() {
@@ -277,8 +291,9 @@ func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 			tr.Notes = append(tr.Notes, fmt.Sprintf("traffic did not come back to %s within %v after the lift", fail, t.r.RecoveryTimeout))
 		}
 	} else if !cordon.IsZero() {
-		tr.Notes = append(tr.Notes, fmt.Sprintf("%s served none of %s's requests before the cordon (it was not priority 0 for them): nothing to switch", fail, t.r.From))
+		tr.Notes = append(tr.Notes, t.noSwitchNote(fail, cordon, tr))
 	}
+	t.federationMarks(tr, fail, cordon, lift)
 	// Timeline buckets: about 200 over the run, at least 100 ms.
 	total := time.Since(t.start)
 	if n := len(res); n > 0 {
@@ -305,15 +320,111 @@ func (t *traffic) finish(rep *Report, fail string, interrupted bool) *Report {
 	return rep
 }
 
-// errorKind shortens an error to its kind for counting (addresses and numbers vary).
-func errorKind(e string) string {
-	for _, k := range []string{"connection refused", "connection reset", "i/o timeout", "deadline exceeded", "no route", "EOF", "tls", "does not name its cluster", "in flight"} {
-		if strings.Contains(e, k) {
-			return k
+// federationMarks finds, in the order changes the traffic's router saw, when the --from
+// cluster's federation service (with --xds: its EDS; else the drill's own planner and
+// health checks) dropped the failed cluster from the order after the fault began, and
+// when it put it back after the lift, and marks both on the timeline.
+func (t *traffic) federationMarks(tr *TrafficReport, fail string, start, lift time.Time) {
+	if start.IsZero() || len(t.orders) == 0 {
+		return
+	}
+	who := t.r.From + "'s federation (EDS)"
+	if t.r.XDS == "" {
+		who = "the drill's planner (health checks from this machine)"
+	}
+	fm := FederationMark{Federation: who}
+	in := func(order string) bool {
+		head, _, _ := strings.Cut(order, " (")
+		for _, level := range strings.Split(head, " > ") {
+			for _, c := range strings.Split(level, "+") {
+				if c == fail {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	s0, l0 := ms(start.Sub(t.start)), ms(lift.Sub(t.start))
+	for _, o := range t.orders {
+		switch {
+		case fm.DownAfterMs == nil && o.AtMs >= s0 && (lift.IsZero() || o.AtMs < l0) && !in(o.Order):
+			d := o.AtMs - s0
+			fm.DownAfterMs = &d
+			tr.Marks = append(tr.Marks, TimelineMark{AtMs: o.AtMs, Label: fail + " down at " + t.r.From})
+		case fm.DownAfterMs != nil && fm.UpAfterMs == nil && !lift.IsZero() && o.AtMs >= l0 && in(o.Order):
+			u := o.AtMs - l0
+			fm.UpAfterMs = &u
+			tr.Marks = append(tr.Marks, TimelineMark{AtMs: o.AtMs, Label: fail + " up at " + t.r.From})
 		}
 	}
-	if len(e) > 60 {
-		return e[:60]
+	tr.Federations = append(tr.Federations, fm)
+}
+
+// noSwitchNote says why the switch could not be measured, claiming only what was seen:
+// no answers at all, or answers from other clusters while the order (when known) put the
+// failed cluster first, or not.
+func (t *traffic) noSwitchNote(fail string, cordon time.Time, tr *TrafficReport) string {
+	if tr.BeforeRequests == 0 {
+		sent := 0
+		for _, s := range tr.Samples {
+			if s.AtMs < ms(cordon.Sub(t.start)) {
+				sent++
+			}
+		}
+		return fmt.Sprintf("none of the %d requests sent before the drill began was answered (see the errors): the switch away from %s could not be measured", sent, fail)
+	}
+	order := ""
+	for _, o := range t.orders {
+		if o.AtMs <= ms(cordon.Sub(t.start)) {
+			order = o.Order
+		}
+	}
+	switch {
+	case order == "":
+		return fmt.Sprintf("%s served none of the %d requests answered before the drill began: nothing to switch", fail, tr.BeforeRequests)
+	case strings.HasPrefix(order, fail+" ") || order == fail:
+		return fmt.Sprintf("%s's order put %s first before the drill (%s), yet none of the %d answered requests was served by it", t.r.From, fail, order, tr.BeforeRequests)
+	default:
+		return fmt.Sprintf("%s was not first in %s's order before the drill (%s): nothing to switch", fail, t.r.From, order)
+	}
+}
+
+// errorKind names an error's cause in plain words for counting (addresses and numbers
+// vary; the first match wins, the most specific first).
+func errorKind(e string) string {
+	for _, c := range errorCauses {
+		if strings.Contains(e, c.match) {
+			return c.cause
+		}
+	}
+	if len(e) > 80 {
+		return e[:80]
 	}
 	return e
+}
+
+var errorCauses = []struct{ match, cause string }{
+	{"certificate required", "the workload demands a client certificate (mTLS) and the drill presented none"},
+	{"bad certificate", "the workload refused the drill's client certificate"},
+	{"unknown certificate authority", "the workload does not trust the drill's client certificate"},
+	{"certificate expired", "a certificate has expired"},
+	{"of no member's trust domain", "the workload's SPIFFE ID is of no member's trust domain"},
+	{"no trust bundle of", "the workload's trust domain has no bundle in etcd"},
+	{"not signed by the bundle", "the workload's certificate does not chain to its trust domain's bundle"},
+	{"names no cluster", "the workload's certificate has no SPIFFE ID"},
+	{"the workload answered", "the workload answered its health check, but not SERVING"},
+	{"Unimplemented", "the workload has no gRPC health service"},
+	{"connection refused", "connection refused (nothing listening)"},
+	{"connection reset", "connection reset (RST)"},
+	{"broken pipe", "connection reset (RST)"},
+	{"i/o timeout", "no answer within the request timeout"},
+	{"deadline exceeded", "no answer within the request timeout"},
+	{"DeadlineExceeded", "no answer within the request timeout"},
+	{"no route", "no route: no healthy endpoint in the failover order"},
+	{"unrecognized name", "the gateway does not route this service (TLS alert unrecognized_name)"},
+	{"internal error", "the gateway could not reach a workload (TLS alert internal_error)"},
+	{"EOF", "the connection closed without an answer"},
+	{"does not name its cluster", "the answer did not name its cluster"},
+	{"in flight", "too many requests in flight: the drill skipped one"},
+	{"tls", "TLS handshake failed"},
 }

@@ -12,6 +12,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Route is where one request goes.
@@ -51,6 +55,12 @@ type Generator struct {
 	Timeout time.Duration
 	// TLS is the client config; ServerName is set per request from the route.
 	TLS *tls.Config
+	// Identify names the serving cluster from the workload's certificate (its SPIFFE
+	// ID's trust domain); "" when it cannot. Nil: the answer line must name it.
+	Identify func(tls.ConnectionState) (string, error)
+	// GRPC makes each request a gRPC health check (grpc.health.v1, service "") over the
+	// connection: the workload itself must answer SERVING.
+	GRPC bool
 	// MaxInFlight bounds concurrent requests (default Rate*timeout seconds + 16); a tick
 	// that finds the limit reached records an error instead of piling up goroutines.
 	MaxInFlight int
@@ -139,9 +149,31 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 	if rt.SNI != "" {
 		cfg.ServerName = rt.SNI
 	}
+	if g.GRPC {
+		cfg.NextProtos = []string{"h2"}
+	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(rctx); err != nil {
 		return "", fmt.Errorf("tls with %s: %w", rt.Addr, err)
+	}
+	peer := ""
+	if g.Identify != nil {
+		c, err := g.Identify(tc.ConnectionState())
+		if err != nil {
+			return "", fmt.Errorf("tls with %s: %w", rt.Addr, err)
+		}
+		peer = c
+	}
+	if g.GRPC {
+		if peer == "" {
+			return "", fmt.Errorf("tls with %s: the workload's certificate names no cluster of the clusterset", rt.Addr)
+		}
+		return peer, healthCheck(rctx, tc, rt.Addr)
+	}
+	if peer != "" {
+		// The TLS handshake was with the workload itself (the gateway never terminates
+		// TLS): its certificate says which cluster served.
+		return peer, nil
 	}
 	if _, err := fmt.Fprintf(tc, "meshfed-drill %d\n", seq); err != nil {
 		return "", fmt.Errorf("write to %s: %w", rt.Addr, err)
@@ -151,6 +183,33 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 		return "", fmt.Errorf("read from %s: %w", rt.Addr, err)
 	}
 	return ParseServer(line)
+}
+
+// healthCheck makes one gRPC health check over the TLS connection tc.
+func healthCheck(ctx context.Context, tc *tls.Conn, addr string) error {
+	used := false
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
+			if used {
+				return nil, errors.New("one connection per request")
+			}
+			used = true
+			return tc, nil
+		}),
+		// TLS is already up on tc (done above, with the drill's identity).
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return fmt.Errorf("grpc health check via %s: %w", addr, err)
+	}
+	if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("grpc health check via %s: the workload answered %v", addr, st)
+	}
+	return nil
 }
 
 // ParseServer reads the serving cluster from a response line "<cluster> <workload>: ...".
