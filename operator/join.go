@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -41,6 +42,8 @@ type JoinRequest struct {
 	Network     string
 	TrustDomain string
 	Gateways    []string
+	// HBONEGateways are the gateway's HBONE listener addresses (Istio ambient), optional.
+	HBONEGateways []string
 	// Force overwrites a different record of the same name (audited).
 	Force  bool
 	DryRun bool
@@ -136,7 +139,8 @@ type Credentials struct {
 
 func (r *JoinRequest) record() *records.Cluster {
 	return &records.Cluster{Name: r.Cluster, Network: r.Network, Region: r.Region, Zone: r.Zone,
-		TrustDomain: r.TrustDomain, Gateways: append([]string(nil), r.Gateways...), JoinedAt: r.Now.UTC()}
+		TrustDomain: r.TrustDomain, Gateways: append([]string(nil), r.Gateways...),
+		HBONEGateways: append([]string(nil), r.HBONEGateways...), JoinedAt: r.Now.UTC()}
 }
 
 // validateFlags checks the request's own fields, naming each flag.
@@ -167,6 +171,13 @@ func (r *JoinRequest) validateFlags(p *problems.List) {
 			p.Add("--gateway", "%s is given twice", g)
 		}
 		seen[g] = true
+	}
+	if len(r.HBONEGateways) > 0 {
+		var errs validate.Errors
+		records.ValidateHBONEGateways(&errs, "--hbone-gateway", r.HBONEGateways)
+		if err := errs.Err(); err != nil {
+			p.Add("--hbone-gateway", "%v (e.g. --hbone-gateway 203.0.113.10:15008; repeat for more)", err)
+		}
 	}
 	switch r.Users {
 	case "", UsersAuto, UsersAlways, UsersNever:
@@ -273,6 +284,11 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 				}
 			}
 		}
+		for _, g := range r.HBONEGateways {
+			if slices.Contains(c.HBONEGateways, g) {
+				p.Add("--hbone-gateway", "%s is an HBONE gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
+			}
+		}
 	}
 	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != r.Cluster {
 		p.Add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
@@ -280,7 +296,11 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 }
 
 func describeCluster(c *records.Cluster) string {
-	return fmt.Sprintf("region=%s zone=%s network=%s trust-domain=%s gateways=%s", c.Region, c.Zone, c.Network, c.TrustDomain, strings.Join(c.Gateways, ","))
+	d := fmt.Sprintf("region=%s zone=%s network=%s trust-domain=%s gateways=%s", c.Region, c.Zone, c.Network, c.TrustDomain, strings.Join(c.Gateways, ","))
+	if len(c.HBONEGateways) > 0 {
+		d += " hbone-gateways=" + strings.Join(c.HBONEGateways, ",")
+	}
+	return d
 }
 
 // probeGateways checks each address through the gateway's TLS health name, in parallel,

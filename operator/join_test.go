@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -363,5 +364,38 @@ func TestJoinForcedTrustDomainChangeMovesBundlePermission(t *testing.T) {
 	}
 	if err := put(t, east, east.KS.Bundle("new.example.org"), testBundle("new.example.org", "east")); err != nil {
 		t.Fatalf("new bundle write: %v", err)
+	}
+}
+
+// TestJoinHBONEGateways: --hbone-gateway lands in the cluster record, is part of what makes
+// a repeated join idempotent, and is checked like --gateway (format, one port, another
+// cluster's address).
+func TestJoinHBONEGateways(t *testing.T) {
+	t.Parallel()
+	_, st := etcdNoAuth(t)
+	ctx := tctx(t)
+	r := joinReq(t, "west", "us", "west.example.org")
+	r.HBONEGateways = []string{"192.0.2.10:15008", "gw.west.example.org:15008"}
+	if _, err := Join(ctx, st, r); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, st, st.KS.Cluster("west")).Value; !slices.Equal(got.HBONEGateways, r.HBONEGateways) {
+		t.Fatalf("record hboneGateways %v", got.HBONEGateways)
+	}
+	if p, err := Join(ctx, st, r); err != nil || p.Action != ActionUnchanged {
+		t.Fatalf("repeat join: %v %v", p, err)
+	}
+	changed := r
+	changed.HBONEGateways = []string{"192.0.2.10:15008"}
+	if _, err := Join(ctx, st, changed); err == nil || !strings.Contains(err.Error(), "hbone-gateways=192.0.2.10:15008,gw.west.example.org:15008") {
+		t.Fatalf("changed HBONE gateways without --force: %v", err)
+	}
+	bad := joinReq(t, "east", "eu", "east.example.org")
+	bad.HBONEGateways = []string{"192.0.2.10:15008", "192.0.2.20:15009", "nope"}
+	_, err := Join(ctx, st, bad)
+	for _, want := range []string{"--hbone-gateway[1]: port 15009 differs", "--hbone-gateway[2]: ", "192.0.2.10:15008 is an HBONE gateway of cluster west"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("bad HBONE gateways: %v, want %q", err, want)
+		}
 	}
 }

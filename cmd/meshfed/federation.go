@@ -34,6 +34,7 @@ type federationFlags struct {
 	pollInterval time.Duration
 	xds          xdsFlags
 	istio        istioFlags
+	ambient      ambientFlags
 	trust        *trustFlags
 	leaderElect  bool
 	leaderNS     string
@@ -66,6 +67,8 @@ xDS (for this cluster's Envoys, proxyless gRPC clients and east-west gateway):
 ` + trustFlagsHelp + `
 
 ` + istioFlagsHelp + `
+
+` + ambientFlagsHelp + `
 
 Examples:
   # One-machine federation on the embedded etcd ('meshfed etcd' in another terminal)
@@ -102,6 +105,7 @@ See docs/federation.md.`,
 	fl.StringVar(&f.leaderLease, "leader-elect-lease", "", "name of the leader election Lease (default meshfed-federation-<cluster>)")
 	addXDSFlags(fl, &f.xds)
 	addIstioFlags(fl, &f.istio)
+	addAmbientFlags(fl, &f.ambient)
 	f.trust = addTrustFlags(fl)
 	return cmd
 }
@@ -131,6 +135,7 @@ func (f *federationFlags) validate() error {
 	}
 	errs.AddErr("", f.xds.validate())
 	errs.AddErr("", f.istio.validate())
+	errs.AddErr("", f.ambient.validate(f.kubeconfig))
 	if f.trust.enabled() {
 		errs.AddErr("", f.trust.validate())
 	}
@@ -185,7 +190,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	case f.exports != "":
 		src = &file.Source{Cluster: f.cluster, Path: f.exports, Interval: f.pollInterval, Log: log}
 	case f.kubeconfig != "":
-		kube, err = newKubeWiring(f.cluster, f.kubeconfig, adm, log)
+		kube, err = newKubeWiring(f.cluster, f.kubeconfig, f.ambient.gateways(), adm, log)
 		if err != nil {
 			return err
 		}

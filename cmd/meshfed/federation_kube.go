@@ -21,7 +21,7 @@ type kubeWiring struct {
 	elected  bool // the importer runs under the leader elector, not on its own
 }
 
-func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
+func newKubeWiring(cluster, kubeconfig string, gateways *kube.IstioRemoteGateways, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
 	cl, err := kube.NewClients(kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("--kubeconfig: %w", err)
@@ -30,7 +30,8 @@ func newKubeWiring(cluster, kubeconfig string, adm *admin.Server, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	imp, err := kube.NewImporter(kube.ImporterConfig{Cluster: cluster, Kube: cl.Kube, MCS: cl.MCS, Log: log.With("part", "kube-importer"), Registerer: adm.Registry})
+	imp, err := kube.NewImporter(kube.ImporterConfig{Cluster: cluster, Kube: cl.Kube, MCS: cl.MCS, Dynamic: cl.Dynamic,
+		IstioRemoteGateways: gateways, Log: log.With("part", "kube-importer"), Registerer: adm.Registry})
 	if err != nil {
 		return nil, err
 	}

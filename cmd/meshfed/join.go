@@ -61,6 +61,9 @@ Examples:
     --trust-domain east.example.org --gateway 203.0.113.10:15443 --gateway 203.0.113.11:15443 \
     --etcd-user root --credentials-out east-etcd.json
 
+  # An Istio ambient cluster: also the gateway's HBONE listener (docs/istio.md, "Ambient")
+  meshfed join ... --gateway 203.0.113.10:15443 --hbone-gateway 203.0.113.10:15008
+
   # Also create an operator user for drills and policies
   meshfed join ... --etcd-user root --credentials-out east-etcd.json \
     --admin-user meshfed-admin --admin-credentials-out admin-etcd.json
@@ -83,6 +86,7 @@ See docs/operations.md ("Join a cluster").`,
 	fl.StringVar(&r.Network, "network", "", "the cluster's network name (a DNS label)")
 	fl.StringVar(&r.TrustDomain, "trust-domain", "", "the cluster's SPIFFE trust domain, without spiffe:// (e.g. east.example.org); one per cluster")
 	fl.StringSliceVar(&r.Gateways, "gateway", nil, "east-west gateway address HOST:PORT that other clusters dial (repeat, or comma-separate, for several)")
+	fl.StringSliceVar(&r.HBONEGateways, "hbone-gateway", nil, "HOST:PORT of the gateway's HBONE listener (Istio ambient, usually :15008) that other networks' ztunnels dial (repeat for several; one port for all; optional)")
 	fl.BoolVar(&r.DryRun, "dry-run", false, "print the plan (keys, etcd role and permissions) and change nothing")
 	fl.BoolVar(&r.Force, "force", false, "overwrite a different record of the same name (audited)")
 	fl.StringVar(&r.CredentialsOut, "credentials-out", "", "write the new cluster etcd user's credentials to this file (JSON, mode 0600); required when join creates the user")

@@ -3,6 +3,7 @@ package kube
 import (
 	"fmt"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -13,11 +14,13 @@ import (
 // $KUBECONFIG and ~/.kube/config outside a pod, as kubectl does).
 const InCluster = "in-cluster"
 
-// Clients are the two clientsets the source and the importer use.
+// Clients are the clientsets the source and the importer use.
 type Clients struct {
 	Config *rest.Config
 	Kube   kubernetes.Interface
 	MCS    mcsclient.Interface
+	// Dynamic writes what has no typed client here (Gateway API Gateways for Istio ambient).
+	Dynamic dynamic.Interface
 }
 
 // NewClients builds clients from a kubeconfig file, or, when path is empty or
@@ -53,5 +56,9 @@ func ClientsFor(cfg *rest.Config) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("MCS client for %s: %w", cfg.Host, err)
 	}
-	return &Clients{Config: cfg, Kube: k, MCS: m}, nil
+	d, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic client for %s: %w", cfg.Host, err)
+	}
+	return &Clients{Config: cfg, Kube: k, MCS: m, Dynamic: d}, nil
 }

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -36,6 +37,13 @@ type ImporterConfig struct {
 	Cluster string
 	Kube    kubernetes.Interface
 	MCS     mcsclient.Interface
+	// IstioRemoteGateways, when set, makes the importer also keep one Gateway API Gateway
+	// of class istio-remote per other cluster that has HBONE gateways (Istio ambient
+	// multi-network: istiod learns that network's east-west gateway from it), and delete
+	// it when that cluster goes. It needs Dynamic and the Gateway API CRDs.
+	IstioRemoteGateways *IstioRemoteGateways
+	// Dynamic writes the Gateways (required with IstioRemoteGateways).
+	Dynamic dynamic.Interface
 	// Resync runs a full pass this often even without events (default 5 min): it repairs
 	// what no event announces, e.g. a foreign ServiceImport that went away.
 	Resync time.Duration
@@ -59,11 +67,16 @@ type Importer struct {
 	siLister  mcslisters.ServiceImportLister
 	epsLister discoverylisters.EndpointSliceLister
 	nsLister  corelisters.NamespaceLister
+	gwLister  cache.GenericLister // nil without IstioRemoteGateways
 
 	// Owned by the Run goroutine: what was already reported, so each is logged once.
 	missingNS map[string]bool
 	foreign   map[string]bool
 	noGW      map[string]bool
+	// Istio Gateways: remote clusters on this cluster's own network, and whether the
+	// Gateways' namespace was missing at the last pass.
+	sameNetwork        map[string]bool
+	gwNamespaceMissing bool
 }
 
 const passKey = "pass"
@@ -75,6 +88,19 @@ func NewImporter(cfg ImporterConfig) (*Importer, error) {
 	}
 	if cfg.Kube == nil || cfg.MCS == nil {
 		return nil, errors.New("kube importer: Kubernetes and MCS clients are required (--kubeconfig or in-cluster config)")
+	}
+	if g := cfg.IstioRemoteGateways; g != nil {
+		if cfg.Dynamic == nil {
+			return nil, errors.New("kube importer: Istio remote Gateways need a dynamic client")
+		}
+		g2 := *g
+		if g2.Namespace == "" {
+			g2.Namespace = DefaultIstioGatewayNamespace
+		}
+		if err := g2.validate(); err != nil {
+			return nil, fmt.Errorf("kube importer: %w", err)
+		}
+		cfg.IstioRemoteGateways = &g2
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 5 * time.Minute
@@ -94,9 +120,10 @@ func NewImporter(cfg ImporterConfig) (*Importer, error) {
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, time.Minute),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "meshfed-kube-importer"},
 		),
-		missingNS: map[string]bool{},
-		foreign:   map[string]bool{},
-		noGW:      map[string]bool{},
+		missingNS:   map[string]bool{},
+		foreign:     map[string]bool{},
+		noGW:        map[string]bool{},
+		sameNetwork: map[string]bool{},
 	}, nil
 }
 
@@ -131,6 +158,13 @@ func (im *Importer) Run(ctx context.Context) error {
 	epsInf := kf.Discovery().V1().EndpointSlices()
 	nsInf := nf.Core().V1().Namespaces()
 	im.siLister, im.epsLister, im.nsLister = mcslisters.NewServiceImportLister(siInf.GetIndexer()), epsInf.Lister(), nsInf.Lister()
+	watched := []cache.SharedIndexInformer{siInf, epsInf.Informer(), nsInf.Informer()}
+	var gwInf cache.SharedIndexInformer
+	if im.cfg.IstioRemoteGateways != nil {
+		gi := im.gatewayInformer()
+		gwInf, im.gwLister = gi.Informer(), gi.Lister()
+		watched = append(watched, gwInf)
+	}
 
 	// Someone editing or deleting our objects, or a namespace coming or going, calls for a
 	// pass; our own writes do too, and find nothing to do.
@@ -139,7 +173,7 @@ func (im *Importer) Run(ctx context.Context) error {
 		UpdateFunc: func(_, _ any) { im.queue.Add(passKey) },
 		DeleteFunc: func(any) { im.queue.Add(passKey) },
 	}
-	for _, inf := range []cache.SharedIndexInformer{siInf, epsInf.Informer(), nsInf.Informer()} {
+	for _, inf := range watched {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("kube importer: %w", err)
 		}
@@ -147,14 +181,15 @@ func (im *Importer) Run(ctx context.Context) error {
 	kf.Start(ctx.Done())
 	nf.Start(ctx.Done())
 	ctx, cancel := context.WithCancel(ctx)
-	siDone := make(chan struct{})
-	go func() {
-		defer close(siDone)
-		siInf.Run(ctx.Done())
-	}()
+	var runs sync.WaitGroup
+	for _, inf := range []cache.SharedIndexInformer{siInf, gwInf} {
+		if inf != nil {
+			runs.Go(func() { inf.Run(ctx.Done()) })
+		}
+	}
 	defer func() {
 		cancel()
-		<-siDone
+		runs.Wait()
 	}()
 	defer kf.Shutdown()
 	defer nf.Shutdown()
@@ -163,6 +198,12 @@ func (im *Importer) Run(ctx context.Context) error {
 			return nil
 		}
 		return errors.New("kube importer: informers did not sync (are the MCS CRDs installed? see deploy/crds)")
+	}
+	if gwInf != nil && !cache.WaitForCacheSync(ctx.Done(), gwInf.HasSynced) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("kube importer: Gateways in namespace %s did not sync (are the Gateway API CRDs installed? Istio ambient needs them)", im.cfg.IstioRemoteGateways.Namespace)
 	}
 	im.synced.Store(true)
 	im.log.Info("kube importer synced")
@@ -314,6 +355,11 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 	}
 	im.m.objects.WithLabelValues("ServiceImport").Set(float64(len(keepSI)))
 	im.m.objects.WithLabelValues("EndpointSlice").Set(float64(nSlices))
+	if im.cfg.IstioRemoteGateways != nil {
+		if err := im.passGateways(ctx, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return v.Revision, errors.Join(errs...)
 }
 

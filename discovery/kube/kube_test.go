@@ -455,10 +455,14 @@ type runningImporter struct {
 	reg *prometheus.Registry
 }
 
-func startImporter(t *testing.T, c *cluster) *runningImporter {
+func startImporter(t *testing.T, c *cluster, opts ...func(*ImporterConfig)) *runningImporter {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	im, err := NewImporter(ImporterConfig{Cluster: c.name, Kube: c.c.Kube, MCS: c.c.MCS, Log: testLog(t).With("test", t.Name()), Registerer: reg})
+	cfg := ImporterConfig{Cluster: c.name, Kube: c.c.Kube, MCS: c.c.MCS, Log: testLog(t).With("test", t.Name()), Registerer: reg}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	im, err := NewImporter(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func newImporterMetrics(reg prometheus.Registerer) (*importerMetrics, error) {
 	m := &importerMetrics{
 		objects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "meshfed_kube_importer_objects",
-			Help: "Objects the importer keeps, by kind (ServiceImport, EndpointSlice).",
+			Help: "Objects the importer keeps, by kind (ServiceImport, EndpointSlice, Gateway).",
 		}, []string{"kind"}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_kube_importer_writes_total",

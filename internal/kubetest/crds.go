@@ -2,6 +2,7 @@ package kubetest
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"time"
 
@@ -112,4 +113,17 @@ func poll(ctx context.Context, every time.Duration, cond func() (bool, error)) e
 		case <-t.C:
 		}
 	}
+}
+
+// GatewayCRD is the Gateway API's Gateway CRD, standard channel, of sigs.k8s.io/gateway-api
+// v1.6.0 (the version the pinned istio.io/istio requires), copied unchanged from that
+// module's config/crd/standard/: meshfed's own go.mod does not take the module. Its schema
+// and CEL rules are what a cluster running Istio ambient validates Gateways with.
+//
+//go:embed crds/gateway.networking.k8s.io_gateways.yaml
+var GatewayCRD []byte
+
+// InstallGatewayCRD applies GatewayCRD and waits until Gateways are served.
+func (s *APIServer) InstallGatewayCRD(ctx context.Context) error {
+	return ApplyCRDs(ctx, s.Config, GatewayCRD)
 }

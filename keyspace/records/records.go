@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"github.com/meshfed/meshfed/api/fault"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/meshfed/meshfed/api/exports"
@@ -84,13 +86,19 @@ func Decode[T any, PT interface {
 // Cluster is clusters/<name>: one member of the clusterset, written by `meshfed join`.
 type Cluster struct {
 	Meta
-	Name        string    `json:"name"`
-	Network     string    `json:"network"`
-	Region      string    `json:"region"`
-	Zone        string    `json:"zone"`
-	TrustDomain string    `json:"trustDomain"`
-	Gateways    []string  `json:"gateways"`
-	JoinedAt    time.Time `json:"joinedAt"`
+	Name        string   `json:"name"`
+	Network     string   `json:"network"`
+	Region      string   `json:"region"`
+	Zone        string   `json:"zone"`
+	TrustDomain string   `json:"trustDomain"`
+	Gateways    []string `json:"gateways"`
+	// HBONEGateways are the HOST:PORT addresses of this cluster's east-west gateway HBONE
+	// listeners (Istio ambient's double HBONE, usually port 15008), as another network's
+	// ztunnels dial them. Optional (a cluster without one is reachable over SNI only); all
+	// share one port, because istiod's `istio-remote` Gateway carries one HBONE port per
+	// network gateway set.
+	HBONEGateways []string  `json:"hboneGateways,omitempty"`
+	JoinedAt      time.Time `json:"joinedAt"`
 }
 
 // Validate implements Record.
@@ -112,25 +120,59 @@ func (c *Cluster) Validate() error {
 		}
 		seen[g] = true
 	}
+	ValidateHBONEGateways(&errs, "hboneGateways", c.HBONEGateways)
 	if c.JoinedAt.IsZero() {
 		errs.Add("joinedAt", "must be set")
 	}
 	return errs.Err()
 }
 
+// ValidateHBONEGateways checks HBONE gateway addresses: HOST:PORT each, none twice, one
+// port for all. field names the list in errors (a record field, or a flag for join).
+func ValidateHBONEGateways(errs *validate.Errors, field string, gws []string) {
+	seen := map[string]bool{}
+	port := ""
+	for i, g := range gws {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := validate.HostPort(g); err != nil {
+			errs.AddErr(f, err)
+			continue
+		}
+		if seen[g] {
+			errs.Add(f, "%s is listed twice", g)
+		}
+		seen[g] = true
+		p := g[strings.LastIndexByte(g, ':')+1:]
+		if port == "" {
+			port = p
+		} else if p != port {
+			errs.Add(f, "port %s differs from %s[0]'s %s: give every HBONE gateway address the same port (istiod takes one HBONE port per network gateway)", p, field, port)
+		}
+	}
+}
+
+// HBONEPort is the port of the cluster's HBONE gateway addresses (0: none).
+func (c *Cluster) HBONEPort() int32 {
+	if len(c.HBONEGateways) == 0 {
+		return 0
+	}
+	g := c.HBONEGateways[0]
+	var n int32
+	for _, ch := range g[strings.LastIndexByte(g, ':')+1:] {
+		if ch < '0' || ch > '9' {
+			return 0
+		}
+		n = n*10 + ch - '0'
+	}
+	return n
+}
+
 // SameMember reports whether o describes the same cluster (everything but the join time),
 // which makes a repeated join idempotent.
 func (c *Cluster) SameMember(o *Cluster) bool {
-	if c.Name != o.Name || c.Network != o.Network || c.Region != o.Region || c.Zone != o.Zone ||
-		c.TrustDomain != o.TrustDomain || len(c.Gateways) != len(o.Gateways) {
-		return false
-	}
-	for i := range c.Gateways {
-		if c.Gateways[i] != o.Gateways[i] {
-			return false
-		}
-	}
-	return true
+	return c.Name == o.Name && c.Network == o.Network && c.Region == o.Region && c.Zone == o.Zone &&
+		c.TrustDomain == o.TrustDomain && slices.Equal(c.Gateways, o.Gateways) &&
+		slices.Equal(c.HBONEGateways, o.HBONEGateways)
 }
 
 // Alive is alive/<cluster>: the heartbeat, attached to the cluster's lease so that it

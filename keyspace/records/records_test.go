@@ -191,3 +191,45 @@ func TestDrillFault(t *testing.T) {
 		t.Fatalf("unknown fault: %v", err)
 	}
 }
+
+func TestClusterHBONEGateways(t *testing.T) {
+	base := func() *Cluster {
+		return &Cluster{Name: "west", Network: "net-west", Region: "r", Zone: "z", TrustDomain: "west.example",
+			Gateways: []string{"192.0.2.1:15443"}, JoinedAt: time.Unix(1, 0)}
+	}
+	// Old records (no field) and old readers (unknown field) both keep working.
+	old := `{"version":1,"name":"west","network":"n","region":"r","zone":"z","trustDomain":"west.example","gateways":["1.2.3.4:15443"],"joinedAt":"2026-01-01T00:00:00Z"}`
+	c, err := Decode[Cluster]([]byte(old))
+	if err != nil || c.HBONEGateways != nil || c.HBONEPort() != 0 {
+		t.Fatalf("record without hboneGateways: %+v, %v", c, err)
+	}
+	ok := base()
+	ok.HBONEGateways = []string{"192.0.2.1:15008", "[2001:db8::1]:15008", "gw.west.example:15008"}
+	b, err := Encode(ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"hboneGateways":["192.0.2.1:15008"`) {
+		t.Errorf("encoded %s", b)
+	}
+	if back, err := Decode[Cluster](b); err != nil || !back.SameMember(ok) || back.HBONEPort() != 15008 {
+		t.Errorf("round trip: %+v %v", back, err)
+	}
+	if base().SameMember(ok) {
+		t.Error("SameMember ignores hboneGateways")
+	}
+	for _, tt := range []struct {
+		gws  []string
+		want string
+	}{
+		{[]string{"192.0.2.1"}, "hboneGateways[0]: "},
+		{[]string{"192.0.2.1:15008", "192.0.2.1:15008"}, "hboneGateways[1]: 192.0.2.1:15008 is listed twice"},
+		{[]string{"192.0.2.1:15008", "192.0.2.2:15009"}, "hboneGateways[1]: port 15009 differs from hboneGateways[0]'s 15008"},
+	} {
+		c := base()
+		c.HBONEGateways = tt.gws
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v, want %q", tt.gws, err, tt.want)
+		}
+	}
+}
