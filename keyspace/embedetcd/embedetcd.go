@@ -184,9 +184,11 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // Etcd exposes the underlying server (tests use it to compact or inspect).
 func (s *Server) Etcd() *embed.Etcd { return s.etcd }
 
-// Close stops the server and removes a temporary data dir.
+// Close stops the server and removes a temporary data dir. A second Close does nothing.
 func (s *Server) Close() {
-	s.closing.Store(true)
+	if s.closing.Swap(true) {
+		return
+	}
 	if s.etcd != nil {
 		s.etcd.Close()
 	}
