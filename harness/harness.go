@@ -26,6 +26,7 @@ import (
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
 	"github.com/meshfed/meshfed/internal/atomicfile"
+	"github.com/meshfed/meshfed/internal/faultproxy"
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -53,6 +54,10 @@ type ClusterSpec struct {
 	// IstioMCP makes the federation serve istiod too (--istio-mcp-listen on the cluster's
 	// loopback address, the last state kept in the cluster's directory).
 	IstioMCP bool
+	// GatewayFaults puts a fault proxy (internal/faultproxy, Cluster.Fault) in front of the
+	// gateway: the cluster record and GatewayAddr name the proxy, so a test can reset
+	// (Kill) or blackhole the gateway as other clusters see it.
+	GatewayFaults bool
 }
 
 // Options configures the federation.
@@ -107,9 +112,12 @@ type Cluster struct {
 	Client      *clientv3.Client
 	Store       *store.Store
 	Registry    *prometheus.Registry
-	// GatewayAddr is the gateway's bound HOST:PORT (empty with NoGateway).
+	// GatewayAddr is the gateway's HOST:PORT as other clusters dial it: its bound address,
+	// or with ClusterSpec.GatewayFaults the fault proxy's (empty with NoGateway).
 	GatewayAddr string
 	Gateway     *eastwest.Gateway
+	// Fault is the proxy in front of the gateway (with ClusterSpec.GatewayFaults).
+	Fault *faultproxy.Proxy
 	// XDSAddr is the federation's xDS address (kept across federation restarts).
 	XDSAddr string
 	// CA is the cluster's development CA and BundleDir where its federation writes the
@@ -128,6 +136,7 @@ type Cluster struct {
 	fedStop context.CancelFunc
 	fedDone chan error
 	gw      *process.Process
+	gwAddr  string // the gateway's own bound address (kept across restarts)
 }
 
 // ClusterIP is the loopback address of the i-th cluster.
@@ -415,7 +424,7 @@ func (c *Cluster) StartGateway(ctx context.Context) error {
 	if c.gw != nil {
 		return errors.New("gateway already running")
 	}
-	addr := c.GatewayAddr
+	addr := c.gwAddr
 	if addr == "" {
 		addr = net.JoinHostPort(c.IP, "0")
 	}
@@ -440,7 +449,17 @@ func (c *Cluster) StartGateway(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Gateway, c.GatewayAddr, c.gw = p.Gateway(), p.Addr(), p
+	c.Gateway, c.GatewayAddr, c.gw, c.gwAddr = p.Gateway(), p.Addr(), p, p.Addr()
+	if c.Spec.GatewayFaults {
+		if c.Fault == nil {
+			if c.Fault, err = faultproxy.New(net.JoinHostPort(c.IP, "0"), p.Addr()); err != nil {
+				_ = p.Close()
+				return err
+			}
+		}
+		c.Fault.SetTarget(p.Addr())
+		c.GatewayAddr = c.Fault.Addr()
+	}
 	return nil
 }
 
@@ -474,6 +493,9 @@ func (f *Federation) Close() {
 	for _, c := range f.Clusters {
 		_ = c.StopFederation()
 		_ = c.StopGateway()
+		if c.Fault != nil {
+			c.Fault.Close()
+		}
 		if c.Client != nil {
 			c.Client.Close()
 		}

@@ -41,7 +41,8 @@ const istioEchoCluster = "outbound|8443||echo.demo.svc.cluster.local"
 // and north, another region, export; gateways and health checks live); east's federation
 // serves istiod over MCP; istiod runs with the settings `meshfed istio config` makes
 // (operator.IstioConfig); a sidecar of east gets CDS with meshfed's SNI and EDS in meshfed's
-// order. Then west's gateway dies (connections refused), comes back, is cordoned by a drill,
+// order. Then west's gateway dies (connections reset), comes back, is blackholed, comes
+// back, is cordoned by a drill,
 // north unexports, etcd stops, east's federation and istiod restart: each step is asserted
 // on what istiod sends the sidecar, with its delay.
 func TestIstiodFedByFederation(t *testing.T) {
@@ -77,7 +78,7 @@ func TestIstiodFedByFederation(t *testing.T) {
 	f, err := harness.Start(ctx, harness.Options{Health: health.Options{Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond},
 		MinReassign: 1500 * time.Millisecond, Clusters: []harness.ClusterSpec{
 			{Name: "east", IstioMCP: true},
-			{Name: "west", Exports: westExports},
+			{Name: "west", Exports: westExports, GatewayFaults: true},
 			{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr)},
 		}})
 	if err != nil {
@@ -158,18 +159,27 @@ func TestIstiodFedByFederation(t *testing.T) {
 		t.Errorf("CDS SNI %q, want %q", sni, want)
 	}
 
-	// West's gateway goes away: connections refused, the health checker marks it down at
-	// once, the plan drops west, istiod follows.
-	if err := west.StopGateway(); err != nil {
-		t.Fatal(err)
-	}
+	// West's gateway goes away: connections refused and reset, the health checker marks it
+	// down at once, the plan drops west, istiod follows.
+	west.Fault.Kill()
 	if took := expect("west's gateway refusing connections", 10*time.Second, northEP(0)); took > time.Second {
 		t.Errorf("west left the sidecar's EDS after %v, bound 1s (RST)", took)
 	}
-	if err := west.StartGateway(ctx); err != nil {
+	if err := west.Fault.Restore(); err != nil {
 		t.Fatal(err)
 	}
 	expect("west's gateway back", 30*time.Second, westEP(0), northEP(1))
+
+	// West's gateway is blackholed: connections stall, new ones are never answered; the
+	// health stream's pings go unanswered for 2 s, the plan drops west, istiod follows.
+	west.Fault.Blackhole()
+	if took := expect("west's gateway blackholed", 15*time.Second, northEP(0)); took > 3*time.Second+time.Second {
+		t.Errorf("west left the sidecar's EDS after %v, bound 3s (+1s margin for this loaded machine) (blackhole)", took)
+	}
+	if err := west.Fault.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	expect("west's gateway back after the blackhole", 30*time.Second, westEP(0), northEP(1))
 
 	// A drill cordons west.
 	cordon, err := operator.StartCordon(ctx, west.Store, &records.Drill{ID: "istio-e2e", Cluster: "west", Until: time.Now().Add(time.Minute),
@@ -353,4 +363,87 @@ func TestIstioStatusInKeyspace(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitfor.Cond(t, 20*time.Second, func() bool { return istioOf(status()) == nil }, "the record gone with the federation")
+}
+
+// TestIstioMCPFollowsGatewayFaults: what east's federation gives istiod (its MCP state)
+// drops west's gateway when west's gateway resets connections (< 1 s) and when it is
+// blackholed (the health stream's 2 s without an answer: ≤ 3 s), and takes it back after.
+// No istiod here: TestIstiodFedByFederation adds istiod's own delay on top.
+func TestIstioMCPFollowsGatewayFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a federation")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var addrs []string
+	for i, cl := range []string{"west", "north"} {
+		wl, err := harness.StartWorkload(cl, "echo-0", harness.WorkloadIP(i+1, 0)+":0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wl.Close()
+		addrs = append(addrs, wl.Addr)
+	}
+	f, err := harness.Start(ctx, harness.Options{Health: health.Options{Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond},
+		MinReassign: 1500 * time.Millisecond, Clusters: []harness.ClusterSpec{
+			{Name: "east", IstioMCP: true},
+			{Name: "west", Exports: echoExportsN(addrs[0]), GatewayFaults: true},
+			{Name: "north", Region: "region-2", Exports: echoExportsN(addrs[1])},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv, west := f.Cluster("east").Agent().Istio, f.Cluster("west")
+	// hasWest: a WorkloadEntry of west (its gateway address) is in the served state.
+	hasWest := func() bool {
+		rs, err := srv.State().Resources(istio.TypeWorkloadEntry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.GetMetadata().GetLabels()[istio.LabelCluster] == "west" {
+				return true
+			}
+		}
+		return false
+	}
+	// wait measures how long until hasWest() == want, woken by every new state.
+	wait := func(what string, want bool, timeout time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		deadline := time.After(timeout)
+		for {
+			ch := srv.StatusChanged()
+			if srv.State() != nil && hasWest() == want {
+				took := time.Since(start)
+				t.Logf("%s: in the MCP state after %v", what, took.Round(time.Millisecond))
+				return took
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				t.Fatalf("%s: not in the MCP state within %v", what, timeout)
+			}
+		}
+	}
+	wait("west's gateway in the plan", true, 30*time.Second)
+
+	west.Fault.Kill()
+	if took := wait("west's gateway resetting connections", false, 10*time.Second); took > time.Second+500*time.Millisecond {
+		t.Errorf("RST: west left the MCP state after %v, bound 1s (+0.5s margin for this loaded machine)", took)
+	}
+	if err := west.Fault.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	wait("west's gateway back", true, 30*time.Second)
+
+	west.Fault.Blackhole()
+	if took := wait("west's gateway blackholed", false, 15*time.Second); took > 3*time.Second+time.Second {
+		t.Errorf("blackhole: west left the MCP state after %v, bound 3s (+1s margin for this loaded machine)", took)
+	}
+	if err := west.Fault.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	wait("west's gateway back after the blackhole", true, 30*time.Second)
 }

@@ -78,7 +78,7 @@ func startFailoverEnv(t testing.TB, hopts health.Options, minReassign time.Durat
 	e.proxy = newFaultProxy(t, harness.ClusterIP(1)+":0", e.west.GatewayAddr)
 	if _, err := store.Modify[records.Cluster](ctx, e.west.Store, e.west.Store.KS.Cluster("west"), func(cur *records.Cluster) (*records.Cluster, error) {
 		n := *cur
-		n.Gateways = []string{e.proxy.addr}
+		n.Gateways = []string{e.proxy.Addr()}
 		return &n, nil
 	}); err != nil {
 		t.Fatal(err)
@@ -88,7 +88,7 @@ func startFailoverEnv(t testing.TB, hopts health.Options, minReassign time.Durat
 		v := eastFed.View()
 		s := v.Services["demo/echo"]
 		w := v.Clusters["west"]
-		return s != nil && s.Exporter("west") != nil && s.Exporter("north") != nil && w != nil && w.Gateways[0] == e.proxy.addr
+		return s != nil && s.Exporter("west") != nil && s.Exporter("north") != nil && w != nil && w.Gateways[0] == e.proxy.Addr()
 	}, "east imports demo/echo from west and north, and sees west's proxy")
 
 	// East's xDS server, wired the way cmd/meshfed does it.
@@ -164,8 +164,8 @@ func TestFailoverEndToEnd(t *testing.T) {
 	// 1. Nearest healthy cluster: west (same region as east), through its gateway, with the
 	// workload's own certificate (TLS end to end, nothing terminated in between).
 	r, _ := e.waitServedBy(t, tdWest, 30*time.Second)
-	if r.SPIFFEID != "spiffe://"+tdWest+"/ns/demo/sa/echo" || r.Peer != e.proxy.addr {
-		t.Fatalf("first call: %+v; want the west workload's SVID through %s", r, e.proxy.addr)
+	if r.SPIFFEID != "spiffe://"+tdWest+"/ns/demo/sa/echo" || r.Peer != e.proxy.Addr() {
+		t.Fatalf("first call: %+v; want the west workload's SVID through %s", r, e.proxy.Addr())
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool {
 		p := e.xs.Plans()["demo/echo"]
@@ -181,8 +181,8 @@ func TestFailoverEndToEnd(t *testing.T) {
 	if r.Peer != e.north.GatewayAddr {
 		t.Fatalf("north call not through north's gateway: %+v", r)
 	}
-	waitfor.Cond(t, 5*time.Second, func() bool { return e.hc.State("west", e.proxy.addr) == health.HardDown },
-		"west's gateway hard-down after the RST kill (state %v)", e.hc.State("west", e.proxy.addr))
+	waitfor.Cond(t, 5*time.Second, func() bool { return e.hc.State("west", e.proxy.Addr()) == health.HardDown },
+		"west's gateway hard-down after the RST kill (state %v)", e.hc.State("west", e.proxy.Addr()))
 
 	// 3. Restore: traffic returns to west only after the hysteresis (2 good checks, and
 	// the one-reassignment-per-interval rule).
@@ -200,7 +200,7 @@ func TestFailoverEndToEnd(t *testing.T) {
 	e.proxy.blackhole()
 	_, misses = e.waitServedBy(t, tdNorth, 10*time.Second)
 	t.Logf("blackhole: traffic on north after %v (%d calls failed on the way)", time.Since(start), misses)
-	if st := e.hc.State("west", e.proxy.addr); st != health.Down {
+	if st := e.hc.State("west", e.proxy.Addr()); st != health.Down {
 		t.Fatalf("west's gateway is %v after a blackhole, want down (by failed checks)", st)
 	}
 	e.proxy.restore(t)

@@ -36,6 +36,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	grpcxds "google.golang.org/grpc/xds"
+
+	"github.com/meshfed/meshfed/internal/faultproxy"
 )
 
 // TestMain re-executes the test binary with the grpc-go xDS features meshfed relies on
@@ -239,165 +241,27 @@ func startGRPCWorkload(t testing.TB, addr string, id tls.Certificate, trust ...*
 
 // ---- Network faults in front of a gateway.
 
-// faultProxy stands between clients and a gateway and injects the network faults the
-// failover tests need, in user space (no root, no network namespaces here): "kill" closes
-// the listener and resets every connection (what clients see when the gateway host
-// dies), "blackhole" stalls every connection and accepts new ones without ever answering
-// (packets dropped), "restore" brings it back on the same address.
-type faultProxy struct {
-	target string
-	addr   string
-
-	mu    sync.Mutex
-	cond  *sync.Cond
-	mode  string // pass, blackhole, down
-	ln    net.Listener
-	conns map[net.Conn]bool
-	held  []net.Conn
-	wg    sync.WaitGroup
-}
+// faultProxy is internal/faultproxy with the test's failure handling.
+type faultProxy struct{ *faultproxy.Proxy }
 
 func newFaultProxy(t testing.TB, listen, target string) *faultProxy {
 	t.Helper()
-	p := &faultProxy{target: target, mode: "pass", conns: map[net.Conn]bool{}}
-	p.cond = sync.NewCond(&p.mu)
-	ln, err := net.Listen("tcp", listen)
+	p, err := faultproxy.New(listen, target)
 	if err != nil {
-		t.Fatalf("fault proxy listen %s: %v", listen, err)
+		t.Fatal(err)
 	}
-	p.ln, p.addr = ln, ln.Addr().String()
-	p.wg.Add(1)
-	go p.serve(ln)
-	t.Cleanup(p.close)
-	return p
+	t.Cleanup(p.Close)
+	return &faultProxy{p}
 }
 
-func (p *faultProxy) serve(ln net.Listener) {
-	defer p.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		switch p.mode {
-		case "blackhole":
-			p.held = append(p.held, c)
-			p.mu.Unlock()
-		case "down":
-			p.mu.Unlock()
-			rst(c)
-		default:
-			p.mu.Unlock()
-			p.connect(c)
-		}
-	}
-}
+func (p *faultProxy) kill()      { p.Kill() }
+func (p *faultProxy) blackhole() { p.Blackhole() }
 
-func (p *faultProxy) connect(c net.Conn) {
-	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-	if err != nil {
-		rst(c)
-		return
-	}
-	p.mu.Lock()
-	p.conns[c], p.conns[up] = true, true
-	p.mu.Unlock()
-	p.wg.Add(2)
-	go p.copy(up, c)
-	go p.copy(c, up)
-}
-
-// copy forwards src to dst; while blackholed, bytes read wait (as if in flight) until
-// restore.
-func (p *faultProxy) copy(dst, src net.Conn) {
-	defer p.wg.Done()
-	defer func() {
-		dst.Close()
-		src.Close()
-		p.mu.Lock()
-		delete(p.conns, dst)
-		delete(p.conns, src)
-		p.mu.Unlock()
-	}()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			for p.mode == "blackhole" {
-				p.cond.Wait()
-			}
-			down := p.mode == "down"
-			p.mu.Unlock()
-			if down {
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func rst(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = c.Close()
-}
-
-// kill: refuse new connections, reset every open one.
-func (p *faultProxy) kill() {
-	p.mu.Lock()
-	p.mode = "down"
-	_ = p.ln.Close()
-	for c := range p.conns {
-		rst(c)
-	}
-	for _, c := range p.held {
-		rst(c)
-	}
-	p.held = nil
-	p.cond.Broadcast()
-	p.mu.Unlock()
-}
-
-func (p *faultProxy) blackhole() {
-	p.mu.Lock()
-	p.mode = "blackhole"
-	p.mu.Unlock()
-}
-
-// restore: listen again if killed, let stalled bytes through, connect held connections.
 func (p *faultProxy) restore(t testing.TB) {
 	t.Helper()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.mode == "down" {
-		ln, err := net.Listen("tcp", p.addr)
-		if err != nil {
-			t.Fatalf("fault proxy re-listen %s: %v", p.addr, err)
-		}
-		p.ln = ln
-		p.wg.Add(1)
-		go p.serve(ln)
+	if err := p.Restore(); err != nil {
+		t.Fatal(err)
 	}
-	p.mode = "pass"
-	held := p.held
-	p.held = nil
-	p.cond.Broadcast()
-	for _, c := range held {
-		go p.connect(c)
-	}
-}
-
-func (p *faultProxy) close() {
-	p.kill()
-	p.wg.Wait()
 }
 
 // ---- Logs: kept in memory, printed only when the test fails.
