@@ -214,7 +214,12 @@ func (rep *Report) SummaryLines() []string {
 			p.Fail, *t.DrainedAfterMs, p.event(), t.HitsWhileCordoned, p.event(), t.ErrorsDuringSwitch, t.ErrorsWhileCordoned, p.event()))
 	}
 	if t.BackAfterMs != nil {
-		out = append(out, fmt.Sprintf("Traffic was back on %s %.0f ms after the %s lifted (the planner damps re-additions: at most one reassignment per %v).", p.Fail, *t.BackAfterMs, p.event(), p.MinReassign))
+		s := fmt.Sprintf("Traffic was back on %s %.0f ms after the %s lifted.", p.Fail, *t.BackAfterMs, p.event())
+		if strings.HasPrefix(t.Route, "plan of") {
+			// The drill's own planner: its damping is known here (a federation's is not).
+			s = strings.TrimSuffix(s, ".") + fmt.Sprintf(" (this drill's planner damps re-additions: at most one reassignment per %v).", p.MinReassign)
+		}
+		out = append(out, s)
 	}
 	if len(t.ErrorKinds) > 0 {
 		var ks []string
