@@ -171,6 +171,8 @@ type ServiceStatus struct {
 	// Order is the failover order per port from From's point of view (with --from).
 	Order    []PortOrder     `json:"order,omitempty"`
 	Excluded []ExcludedOrder `json:"excluded,omitempty"`
+	// plan is what Order and Excluded show, for the table.
+	plan *planner.ServicePlan
 }
 
 // ExporterStatus is one cluster exporting a service.
@@ -189,23 +191,11 @@ type PortOrder struct {
 	Levels []OrderLevel `json:"levels"`
 }
 
-// OrderLevel is one priority.
-type OrderLevel struct {
-	Priority  int      `json:"priority"`
-	Cluster   string   `json:"cluster"`
-	Direct    bool     `json:"direct"`
-	Weight    uint32   `json:"weight"`
-	Endpoints []string `json:"endpoints"`
-	Stale     bool     `json:"stale,omitempty"`
-	Panic     bool     `json:"panic,omitempty"`
-}
+// OrderLevel is one priority (the plan's one JSON form, as /debug/xds shows it too).
+type OrderLevel = planner.Priority
 
 // ExcludedOrder says why a cluster is not in the order.
-type ExcludedOrder struct {
-	Cluster string `json:"cluster"`
-	Port    uint32 `json:"port,omitempty"`
-	Reason  string `json:"reason"`
-}
+type ExcludedOrder = planner.Exclusion
 
 // DrillStatus is one live drill.
 type DrillStatus struct {
@@ -313,20 +303,11 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 		}
 		if in != nil {
 			plan := planner.PlanService(in, svc)
+			ss.plan = &plan
 			for _, pp := range plan.Ports {
-				po := PortOrder{Port: pp.Port, Levels: []OrderLevel{}}
-				for i, lv := range pp.Levels {
-					ol := OrderLevel{Priority: i, Cluster: lv.Cluster, Direct: lv.Direct, Weight: lv.Weight, Stale: lv.Stale, Panic: lv.Panic}
-					for _, e := range lv.Endpoints {
-						ol.Endpoints = append(ol.Endpoints, e.HostPort())
-					}
-					po.Levels = append(po.Levels, ol)
-				}
-				ss.Order = append(ss.Order, po)
+				ss.Order = append(ss.Order, PortOrder{Port: pp.Port, Levels: pp.Priorities()})
 			}
-			for _, x := range plan.Excluded {
-				ss.Excluded = append(ss.Excluded, ExcludedOrder{Cluster: x.Cluster, Port: x.Port, Reason: x.Reason})
-			}
+			ss.Excluded = plan.Excluded
 		}
 		s.Services = append(s.Services, ss)
 	}

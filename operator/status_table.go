@@ -98,35 +98,9 @@ func (s *Status) WriteTable(w io.Writer) error {
 		}
 		line := sv.Service + "\t" + strings.Join(ports, ",") + "\t" + strings.Join(ex, " ")
 		if s.From != "" {
-			var orders []string
-			for _, po := range sv.Order {
-				var lv []string
-				for _, l := range po.Levels {
-					n := l.Cluster
-					if l.Direct {
-						n += "(local)"
-					}
-					if l.Panic {
-						n += "(panic)"
-					}
-					lv = append(lv, n)
-				}
-				o := strings.Join(lv, " > ")
-				if o == "" {
-					o = "NOWHERE"
-				}
-				if len(sv.Order) > 1 {
-					o = fmt.Sprintf("%d: %s", po.Port, o)
-				}
-				orders = append(orders, o)
-			}
-			var excl []string
-			for _, x := range sv.Excluded {
-				excl = append(excl, x.Cluster+":"+x.Reason)
-			}
-			o := strings.Join(orders, "; ")
-			if len(excl) > 0 {
-				o += "  [left out: " + strings.Join(excl, ", ") + "]"
+			o := ""
+			if sv.plan != nil {
+				o = sv.plan.String()
 			}
 			if sv.Policy != nil {
 				o += "  (policy)"

@@ -80,9 +80,9 @@ type PortPlan struct {
 
 // Exclusion says why a cluster is not in a port's plan.
 type Exclusion struct {
-	Cluster string
-	Port    uint32 // 0: every port
-	Reason  string
+	Cluster string `json:"cluster"`
+	Port    uint32 `json:"port,omitempty"` // 0: every port
+	Reason  string `json:"reason"`
 }
 
 // Reasons of exclusions.

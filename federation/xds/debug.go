@@ -17,18 +17,8 @@ type debugPlan struct {
 }
 
 type debugPort struct {
-	Port       uint32       `json:"port"`
-	Priorities []debugLevel `json:"priorities"`
-}
-
-type debugLevel struct {
-	Priority  int      `json:"priority"`
-	Cluster   string   `json:"cluster"`
-	Direct    bool     `json:"direct,omitempty"`
-	Weight    uint32   `json:"weight"`
-	Endpoints []string `json:"endpoints"`
-	Stale     bool     `json:"stale,omitempty"`
-	Panic     bool     `json:"panic,omitempty"`
+	Port       uint32             `json:"port"`
+	Priorities []planner.Priority `json:"priorities"`
 }
 
 type debugGateway struct {
@@ -51,15 +41,7 @@ func (s *Server) DebugHandler() http.Handler {
 		for key, p := range plans {
 			dp := debugPlan{Service: key, Excluded: p.Excluded}
 			for _, pp := range p.Ports {
-				dpp := debugPort{Port: pp.Port, Priorities: []debugLevel{}}
-				for i, l := range pp.Levels {
-					dl := debugLevel{Priority: i, Cluster: l.Cluster, Direct: l.Direct, Weight: l.Weight, Stale: l.Stale, Panic: l.Panic}
-					for _, e := range l.Endpoints {
-						dl.Endpoints = append(dl.Endpoints, e.HostPort())
-					}
-					dpp.Priorities = append(dpp.Priorities, dl)
-				}
-				dp.Ports = append(dp.Ports, dpp)
+				dp.Ports = append(dp.Ports, debugPort{Port: pp.Port, Priorities: pp.Priorities()})
 			}
 			out.Services = append(out.Services, dp)
 		}

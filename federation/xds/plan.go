@@ -362,8 +362,8 @@ func (s *Server) collect(j *job, b batch) {
 			lvl = slog.LevelInfo
 		}
 		if s.log.Enabled(context.Background(), lvl) {
-			s.log.Log(context.Background(), lvl, "plan changed", "service", j.key, "order", orderString(&j.dec.Plan),
-				"held", j.dec.Held, "excluded", exclusionString(j.dec.Plan.Excluded))
+			s.log.Log(context.Background(), lvl, "plan changed", "service", j.key, "order", j.dec.Plan.Order(),
+				"held", j.dec.Held, "excluded", j.dec.Plan.LeftOut(0))
 		}
 	}
 }

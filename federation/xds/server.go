@@ -677,33 +677,6 @@ func (s *Server) Plans() map[string]planner.ServicePlan {
 	return out
 }
 
-func orderString(p *planner.ServicePlan) string {
-	var parts []string
-	for _, pp := range p.Ports {
-		var cl []string
-		for _, l := range pp.Levels {
-			n := l.Cluster
-			if l.Direct {
-				n += "(direct)"
-			}
-			if l.Panic {
-				n += "(panic)"
-			}
-			cl = append(cl, n)
-		}
-		parts = append(parts, portStr(pp.Port)+":"+strings.Join(cl, ">"))
-	}
-	return strings.Join(parts, " ")
-}
-
-func exclusionString(ex []planner.Exclusion) string {
-	var parts []string
-	for _, e := range ex {
-		parts = append(parts, e.Cluster+"="+e.Reason)
-	}
-	return strings.Join(parts, ",")
-}
-
 // wake is a re-plan due at a time.
 type wake struct {
 	at  time.Time

@@ -306,16 +306,7 @@ func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
 
 func planOf(c *harness.Cluster) string {
 	p := c.Agent().XDS.Plans()[ns+"/"+service]
-	var parts []string
-	for _, pp := range p.Ports {
-		for i, l := range pp.Levels {
-			parts = append(parts, fmt.Sprintf("priority %d = %s", i, l.Cluster))
-		}
-	}
-	if len(parts) == 0 {
-		return "(empty)"
-	}
-	return strings.Join(parts, ", ")
+	return p.String()
 }
 
 // BundleMapHas reports whether the bundle map a federation wrote into dir lists every

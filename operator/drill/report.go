@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/operator/drill/internal/timeline"
 )
 
@@ -124,11 +125,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				fmt.Fprintf(tw, "%s\t(none)\t\t\t\tno cluster routes to %s for it\n", a.Service, p.Fail)
 			}
 			for _, c := range a.Clients {
-				after := strings.Join(c.After, " > ")
-				if after == "" {
-					after = "NOWHERE"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", a.Service, c.Cluster, c.Port, strings.Join(c.Before, " > "), after, c.Impact)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", a.Service, c.Cluster, c.Port, planner.JoinOrder(c.Before), planner.JoinOrder(c.After), c.Impact)
 			}
 		}
 		if err := tw.Flush(); err != nil {

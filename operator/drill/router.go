@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -113,23 +112,7 @@ func (r *planRouter) replan() {
 	if pp := d.Plan.Port(r.port); pp != nil {
 		r.levels = pp.Levels
 	}
-	var parts []string
-	for _, l := range r.levels {
-		parts = append(parts, l.Cluster)
-	}
-	order := strings.Join(parts, " > ")
-	if order == "" {
-		order = "(nowhere)"
-	}
-	var why []string
-	for _, x := range d.Plan.Excluded {
-		if x.Port == 0 || x.Port == r.port {
-			why = append(why, x.Cluster+": "+x.Reason)
-		}
-	}
-	if len(why) > 0 {
-		order += " (left out: " + strings.Join(why, ", ") + ")"
-	}
+	order := d.Plan.PortString(r.port)
 	if d.Held {
 		order += " (a change is held until " + d.RetryAt.Format("15:04:05.000") + ")"
 	}

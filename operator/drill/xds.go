@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/operator/drill/internal/loadgen"
 )
@@ -184,10 +185,7 @@ func (x *xdsRouter) apply(cla *endpointv3.ClusterLoadAssignment) {
 		}
 		parts = append(parts, strings.Join(clustersByPrio[p], "+"))
 	}
-	order := strings.Join(parts, " > ")
-	if order == "" {
-		order = "(nowhere)"
-	}
+	order := planner.JoinOrder(parts)
 	x.mu.Lock()
 	x.eps = chosen
 	changed := order != x.order
