@@ -13,7 +13,7 @@ import (
 // captured ClientHello and a 32-byte echo through the gateway to a raw TCP backend, then
 // close. It isolates the gateway's per-connection cost (accept, hello, dial, splice setup).
 func BenchmarkProxyConn(b *testing.B) {
-	for _, mode := range []CopyMode{CopyPollSplice, CopyIOCopy} {
+	for _, mode := range copyModes(b) {
 		b.Run(string(mode), func(b *testing.B) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {

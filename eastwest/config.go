@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +24,17 @@ const (
 	// CopyIOCopy is io.Copy between the two *net.TCPConn: splice(2) too, but each blocked
 	// direction holds a pipe (2 fds) while it waits.
 	CopyIOCopy CopyMode = "io-copy"
+	// CopySockmap hands both sockets of a routed connection to a BPF sockhash whose
+	// sk_skb program redirects each one's bytes to the other: the bytes never wake the
+	// gateway (Linux, CAP_BPF and CAP_NET_ADMIN; see eastwest/internal/sockmap).
+	CopySockmap CopyMode = "sockmap"
+	// CopyAuto is sockmap where this kernel and process allow it, else poll-splice (one
+	// log line says why).
+	CopyAuto CopyMode = "auto"
 )
+
+// CopyModes lists the modes a user can ask for.
+var CopyModes = []CopyMode{CopyAuto, CopySockmap, CopyPollSplice, CopyIOCopy}
 
 // Config is the gateway's configuration; zero values take the documented defaults.
 type Config struct {
@@ -40,7 +51,7 @@ type Config struct {
 	MaxConnsPerService int           // proxied connections per service, default 0 = unlimited
 	EjectBase          time.Duration // first ejection after a failed connect, default 1s
 	EjectMax           time.Duration // longest ejection, default 30s
-	CopyMode           CopyMode      // default poll-splice on Linux
+	CopyMode           CopyMode      // default auto: sockmap where it can run, else poll-splice
 	// HBONE, when set, lets the gateway serve HBONE (ServeHBONE) besides SNI passthrough.
 	HBONE *HBONEConfig
 	// HealthCert answers health.meshfed.internal; nil generates a self-signed one.
@@ -75,7 +86,7 @@ func (c *Config) defaults() error {
 		c.EjectMax = 30 * time.Second
 	}
 	if c.CopyMode == "" {
-		c.CopyMode = CopyPollSplice
+		c.CopyMode = CopyAuto
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -90,8 +101,8 @@ func (c *Config) defaults() error {
 		return errors.New("timeouts must not be negative")
 	case c.MaxConns < 0 || c.MaxConnsPerService < 0 || c.ConnectAttempts < 0:
 		return errors.New("limits must not be negative (0 means unlimited)")
-	case c.CopyMode != CopyPollSplice && c.CopyMode != CopyIOCopy:
-		return fmt.Errorf("copy mode %q: use %s or %s", c.CopyMode, CopyPollSplice, CopyIOCopy)
+	case !slices.Contains(CopyModes, c.CopyMode):
+		return fmt.Errorf("copy mode %q: use one of %v", c.CopyMode, CopyModes)
 	}
 	return nil
 }

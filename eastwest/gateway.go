@@ -3,6 +3,7 @@ package eastwest
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,8 @@ type Gateway struct {
 	bufPool  sync.Pool
 	faults   faultState // drill faults in force (faults.go)
 
+	kp *kernelRedirector // the sockmap path, when CopyMode resolved to sockmap
+
 	liveMu sync.Mutex
 	live   map[cutter]struct{} // what the end of a drain cuts
 	hbone  *hboneServer        // nil without cfg.HBONE
@@ -38,15 +41,20 @@ func New(cfg Config) (*Gateway, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
+	mode, err := chooseCopyMode(cfg.CopyMode, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CopyMode = mode
 	g := &Gateway{
 		cfg:     cfg,
 		log:     cfg.Log,
-		m:       newMetrics(cfg.Registry),
 		eps:     map[string]*epState{},
 		svcs:    map[string]*svcState{},
 		drainCh: make(chan struct{}),
 		live:    map[cutter]struct{}{},
 	}
+	g.m = newMetrics(cfg.Registry, g.syncKernelBytes)
 	g.faults.init(cfg.Registry)
 	cert := cfg.HealthCert
 	if cert == nil {
@@ -66,6 +74,11 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	size := cfg.MaxHelloBytes
 	g.bufPool.New = func() any { b := make([]byte, size); return &b }
+	if mode == CopySockmap {
+		if g.kp, err = newKernelRedirector(cfg.MaxConns); err != nil {
+			return nil, fmt.Errorf("copy mode %s: %w", CopySockmap, err)
+		}
+	}
 	return g, nil
 }
 

@@ -18,10 +18,11 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/internal/tlstest"
+	"github.com/meshfed/meshfed/internal/metrictest"
 )
 
 func TestProxyEndToEnd(t *testing.T) {
-	for _, mode := range []CopyMode{CopyPollSplice, CopyIOCopy} {
+	for _, mode := range copyModes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			b := startBackend(t, "127.0.0.1:0")
 			g := startGateway(t, Config{CopyMode: mode}, echoTable(b.addr))
@@ -40,6 +41,13 @@ func TestProxyEndToEnd(t *testing.T) {
 			rand.Read(big)
 			line := strings.ReplaceAll(string(big), "\n", "x")
 			echo(t, c, line)
+			if mode != CopyIOCopy { // io-copy counts when io.Copy returns, at EOF
+				// A scrape sees the bytes of a live connection (sockmap: read from the BPF map
+				// on scrape).
+				if n := metrictest.Sum(t, g.reg, "meshfed_gateway_bytes_total", "service", "demo/echo", "direction", "out"); n < 1<<20 {
+					t.Errorf("bytes out scraped while the connection lives: %v", n)
+				}
+			}
 			c.Close()
 			waitFor(t, "connection closed", 5*time.Second, func() bool {
 				return counter(g.m.conns.WithLabelValues("demo/echo", ProtocolSNI, ResultOK)) == 1 && g.Active() == 0
@@ -187,7 +195,7 @@ func TestSlowHelloIsCutAtDeadline(t *testing.T) {
 // Half-close passes through: the client closes its sending side, the backend reads to
 // EOF and still answers on the other direction.
 func TestHalfClose(t *testing.T) {
-	for _, mode := range []CopyMode{CopyPollSplice, CopyIOCopy} {
+	for _, mode := range copyModes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			b := startBackend(t, "127.0.0.1:0")
 			g := startGateway(t, Config{CopyMode: mode}, echoTable(b.addr))
@@ -506,7 +514,7 @@ func TestHealthName(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	for _, mode := range []CopyMode{CopyPollSplice, CopyIOCopy} {
+	for _, mode := range copyModes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			b := startBackend(t, "127.0.0.1:0")
 			g := startGateway(t, Config{IdleTimeout: 800 * time.Millisecond, CopyMode: mode}, echoTable(b.addr))

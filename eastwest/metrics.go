@@ -64,7 +64,21 @@ type metrics struct {
 	open        prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// syncedCollector brings its values up to date (sync) before each scrape collects them:
+// the byte counters of connections in the kernel path live in a BPF map until then.
+type syncedCollector struct {
+	prometheus.Collector
+	sync func()
+}
+
+func (s syncedCollector) Collect(ch chan<- prometheus.Metric) {
+	s.sync()
+	s.Collector.Collect(ch)
+}
+
+// newMetrics registers the gateway's metrics; syncBytes runs before bytes_total is
+// collected.
+func newMetrics(reg prometheus.Registerer, syncBytes func()) *metrics {
 	const ns, sub = "meshfed", "gateway"
 	m := &metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_active",
@@ -98,7 +112,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		open: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections_open",
 			Help: "Client connections and HBONE tunnels held now, in any phase (hello, health, proxied): what the connection limit bounds."}),
 	}
-	reg.MustRegister(m.active, m.conns, m.bytes, m.rejected, m.helloSecs, m.parseSecs, m.connectSecs, m.connectErrs,
+	reg.MustRegister(m.active, m.conns, syncedCollector{m.bytes, syncBytes}, m.rejected, m.helloSecs, m.parseSecs, m.connectSecs, m.connectErrs,
 		m.ejections, m.routes, m.updates, m.reloads, m.draining, m.health, m.open)
 	return m
 }

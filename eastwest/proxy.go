@@ -56,6 +56,19 @@ type proxied struct {
 	idle   atomic.Bool
 	failed atomic.Bool
 	left   atomic.Int32 // directions still running
+
+	// The sockmap path (kernelpath.go): k is set once Splice returned, unless the
+	// connection was already over by then. These three are guarded by g.liveMu.
+	k                   kernelConn
+	over                bool
+	syncedIn, syncedOut uint64 // kernel byte counts already added to the counters
+}
+
+// kernelConn is the part of a sockmap connection the gateway uses.
+type kernelConn interface {
+	Bytes() (ab, ba uint64)
+	Err() error
+	Close()
 }
 
 // run starts both directions in fresh goroutines and returns: the handler goroutine's
@@ -101,6 +114,11 @@ var errIdle = errors.New("idle timeout")
 // cutNow closes both sides at the end of the drain timeout.
 func (p *proxied) cutNow() {
 	p.cut.Store(true)
+	if p.k != nil {
+		// The kernel path: its end (finishKernel) takes g.liveMu, which the drain holds.
+		go p.k.Close()
+		return
+	}
 	p.client.Close()
 	p.up.Close()
 }

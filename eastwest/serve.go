@@ -19,6 +19,9 @@ import (
 // stops accepting (after DrainAcceptPeriod), lets live connections finish for up to
 // DrainTimeout, then cuts the rest. It closes ln.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	if g.kp != nil {
+		defer g.kp.Close() // after the drain: the kernel path's last connections have ended
+	}
 	return g.serveListener(ctx, ln, func(ln net.Listener) error { return g.acceptLoop(ln, ProtocolSNI, g.handle) }, nil)
 }
 
@@ -59,6 +62,9 @@ func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(
 	g.finishDrain()
 	return nil
 }
+
+// CopyMode is the copy mode in force (auto resolved).
+func (g *Gateway) CopyMode() CopyMode { return g.cfg.CopyMode }
 
 func (g *Gateway) finishDrain() {
 	done := make(chan struct{})
@@ -229,6 +235,11 @@ func (g *Gateway) handle(c *net.TCPConn) {
 	if up == nil {
 		r.svc.active.Add(-1)
 		g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String())
+		return
+	}
+	if g.kp != nil && g.spliceKernel(c, up, raw, r, ep, start) {
+		g.bufPool.Put(bufp)
+		handedOff = true
 		return
 	}
 	// Replay the hello bytes exactly as received; nothing else has been sent either way.

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/eastwest/internal/sockmap"
 	"github.com/meshfed/meshfed/eastwest/internal/tlstest"
 )
 
@@ -103,8 +104,35 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// copyModes are the copy modes this machine can run: sockmap needs root and BPF
+// (eastwest/internal/sockmap.Probe), and says why when it is left out.
+func copyModes(t testing.TB) []CopyMode {
+	modes := []CopyMode{CopyPollSplice, CopyIOCopy}
+	if err := sockmap.Probe(); err != nil {
+		t.Logf("copy mode %s not run: %v", CopySockmap, err)
+		return modes
+	}
+	return append(modes, CopySockmap)
+}
+
+// suiteCopyMode is the copy mode of every test that does not choose one:
+// MESHFED_GATEWAY_COPY_MODE (hack/test.sh runs this package once more with poll-splice),
+// else the default.
+func suiteCopyMode(t testing.TB) CopyMode {
+	m := CopyMode(os.Getenv("MESHFED_GATEWAY_COPY_MODE"))
+	if m == CopySockmap {
+		if err := sockmap.Probe(); err != nil {
+			t.Skipf("MESHFED_GATEWAY_COPY_MODE=sockmap, but the sockmap path cannot run here: %v", err)
+		}
+	}
+	return m
+}
+
 func startGateway(t *testing.T, cfg Config, rt *RouteTable) *gw {
 	t.Helper()
+	if cfg.CopyMode == "" {
+		cfg.CopyMode = suiteCopyMode(t)
+	}
 	reg := prometheus.NewRegistry()
 	cfg.Registry = reg
 	if cfg.Cluster == "" {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -140,7 +141,7 @@ See docs/eastwest.md for the health wire protocol, HBONE, metrics and limits.`,
 	fl.StringVar(&f.spiffeSocket, "spiffe-socket", "", "SPIFFE Workload API socket PATH (or unix:///PATH) giving the SVID, and without --bundle-dir the federated bundles, for --hbone-listen")
 	fl.StringVar(&f.bundleDir, "bundle-dir", "", "DIR the federation writes the federated bundles to (meshfed federation --bundle-dir): HBONE callers must chain to their trust domain's bundle there")
 	fl.StringArrayVar(&f.hboneAllowTD, "hbone-allow-trust-domain", nil, "TD allowed to call over HBONE (repeatable; default: every federated trust domain)")
-	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyPollSplice), "byte mover: poll-splice (no pipe held by idle connections) or io-copy (stdlib io.Copy)")
+	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyAuto), "byte mover: sockmap (the kernel redirects the bytes: Linux, CAP_BPF and CAP_NET_ADMIN), poll-splice (splice through pooled pipes, none held by idle connections), io-copy (stdlib io.Copy), or auto (sockmap where it can run, else poll-splice, logged once)")
 	return cmd
 }
 
@@ -208,8 +209,8 @@ func (f *gatewayFlags) validate() error {
 	if f.connectAttempts < 1 || f.connectAttempts > 16 {
 		errs.Add("--connect-attempts", "%d: use 1-16", f.connectAttempts)
 	}
-	if m := eastwest.CopyMode(f.copyMode); m != eastwest.CopyPollSplice && m != eastwest.CopyIOCopy {
-		errs.Add("--copy-mode", "%q: use poll-splice or io-copy", f.copyMode)
+	if m := eastwest.CopyMode(f.copyMode); !slices.Contains(eastwest.CopyModes, m) {
+		errs.Add("--copy-mode", "%q: use one of %v", f.copyMode, eastwest.CopyModes)
 	}
 	f.validateHBONE(&errs)
 	return errs.Err()
@@ -304,7 +305,7 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 		}
 		return err
 	}
-	log.Info("gateway listening", "listen", p.Addr(), "hbone_listen", p.HBONEAddr(), "admin", p.AdminAddr(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
+	log.Info("gateway listening", "listen", p.Addr(), "hbone_listen", p.HBONEAddr(), "admin", p.AdminAddr(), "copy_mode", p.Gateway().CopyMode(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
 	_ = p.Wait() // until ctx ends and the drain is over
 	return p.Close()
 }
