@@ -23,6 +23,7 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/internal/sockmap"
 	"github.com/meshfed/meshfed/eastwest/internal/tlstest"
+	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
 // backend is a real TLS server: it echoes lines, and on "half\n" reads to EOF and then
@@ -201,13 +202,7 @@ func echo(t *testing.T, c io.ReadWriter, msg string) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitfor.Cond(t, d, cond, "%s", what)
 }
 
 func counter(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }

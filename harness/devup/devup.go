@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust/devca"
@@ -290,18 +291,13 @@ func (s *story) say(format string, args ...any) {
 }
 
 func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within %v", d)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := ctxtime.Poll(wctx, 50*time.Millisecond, func() (bool, error) { return cond(), nil })
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("not within %v", d)
 	}
-	return nil
+	return err
 }
 
 func planOf(c *harness.Cluster) string {

@@ -20,3 +20,21 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// Poll calls cond every interval until it reports done or fails, or ctx ends (ctx's
+// error). It is how code waits on a condition: with a deadline in ctx, never a bare sleep.
+func Poll(ctx context.Context, every time.Duration, cond func() (bool, error)) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		done, err := cond()
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

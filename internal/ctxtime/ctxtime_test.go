@@ -20,3 +20,15 @@ func TestSleep(t *testing.T) {
 		t.Fatal("Sleep did not return when the context ended")
 	}
 }
+
+func TestPoll(t *testing.T) {
+	n := 0
+	if err := Poll(context.Background(), time.Millisecond, func() (bool, error) { n++; return n == 3, nil }); err != nil || n != 3 {
+		t.Fatalf("Poll: %v after %d calls, want nil after 3", err, n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Poll(ctx, time.Hour, func() (bool, error) { return false, nil }); err != context.Canceled {
+		t.Fatalf("Poll with an ended context: %v", err)
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 	mcscrd "sigs.k8s.io/mcs-api/config/crd"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshfed/meshfed/internal/ctxtime"
 )
 
 // MCSCRDs are the ServiceExport and ServiceImport CRDs of the pinned sigs.k8s.io/mcs-api
@@ -69,7 +71,7 @@ func ApplyCRDs(ctx context.Context, cfg *rest.Config, docs ...[]byte) error {
 				served = append(served, schema.GroupVersionResource{Group: group, Version: fmt.Sprint(vm["name"]), Resource: plural})
 			}
 		}
-		if err := poll(ctx, 50*time.Millisecond, func() (bool, error) {
+		if err := ctxtime.Poll(ctx, 50*time.Millisecond, func() (bool, error) {
 			cur, err := crds.Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return false, nil
@@ -88,7 +90,7 @@ func ApplyCRDs(ctx context.Context, cfg *rest.Config, docs ...[]byte) error {
 	}
 	// Established comes a moment before the REST handlers serve the new resources.
 	for _, gvr := range served {
-		if err := poll(ctx, 50*time.Millisecond, func() (bool, error) {
+		if err := ctxtime.Poll(ctx, 50*time.Millisecond, func() (bool, error) {
 			_, err := dc.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
 			return err == nil, nil
 		}); err != nil {
@@ -96,23 +98,6 @@ func ApplyCRDs(ctx context.Context, cfg *rest.Config, docs ...[]byte) error {
 		}
 	}
 	return nil
-}
-
-// poll calls cond every interval until it reports done, fails, or ctx ends.
-func poll(ctx context.Context, every time.Duration, cond func() (bool, error)) error {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		done, err := cond()
-		if err != nil || done {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 }
 
 // GatewayCRD is the Gateway API's Gateway CRD, standard channel, of sigs.k8s.io/gateway-api

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/ctxtime"
 )
 
 // Eventually calls cond every 50 ms until it returns nil, and fails the test with cond's
@@ -14,7 +16,7 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var last error
-	err := poll(ctx, 50*time.Millisecond, func() (bool, error) {
+	err := ctxtime.Poll(ctx, 50*time.Millisecond, func() (bool, error) {
 		last = cond()
 		return last == nil, nil
 	})
