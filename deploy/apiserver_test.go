@@ -386,7 +386,9 @@ func TestFederationRBACSuffices(t *testing.T) {
 		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "get", Resource: "secrets"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: "meshfed-system", Verb: "list", Resource: "secrets"}, false},
 		{user, groups, authzv1.ResourceAttributes{Verb: "create", Resource: "namespaces"}, false},
-		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: "pods"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: "pods"}, true}, // istio.io/dataplane-mode
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "delete", Resource: "pods"}, false},
+		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "create", Resource: "pods/exec"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "update", Resource: "services"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "delete", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},
 		{user, groups, authzv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "multicluster.x-k8s.io", Resource: "serviceexports"}, false},

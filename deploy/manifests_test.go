@@ -329,6 +329,7 @@ func checkPod(t *testing.T, o obj, ps map[string]any) {
 var wantFederationRules = map[string]string{
 	"/services":                            "get,list,watch",
 	"/namespaces":                          "get,list,watch",
+	"/pods":                                "get,list,watch",
 	"multicluster.x-k8s.io/serviceexports": "get,list,watch",
 	"multicluster.x-k8s.io/serviceexports/status": "update",
 	"multicluster.x-k8s.io/serviceimports":        "create,delete,get,list,update,watch",

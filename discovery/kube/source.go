@@ -60,6 +60,7 @@ type Source struct {
 	seLister  mcslisters.ServiceExportLister
 	svcLister corelisters.ServiceLister
 	epsLister discoverylisters.EndpointSliceLister
+	ambient   *ambientWatch
 
 	viewMu sync.Mutex
 	view   *view.View
@@ -171,8 +172,30 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	if _, err := epsInf.Informer().AddEventHandler(sliceHandler(full)); err != nil {
 		return fmt.Errorf("kube source: %w", err)
 	}
+	// Istio ambient capture (hbonePort): namespace labels, and the pods that carry a
+	// dataplane-mode label.
+	nf := informers.NewSharedInformerFactory(s.cfg.Kube, s.cfg.Resync)
+	pf := informers.NewSharedInformerFactoryWithOptions(s.cfg.Kube, s.cfg.Resync, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(podLabelSelector))
+	s.ambient = newAmbientWatch(nf, pf)
+	requeueNS := func(namespace string) {
+		ses, err := s.seLister.ServiceExports(namespace).List(labels.Everything())
+		if err != nil {
+			return
+		}
+		for _, se := range ses {
+			full(se.Namespace + "/" + se.Name)
+		}
+	}
+	for _, inf := range []cache.SharedIndexInformer{s.ambient.nsInf, s.ambient.podInf} {
+		if _, err := inf.AddEventHandler(namespaceHandler(requeueNS)); err != nil {
+			return fmt.Errorf("kube source: %w", err)
+		}
+	}
 	kf.Start(ctx.Done())
 	sf.Start(ctx.Done())
+	nf.Start(ctx.Done())
+	pf.Start(ctx.Done())
 	ctx, cancel := context.WithCancel(ctx)
 	seDone := make(chan struct{})
 	go func() {
@@ -185,11 +208,14 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	}()
 	defer kf.Shutdown()
 	defer sf.Shutdown()
+	defer nf.Shutdown()
+	defer pf.Shutdown()
 
 	s.log.Info("kube source starting", "namespace", s.cfg.Namespace)
 	for _, ok := range []bool{
 		cache.WaitForCacheSync(ctx.Done(), seInf.HasSynced),
 		cache.WaitForCacheSync(ctx.Done(), svcInf.Informer().HasSynced, epsInf.Informer().HasSynced),
+		cache.WaitForCacheSync(ctx.Done(), s.ambient.nsInf.HasSynced, s.ambient.podInf.HasSynced),
 	} {
 		if !ok {
 			if ctx.Err() != nil {
@@ -359,7 +385,7 @@ func (s *Source) build(se *mcsv1a1.ServiceExport) (*verdict, error) {
 			return nil, err
 		}
 	}
-	exp, inv, notes := buildExport(s.cfg.Cluster, se, svc, slices)
+	exp, inv, notes := buildExport(s.cfg.Cluster, se, svc, slices, s.ambient.policy(se.Namespace))
 	return &verdict{exp: exp, inv: inv, notes: notes}, nil
 }
 
