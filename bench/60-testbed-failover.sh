@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Failover on the testbed (harness/testbed: network namespaces, real processes), per fault
+# kind: the network's (nftables blackhole and reset of a gateway) and the drill's gateway
+# faults (meshfed drill --fault blackhole|reset|delay=3s); FAULTS (default 10) faults each;
+# p50 and max of the time until east's client is served by north for good. Needs root;
+# skips (and says why) where network namespaces cannot be made.
+# baseline: the network reset, the fastest path (an RST is seen at once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESHFED_BENCH_FAILOVER="${FAULTS:-10}" go test -count=1 -timeout 60m -run '^TestFailoverTable$' -v ./harness/testbed/ 2>&1 |
+  grep -E '^(failover of|network|drill|ok|FAIL|---|    bench_test|.*SKIP)' || true
