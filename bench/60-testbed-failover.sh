@@ -6,6 +6,7 @@
 # skips (and says why) where network namespaces cannot be made.
 # baseline: the network reset, the fastest path (an RST is seen at once).
 set -euo pipefail
+# make bench builds bin/meshfed first (CGO_ENABLED=0, what the testbed runs).
 cd "$(dirname "$0")/.."
-MESHFED_BENCH_FAILOVER="${FAULTS:-10}" go test -count=1 -timeout 60m -run '^TestFailoverTable$' -v ./harness/testbed/ 2>&1 |
+MESHFED_BIN="${MESHFED_BIN:-$PWD/bin/meshfed}" MESHFED_BENCH_FAILOVER="${FAULTS:-10}" go test -count=1 -timeout 60m -run '^TestFailoverTable$' -v ./harness/testbed/ 2>&1 |
   grep -E '^(failover of|network|drill|ok|FAIL|---|    bench_test|.*SKIP)' || true
