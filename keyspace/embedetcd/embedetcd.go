@@ -98,7 +98,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	host, _, err := net.SplitHostPort(clientAddr)
 	if err != nil {
-		return nil, fmt.Errorf("etcd --listen %q: want HOST:PORT: %w", clientAddr, err)
+		return nil, fmt.Errorf("etcd client address %q: want HOST:PORT: %w", clientAddr, err)
 	}
 	peerAddr := c.PeerAddr
 	if peerAddr == "" {

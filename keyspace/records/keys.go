@@ -36,7 +36,7 @@ func NewKeyspace(prefix string) (Keyspace, error) {
 		prefix = DefaultPrefix
 	}
 	if !strings.HasPrefix(prefix, "/") || !strings.HasSuffix(prefix, "/") || strings.Contains(prefix, "//") {
-		return Keyspace{}, fmt.Errorf("--prefix %q: must start and end with '/' and have no empty element, e.g. %s", prefix, DefaultPrefix)
+		return Keyspace{}, fmt.Errorf("keyspace prefix %q: must start and end with '/' and have no empty element, e.g. %s", prefix, DefaultPrefix)
 	}
 	return Keyspace{prefix: prefix}, nil
 }
