@@ -28,7 +28,7 @@ type pki struct {
 	all       *x509bundle.Set // east + west + north: what a test client trusts
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	p := &pki{cas: map[string]*devca.CA{}, federated: x509bundle.NewSet(), all: x509bundle.NewSet()}
 	for _, td := range []string{"east.example", "west.example", "north.example"} {
@@ -50,7 +50,7 @@ func newPKI(t *testing.T) *pki {
 	return p
 }
 
-func (p *pki) svid(t *testing.T, id string) *devca.SVID {
+func (p *pki) svid(t testing.TB, id string) *devca.SVID {
 	t.Helper()
 	u, _ := parseTD(id)
 	s, err := p.cas[u].Issue(devca.IssueRequest{ID: id})
@@ -60,7 +60,7 @@ func (p *pki) svid(t *testing.T, id string) *devca.SVID {
 	return s
 }
 
-func (p *pki) cert(t *testing.T, id string) *tls.Certificate { return p.svid(t, id).TLSCertificate() }
+func (p *pki) cert(t testing.TB, id string) *tls.Certificate { return p.svid(t, id).TLSCertificate() }
 
 func parseTD(id string) (string, string) {
 	rest := id[len("spiffe://"):]
