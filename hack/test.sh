@@ -35,3 +35,7 @@ go test -race -timeout 14m ./...
 # The gateway suite once more in the other default copy mode: the run above used auto
 # (sockmap where this machine allows it, as CI's root does); this one poll-splice.
 MESHFED_GATEWAY_COPY_MODE=poll-splice go test -race -timeout 5m ./eastwest/
+# HBONE interop with Istio's own HBONE code (hack/interop/hbone, a nested module so that
+# istio.io/istio's dependencies stay out of meshfed's go.mod): runs when its modules are in
+# the module cache (istiod's ensure.sh above fetches the same istio pin), else says it skips.
+hack/interop/hbone/run.sh --cached-only

@@ -212,6 +212,7 @@ func TestKubernetesTier(t *testing.T) {
 	t.Run("importer", func(t *testing.T) { testImporter(t, east) })
 	t.Run("end-to-end", func(t *testing.T) { testEndToEnd(t, west, east) })
 	t.Run("leader-election", func(t *testing.T) { testLeaderElection(t, west) })
+	t.Run("istio-remote-gateways", func(t *testing.T) { testIstioRemoteGateways(t, east) })
 }
 
 // testLeaderElection: two replicas campaign for one Lease; exactly one leads, and when it
