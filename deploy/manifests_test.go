@@ -53,6 +53,7 @@ var allOnValues = map[string]any{
 		"service":           map[string]any{"loadBalancerSourceRanges": []any{"192.0.2.0/24"}},
 	},
 	"rotation":         map[string]any{"enabled": true},
+	"istio":            map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 	"networkPolicy":    map[string]any{"enabled": true},
 	"prometheusRule":   map[string]any{"enabled": true},
 	"imagePullSecrets": []any{map[string]any{"name": "regcred"}},
@@ -89,6 +90,11 @@ func renders() []render {
 			"gateway": map[string]any{"routes": "exports", "exports": map[string]any{"services": []any{map[string]any{
 				"name": "echo", "namespace": "demo", "ports": []any{map[string]any{"name": "tls", "port": 8443, "targetPort": 9443}},
 				"endpoints": []any{map[string]any{"address": "10.0.1.7", "zone": "z1"}}}}}},
+		})},
+		{"helm-istio", true, helm(map[string]any{
+			"cluster": map[string]any{"name": "east"},
+			"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379"},
+			"istio":   map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 		})},
 		{"kustomize-example", true, kust("overlays/example")},
 		{"kustomize-components", false, kust("overlays/all-components")},
@@ -265,7 +271,108 @@ func checkObjects(t *testing.T, objs []obj) {
 			t.Errorf("PodDisruptionBudget %s: selector %v does not select its pods %v", pdbName, sel, labels)
 		}
 	}
+	checkIstio(t, objs)
 	checkRBAC(t, objs)
+}
+
+// checkIstio: with the MCP listener on (istio.enabled, components/istio), the Service
+// meshfed-istio reaches it and a NetworkPolicy admits only istiod's pods to its port, while
+// xDS and admin stay reachable as without Istio; without it, none of them.
+func checkIstio(t *testing.T, objs []obj) {
+	t.Helper()
+	fed := find(objs, "Deployment", "meshfed-federation")
+	if fed == nil {
+		return
+	}
+	var port float64
+	for _, a := range strs(dig(podSpec(fed), "containers", 0, "args")) {
+		if v, ok := strings.CutPrefix(a, "--istio-mcp-listen=:"); ok {
+			fmt.Sscan(v, &port)
+		}
+	}
+	svc, np := find(objs, "Service", "meshfed-istio"), find(objs, "NetworkPolicy", "meshfed-istio-mcp")
+	if port == 0 {
+		if svc != nil || np != nil {
+			t.Error("meshfed-istio Service or NetworkPolicy without --istio-mcp-listen")
+		}
+		return
+	}
+	containerPort := false
+	ports, _ := dig(podSpec(fed), "containers", 0, "ports").([]any)
+	for _, p := range ports {
+		if dig(p, "name") == "istio-mcp" && dig(p, "containerPort") == port {
+			containerPort = true
+		}
+	}
+	if !containerPort {
+		t.Errorf("meshfed-federation: no containerPort istio-mcp %v", port)
+	}
+	args := strs(dig(podSpec(fed), "containers", 0, "args"))
+	if !contains(args, "--istio-mcp-state-file=/var/lib/meshfed/istio/state.json") {
+		t.Errorf("meshfed-federation: --istio-mcp-listen without --istio-mcp-state-file: %v", args)
+	}
+	if svc == nil {
+		t.Fatal("--istio-mcp-listen without the Service meshfed-istio")
+	}
+	sp, _ := dig(map[string]any(svc), "spec", "ports").([]any)
+	if dig(map[string]any(svc), "spec", "type") != "ClusterIP" || len(sp) != 1 || dig(sp[0], "targetPort") != "istio-mcp" || dig(sp[0], "port") != port {
+		t.Errorf("Service meshfed-istio: want a ClusterIP on %v targeting istio-mcp, got %v", port, svc["spec"])
+	}
+	labels, _ := dig(map[string]any(fed), "spec", "template", "metadata", "labels").(map[string]any)
+	if sel, _ := dig(map[string]any(svc), "spec", "selector").(map[string]any); !subset(sel, labels) {
+		t.Errorf("Service meshfed-istio: selector %v does not select the federation pods %v", sel, labels)
+	}
+	if np == nil {
+		t.Fatal("--istio-mcp-listen without the NetworkPolicy meshfed-istio-mcp admitting istiod alone")
+	}
+	if sel, _ := dig(map[string]any(np), "spec", "podSelector", "matchLabels").(map[string]any); !subset(sel, labels) {
+		t.Errorf("NetworkPolicy meshfed-istio-mcp: podSelector %v does not select the federation pods", sel)
+	}
+	// Every rule of every ingress policy of the federation pods that opens the MCP port
+	// must name istiod's namespace and pods (both selectors, in one peer).
+	open := map[float64]bool{}
+	for _, o := range objs {
+		if o.kind() != "NetworkPolicy" {
+			continue
+		}
+		if sel, _ := dig(map[string]any(o), "spec", "podSelector", "matchLabels").(map[string]any); !subset(sel, labels) {
+			continue
+		}
+		rules, _ := dig(map[string]any(o), "spec", "ingress").([]any)
+		for _, r := range rules {
+			rp, _ := dig(r, "ports").([]any)
+			from, _ := dig(r, "from").([]any)
+			for _, p := range rp {
+				n, _ := dig(p, "port").(float64)
+				open[n] = true
+				if n != port {
+					continue
+				}
+				if len(from) == 0 {
+					t.Errorf("%s: the MCP port %v is open to everyone", o.id(), port)
+				}
+				for _, f := range from {
+					ns, _ := dig(f, "namespaceSelector").(map[string]any)
+					pod, _ := dig(f, "podSelector").(map[string]any)
+					if len(ns) == 0 || len(pod) == 0 {
+						t.Errorf("%s: the MCP port admits %v, not istiod's pods alone", o.id(), f)
+					}
+				}
+			}
+			if len(rp) == 0 {
+				t.Errorf("%s: a rule without ports opens the MCP port too: %v", o.id(), r)
+			}
+		}
+	}
+	for _, name := range []string{"xds", "admin"} {
+		for _, p := range ports {
+			if dig(p, "name") == name {
+				if n, _ := dig(p, "containerPort").(float64); !open[n] {
+					t.Errorf("with the Istio NetworkPolicy the %s port %v is closed", name, n)
+				}
+			}
+		}
+	}
 }
 
 func checkPod(t *testing.T, o obj, ps map[string]any) {
@@ -468,6 +575,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 				"xdsTLS": map[string]any{"secretName": "meshfed-federation-xds-tls"}},
 			"gateway":       map[string]any{"federationTLS": map[string]any{"secretName": "meshfed-gateway-xds-client"}},
 			"rotation":      map[string]any{"enabled": true},
+			"istio":         map[string]any{"enabled": true},
 			"networkPolicy": map[string]any{"enabled": true},
 		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
 	}

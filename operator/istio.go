@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/meshfed/meshfed/federation/istio"
+	"github.com/meshfed/meshfed/internal/bundlemap"
+	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/trust"
 )
@@ -21,6 +24,13 @@ type IstioConfigOptions struct {
 	ClusterID, Network string
 	MCPTLS             bool
 	MCPCACert          string
+	// BundleDir, when set, is a directory a federation service writes the federated
+	// bundles into (--bundle-dir): the roots come from its bundle-map.json instead of from
+	// etcd's bundles/.
+	BundleDir string
+	// BundleURL, when set, gives istiod each other trust domain as spiffeBundleUrl
+	// <BundleURL>/<td> (a bundle endpoint, https) instead of PEM.
+	BundleURL string
 }
 
 // IstioConfig reads the cluster's record and every trust bundle at one revision and makes
@@ -38,6 +48,16 @@ func IstioConfig(ctx context.Context, st *store.Store, o IstioConfigOptions) (*i
 	}
 	var warnings []string
 	roots := map[string][]*x509.Certificate{}
+	if o.BundleDir != "" {
+		set, err := bundlemap.Load(filepath.Join(o.BundleDir, bundlemap.FileName))
+		if err != nil {
+			return nil, nil, fmt.Errorf("bundle dir %s: %w (the directory `meshfed federation --bundle-dir` writes)", o.BundleDir, err)
+		}
+		for _, b := range set.Bundles() {
+			roots[b.TrustDomain().Name()] = b.X509Authorities()
+		}
+		return istioSettings(c.Value, o, roots, warnings)
+	}
 	tds := make([]string, 0, len(snap.Bundles))
 	for td := range snap.Bundles {
 		tds = append(tds, td)
@@ -54,13 +74,20 @@ func IstioConfig(ctx context.Context, st *store.Store, o IstioConfigOptions) (*i
 		}
 		roots[td] = b.X509Roots
 	}
+	return istioSettings(c.Value, o, roots, warnings)
+}
+
+func istioSettings(c *records.Cluster, o IstioConfigOptions, roots map[string][]*x509.Certificate, warnings []string) (*istio.Settings, []string, error) {
+	if _, ok := roots[c.TrustDomain]; !ok && len(roots) > 0 {
+		warnings = append(warnings, fmt.Sprintf("no bundle of this cluster's own trust domain %s among %d: is it the clusterset's bundle set?", c.TrustDomain, len(roots)))
+	}
 	netw := o.Network
 	if netw == "" {
-		netw = c.Value.Network
+		netw = c.Network
 	}
 	s, err := istio.BuildSettings(istio.SettingsInput{
 		Cluster: o.Cluster, ClusterID: o.ClusterID, Network: netw, MCPAddress: o.MCPAddress,
-		MCPTLS: o.MCPTLS, MCPCACert: o.MCPCACert, TrustDomain: c.Value.TrustDomain, Roots: roots,
+		MCPTLS: o.MCPTLS, MCPCACert: o.MCPCACert, TrustDomain: c.TrustDomain, Roots: roots, BundleURL: o.BundleURL,
 	})
 	if err != nil {
 		return nil, warnings, err

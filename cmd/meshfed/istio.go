@@ -52,9 +52,15 @@ as one document with the keys
   meshConfig   a MeshConfig: configSources (xds://<--mcp-address>, then k8s:// so istiod
                keeps reading Kubernetes config), trustDomain, trustDomainAliases (the other
                federated trust domains) and caCertificates (their roots, from etcd's
-               bundles/). Usable as istiod's --meshConfig file unchanged, or merged into the
+               bundles/, or --bundle-dir; with --spiffe-bundle-url, URLs istiod fetches
+               them from). Usable as istiod's --meshConfig file unchanged, or merged into the
                'mesh' key of the istio ConfigMap (Helm: meshConfig).
   env          name → value for istiod's environment (CLUSTER_ID, ISTIO_MULTIROOT_MESH, ...).
+
+Trust needs Istio's multi-root mesh (ISTIO_MULTIROOT_MESH=true, in env; read in the pinned
+istiod, 1.31-dev): istiod then hands the roots to its proxies (PCDS), which accept the other trust
+domains' workloads. PEM roots are a copy: re-run after a rotation adds a root (or use
+--spiffe-bundle-url, which istiod re-fetches).
 
 meshNetworks is not printed: meshfed's resources name each remote gateway directly and
 need no Istio network gateways.
@@ -82,6 +88,8 @@ See docs/istio.md.`,
 	fl.StringVar(&f.opts.Network, "network", "", "the Istio network of the cluster (default: its cluster record's network)")
 	fl.BoolVar(&f.opts.MCPTLS, "mcp-tls", false, "the MCP listener serves TLS (--istio-mcp-tls-cert): istiod connects with TLS (no client certificate)")
 	fl.StringVar(&f.opts.MCPCACert, "mcp-ca-cert", "", "with --mcp-tls: path, in istiod's filesystem, of the CA that signed the listener's certificate")
+	fl.StringVar(&f.opts.BundleDir, "bundle-dir", "", "take the trust roots from this bundle directory (what 'meshfed federation --bundle-dir' writes) instead of etcd's bundles/")
+	fl.StringVar(&f.opts.BundleURL, "spiffe-bundle-url", "", "give istiod the other trust domains as spiffeBundleUrl <URL>/<trust domain> (https; e.g. a federation's --bundle-endpoint behind a Web PKI certificate) instead of PEM: istiod then follows rotations itself")
 	fl.StringVarP(&f.output, "output", "o", outputYAML, "output format: yaml (with comments) or json")
 	return cmd
 }
@@ -102,6 +110,12 @@ func (f *istioConfigFlags) validate() error {
 	}
 	if f.opts.MCPCACert != "" && !f.opts.MCPTLS {
 		errs.Add("--mcp-ca-cert", "only with --mcp-tls")
+	}
+	if f.opts.BundleURL != "" && f.opts.BundleDir != "" {
+		errs.Add("--spiffe-bundle-url", "give --spiffe-bundle-url or --bundle-dir, not both (the URL replaces the PEM roots)")
+	}
+	if f.opts.BundleURL != "" && !strings.HasPrefix(f.opts.BundleURL, "https://") {
+		errs.Add("--spiffe-bundle-url", "%q: must start with https:// (istiod fetches SPIFFE bundles over https only)", f.opts.BundleURL)
 	}
 	if f.output != outputYAML && f.output != outputJSON {
 		errs.Add("-o/--output", "%q: use yaml or json", f.output)

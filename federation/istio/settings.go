@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"sort"
 	"strings"
 
@@ -35,6 +36,12 @@ type SettingsInput struct {
 	// included), from the bundles/ records.
 	TrustDomain string
 	Roots       map[string][]*x509.Certificate
+	// BundleURL, when set, is the base URL of a SPIFFE bundle endpoint serving GET
+	// <BundleURL>/<trust domain> (meshfed federation --bundle-endpoint): each other trust
+	// domain is then given to istiod as spiffeBundleUrl (istiod fetches it over https_web,
+	// verifying the endpoint against its system roots, and follows rotations itself)
+	// instead of as PEM. Its trust domains are those of Roots.
+	BundleURL string
 }
 
 // Settings are istiod's settings: MeshConfig is the fragment to merge into its mesh config
@@ -75,6 +82,10 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 		ConfigSources: []*meshconfig.ConfigSource{src, {Address: "k8s://"}},
 		TrustDomain:   in.TrustDomain,
 	}
+	base, err := bundleURLBase(in.BundleURL)
+	if err != nil {
+		return nil, err
+	}
 	tds := make([]string, 0, len(in.Roots))
 	for td := range in.Roots {
 		tds = append(tds, td)
@@ -85,6 +96,16 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 			continue
 		}
 		mc.TrustDomainAliases = append(mc.TrustDomainAliases, td)
+		if len(in.Roots[td]) == 0 {
+			continue // a revoked (empty) bundle: trust nothing from it
+		}
+		if base != "" {
+			mc.CaCertificates = append(mc.CaCertificates, &meshconfig.MeshConfig_CertificateData{
+				CertificateData: &meshconfig.MeshConfig_CertificateData_SpiffeBundleUrl{SpiffeBundleUrl: base + "/" + td},
+				TrustDomains:    []string{td},
+			})
+			continue
+		}
 		var b strings.Builder
 		for _, c := range in.Roots[td] {
 			_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
@@ -102,6 +123,22 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 		"ISTIO_MULTIROOT_MESH": "true",
 	}
 	return &Settings{MeshConfig: mc, Env: env, Network: in.Network}, nil
+}
+
+// bundleURLBase checks a SPIFFE bundle endpoint base URL: istiod fetches it over https only
+// (it prefixes https:// to a URL without a scheme).
+func bundleURLBase(raw string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("spiffe bundle url %q: %v", raw, err)
+	}
+	if u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("spiffe bundle url %q: want https://HOST[:PORT][/PATH] (istiod fetches SPIFFE bundles over https only; <url>/<trust domain> must serve the bundle)", raw)
+	}
+	return strings.TrimRight(raw, "/"), nil
 }
 
 // MeshConfigYAML is the mesh config as istiod's --meshConfig file takes it.
