@@ -122,7 +122,9 @@ func newDevCACmd() *cobra.Command {
 				return err
 			}
 			svid, err := ca.Issue(devca.IssueRequest{ID: id, DNSNames: dns, TTL: ttl})
-			if err != nil {
+			if idErr := (*devca.IDError)(nil); errors.As(err, &idErr) {
+				return fmt.Errorf("--spiffe-id: %w", err)
+			} else if err != nil {
 				return err
 			}
 			if err := svid.WriteFiles(certOut, keyOut); err != nil {

@@ -115,3 +115,17 @@ func TestTrustFlagsAndRotateCLI(t *testing.T) {
 		t.Fatalf("trust status -o json:\n%s", out.String())
 	}
 }
+
+// TestDevCAIssueNamesSpiffeIDFlag: the dev CA describes an ID it cannot sign for; the
+// command names the flag.
+func TestDevCAIssueNamesSpiffeIDFlag(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := runCLI(t, "trust", "dev-ca", "init", "--dir", dir, "--trust-domain", "east.example"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runCLI(t, "trust", "dev-ca", "issue", "--dir", dir, "--trust-domain", "east.example",
+		"--spiffe-id", "spiffe://west.example/ns/a/sa/b", "--cert", filepath.Join(dir, "c.pem"), "--key", filepath.Join(dir, "k.pem"))
+	if err == nil || !strings.Contains(err.Error(), "--spiffe-id") || !strings.Contains(err.Error(), "not in trust domain east.example") {
+		t.Fatalf("issue for another trust domain: %v", err)
+	}
+}

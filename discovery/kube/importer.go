@@ -84,10 +84,10 @@ const passKey = "pass"
 // NewImporter checks the config and builds an Importer; Run starts it.
 func NewImporter(cfg ImporterConfig) (*Importer, error) {
 	if cfg.Cluster == "" {
-		return nil, errors.New("kube importer: cluster name is required (--cluster)")
+		return nil, errors.New("kube importer: ImporterConfig.Cluster (the cluster name) is required")
 	}
 	if cfg.Kube == nil || cfg.MCS == nil {
-		return nil, errors.New("kube importer: Kubernetes and MCS clients are required (--kubeconfig or in-cluster config)")
+		return nil, errors.New("kube importer: ImporterConfig.Kube and .MCS (the Kubernetes and MCS clients) are required")
 	}
 	if g := cfg.IstioRemoteGateways; g != nil {
 		if cfg.Dynamic == nil {

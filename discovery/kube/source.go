@@ -89,10 +89,10 @@ type item struct {
 // NewSource checks the config and builds a Source; Run starts it.
 func NewSource(cfg SourceConfig) (*Source, error) {
 	if cfg.Cluster == "" {
-		return nil, errors.New("kube source: cluster name is required (--cluster)")
+		return nil, errors.New("kube source: SourceConfig.Cluster (the cluster name) is required")
 	}
 	if cfg.Kube == nil || cfg.MCS == nil {
-		return nil, errors.New("kube source: Kubernetes and MCS clients are required (--kubeconfig or in-cluster config)")
+		return nil, errors.New("kube source: SourceConfig.Kube and .MCS (the Kubernetes and MCS clients) are required")
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 10 * time.Minute

@@ -366,14 +366,25 @@ type SVID struct {
 	Key   crypto.Signer
 }
 
+// IDError is an IssueRequest.ID that the CA cannot sign for: not a SPIFFE ID, or not in
+// its trust domain.
+type IDError struct {
+	ID  string
+	Err error
+}
+
+func (e *IDError) Error() string { return fmt.Sprintf("SPIFFE ID %q: %v", e.ID, e.Err) }
+
+func (e *IDError) Unwrap() error { return e.Err }
+
 // Issue signs an SVID with the current issuing root.
 func (ca *CA) Issue(req IssueRequest) (*SVID, error) {
 	id, err := spiffeid.FromString(req.ID)
 	if err != nil {
-		return nil, fmt.Errorf("--spiffe-id %q: %w", req.ID, err)
+		return nil, &IDError{ID: req.ID, Err: err}
 	}
 	if id.TrustDomain() != ca.td {
-		return nil, fmt.Errorf("--spiffe-id %s is not in trust domain %s", req.ID, ca.td.Name())
+		return nil, &IDError{ID: req.ID, Err: fmt.Errorf("not in trust domain %s", ca.td.Name())}
 	}
 	var st *state
 	var issuer *x509.Certificate
