@@ -316,9 +316,13 @@ func run(args []string) error {
 			res[i].connPerSec = append(res[i].connPerSec, float64(n)/el.Seconds())
 			res[i].cpuPerConn = append(res[i].cpuPerConn, float64(cpu.Microseconds())/float64(n))
 			if t.bulk != nil {
+				before := stalled.Load()
 				bytes, el, cpu, err := bulkPhase(t, *streams, *bulkTime, pids)
 				if err != nil {
 					return fmt.Errorf("%s bulk: %w", t.name, err)
+				}
+				if n := stalled.Load() - before; n > 0 {
+					fmt.Fprintf(os.Stderr, "note: %s, round %d: %d of %d bulk streams stalled (a write blocked >3s past the phase) and were cut\n", t.name, r+1, n, *streams)
 				}
 				gb := float64(bytes) / 1e9
 				res[i].gbps = append(res[i].gbps, gb/el.Seconds())
@@ -365,11 +369,14 @@ func connPhase(t target, conc int, d time.Duration, pids []int) (n, errs int64, 
 			for ctx.Err() == nil {
 				c, err := t.conn(&state)
 				if err == nil {
+					// A tunnel that stalls is cut and counted as an error, never waited for.
+					cut := time.AfterFunc(10*time.Second, func() { c.Close() })
 					if sc, isSNI := c.(*sniConn); isSNI {
 						err = echoOnce(sc.Conn, sniEcho)
 					} else {
 						err = echoOnce(c, "echo")
 					}
+					cut.Stop()
 				}
 				if err != nil {
 					bad.Add(1)
@@ -382,6 +389,9 @@ func connPhase(t target, conc int, d time.Duration, pids []int) (n, errs int64, 
 	wg.Wait()
 	return ok.Load(), bad.Load(), time.Since(start), benchCPU(pids) - cpu0
 }
+
+// stalled counts bulk streams cut because a write blocked past the phase's end.
+var stalled atomic.Int64
 
 func bulkPhase(t target, streams int, d time.Duration, pids []int) (int64, time.Duration, time.Duration, error) {
 	var total atomic.Int64
@@ -398,11 +408,19 @@ func bulkPhase(t target, streams int, d time.Duration, pids []int) (int64, time.
 				return
 			}
 			defer c.Close()
+			// A stream whose writes stall past the phase is cut and counted, never waited for.
+			var cut atomic.Bool
+			timer := time.AfterFunc(time.Until(end)+3*time.Second, func() { cut.Store(true); c.Close() })
+			defer timer.Stop()
 			buf := make([]byte, 256<<10)
 			for time.Now().Before(end) {
 				n, err := c.Write(buf)
 				total.Add(int64(n))
 				if err != nil {
+					if cut.Load() {
+						stalled.Add(1)
+						return
+					}
 					first.Store(err)
 					return
 				}
