@@ -34,6 +34,11 @@ type Gateway struct {
 	live   map[cutter]struct{} // what the end of a drain cuts
 	hbone  *hboneServer        // nil without cfg.HBONE
 	wg     sync.WaitGroup      // every connection goroutine
+
+	// admitMu orders a new connection's wg.Add before a drain's wg.Wait: with two
+	// listeners (SNI and HBONE), one can still accept while the other's drain waits.
+	admitMu sync.Mutex
+	waiting bool // a drain is waiting on wg: accept no more connections
 }
 
 // New makes a gateway.

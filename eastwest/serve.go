@@ -67,6 +67,9 @@ func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(
 func (g *Gateway) CopyMode() CopyMode { return g.cfg.CopyMode }
 
 func (g *Gateway) finishDrain() {
+	g.admitMu.Lock()
+	g.waiting = true
+	g.admitMu.Unlock()
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	g.log.Info("stopped accepting; waiting for live connections", "active", g.open.Load(), "drain_timeout", g.cfg.DrainTimeout)
@@ -121,10 +124,28 @@ func (g *Gateway) acceptLoop(ln net.Listener, protocol string, handle func(*net.
 			tc.Close()
 			continue
 		}
+		if !g.admit() {
+			// The other listener's drain already waits for the last connection.
+			g.open.Add(-1)
+			tc.SetLinger(0)
+			tc.Close()
+			return net.ErrClosed
+		}
 		g.m.open.Inc()
-		g.wg.Add(1)
 		go handle(tc)
 	}
+}
+
+// admit counts one more connection goroutine, unless a drain is already waiting for
+// them all (a WaitGroup must not grow from zero while it is waited on).
+func (g *Gateway) admit() bool {
+	g.admitMu.Lock()
+	defer g.admitMu.Unlock()
+	if g.waiting {
+		return false
+	}
+	g.wg.Add(1)
+	return true
 }
 
 func isTemporaryAccept(err error) bool {

@@ -62,8 +62,12 @@ func (h *hboneServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusServiceUnavailable, ReasonLimit, "the gateway's connection limit is reached")
 		return
 	}
+	if !g.admit() {
+		g.open.Add(-1)
+		h.refuse(w, r, http.StatusServiceUnavailable, ReasonDraining, "the gateway is draining")
+		return
+	}
 	g.m.open.Inc()
-	g.wg.Add(1)
 	if n := rt.svc.active.Add(1); g.cfg.MaxConnsPerService > 0 && n > int64(g.cfg.MaxConnsPerService) {
 		rt.svc.active.Add(-1)
 		g.release()
