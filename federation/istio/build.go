@@ -77,6 +77,18 @@ const (
 // failover and whose failoverPriority reproduces the plan's order (failoverPriority). A
 // service with no remote level yields no resources: istiod then knows only its own
 // endpoints, if any.
+//
+// The WorkloadEntries carry no `network`, on purpose (read in the pinned istiod; docs/istio.md
+// "Ambient"). They are for Envoy proxies, which istiod feeds from its config store, MCP
+// included: an endpoint on another network is replaced in a sidecar's EDS by that network's
+// gateways at the gateway's port, and the istio-remote Gateway that --istio-ambient writes
+// for a remote network (label topology.istio.io/network = the remote cluster record's
+// network) has only an HBONE listener, so a sidecar would speak Istio mTLS with an SNI to
+// meshfed's HBONE port and be refused. Without a network the address (the remote cluster's
+// SNI gateway) is dialled directly, which is what meshfed's gateways route. ztunnel never
+// sees these resources: istiod's ambient index reads ServiceEntries and WorkloadEntries from
+// the Kubernetes API only (pilot/pkg/serviceregistry/ambient, kclient informers), not from
+// configSources.
 func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, []Skip, error) {
 	p := &svc.Plan
 	host := fmt.Sprintf("%s.%s.svc.%s", p.Name, p.Namespace, opts.domain())

@@ -42,6 +42,13 @@ func TestBuildService(t *testing.T) {
 			we.GetLocality() != "r1/r1-b/west" || we.GetLabels()["security.istio.io/tlsMode"] != "istio" {
 			t.Errorf("workload entry %d: %v", i, we)
 		}
+		// No network: a network would make istiod swap the entry for that network's
+		// gateways in sidecars' EDS, and the istio-remote Gateway meshfed writes for an
+		// ambient remote network points at its HBONE port, where a sidecar's SNI mTLS is
+		// refused (BuildService).
+		if want := []string{"127.0.0.21", "127.0.0.22"}[i]; we.GetNetwork() != "" || we.GetAddress() != want {
+			t.Errorf("workload entry %d: network %q address %q, want no network and %s", i, we.GetNetwork(), we.GetAddress(), want)
+		}
 	}
 	// Same plan, same versions; nothing remote, nothing at all.
 	again, _, _ := BuildService(svc, BuildOptions{})
