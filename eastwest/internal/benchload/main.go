@@ -38,7 +38,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchload backends|run [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchload backends|floor|run|cost [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -49,6 +49,8 @@ func main() {
 		err = run(os.Args[2:])
 	case "floor":
 		err = floor(os.Args[2:])
+	case "cost":
+		err = cost(os.Args[2:])
 	case "freeports":
 		// Free loopback ports for the script's listeners (bound and released at once).
 		n, _ := strconv.Atoi(os.Args[2])

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# bench/11-gateway-cost.sh — what the east-west gateway costs per connection and per GB,
+# counted so that a loaded machine moves the figures little, beside HAProxy and nginx in
+# the same run: the same fixed work (CONNS connections, BULK_MB megabytes) through every
+# target, in ROUNDS rounds that interleave them, and per target the proxy's CPU time
+# (utime+stime), its system calls and context switches (perf stat: raw_syscalls:sys_enter,
+# context-switches, counted in the kernel whatever the load), and the machine's added CPU
+# (as bench/10-gateway.sh counts it). Medians over the rounds.
+#
+# GWS lists the gateways to compare, NAME=BINARY:MODE separated by spaces, e.g. an A/B of
+# two builds: GWS="A=/tmp/a:poll-splice B=/tmp/b:poll-splice" bench/11-gateway-cost.sh
+# Default: this tree's meshfed in each copy mode (sockmap, poll-splice, io-copy).
+# BINARY is `meshfed` (run as `meshfed gateway ...`) or any program taking the same
+# --listen/--admin/--exports/--copy-mode flags.
+# Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-2000}
+BULK_MB=${BULK_MB:-1000}
+CONC=${CONC:-16}
+STREAMS=${STREAMS:-4}
+ROUNDS=${ROUNDS:-5}
+BASELINES=${BASELINES:-1}
+
+if [ "$BASELINES" = 1 ] && { ! command -v haproxy >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; }; then
+  echo "installing haproxy and nginx from Debian..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq haproxy nginx libnginx-mod-stream >/dev/null
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d /tmp/meshfed-bench-cost.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2 && return
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+go build -o "$WORK/benchload" ./eastwest/internal/benchload
+if [ -z "${GWS:-}" ]; then
+  go build -o "$WORK/meshfed" ./cmd/meshfed
+  GWS="meshfed-sockmap=$WORK/meshfed:sockmap meshfed-poll-splice=$WORK/meshfed:poll-splice meshfed-io-copy=$WORK/meshfed:io-copy"
+fi
+read -ra GWLIST <<< "$GWS"
+
+mapfile -t P < <("$WORK/benchload" freeports $(( 5 + 2 * ${#GWLIST[@]} )))
+ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} HAP=${P[3]} NGX=${P[4]}
+
+"$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
+BACKENDS=$!; PIDS+=($BACKENDS)
+
+cat > "$WORK/exports.yaml" <<YAML
+services:
+  - {name: echo, namespace: demo, ports: [{port: 8443, targetPort: $ECHO}], endpoints: [{address: 127.0.0.1}]}
+  - {name: bulk, namespace: demo, ports: [{port: 8443, targetPort: $SINK}], endpoints: [{address: 127.0.0.1}]}
+  - {name: idle, namespace: demo, ports: [{port: 8443, targetPort: $HOLD}], endpoints: [{address: 127.0.0.1}]}
+YAML
+
+TARGETS=(--target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD")
+WAIT=($ECHO)
+i=5
+for gw in "${GWLIST[@]}"; do
+  name=${gw%%=*} rest=${gw#*=}
+  bin=${rest%:*} mode=${rest##*:}
+  port=${P[$i]} adm=${P[$((i + 1))]}; i=$((i + 2))
+  sub=()
+  [ "$(basename "$bin")" = meshfed ] && sub=(gateway --log-level warn --cluster bench --max-conns 0)
+  "$bin" "${sub[@]}" --listen 127.0.0.1:$port --admin 127.0.0.1:$adm --exports "$WORK/exports.yaml" \
+    --copy-mode "$mode" > "$WORK/$name.log" 2>&1 &
+  PIDS+=($!); echo $! > "$WORK/$name.pids"
+  TARGETS+=(--target "$name=127.0.0.1:$port@$WORK/$name.pids")
+  WAIT+=($port)
+done
+
+if [ "$BASELINES" = 1 ]; then
+  FDLIM=$(ulimit -n)
+  cat > "$WORK/haproxy.cfg" <<CFG
+global
+  maxconn $(( (FDLIM - 100) / 2 ))
+  nbthread 2
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  maxconn $(( (FDLIM - 100) / 2 ))
+frontend gw
+  bind 127.0.0.1:$HAP
+  tcp-request inspect-delay 3s
+  tcp-request content accept if { req.ssl_hello_type 1 }
+  use_backend echo if { req.ssl_sni -i outbound_.8443_._.echo.demo.svc.cluster.local }
+  use_backend bulk if { req.ssl_sni -i outbound_.8443_._.bulk.demo.svc.cluster.local }
+  use_backend idle if { req.ssl_sni -i outbound_.8443_._.idle.demo.svc.cluster.local }
+backend echo
+  server s 127.0.0.1:$ECHO
+backend bulk
+  server s 127.0.0.1:$SINK
+backend idle
+  server s 127.0.0.1:$HOLD
+CFG
+  haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
+  PIDS+=($!); echo $! > "$WORK/haproxy.pids"
+  mkdir -p "$WORK/nginx/logs"
+  cat > "$WORK/nginx.conf" <<CFG
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile $FDLIM;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections $(( FDLIM - 100 )); }
+stream {
+  map \$ssl_preread_server_name \$up {
+    outbound_.8443_._.echo.demo.svc.cluster.local 127.0.0.1:$ECHO;
+    outbound_.8443_._.bulk.demo.svc.cluster.local 127.0.0.1:$SINK;
+    outbound_.8443_._.idle.demo.svc.cluster.local 127.0.0.1:$HOLD;
+    default 127.0.0.1:9;
+  }
+  server {
+    listen 127.0.0.1:$NGX;
+    ssl_preread on;
+    preread_timeout 3s;
+    proxy_pass \$up;
+    proxy_timeout 1h;
+  }
+}
+CFG
+  nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
+  NGXPID=$!; PIDS+=($NGXPID)
+  WAIT+=($HAP $NGX)
+fi
+
+for port in "${WAIT[@]}"; do
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
+done
+if [ "$BASELINES" = 1 ]; then
+  { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
+  TARGETS+=(--target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids")
+fi
+
+VERS=""
+[ "$BASELINES" = 1 ] && VERS=", $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3)"
+echo "== gateway cost: $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), $(uname -r), $(go version | cut -d' ' -f3)$VERS"
+echo "== gateways: $GWS"
+"$WORK/benchload" cost "${TARGETS[@]}" --account-pid "$BACKENDS" \
+  --conns "$CONNS" --conc "$CONC" --bulk-mb "$BULK_MB" --streams "$STREAMS" --rounds "$ROUNDS"
