@@ -83,15 +83,20 @@ func OperatorRoleName(ks records.Keyspace) string {
 
 // ClusterPermissions are the design's security boundary for one cluster: write on its
 // own keys only, read on the whole keyspace.
-func ClusterPermissions(ks records.Keyspace, cluster, trustDomain string) []Permission {
-	return []Permission{
+func ClusterPermissions(ks records.Keyspace, c *records.Cluster) []Permission {
+	ps := []Permission{
 		{Key: ks.Prefix(), Prefix: true, Type: PermRead, What: "read the whole keyspace (imports, bundles, drills, policies)"},
-		{Key: ks.Cluster(cluster), Type: PermReadWrite, What: "its cluster record"},
-		{Key: ks.Alive(cluster), Type: PermReadWrite, What: "its heartbeat"},
-		{Key: ks.ExportsOf(cluster), Prefix: true, Type: PermReadWrite, What: "its exports"},
-		{Key: ks.AcksOf(cluster), Prefix: true, Type: PermReadWrite, What: "its bundle acks"},
-		{Key: ks.Bundle(trustDomain), Type: PermReadWrite, What: "the bundle of its trust domain"},
+		{Key: ks.Cluster(c.Name), Type: PermReadWrite, What: "its cluster record"},
+		{Key: ks.Alive(c.Name), Type: PermReadWrite, What: "its heartbeat"},
+		{Key: ks.ExportsOf(c.Name), Prefix: true, Type: PermReadWrite, What: "its exports"},
+		{Key: ks.AcksOf(c.Name), Prefix: true, Type: PermReadWrite, What: "its bundle acks"},
 	}
+	// A cluster that shares another member's trust domain reads that bundle and never
+	// writes it: its owner alone publishes it.
+	if c.SharesTrustDomainWith == "" {
+		ps = append(ps, Permission{Key: ks.Bundle(c.TrustDomain), Type: PermReadWrite, What: "the bundle of its trust domain"})
+	}
+	return ps
 }
 
 // OperatorPermissions: read and write on the whole keyspace (drills, policies, rotations,

@@ -44,6 +44,12 @@ type JoinRequest struct {
 	Gateways    []string
 	// HBONEGateways are the gateway's HBONE listener addresses (Istio ambient), optional.
 	HBONEGateways []string
+	// ShareTrustDomainWith, when set, names the member that owns TrustDomain: this cluster
+	// shares that trust domain and its root (one Istio mesh on several networks) instead of
+	// owning one. The owner alone publishes and rotates bundles/<TrustDomain>; this
+	// cluster's etcd role gets no write on it. The clusters of one trust domain trust each
+	// other's workloads fully.
+	ShareTrustDomainWith string
 	// Force overwrites a different record of the same name (audited).
 	Force  bool
 	DryRun bool
@@ -96,6 +102,11 @@ type JoinPlan struct {
 	Warnings []string         `json:"warnings,omitempty"`
 	// Done lists what was changed (empty for a dry run).
 	Done []string `json:"done,omitempty"`
+
+	// ownerKey and ownerRev are the record of the member whose trust domain this cluster
+	// shares, as the plan read it: the write compares it, so the owner cannot leave between.
+	ownerKey string
+	ownerRev int64
 }
 
 // GatewayCheck is one gateway address probed through its health name.
@@ -140,7 +151,8 @@ type Credentials struct {
 func (r *JoinRequest) record() *records.Cluster {
 	return &records.Cluster{Name: r.Cluster, Network: r.Network, Region: r.Region, Zone: r.Zone,
 		TrustDomain: r.TrustDomain, Gateways: append([]string(nil), r.Gateways...),
-		HBONEGateways: append([]string(nil), r.HBONEGateways...), JoinedAt: r.Now.UTC()}
+		HBONEGateways: append([]string(nil), r.HBONEGateways...), SharesTrustDomainWith: r.ShareTrustDomainWith,
+		JoinedAt: r.Now.UTC()}
 }
 
 // validateFlags checks the request's own fields, naming each flag.
@@ -158,6 +170,13 @@ func (r *JoinRequest) validateFlags(p *problems.List) {
 		p.Add("--trust-domain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
 	} else if err := validate.DNSSubdomain(r.TrustDomain); err != nil {
 		p.Add("--trust-domain", "%v (e.g. --trust-domain east.example.org)", err)
+	}
+	if r.ShareTrustDomainWith != "" {
+		if err := validate.DNSLabel(r.ShareTrustDomainWith); err != nil {
+			p.Add("--share-trust-domain-with", "%v: name the member cluster that owns the trust domain (e.g. --share-trust-domain-with east)", err)
+		} else if r.ShareTrustDomainWith == r.Cluster {
+			p.Add("--share-trust-domain-with", "%s is this cluster: name the member that owns the trust domain, or leave the flag out to own it", r.Cluster)
+		}
 	}
 	if len(r.Gateways) == 0 {
 		p.Add("--gateway", "at least one east-west gateway address is required (e.g. --gateway 203.0.113.10:15443; repeat for more)")
@@ -274,8 +293,12 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 			continue
 		}
 		c := snap.Clusters[name].Value
-		if c.TrustDomain == r.TrustDomain {
-			p.Add("--trust-domain", "%s is the trust domain of cluster %s (%s): every cluster has its own trust domain; pick another", r.TrustDomain, name, st.KS.Cluster(name))
+		if c.TrustDomain == r.TrustDomain && r.ShareTrustDomainWith == "" && c.SharesTrustDomainWith != r.Cluster {
+			owner := c.BundleOwner()
+			p.Add("--trust-domain", "%s is the trust domain of cluster %s (%s): a cluster owns its own trust domain; pick another, or, when these clusters are one mesh with one shared root (Istio multi-network), add --share-trust-domain-with %s (the clusters then trust each other's workloads fully)", r.TrustDomain, name, st.KS.Cluster(name), owner)
+		}
+		if c.SharesTrustDomainWith == r.Cluster && (c.TrustDomain != r.TrustDomain || r.ShareTrustDomainWith != "") {
+			p.Add("--trust-domain", "cluster %s shares the trust domain %s that %s owns: %s must keep owning it while %s is a member (have %s leave first)", name, c.TrustDomain, r.Cluster, r.Cluster, name, name)
 		}
 		for _, g := range r.Gateways {
 			for _, og := range c.Gateways {
@@ -290,15 +313,43 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 			}
 		}
 	}
-	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != r.Cluster {
+	owner := plan.Cluster.BundleOwner()
+	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != owner {
 		p.Add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
 	}
+	if r.ShareTrustDomainWith != "" && r.ShareTrustDomainWith != r.Cluster {
+		checkShare(st, snap, r, plan, p)
+	}
+}
+
+// checkShare checks a join that shares the trust domain of another member: that member
+// must own it (have it, and share no one's).
+func checkShare(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan, p *problems.List) {
+	with := r.ShareTrustDomainWith
+	o, ok := snap.Clusters[with]
+	switch {
+	case !ok:
+		p.Add("--share-trust-domain-with", "%s is not a member (no %s): join the cluster that owns %s first, without this flag", with, st.KS.Cluster(with), r.TrustDomain)
+		return
+	case o.Value.SharesTrustDomainWith != "":
+		p.Add("--share-trust-domain-with", "%s shares the trust domain of %s itself: name the owner, --share-trust-domain-with %s", with, o.Value.SharesTrustDomainWith, o.Value.SharesTrustDomainWith)
+		return
+	case o.Value.TrustDomain != r.TrustDomain:
+		p.Add("--share-trust-domain-with", "%s has the trust domain %s, not %s: a cluster shares the trust domain of the member that owns it (give --trust-domain %s)", with, o.Value.TrustDomain, r.TrustDomain, o.Value.TrustDomain)
+		return
+	}
+	plan.ownerKey, plan.ownerRev = o.Key, o.ModRevision
+	plan.Warnings = append(plan.Warnings, fmt.Sprintf("%s shares the trust domain %s of %s: every workload of either cluster (any SVID of %s) is trusted by the other as its own; %s alone publishes and rotates %s, and %s only reads it",
+		r.Cluster, r.TrustDomain, with, r.TrustDomain, with, st.KS.Bundle(r.TrustDomain), r.Cluster))
 }
 
 func describeCluster(c *records.Cluster) string {
 	d := fmt.Sprintf("region=%s zone=%s network=%s trust-domain=%s gateways=%s", c.Region, c.Zone, c.Network, c.TrustDomain, strings.Join(c.Gateways, ","))
 	if len(c.HBONEGateways) > 0 {
 		d += " hbone-gateways=" + strings.Join(c.HBONEGateways, ",")
+	}
+	if c.SharesTrustDomainWith != "" {
+		d += " shares-trust-domain-with=" + c.SharesTrustDomainWith
 	}
 	return d
 }
@@ -351,7 +402,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	}
 	a.User = ClusterUserName(st.KS, r.Cluster)
 	a.Role = a.User
-	a.Permissions = ClusterPermissions(st.KS, r.Cluster, r.TrustDomain)
+	a.Permissions = ClusterPermissions(st.KS, plan.Cluster)
 	exists, _, err := userState(ctx, cli, a.User)
 	if store.IsPermissionDenied(err) {
 		p.Add("--etcd-user", "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root")
@@ -586,6 +637,10 @@ func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinP
 			action = "join-force"
 		}
 	}
+	cmps := []clientv3.Cmp{cmp}
+	if plan.ownerKey != "" {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(plan.ownerKey), "=", plan.ownerRev))
+	}
 	if plan.Action != ActionUnchanged {
 		b, err := records.Encode(plan.Cluster)
 		if err != nil {
@@ -600,7 +655,7 @@ func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinP
 		return err
 	}
 	ops = append(ops, clientv3.OpPut(plan.AuditKey, string(ab)))
-	resp, err := st.Client().Txn(ctx).If(cmp).Then(ops...).Commit()
+	resp, err := st.Client().Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		if store.IsPermissionDenied(err) {
 			return fmt.Errorf("write %s: %w (join writes with operator credentials: --etcd-user root or an operator user)", key, err)

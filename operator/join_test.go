@@ -399,3 +399,145 @@ func TestJoinHBONEGateways(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinSharedTrustDomain: a second cluster may have a trust domain only by naming its
+// owner (--share-trust-domain-with); the sharer's etcd role cannot write the bundle (etcd
+// refuses), the owner's can; a chain, a non-member or another trust domain are refused; the
+// owner cannot leave or change its trust domain while a sharer remains; status shows it.
+func TestJoinSharedTrustDomain(t *testing.T) {
+	t.Parallel()
+	srv, root := etcdWithAuth(t)
+	ctx := tctx(t)
+	const td = "mesh.example.org"
+	re := joinReq(t, "east", "eu", td)
+	re.CredentialsOut = credsPath(t, "east")
+	if _, err := Join(ctx, root, re); err != nil {
+		t.Fatalf("join east: %v", err)
+	}
+
+	// Without the flag: refused, and the refusal teaches the flag.
+	rw := joinReq(t, "west", "us", td)
+	rw.CredentialsOut = credsPath(t, "west")
+	if _, err := Join(ctx, root, rw); err == nil || !strings.Contains(err.Error(), "--share-trust-domain-with east (the clusters then trust each other's workloads fully)") {
+		t.Fatalf("second cluster of %s without the flag: %v", td, err)
+	}
+	if keysUnder(t, root, "clusters/west") != 0 {
+		t.Fatal("a refused join wrote clusters/west")
+	}
+	rw.ShareTrustDomainWith = "east"
+	plan, err := Join(ctx, root, rw)
+	if err != nil {
+		t.Fatalf("join west sharing east's trust domain: %v", err)
+	}
+	if !slices.ContainsFunc(plan.Warnings, func(w string) bool { return strings.Contains(w, "is trusted by the other as its own") }) {
+		t.Errorf("no warning about full trust: %v", plan.Warnings)
+	}
+	for _, p := range plan.EtcdAuth.Permissions {
+		if strings.Contains(p.Key, "bundles/") {
+			t.Errorf("sharer's role has %s", p)
+		}
+	}
+	if got := mustGet(t, root, root.KS.Cluster("west")).Value; got.SharesTrustDomainWith != "east" || got.TrustDomain != td {
+		t.Fatalf("record %+v", got)
+	}
+	if p, err := Join(ctx, root, rw); err != nil || p.Action != ActionUnchanged {
+		t.Fatalf("repeat sharer join: %+v %v", p, err)
+	}
+	if p, err := Join(ctx, root, joinReqAs(re, "")); err != nil || p.Action != ActionUnchanged {
+		t.Fatalf("repeat owner join (its sharer has the same trust domain): %+v %v", p, err)
+	}
+
+	// etcd enforces it: the owner writes the bundle, the sharer cannot.
+	ec, _ := ReadCredentials(re.CredentialsOut)
+	wc, _ := ReadCredentials(rw.CredentialsOut)
+	east, west := openStore(t, srv, ec.User, ec.Password), openStore(t, srv, wc.User, wc.Password)
+	if err := put(t, west, west.KS.Bundle(td), testBundle(td, "west")); !store.IsPermissionDenied(err) {
+		t.Errorf("sharer writing %s: %v, want permission denied", west.KS.Bundle(td), err)
+	}
+	if err := put(t, east, east.KS.Bundle(td), testBundle(td, "east")); err != nil {
+		t.Errorf("owner writing its bundle: %v", err)
+	}
+	if err := put(t, west, west.KS.Ack("west", td), &records.Ack{Cluster: "west", TrustDomain: td, Sequence: 1, AppliedAt: time.Now()}); err != nil {
+		t.Errorf("sharer acking the shared bundle: %v", err)
+	}
+
+	// Wrong shares, every problem at once per request.
+	for _, tt := range []struct {
+		td, with, want string
+	}{
+		{td, "west", "west shares the trust domain of east itself: name the owner, --share-trust-domain-with east"},
+		{td, "nobody", "nobody is not a member"},
+		{"other.example.org", "east", "east has the trust domain mesh.example.org, not other.example.org"},
+		{td, "north", "north is this cluster"},
+	} {
+		r := joinReq(t, "north", "eu", tt.td)
+		r.ShareTrustDomainWith, r.Users = tt.with, UsersNever
+		if _, err := Join(ctx, root, r); err == nil || !strings.Contains(err.Error(), "--share-trust-domain-with: "+tt.want) {
+			t.Errorf("share %s with %s: %v, want %q", tt.td, tt.with, err, tt.want)
+		}
+	}
+	// The owner keeps its trust domain while shared, even with --force.
+	moved := joinReqAs(re, "")
+	moved.TrustDomain, moved.Force = "east.example.org", true
+	if _, err := Join(ctx, root, moved); err == nil || !strings.Contains(err.Error(), "cluster west shares the trust domain mesh.example.org that east owns") {
+		t.Errorf("owner changing its trust domain: %v", err)
+	}
+
+	// status and trust status show the sharing.
+	s, err := GetStatus(ctx, root, StatusOptions{NoProbe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tab strings.Builder
+	if err := s.WriteTable(&tab); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Clusters {
+		switch c.Name {
+		case "east":
+			if !slices.Equal(c.TrustDomainSharedBy, []string{"west"}) || c.SharesTrustDomainWith != "" {
+				t.Errorf("east status %+v", c)
+			}
+		case "west":
+			if c.SharesTrustDomainWith != "east" || c.Bundle == nil || c.Bundle.Owner != "east" {
+				t.Errorf("west status %+v", c)
+			}
+		}
+	}
+	if !strings.Contains(tab.String(), " (shared with west)") || !strings.Contains(tab.String(), " (shared, owner east)") {
+		t.Errorf("status table:\n%s", tab.String())
+	}
+	if len(s.Warnings) > 0 {
+		t.Errorf("status warnings: %v", s.Warnings)
+	}
+	ts, err := ReadTrustStatus(ctx, root, time.Now(), time.Hour)
+	if err != nil || len(ts.Bundles) != 1 || !slices.Equal(ts.Bundles[0].SharedBy, []string{"west"}) {
+		t.Errorf("trust status %+v %v", ts, err)
+	}
+
+	// The owner cannot leave while shared, not even with --force; the sharer can, and its
+	// leave keeps the owner's bundle; then the owner can.
+	for _, force := range []bool{false, true} {
+		if _, err := Leave(ctx, root, LeaveRequest{Cluster: "east", Force: force}); err == nil || !strings.Contains(err.Error(), "east owns the trust domain mesh.example.org, which west share with it") {
+			t.Errorf("owner leave (force %v): %v", force, err)
+		}
+	}
+	if keysUnder(t, root, "clusters/east") != 1 {
+		t.Fatal("a refused leave removed clusters/east")
+	}
+	if _, err := Leave(ctx, root, LeaveRequest{Cluster: "west"}); err != nil {
+		t.Fatalf("sharer leave: %v", err)
+	}
+	if keysUnder(t, root, "bundles/") != 1 || keysUnder(t, root, "clusters/west") != 0 {
+		t.Fatal("sharer leave: the owner's bundle must stay, the sharer's record go")
+	}
+	if _, err := Leave(ctx, root, LeaveRequest{Cluster: "east"}); err != nil {
+		t.Fatalf("owner leave after its sharer: %v", err)
+	}
+}
+
+// joinReqAs is r without credentials output (a repeated join of an existing user).
+func joinReqAs(r JoinRequest, creds string) JoinRequest {
+	r.CredentialsOut = creds
+	return r
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -101,6 +102,14 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 			add(ks.Bundle(td), false, 1, "the bundle of its trust domain "+td+" (other clusters stop trusting it)")
 		}
 	}
+	if plan.Record != nil {
+		if sharers := sharersOf(snap, r.Cluster); len(sharers) > 0 {
+			// Not even --force: the sharers would be left with a bundle nobody may publish
+			// or rotate. Ownership is not handed over (docs/operations.md).
+			p.Add("--cluster", "%s owns the trust domain %s, which %s share with it (they read %s, which %s alone publishes and rotates): have them leave first (meshfed leave --cluster %s); ownership is not handed over",
+				r.Cluster, td, strings.Join(sharers, ", "), ks.Bundle(td), r.Cluster, sharers[0])
+		}
+	}
 	if alive && !r.Force {
 		a := snap.Alive[r.Cluster].Value
 		p.Add("--cluster", "the federation service of %s is still running (%s held by %s since %s): it would publish its exports again; stop it first, or add --force",
@@ -170,6 +179,17 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	return plan, snap, p.Err()
 }
 
+// sharersOf lists (sorted) the members that share the trust domain owned by cluster.
+func sharersOf(snap *Snapshot, cluster string) []string {
+	var out []string
+	for _, name := range snap.ClusterNames() {
+		if c := snap.Clusters[name].Value; c.SharesTrustDomainWith == cluster {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 func b2i(b bool) int {
 	if b {
 		return 1
@@ -216,6 +236,9 @@ func Leave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan, er
 	// The record and bundle must be the ones we planned on (a concurrent re-join wins).
 	if c, ok := snap.Clusters[r.Cluster]; ok {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.ModRevision))
+		// No cluster record changed since the plan read them: a cluster that joined
+		// meanwhile sharing this one's trust domain would be left without its owner.
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(st.KS.Family(records.KindCluster)), "<", snap.Revision+1).WithPrefix())
 	} else {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(st.KS.Cluster(r.Cluster)), "=", 0))
 	}

@@ -56,16 +56,22 @@ type Status struct {
 
 // ClusterStatus is one cluster.
 type ClusterStatus struct {
-	Name        string     `json:"name"`
-	Joined      bool       `json:"joined"`
-	Region      string     `json:"region,omitempty"`
-	Zone        string     `json:"zone,omitempty"`
-	Network     string     `json:"network,omitempty"`
-	TrustDomain string     `json:"trust_domain,omitempty"`
-	JoinedAt    *time.Time `json:"joined_at,omitempty"`
-	Alive       bool       `json:"alive"`
-	Instance    string     `json:"instance,omitempty"`
-	AliveSince  *time.Time `json:"alive_since,omitempty"`
+	Name        string `json:"name"`
+	Joined      bool   `json:"joined"`
+	Region      string `json:"region,omitempty"`
+	Zone        string `json:"zone,omitempty"`
+	Network     string `json:"network,omitempty"`
+	TrustDomain string `json:"trust_domain,omitempty"`
+	// SharesTrustDomainWith is the member owning this cluster's trust domain when the
+	// cluster shares it (join --share-trust-domain-with); TrustDomainSharedBy lists, on the
+	// owner, the members that share its trust domain. Clusters of one trust domain trust
+	// each other's workloads fully.
+	SharesTrustDomainWith string     `json:"shares_trust_domain_with,omitempty"`
+	TrustDomainSharedBy   []string   `json:"trust_domain_shared_by,omitempty"`
+	JoinedAt              *time.Time `json:"joined_at,omitempty"`
+	Alive                 bool       `json:"alive"`
+	Instance              string     `json:"instance,omitempty"`
+	AliveSince            *time.Time `json:"alive_since,omitempty"`
 	// Stale: no heartbeat. StaleSince is only known to the federation services that saw
 	// the heartbeat go (etcd keeps no time for a deletion); LastActivity is the latest
 	// time the cluster's own records were written, a hint of when it was last seen.
@@ -370,6 +376,14 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 	for n := range snap.Exports {
 		names[n] = true
 	}
+	recs := map[string]*records.Cluster{}
+	for n, c := range snap.Clusters {
+		recs[n] = c.Value
+	}
+	tdProblems := records.CheckTrustDomains(recs)
+	for _, n := range sortedKeys(tdProblems) {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("cluster %s %s (%s)", n, tdProblems[n], st.KS.Cluster(n)))
+	}
 	out := []ClusterStatus{}
 	for _, n := range sortedKeys(names) {
 		cs := ClusterStatus{Name: n, Gateways: []GatewayStatus{}, Acks: []AckStatus{}, AcksBehind: []string{}, Exports: len(snap.Exports[n])}
@@ -377,6 +391,8 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 			rec := c.Value
 			cs.Joined = true
 			cs.Region, cs.Zone, cs.Network, cs.TrustDomain = rec.Region, rec.Zone, rec.Network, rec.TrustDomain
+			cs.SharesTrustDomainWith = rec.SharesTrustDomainWith
+			cs.TrustDomainSharedBy = sharersOf(snap, n)
 			t := rec.JoinedAt.UTC()
 			cs.JoinedAt = &t
 			for _, g := range rec.Gateways {
@@ -406,6 +422,9 @@ func clusterStatuses(st *store.Store, snap *Snapshot, probes map[string]GatewayS
 		if cs.TrustDomain != "" {
 			if b, ok := snap.Bundles[cs.TrustDomain]; ok {
 				cs.Bundle = bundleStatus(b.Value, opts)
+				if c, ok := snap.Clusters[n]; ok && b.Value.Owner != c.Value.BundleOwner() {
+					s.Warnings = append(s.Warnings, fmt.Sprintf("cluster %s: %s is owned by %s, not by %s: that cluster's federation cannot publish it", n, st.KS.Bundle(cs.TrustDomain), b.Value.Owner, c.Value.BundleOwner()))
+				}
 			}
 		}
 		acked := map[string]uint64{}

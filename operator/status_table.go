@@ -52,6 +52,12 @@ func (s *Status) WriteTable(w io.Writer) error {
 				bundle += " INVALID"
 			}
 		}
+		switch {
+		case c.SharesTrustDomainWith != "":
+			bundle += " (shared, owner " + c.SharesTrustDomainWith + ")"
+		case len(c.TrustDomainSharedBy) > 0:
+			bundle += " (shared with " + strings.Join(c.TrustDomainSharedBy, ",") + ")"
+		}
 		acks := "ok"
 		if len(c.AcksBehind) > 0 {
 			acks = "behind: " + strings.Join(c.AcksBehind, ",")

@@ -31,8 +31,11 @@ type TrustStatus struct {
 type TrustBundleStatus struct {
 	TrustDomain string `json:"trust_domain"`
 	Owner       string `json:"owner"`
-	Sequence    uint64 `json:"sequence"`
-	Digest      string `json:"digest"`
+	// SharedBy lists the members that share this trust domain with its owner (join
+	// --share-trust-domain-with): they read this bundle and never write it.
+	SharedBy []string `json:"shared_by,omitempty"`
+	Sequence uint64   `json:"sequence"`
+	Digest   string   `json:"digest"`
 	// Roots are the unexpired X.509 roots; nil when the JWKS does not parse (RootsError).
 	Roots      []TrustRoot `json:"roots"`
 	RootsError string      `json:"roots_error,omitempty"`
@@ -115,6 +118,12 @@ func ReadTrustStatus(ctx context.Context, st *store.Store, now time.Time, warn t
 		if b.Lock != nil {
 			bs.Lock = b.Lock.Job
 		}
+		for _, c := range clusters {
+			if c.Value.TrustDomain == b.TrustDomain && c.Value.SharesTrustDomainWith != "" {
+				bs.SharedBy = append(bs.SharedBy, c.Value.Name)
+			}
+		}
+		sort.Strings(bs.SharedBy)
 		for _, c := range names {
 			a := ackOf[b.TrustDomain][c]
 			if a == nil || a.Sequence != b.Sequence || a.Digest != b.Digest {
@@ -178,7 +187,11 @@ func (ts *TrustStatus) WriteTable(out io.Writer) error {
 			}
 			behind = append(behind, a.Cluster+"@"+got)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s…\t%s\t%s\t%s\n", b.TrustDomain, b.Owner, b.Sequence, b.Digest[7:19], roots, orDash(b.Lock), orDash(strings.Join(behind, " ")))
+		owner := b.Owner
+		if len(b.SharedBy) > 0 {
+			owner += " (shared with " + strings.Join(b.SharedBy, ",") + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s…\t%s\t%s\t%s\n", b.TrustDomain, owner, b.Sequence, b.Digest[7:19], roots, orDash(b.Lock), orDash(strings.Join(behind, " ")))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

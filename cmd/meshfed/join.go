@@ -40,9 +40,23 @@ Joining again with the same settings changes nothing (idempotent). Different set
 under an existing name are refused unless --force, which overwrites and keeps the previous
 record in the audit log.
 
+Shared trust domain (--share-trust-domain-with OWNER): by default every cluster owns its
+own trust domain, and a trust domain another member has is refused. Clusters that are one
+mesh with one root (Istio's multi-cluster model: several networks, one trust domain, one
+CA root; required for Istio ambient across clusters, docs/istio.md) join the first of them
+normally (it owns the trust domain) and every other one with --trust-domain TD
+--share-trust-domain-with OWNER. The owner alone publishes and rotates bundles/<TD>; the
+others read it like any federated bundle, their etcd role gets no write on it, and their
+federation service never writes it. Security: the clusters of one trust domain trust each
+other's workloads fully (any SVID of TD is accepted as a local one in every one of them), and
+a compromise of any of them is a compromise of all: use it only for clusters that are one
+trust boundary already. The owner cannot leave while others share its trust domain
+(they leave first).
+
 etcd auth: when etcd auth is on (join detects it), join creates the cluster's etcd user
 and role meshfed-cluster-<name>: read on the whole keyspace, write only on the cluster's
-own keys (clusters/<c>, alive/<c>, exports/<c>/, acks/<c>/, bundles/<its trust domain>).
+own keys (clusters/<c>, alive/<c>, exports/<c>/, acks/<c>/, bundles/<its trust domain>
+unless it shares another member's).
 A compromised cluster cannot rewrite another cluster's exports or bundles: etcd refuses.
 The new password is written only to --credentials-out (JSON {"user","password"}, mode
 0600); hand it to that cluster's federation service. Creating users needs etcd's root role.
@@ -64,6 +78,10 @@ Examples:
   # An Istio ambient cluster: also the gateway's HBONE listener (docs/istio.md, "Ambient")
   meshfed join ... --gateway 203.0.113.10:15443 --hbone-gateway 203.0.113.10:15008
 
+  # Two clusters of one Istio mesh (one trust domain, one root): the owner first, then
+  meshfed join --cluster west --region us-east-1 --zone us-east-1a --network net-west \
+    --trust-domain mesh.example.org --share-trust-domain-with east --gateway 198.51.100.10:15443
+
   # Also create an operator user for drills and policies
   meshfed join ... --etcd-user root --credentials-out east-etcd.json \
     --admin-user meshfed-admin --admin-credentials-out admin-etcd.json
@@ -84,7 +102,8 @@ See docs/operations.md ("Join a cluster").`,
 	fl.StringVar(&r.Region, "region", "", "the cluster's region (a DNS label, e.g. eu-west-1): clusters in the same region fail over to each other first")
 	fl.StringVar(&r.Zone, "zone", "", "the cluster's zone (a DNS label, e.g. eu-west-1a)")
 	fl.StringVar(&r.Network, "network", "", "the cluster's network name (a DNS label)")
-	fl.StringVar(&r.TrustDomain, "trust-domain", "", "the cluster's SPIFFE trust domain, without spiffe:// (e.g. east.example.org); one per cluster")
+	fl.StringVar(&r.TrustDomain, "trust-domain", "", "the cluster's SPIFFE trust domain, without spiffe:// (e.g. east.example.org); one per cluster unless --share-trust-domain-with")
+	fl.StringVar(&r.ShareTrustDomainWith, "share-trust-domain-with", "", "OWNER: share the trust domain (and root) of member OWNER instead of owning one (one Istio mesh on several networks); OWNER alone publishes and rotates its bundle; the clusters then trust each other's workloads fully")
 	fl.StringSliceVar(&r.Gateways, "gateway", nil, "east-west gateway address HOST:PORT that other clusters dial (repeat, or comma-separate, for several)")
 	fl.StringSliceVar(&r.HBONEGateways, "hbone-gateway", nil, "HOST:PORT of the gateway's HBONE listener (Istio ambient, usually :15008) that other networks' ztunnels dial (repeat for several; one port for all; optional)")
 	fl.BoolVar(&r.DryRun, "dry-run", false, "print the plan (keys, etcd role and permissions) and change nothing")

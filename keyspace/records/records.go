@@ -97,8 +97,24 @@ type Cluster struct {
 	// ztunnels dial them. Optional (a cluster without one is reachable over SNI only); all
 	// share one port, because istiod's `istio-remote` Gateway carries one HBONE port per
 	// network gateway set.
-	HBONEGateways []string  `json:"hboneGateways,omitempty"`
-	JoinedAt      time.Time `json:"joinedAt"`
+	HBONEGateways []string `json:"hboneGateways,omitempty"`
+	// SharesTrustDomainWith names the cluster that owns this cluster's trust domain when the
+	// two share one trust domain and one root (the clusters of one Istio mesh on several
+	// networks). The owner alone publishes and rotates bundles/<trustDomain>; this cluster
+	// reads it like any federated bundle and never writes it. Empty: the cluster owns its
+	// trust domain (the default; no other cluster may have it unless it names this one).
+	// The clusters of one trust domain trust each other's workloads fully.
+	SharesTrustDomainWith string    `json:"sharesTrustDomainWith,omitempty"`
+	JoinedAt              time.Time `json:"joinedAt"`
+}
+
+// BundleOwner is the cluster that owns (publishes and rotates) bundles/<TrustDomain>:
+// SharesTrustDomainWith when set, else the cluster itself.
+func (c *Cluster) BundleOwner() string {
+	if c.SharesTrustDomainWith != "" {
+		return c.SharesTrustDomainWith
+	}
+	return c.Name
 }
 
 // Validate implements Record.
@@ -121,6 +137,13 @@ func (c *Cluster) Validate() error {
 		seen[g] = true
 	}
 	ValidateHBONEGateways(&errs, "hboneGateways", c.HBONEGateways)
+	if c.SharesTrustDomainWith != "" {
+		if err := validate.DNSLabel(c.SharesTrustDomainWith); err != nil {
+			errs.AddErr("sharesTrustDomainWith", err)
+		} else if c.SharesTrustDomainWith == c.Name {
+			errs.Add("sharesTrustDomainWith", "%s names the cluster itself: leave it empty for a cluster that owns its trust domain", c.Name)
+		}
+	}
 	if c.JoinedAt.IsZero() {
 		errs.Add("joinedAt", "must be set")
 	}
@@ -172,7 +195,43 @@ func (c *Cluster) HBONEPort() int32 {
 func (c *Cluster) SameMember(o *Cluster) bool {
 	return c.Name == o.Name && c.Network == o.Network && c.Region == o.Region && c.Zone == o.Zone &&
 		c.TrustDomain == o.TrustDomain && slices.Equal(c.Gateways, o.Gateways) &&
-		slices.Equal(c.HBONEGateways, o.HBONEGateways)
+		slices.Equal(c.HBONEGateways, o.HBONEGateways) && c.SharesTrustDomainWith == o.SharesTrustDomainWith
+}
+
+// CheckTrustDomains checks the trust domains of a set of cluster records (by name) against
+// each other: a trust domain belongs to one cluster, its owner, and any other cluster with
+// it must name that owner in sharesTrustDomainWith (an owner that has the trust domain
+// and shares no one's). It returns one problem per cluster that breaks the rule, by name.
+func CheckTrustDomains(clusters map[string]*Cluster) map[string]string {
+	out := map[string]string{}
+	byTD := map[string][]string{}
+	for name, c := range clusters {
+		byTD[c.TrustDomain] = append(byTD[c.TrustDomain], name)
+	}
+	for _, names := range byTD {
+		sort.Strings(names)
+	}
+	for name, c := range clusters {
+		if c.SharesTrustDomainWith != "" {
+			o, ok := clusters[c.SharesTrustDomainWith]
+			switch {
+			case !ok:
+				out[name] = fmt.Sprintf("shares the trust domain %s of cluster %s, which is not a member", c.TrustDomain, c.SharesTrustDomainWith)
+			case o.TrustDomain != c.TrustDomain:
+				out[name] = fmt.Sprintf("shares the trust domain of cluster %s, but has %s and %s has %s", o.Name, c.TrustDomain, o.Name, o.TrustDomain)
+			case o.SharesTrustDomainWith != "":
+				out[name] = fmt.Sprintf("shares the trust domain %s of cluster %s, which itself shares that of %s: name the owner", c.TrustDomain, o.Name, o.SharesTrustDomainWith)
+			}
+			continue
+		}
+		for _, other := range byTD[c.TrustDomain] {
+			if other != name && clusters[other].SharesTrustDomainWith == "" {
+				out[name] = fmt.Sprintf("trust domain %s is also owned by cluster %s: a trust domain has one owner", c.TrustDomain, other)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // Alive is alive/<cluster>: the heartbeat, attached to the cluster's lease so that it

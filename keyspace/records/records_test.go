@@ -233,3 +233,57 @@ func TestClusterHBONEGateways(t *testing.T) {
 		}
 	}
 }
+
+func TestClusterSharesTrustDomain(t *testing.T) {
+	mk := func(name, td, with string) *Cluster {
+		return &Cluster{Name: name, Network: "net-" + name, Region: "r", Zone: "z", TrustDomain: td,
+			Gateways: []string{"192.0.2.1:15443"}, SharesTrustDomainWith: with, JoinedAt: time.Unix(1, 0)}
+	}
+	west := mk("west", "mesh.example", "east")
+	b, err := Encode(west)
+	if err != nil || !strings.Contains(string(b), `"sharesTrustDomainWith":"east"`) {
+		t.Fatalf("encode: %s %v", b, err)
+	}
+	back, err := Decode[Cluster](b)
+	if err != nil || !back.SameMember(west) || back.BundleOwner() != "east" {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	if mk("west", "mesh.example", "").SameMember(west) {
+		t.Error("SameMember ignores sharesTrustDomainWith")
+	}
+	if o := mk("east", "mesh.example", "").BundleOwner(); o != "east" {
+		t.Errorf("owner's BundleOwner = %q", o)
+	}
+	for with, want := range map[string]string{"west": "sharesTrustDomainWith: west names the cluster itself", "East": "sharesTrustDomainWith: "} {
+		if err := mk("west", "mesh.example", with).Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("sharesTrustDomainWith=%s: %v, want %q", with, err, want)
+		}
+	}
+
+	set := func(cs ...*Cluster) map[string]*Cluster {
+		m := map[string]*Cluster{}
+		for _, c := range cs {
+			m[c.Name] = c
+		}
+		return m
+	}
+	if p := CheckTrustDomains(set(mk("east", "mesh.example", ""), west, mk("north", "mesh.example", "east"), mk("south", "south.example", ""))); len(p) != 0 {
+		t.Errorf("valid sharing: %v", p)
+	}
+	p := CheckTrustDomains(set(mk("east", "mesh.example", ""), mk("west", "mesh.example", ""), mk("north", "north.example", "east"),
+		mk("south", "mesh.example", "gone"), mk("up", "mesh.example", "down"), mk("down", "mesh.example", "east")))
+	for name, want := range map[string]string{
+		"east":  "trust domain mesh.example is also owned by cluster west",
+		"west":  "trust domain mesh.example is also owned by cluster east",
+		"north": "has north.example and east has mesh.example",
+		"south": "cluster gone, which is not a member",
+		"up":    "which itself shares that of east: name the owner",
+	} {
+		if !strings.Contains(p[name], want) {
+			t.Errorf("%s: %q, want %q", name, p[name], want)
+		}
+	}
+	if _, bad := p["down"]; bad || len(p) != 5 {
+		t.Errorf("problems: %v", p)
+	}
+}
