@@ -22,8 +22,10 @@ type IstioConfigOptions struct {
 	MCPAddress string
 	// ClusterID and Network override the cluster name and its record's network.
 	ClusterID, Network string
-	MCPTLS             bool
-	MCPCACert          string
+	// MCPTLS: the listener serves TLS; MCPCAPEM is the PEM of the CA istiod verifies it
+	// against (embedded in the mesh config: istiod takes PEM, not a path).
+	MCPTLS   bool
+	MCPCAPEM string
 	// BundleDir, when set, is a directory a federation service writes the federated
 	// bundles into (--bundle-dir): the roots come from its bundle-map.json instead of from
 	// etcd's bundles/.
@@ -87,7 +89,7 @@ func istioSettings(c *records.Cluster, o IstioConfigOptions, roots map[string][]
 	}
 	s, err := istio.BuildSettings(istio.SettingsInput{
 		Cluster: o.Cluster, ClusterID: o.ClusterID, Network: netw, MCPAddress: o.MCPAddress,
-		MCPTLS: o.MCPTLS, MCPCACert: o.MCPCACert, TrustDomain: c.TrustDomain, Roots: roots, BundleURL: o.BundleURL,
+		MCPTLS: o.MCPTLS, MCPCAPEM: o.MCPCAPEM, TrustDomain: c.TrustDomain, Roots: roots, BundleURL: o.BundleURL,
 	})
 	if err != nil {
 		return nil, warnings, err

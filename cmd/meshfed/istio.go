@@ -38,6 +38,7 @@ func newIstioCmd() *cobra.Command {
 type istioConfigFlags struct {
 	etcd   etcdFlags
 	opts   operator.IstioConfigOptions
+	mcpCA  string // --mcp-ca-cert: a file here, embedded as PEM
 	output string
 }
 
@@ -87,7 +88,7 @@ See docs/istio.md.`,
 	fl.StringVar(&f.opts.ClusterID, "cluster-id", "", "istiod's cluster ID (default: the meshfed cluster name)")
 	fl.StringVar(&f.opts.Network, "network", "", "the Istio network of the cluster (default: its cluster record's network)")
 	fl.BoolVar(&f.opts.MCPTLS, "mcp-tls", false, "the MCP listener serves TLS (--istio-mcp-tls-cert): istiod connects with TLS (no client certificate)")
-	fl.StringVar(&f.opts.MCPCACert, "mcp-ca-cert", "", "with --mcp-tls: path, in istiod's filesystem, of the CA that signed the listener's certificate")
+	fl.StringVar(&f.mcpCA, "mcp-ca-cert", "", "with --mcp-tls: PEM file of the CA that signed the listener's certificate, read now and embedded (istiod takes the PEM itself, not a path; default: istiod's system roots)")
 	fl.StringVar(&f.opts.BundleDir, "bundle-dir", "", "take the trust roots from this bundle directory (what 'meshfed federation --bundle-dir' writes) instead of etcd's bundles/")
 	fl.StringVar(&f.opts.BundleURL, "spiffe-bundle-url", "", "give istiod the other trust domains as spiffeBundleUrl <URL>/<trust domain> (https; e.g. a federation's --bundle-endpoint behind a Web PKI certificate) instead of PEM: istiod then follows rotations itself")
 	fl.StringVarP(&f.output, "output", "o", outputYAML, "output format: yaml (with comments) or json")
@@ -108,7 +109,7 @@ func (f *istioConfigFlags) validate() error {
 	if f.opts.Network != "" {
 		errs.AddErr("--network", validate.DNSLabel(f.opts.Network))
 	}
-	if f.opts.MCPCACert != "" && !f.opts.MCPTLS {
+	if f.mcpCA != "" && !f.opts.MCPTLS {
 		errs.Add("--mcp-ca-cert", "only with --mcp-tls")
 	}
 	if f.opts.BundleURL != "" && f.opts.BundleDir != "" {
@@ -126,6 +127,16 @@ func (f *istioConfigFlags) validate() error {
 func runIstioConfig(ctx context.Context, out, errOut io.Writer, f *istioConfigFlags) error {
 	if err := f.validate(); err != nil {
 		return err
+	}
+	if f.mcpCA != "" {
+		b, err := os.ReadFile(f.mcpCA)
+		if err != nil {
+			return fmt.Errorf("--mcp-ca-cert: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return fmt.Errorf("--mcp-ca-cert %s: no PEM certificate in it", f.mcpCA)
+		}
+		f.opts.MCPCAPEM = string(b)
 	}
 	st, cli, err := f.etcd.open(ctx, slog.Default())
 	if err != nil {
@@ -160,7 +171,9 @@ func runIstioConfig(ctx context.Context, out, errOut io.Writer, f *istioConfigFl
 	b.WriteString("#\n# meshConfig: usable as istiod's --meshConfig file as it is, or merged into the\n")
 	b.WriteString("# 'mesh' key of the istio ConfigMap (Helm: meshConfig). configSources lists meshfed's\n")
 	b.WriteString("# MCP listener, then k8s:// so istiod keeps reading Kubernetes config; caCertificates and\n")
-	b.WriteString("# trustDomainAliases make sidecars accept the other clusters' workloads.\n")
+	b.WriteString("# trustDomainAliases make sidecars accept the other clusters' workloads; the sidecars'\n")
+	b.WriteString("# agents fetch those roots from istiod only with defaultConfig.proxyMetadata\n")
+	b.WriteString("# PROXY_CONFIG_XDS_AGENT=true (set at injection: restart the workloads after merging).\n")
 	b.WriteString("meshConfig:\n")
 	for _, line := range strings.Split(strings.TrimRight(string(mc), "\n"), "\n") {
 		b.WriteString("  " + line + "\n")

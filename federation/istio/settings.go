@@ -28,10 +28,12 @@ type SettingsInput struct {
 	Network string
 	// MCPAddress is HOST:PORT of meshfed's MCP listener as istiod reaches it.
 	MCPAddress string
-	// MCPTLS: the listener serves TLS (istiod verifies it against MCPCACert when set,
-	// its system roots otherwise).
-	MCPTLS    bool
-	MCPCACert string
+	// MCPTLS: the listener serves TLS (istiod verifies it against MCPCAPEM when set, its
+	// system roots otherwise). MCPCAPEM is the CA certificate(s) in PEM, embedded as they
+	// are: the pinned istiod reads a config source's tlsSettings.caCertificates as PEM
+	// content (pilot/pkg/bootstrap/configcontroller.go, AppendCertsFromPEM), not as a path.
+	MCPTLS   bool
+	MCPCAPEM string
 	// TrustDomain of this cluster, and Roots of every federated trust domain (this one
 	// included), from the bundles/ records.
 	TrustDomain string
@@ -70,13 +72,21 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 	if in.TrustDomain == "" {
 		return nil, errors.New("trust domain: the cluster record has none")
 	}
+	if in.MCPCAPEM != "" {
+		if !in.MCPTLS {
+			return nil, errors.New("mcp ca: only with TLS on the MCP listener")
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM([]byte(in.MCPCAPEM)) {
+			return nil, errors.New("mcp ca: no PEM certificate in it (istiod takes the CA's PEM itself, not a path)")
+		}
+	}
 	cid := in.ClusterID
 	if cid == "" {
 		cid = in.Cluster
 	}
 	src := &meshconfig.ConfigSource{Address: "xds://" + in.MCPAddress}
 	if in.MCPTLS {
-		src.TlsSettings = &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_SIMPLE, CaCertificates: in.MCPCACert}
+		src.TlsSettings = &networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_SIMPLE, CaCertificates: in.MCPCAPEM}
 	}
 	mc := &meshconfig.MeshConfig{
 		ConfigSources: []*meshconfig.ConfigSource{src, {Address: "k8s://"}},
@@ -121,6 +131,13 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 	env := map[string]string{
 		"CLUSTER_ID":           cid,
 		"ISTIO_MULTIROOT_MESH": "true",
+	}
+	if len(mc.CaCertificates) > 0 {
+		// istiod pushes the merged roots over PCDS only to proxies that ask for it, and the
+		// sidecar's agent asks only with PROXY_CONFIG_XDS_AGENT=true
+		// (pkg/istio-agent/xds_proxy.go): set in every proxy's metadata through the mesh
+		// default, as Istio's own multi-root test does (tests/integration/security/ca_custom_root).
+		mc.DefaultConfig = &meshconfig.ProxyConfig{ProxyMetadata: map[string]string{"PROXY_CONFIG_XDS_AGENT": "true"}}
 	}
 	return &Settings{MeshConfig: mc, Env: env, Network: in.Network}, nil
 }

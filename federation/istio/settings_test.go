@@ -71,6 +71,16 @@ func TestBuildSettingsTrust(t *testing.T) {
 	if y, err := s.MeshConfigYAML(); err != nil || !strings.Contains(string(y), "caCertificates:") {
 		t.Fatalf("yaml %s %v", y, err)
 	}
+	// The proxies' agents ask istiod for the merged roots (PCDS) only with this.
+	if v := mc.GetDefaultConfig().GetProxyMetadata()["PROXY_CONFIG_XDS_AGENT"]; v != "true" {
+		t.Errorf("defaultConfig.proxyMetadata.PROXY_CONFIG_XDS_AGENT = %q, want true", v)
+	}
+	// No other trust domain: nothing for the proxies to fetch, no proxy default touched.
+	alone, err := BuildSettings(SettingsInput{Cluster: "east", MCPAddress: "127.0.0.1:15021", TrustDomain: "east.example",
+		Roots: map[string][]*x509.Certificate{"east.example": {east}}})
+	if err != nil || alone.MeshConfig.GetDefaultConfig() != nil || len(alone.MeshConfig.GetCaCertificates()) != 0 {
+		t.Errorf("one trust domain: %v, %v", alone.MeshConfig, err)
+	}
 
 	in.BundleURL = "https://bundles.example.org:8443/"
 	s, err = BuildSettings(in)
@@ -93,5 +103,36 @@ func TestBuildSettingsTrust(t *testing.T) {
 		if _, err := BuildSettings(in); err == nil || !strings.Contains(err.Error(), "spiffe bundle url") {
 			t.Errorf("bundle url %q: %v", bad, err)
 		}
+	}
+}
+
+// TestBuildSettingsMCPTLS: with TLS, the config source is SIMPLE TLS with the CA's PEM
+// itself in caCertificates (the pinned istiod parses it as PEM: a path would fail istiod's
+// start); a CA without TLS, or that is not PEM, is refused.
+func TestBuildSettingsMCPTLS(t *testing.T) {
+	ca := pemOf(testRoot(t, "mcp-ca"))
+	in := SettingsInput{Cluster: "east", MCPAddress: "meshfed-istio.meshfed-system.svc:15020", TrustDomain: "east.example", MCPTLS: true, MCPCAPEM: ca}
+	s, err := BuildSettings(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls := s.MeshConfig.GetConfigSources()[0].GetTlsSettings()
+	if tls.GetMode().String() != "SIMPLE" || tls.GetCaCertificates() != ca {
+		t.Errorf("configSources[0].tlsSettings = %v, want SIMPLE with the CA's PEM", tls)
+	}
+	if k := s.MeshConfig.GetConfigSources()[1]; k.GetAddress() != "k8s://" || k.GetTlsSettings() != nil {
+		t.Errorf("configSources[1] = %v", k)
+	}
+	in.MCPCAPEM = "/etc/meshfed/ca.pem"
+	if _, err := BuildSettings(in); err == nil || !strings.Contains(err.Error(), "not a path") {
+		t.Errorf("a path as the CA: %v", err)
+	}
+	in.MCPCAPEM, in.MCPTLS = ca, false
+	if _, err := BuildSettings(in); err == nil || !strings.Contains(err.Error(), "only with TLS") {
+		t.Errorf("a CA without TLS: %v", err)
+	}
+	in.MCPCAPEM, in.MCPTLS = "", true
+	if s, err := BuildSettings(in); err != nil || s.MeshConfig.GetConfigSources()[0].GetTlsSettings().GetCaCertificates() != "" {
+		t.Errorf("TLS with istiod's system roots: %v %v", s, err)
 	}
 }
