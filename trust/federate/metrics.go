@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer, set func() *trust.Set) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_trust_bundle_rejected_total", Help: "Bundle records rejected (the last good bundle stays), by reason."}, []string{"trust_domain", "reason"}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "meshfed_trust_publish_total", Help: "Attempts to publish the cluster's own bundle, by result (published, unchanged, refused, error)."}, []string{"result"}),
+			Name: "meshfed_trust_publish_total", Help: "Attempts to publish the cluster's own bundle, by result (published, unchanged, refused, error; shared: the cluster shares another member's trust domain and only read it)."}, []string{"result"}),
 		publishBlock: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshfed_trust_publish_refused", Help: "1 while the cluster's bundle source is refused (a rotation holds the lock, or the source lacks a rotated-in root)."}),
 		outputErrors: prometheus.NewCounterVec(prometheus.CounterOpts{

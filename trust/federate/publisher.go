@@ -22,6 +22,13 @@ type PublishStatus struct {
 	Digest   string
 	// Refused says why the source's bundle is not published ("" when it is).
 	Refused string
+	// Owner is set when this cluster shares its trust domain with the member owning it
+	// (clusters/<this>.sharesTrustDomainWith): the owner alone writes bundles/<td>; this
+	// cluster only reads it. Sequence and Digest are then the owner's record (0 and ""
+	// while the owner has published nothing), and SourceDiffers says that this cluster's
+	// own bundle source has other content than that record (both should be the one root).
+	Owner         string
+	SourceDiffers bool
 	// LastError is the last etcd or validation error.
 	LastError error
 	At        time.Time
@@ -129,6 +136,15 @@ func (p *publisher) setStatus(f func(*PublishStatus)) {
 func (p *publisher) publish(ctx context.Context, b *trust.Bundle) error {
 	td := p.s.cfg.TrustDomain
 	st := p.s.cfg.Store
+	// A cluster that shares another member's trust domain never writes its bundle: not
+	// even to create it before the owner does (the first writer would own it).
+	if it, err := store.Get[records.Cluster](ctx, st, st.KS.Cluster(p.s.cfg.Cluster)); err == nil {
+		if owner := it.Value.SharesTrustDomainWith; owner != "" && it.Value.TrustDomain == td {
+			return p.followOwner(ctx, b, owner)
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	// The last finished rotation, if any: its new root must stay.
 	var rot *records.Rotation
 	if it, err := store.Get[records.Rotation](ctx, st, st.KS.Rotation(td)); err == nil {
@@ -190,6 +206,37 @@ func (p *publisher) publish(ctx context.Context, b *trust.Bundle) error {
 		p.s.log.Info("published the cluster's bundle", "trust_domain", td, "sequence", result.Sequence, "digest", result.Digest, "source", p.s.cfg.Source.String())
 	default:
 		p.s.m.publishes.WithLabelValues("unchanged").Inc()
+	}
+	return nil
+}
+
+// followOwner is publish for a cluster sharing the trust domain of owner: it reads
+// bundles/<td> and compares it with the source, and writes nothing.
+func (p *publisher) followOwner(ctx context.Context, b *trust.Bundle, owner string) error {
+	td := p.s.cfg.TrustDomain
+	st := p.s.cfg.Store
+	var cur *records.Bundle
+	if it, err := store.Get[records.Bundle](ctx, st, st.KS.Bundle(td)); err == nil {
+		cur = it.Value
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	differs := cur != nil && cur.Digest != b.Digest()
+	prev := p.status()
+	p.setStatus(func(s *PublishStatus) {
+		s.Refused, s.LastError, s.Owner, s.SourceDiffers = "", nil, owner, differs
+		s.Sequence, s.Digest = 0, ""
+		if cur != nil {
+			s.Sequence, s.Digest = cur.Sequence, cur.Digest
+		}
+	})
+	p.s.m.publishes.WithLabelValues("shared").Inc()
+	if prev.Owner != owner {
+		p.s.log.Info("this cluster shares its trust domain: the owner publishes and rotates the bundle, this cluster only reads it", "trust_domain", td, "owner", owner)
+	}
+	if differs && (!prev.SourceDiffers || prev.Digest != cur.Digest) {
+		p.s.log.Warn("this cluster's bundle source differs from the shared trust domain's bundle that its owner publishes: workloads of the two clusters may not verify each other (one trust domain needs one root; during a rotation of the owner's root this is expected for a while)",
+			"trust_domain", td, "owner", owner, "published_digest", cur.Digest, "source_digest", b.Digest(), "source", p.s.cfg.Source.String())
 	}
 	return nil
 }

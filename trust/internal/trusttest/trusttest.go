@@ -78,6 +78,11 @@ type ClusterOptions struct {
 	NoHeartbeat bool
 	// NoService registers the member without running anything.
 	NoService bool
+	// ShareTrustDomainWith records the member as sharing the trust domain of that owner.
+	ShareTrustDomainWith string
+	// DevCADir uses this existing dev CA directory (e.g. the owner's, for one shared root)
+	// instead of a new CA.
+	DevCADir string
 }
 
 // StartCluster registers clusters/<name>, holds alive/<name> and runs the trust service
@@ -88,7 +93,8 @@ func (e *Env) StartCluster(name, td string, o ClusterOptions) *Cluster {
 	dir := t.TempDir()
 	c := &Cluster{Name: name, TD: td, DevDir: filepath.Join(dir, "ca"), BundleDir: filepath.Join(dir, "bundles"), done: make(chan struct{})}
 	ctx := context.Background()
-	rec := &records.Cluster{Name: name, Network: "n", Region: "r", Zone: "z", TrustDomain: td, Gateways: []string{"127.0.0.1:15443"}, JoinedAt: time.Now()}
+	rec := &records.Cluster{Name: name, Network: "n", Region: "r", Zone: "z", TrustDomain: td, Gateways: []string{"127.0.0.1:15443"},
+		SharesTrustDomainWith: o.ShareTrustDomainWith, JoinedAt: time.Now()}
 	if _, err := e.St.Create(ctx, e.St.KS.Cluster(name), rec); err != nil && !errors.Is(err, store.ErrExists) {
 		t.Fatal(err)
 	}
@@ -96,7 +102,9 @@ func (e *Env) StartCluster(name, td string, o ClusterOptions) *Cluster {
 		close(c.done)
 		return c
 	}
-	if _, err := devca.Init(c.DevDir, td, devca.Options{SVIDTTL: o.SVIDTTL}); err != nil {
+	if o.DevCADir != "" {
+		c.DevDir = o.DevCADir
+	} else if _, err := devca.Init(c.DevDir, td, devca.Options{SVIDTTL: o.SVIDTTL}); err != nil {
 		t.Fatal(err)
 	}
 	src := o.Source
