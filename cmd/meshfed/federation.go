@@ -15,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/federation/agent"
+	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/federation/service"
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/admin"
@@ -184,13 +185,15 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	}
 	defer cli.Close()
 	adm := admin.New(log)
+	// One set of build options for istiod's resources, MCP and Kubernetes (--istio-ambient).
+	var istioBuild istio.BuildOptions
 	var src discovery.Source
 	var kube *kubeWiring
 	switch {
 	case f.exports != "":
 		src = &file.Source{Cluster: f.cluster, Path: f.exports, Interval: f.pollInterval, Log: log}
 	case f.kubeconfig != "":
-		kube, err = newKubeWiring(f.cluster, f.kubeconfig, f.ambient.gateways(), adm, log)
+		kube, err = newKubeWiring(f.cluster, f.kubeconfig, f.ambient.gateways(), f.ambient.entries(istioBuild), adm, log)
 		if err != nil {
 			return err
 		}
@@ -218,7 +221,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		return fmt.Errorf("trust: %w", err)
 	}
 	ag, err := agent.New(agent.Config{
-		Cluster: f.cluster, Store: st, Source: src, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
+		Cluster: f.cluster, Store: st, Source: src, IstioBuild: istioBuild, HeartbeatTTL: f.heartbeatTTL, StaleGrace: f.staleGrace,
 		XDS:      xds.Options{Listen: f.xds.listen, MinReassign: f.xds.minReassign, CertProviderInstance: f.xds.certInstance, ServerTLS: xdsTLS},
 		Health:   f.xds.healthOptions(),
 		IstioMCP: istioOpts,

@@ -2,9 +2,12 @@ package main
 
 import (
 	"github.com/spf13/pflag"
+	mcp "istio.io/api/mcp/v1alpha1"
 
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/discovery/kube"
+	"github.com/meshfed/meshfed/federation/istio"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // ambientFlags are the federation service's flags for Istio ambient clusters.
@@ -17,7 +20,10 @@ type ambientFlags struct {
 const ambientFlagsHelp = `Istio ambient (docs/istio.md, "Ambient"):
   --istio-ambient          with --kubeconfig: keep one Gateway of class istio-remote per other
                            cluster that joined with --hbone-gateway (its network's east-west
-                           gateway for istiod and ztunnel), and remove it when that cluster goes
+                           gateway for istiod and ztunnel), and remove it when that cluster goes;
+                           and, per imported service with ready HBONE endpoints in such a
+                           cluster, a ServiceEntry and WorkloadEntries (network = that cluster's)
+                           for istiod's ambient index, which reads only the Kubernetes API
   --istio-ambient-namespace           where those Gateways go (default istio-system; must exist)
   --istio-ambient-gateway-service-account   service account of the identity ztunnel expects from
                            the remote gateways (gateway.istio.io/service-account annotation)`
@@ -52,4 +58,15 @@ func (f *ambientFlags) gateways() *kube.IstioRemoteGateways {
 		return nil
 	}
 	return &kube.IstioRemoteGateways{Namespace: f.namespace, ServiceAccount: f.serviceAccount}
+}
+
+// entries is the importer's ambient ServiceEntries and WorkloadEntries (nil: off), built
+// with the options the MCP source uses, so that hosts and ports are the same in both.
+func (f *ambientFlags) entries(opts istio.BuildOptions) *kube.IstioAmbientEntries {
+	if !f.enabled {
+		return nil
+	}
+	return &kube.IstioAmbientEntries{Build: func(v *view.View, self string, networks map[string]string) (map[string][]*mcp.Resource, error) {
+		return istio.BuildAmbient(v, self, networks, opts)
+	}}
 }

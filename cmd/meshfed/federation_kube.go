@@ -21,7 +21,7 @@ type kubeWiring struct {
 	elected  bool // the importer runs under the leader elector, not on its own
 }
 
-func newKubeWiring(cluster, kubeconfig string, gateways *kube.IstioRemoteGateways, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
+func newKubeWiring(cluster, kubeconfig string, gateways *kube.IstioRemoteGateways, entries *kube.IstioAmbientEntries, adm *admin.Server, log *slog.Logger) (*kubeWiring, error) {
 	cl, err := kube.NewClients(kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("--kubeconfig: %w", err)
@@ -31,7 +31,7 @@ func newKubeWiring(cluster, kubeconfig string, gateways *kube.IstioRemoteGateway
 		return nil, err
 	}
 	imp, err := kube.NewImporter(kube.ImporterConfig{Cluster: cluster, Kube: cl.Kube, MCS: cl.MCS, Dynamic: cl.Dynamic,
-		IstioRemoteGateways: gateways, Log: log.With("part", "kube-importer"), Registerer: adm.Registry})
+		IstioRemoteGateways: gateways, IstioAmbientEntries: entries, Log: log.With("part", "kube-importer"), Registerer: adm.Registry})
 	if err != nil {
 		return nil, err
 	}

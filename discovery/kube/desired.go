@@ -72,7 +72,7 @@ func desired(v *view.View, self string) *wantState {
 				noGW[ce.Cluster] = true
 				continue
 			}
-			ready := ce.ReadyEndpoints() > 0 && !cordoned(v.Drills, ce.Cluster, svc.Namespace, svc.Name)
+			ready := ce.ReadyEndpoints() > 0 && !v.Cordoned(ce.Cluster, svc.Namespace, svc.Name)
 			w.slices = append(w.slices, clusterSlices(svc, ce, rec, ready)...)
 		}
 		st.imports[key] = w
@@ -118,15 +118,6 @@ func serviceImport(svc *view.Service) *mcsv1a1.ServiceImport {
 		si.Status.Clusters = append(si.Status.Clusters, mcsv1a1.ClusterStatus{Cluster: ce.Cluster})
 	}
 	return si
-}
-
-func cordoned(drills []*records.Drill, cluster, ns, name string) bool {
-	for _, d := range drills {
-		if d.Cordons() && d.Covers(cluster, ns, name) {
-			return true
-		}
-	}
-	return false
 }
 
 // gatewayGroup is the gateways of one cluster that share an address family and a port: they

@@ -42,7 +42,12 @@ type ImporterConfig struct {
 	// multi-network: istiod learns that network's east-west gateway from it), and delete
 	// it when that cluster goes. It needs Dynamic and the Gateway API CRDs.
 	IstioRemoteGateways *IstioRemoteGateways
-	// Dynamic writes the Gateways (required with IstioRemoteGateways).
+	// IstioAmbientEntries, when set (with IstioRemoteGateways), makes the importer also keep
+	// the ServiceEntries and WorkloadEntries that istiod's ambient index needs for ztunnel to
+	// reach the imported services through those Gateways, and delete them when they are no
+	// longer wanted. It needs Istio's CRDs.
+	IstioAmbientEntries *IstioAmbientEntries
+	// Dynamic writes the Gateways and entries (required with IstioRemoteGateways).
 	Dynamic dynamic.Interface
 	// Resync runs a full pass this often even without events (default 5 min): it repairs
 	// what no event announces, e.g. a foreign ServiceImport that went away.
@@ -68,6 +73,8 @@ type Importer struct {
 	epsLister discoverylisters.EndpointSliceLister
 	nsLister  corelisters.NamespaceLister
 	gwLister  cache.GenericLister // nil without IstioRemoteGateways
+	// entryListers by type, with IstioAmbientEntries.
+	entryListers map[string]cache.GenericLister
 
 	// Owned by the Run goroutine: what was already reported, so each is logged once.
 	missingNS map[string]bool
@@ -102,6 +109,9 @@ func NewImporter(cfg ImporterConfig) (*Importer, error) {
 		}
 		cfg.IstioRemoteGateways = &g2
 	}
+	if e := cfg.IstioAmbientEntries; e != nil && (cfg.IstioRemoteGateways == nil || e.Build == nil) {
+		return nil, errors.New("kube importer: Istio ambient entries need IstioRemoteGateways (their networks' gateways) and a Build func")
+	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 5 * time.Minute
 	}
@@ -120,10 +130,11 @@ func NewImporter(cfg ImporterConfig) (*Importer, error) {
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, time.Minute),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "meshfed-kube-importer"},
 		),
-		missingNS:   map[string]bool{},
-		foreign:     map[string]bool{},
-		noGW:        map[string]bool{},
-		sameNetwork: map[string]bool{},
+		missingNS:    map[string]bool{},
+		foreign:      map[string]bool{},
+		noGW:         map[string]bool{},
+		sameNetwork:  map[string]bool{},
+		entryListers: map[string]cache.GenericLister{},
 	}, nil
 }
 
@@ -165,6 +176,14 @@ func (im *Importer) Run(ctx context.Context) error {
 		gwInf, im.gwLister = gi.Informer(), gi.Lister()
 		watched = append(watched, gwInf)
 	}
+	var entryInfs []cache.SharedIndexInformer
+	if im.cfg.IstioAmbientEntries != nil {
+		infs := im.entryInformers()
+		for _, kind := range istioEntryKinds {
+			entryInfs = append(entryInfs, infs[kind])
+		}
+		watched = append(watched, entryInfs...)
+	}
 
 	// Someone editing or deleting our objects, or a namespace coming or going, calls for a
 	// pass; our own writes do too, and find nothing to do.
@@ -182,7 +201,7 @@ func (im *Importer) Run(ctx context.Context) error {
 	nf.Start(ctx.Done())
 	ctx, cancel := context.WithCancel(ctx)
 	var runs sync.WaitGroup
-	for _, inf := range []cache.SharedIndexInformer{siInf, gwInf} {
+	for _, inf := range append([]cache.SharedIndexInformer{siInf, gwInf}, entryInfs...) {
 		if inf != nil {
 			runs.Go(func() { inf.Run(ctx.Done()) })
 		}
@@ -204,6 +223,14 @@ func (im *Importer) Run(ctx context.Context) error {
 			return nil
 		}
 		return fmt.Errorf("kube importer: Gateways in namespace %s did not sync (are the Gateway API CRDs installed? Istio ambient needs them)", im.cfg.IstioRemoteGateways.Namespace)
+	}
+	for _, inf := range entryInfs {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return errors.New("kube importer: ServiceEntries/WorkloadEntries did not sync (are Istio's CRDs installed? Istio ambient needs them)")
+		}
 	}
 	im.synced.Store(true)
 	im.log.Info("kube importer synced")
@@ -355,9 +382,15 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 	}
 	im.m.objects.WithLabelValues("ServiceImport").Set(float64(len(keepSI)))
 	im.m.objects.WithLabelValues("EndpointSlice").Set(float64(nSlices))
-	if im.cfg.IstioRemoteGateways != nil {
-		if err := im.passGateways(ctx, v); err != nil {
+	if g := im.cfg.IstioRemoteGateways; g != nil {
+		plan := desiredGateways(v, im.cfg.Cluster, *g)
+		if err := im.passGateways(ctx, plan); err != nil {
 			errs = append(errs, err)
+		}
+		if im.cfg.IstioAmbientEntries != nil {
+			if err := im.passEntries(ctx, v, plan.networks()); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return v.Revision, errors.Join(errs...)

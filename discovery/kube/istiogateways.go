@@ -205,9 +205,8 @@ func (im *Importer) gatewayInformer() informers.GenericInformer {
 
 // passGateways makes this cluster's istio-remote Gateways match the view. Errors are
 // joined; the caller retries the whole pass.
-func (im *Importer) passGateways(ctx context.Context, v *view.View) error {
+func (im *Importer) passGateways(ctx context.Context, plan *gatewayPlan) error {
 	g := im.cfg.IstioRemoteGateways
-	plan := desiredGateways(v, im.cfg.Cluster, *g)
 	im.reportSameNetwork(plan.sameNetwork)
 	if !im.namespaceUsable(g.Namespace) {
 		if !im.gwNamespaceMissing {

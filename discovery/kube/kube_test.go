@@ -213,6 +213,7 @@ func TestKubernetesTier(t *testing.T) {
 	t.Run("end-to-end", func(t *testing.T) { testEndToEnd(t, west, east) })
 	t.Run("leader-election", func(t *testing.T) { testLeaderElection(t, west) })
 	t.Run("istio-remote-gateways", func(t *testing.T) { testIstioRemoteGateways(t, east) })
+	t.Run("istio-ambient-entries", func(t *testing.T) { testIstioAmbientEntries(t, east) })
 }
 
 // testLeaderElection: two replicas campaign for one Lease; exactly one leads, and when it

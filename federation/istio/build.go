@@ -57,6 +57,12 @@ func (o BuildOptions) domain() string {
 	return o.Domain
 }
 
+// host is the service's Istio host, <svc>.<ns>.svc.<domain>: the name the sidecars' SNI and
+// ztunnel's HBONE authority carry, the same for the MCP and the Kubernetes resources.
+func (o BuildOptions) host(ns, name string) string {
+	return fmt.Sprintf("%s.%s.svc.%s", name, ns, o.domain())
+}
+
 // Skip says why part of a plan was left out of istiod's resources.
 type Skip struct {
 	Service, Cluster, Reason string
@@ -91,7 +97,7 @@ const (
 // configSources.
 func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, []Skip, error) {
 	p := &svc.Plan
-	host := fmt.Sprintf("%s.%s.svc.%s", p.Name, p.Namespace, opts.domain())
+	host := opts.host(p.Namespace, p.Name)
 	// The plan is per port; Istio's WorkloadEntries are per service. meshfed's planner orders
 	// clusters per service (ports differ only by which clusters export the port), so the
 	// order of the first port with levels stands for all, and a cluster serving a port it
@@ -120,19 +126,10 @@ func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, 
 	if len(remotes) == 0 {
 		return nil, skips, nil
 	}
-	ports := servicePorts(svc)
+	ports := servicePorts(svc.Ports)
 	out := map[string][]*mcp.Resource{}
-	selector := map[string]string{LabelService: p.Name}
 
-	se := &networking.ServiceEntry{
-		Hosts:            []string{host},
-		Location:         networking.ServiceEntry_MESH_INTERNAL,
-		Resolution:       networking.ServiceEntry_STATIC,
-		WorkloadSelector: &networking.WorkloadSelector{Labels: selector},
-	}
-	for _, sp := range ports {
-		se.Ports = append(se.Ports, &networking.ServicePort{Number: uint32(sp.Port.Port), Name: sp.name, Protocol: sp.protocol})
-	}
+	se := serviceEntry(host, ports, map[string]string{LabelService: p.Name})
 	r, err := resource(p.Namespace, NamePrefix+p.Name, se, map[string]string{LabelManagedBy: "meshfed"})
 	if err != nil {
 		return nil, nil, err
@@ -149,7 +146,7 @@ func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, 
 			we := &networking.WorkloadEntry{
 				Address:  ep.Host,
 				Ports:    map[string]uint32{},
-				Locality: l.Region + "/" + l.Zone + "/" + l.Cluster,
+				Locality: locality(l.Region, l.Zone, l.Cluster),
 				Weight:   l.Weight,
 				Labels: map[string]string{
 					LabelService:                            p.Name,
@@ -199,6 +196,9 @@ func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, 
 	return out, skips, nil
 }
 
+// locality is Istio's region/zone/subzone for a cluster: the subzone is the cluster's name.
+func locality(region, zone, cluster string) string { return region + "/" + zone + "/" + cluster }
+
 // failoverPriority is the DestinationRule's list for n remote ranks:
 // [rank-n=, rank-n-1=, ..., rank-1=]. istiod gives an endpoint priority len(list)-j, where j
 // is the first entry whose label value differs from the entry's value ("" here; istio's
@@ -213,6 +213,22 @@ func failoverPriority(n int) []string {
 	return out
 }
 
+// serviceEntry is the ServiceEntry of one service, for the MCP source and for the
+// Kubernetes API alike: the host, MESH_INTERNAL, STATIC, the ports, and the workloadSelector
+// that picks its WorkloadEntries. No addresses: istiod allocates one where it needs it.
+func serviceEntry(host string, ports []svcPort, selector map[string]string) *networking.ServiceEntry {
+	se := &networking.ServiceEntry{
+		Hosts:            []string{host},
+		Location:         networking.ServiceEntry_MESH_INTERNAL,
+		Resolution:       networking.ServiceEntry_STATIC,
+		WorkloadSelector: &networking.WorkloadSelector{Labels: selector},
+	}
+	for _, sp := range ports {
+		se.Ports = append(se.Ports, &networking.ServicePort{Number: uint32(sp.Port.Port), Name: sp.name, Protocol: sp.protocol})
+	}
+	return se
+}
+
 type svcPort struct {
 	records.Port
 	name, protocol string
@@ -221,10 +237,10 @@ type svcPort struct {
 // servicePorts names each port for Istio (the export's name, or tcp-<port>) with the Istio
 // protocol of its appProtocol (TCP when none: the sidecar still originates mTLS, and
 // meshfed's gateway passes TLS through whatever is inside).
-func servicePorts(svc *Service) []svcPort {
+func servicePorts(ports []records.Port) []svcPort {
 	var out []svcPort
 	seen := map[string]bool{}
-	for _, p := range svc.Ports {
+	for _, p := range ports {
 		if !strings.EqualFold(p.Protocol, "TCP") && p.Protocol != "" {
 			continue // UDP/SCTP: not through a TLS gateway
 		}

@@ -112,3 +112,29 @@ var GatewayCRD []byte
 func (s *APIServer) InstallGatewayCRD(ctx context.Context) error {
 	return ApplyCRDs(ctx, s.Config, GatewayCRD)
 }
+
+// IstioEntryCRDs are Istio's ServiceEntry and WorkloadEntry CRDs of the pinned istio.io/istio
+// (hack/testbins/istiod's go.mod), copied unchanged from its
+// manifests/charts/base/files/crd-all.gen.yaml (TestIstioEntryCRDsMatchModule checks them
+// when that module is in the module cache): meshfed's own go.mod does not take the module.
+// Their schemas and CEL rules are what an Istio cluster validates the importer's ambient
+// entries with.
+//
+//go:embed crds/networking.istio.io_serviceentries.yaml
+var istioServiceEntryCRD []byte
+
+//go:embed crds/networking.istio.io_workloadentries.yaml
+var istioWorkloadEntryCRD []byte
+
+// IstioEntryCRDs returns the two CRDs by file name.
+func IstioEntryCRDs() map[string][]byte {
+	return map[string][]byte{
+		"networking.istio.io_serviceentries.yaml":  istioServiceEntryCRD,
+		"networking.istio.io_workloadentries.yaml": istioWorkloadEntryCRD,
+	}
+}
+
+// InstallIstioEntryCRDs applies IstioEntryCRDs and waits until both are served.
+func (s *APIServer) InstallIstioEntryCRDs(ctx context.Context) error {
+	return ApplyCRDs(ctx, s.Config, istioServiceEntryCRD, istioWorkloadEntryCRD)
+}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,5 +63,36 @@ func TestLaunchWithoutBinary(t *testing.T) {
 	_, err := Launch(context.Background(), Config{Binary: filepath.Join(t.TempDir(), "nope")})
 	if err == nil {
 		t.Fatal("launch of a missing binary succeeded")
+	}
+}
+
+// The embedded Istio CRDs are the pinned istio's, unchanged: each is one document of its
+// crd-all.gen.yaml. Skipped when that module is not in the module cache.
+func TestIstioEntryCRDsMatchModule(t *testing.T) {
+	gomod, err := os.ReadFile(filepath.Join("..", "..", "hack", "testbins", "istiod", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var version string
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "require" && f[1] == "istio.io/istio" {
+			version = f[2]
+		}
+	}
+	if version == "" {
+		t.Fatal("hack/testbins/istiod/go.mod requires no istio.io/istio")
+	}
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Skipf("go env GOMODCACHE: %v", err)
+	}
+	all, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "istio.io", "istio@"+version, "manifests", "charts", "base", "files", "crd-all.gen.yaml"))
+	if err != nil {
+		t.Skipf("istio.io/istio@%s not in the module cache: %v", version, err)
+	}
+	for name, b := range IstioEntryCRDs() {
+		if !bytes.Contains(all, append([]byte("---\n"), b...)) {
+			t.Errorf("crds/%s is not a document of istio.io/istio@%s crd-all.gen.yaml: copy it again", name, version)
+		}
 	}
 }

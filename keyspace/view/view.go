@@ -55,6 +55,17 @@ type ClusterExport struct {
 	StaleSince time.Time
 }
 
+// Cordoned reports whether a live cordon drill of the view covers the service in cluster:
+// importers then treat that cluster's endpoints of the service as not ready.
+func (v *View) Cordoned(cluster, namespace, name string) bool {
+	for _, d := range v.Drills {
+		if d.Cordons() && d.Covers(cluster, namespace, name) {
+			return true
+		}
+	}
+	return false
+}
+
 // ReadyEndpoints is the export's ready endpoint count.
 func (c *ClusterExport) ReadyEndpoints() int { return c.Export.ReadyEndpoints() }
 
