@@ -253,11 +253,13 @@ func fixedBulk(addr string, streams int, total int64) (int64, error) {
 			}
 			buf := make([]byte, 256<<10)
 			for left := per; left > 0; {
+				// A write that makes no progress for 10 s is a stall: counted, not waited out.
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				n, err := c.Write(buf[:min(int64(len(buf)), left)])
 				left -= int64(n)
 				sent.Add(int64(n))
 				if err != nil {
-					firstErr.Store(err)
+					firstErr.Store(fmt.Errorf("stream stalled or failed after %d of %d bytes: %w", per-left, per, err))
 					return
 				}
 			}
