@@ -37,6 +37,29 @@ type protoStats struct {
 	activeGauge prometheus.Gauge
 	bytesIn     prometheus.Counter
 	bytesOut    prometheus.Counter
+	// conns are its connections_total series by result (ok, idle_timeout, error,
+	// drained), each looked up on its first use and kept: a label lookup hashes the
+	// label values and takes the vector's lock, on every closed connection otherwise.
+	conns [4]atomic.Pointer[prometheus.Counter]
+}
+
+// closedCounter is the connections_total series of svc for result.
+func (s *protoStats) closedCounter(vec *prometheus.CounterVec, svc, result string) prometheus.Counter {
+	i := 0
+	switch result {
+	case ResultIdleTimeout:
+		i = 1
+	case ResultError:
+		i = 2
+	case ResultDrained:
+		i = 3
+	}
+	if c := s.conns[i].Load(); c != nil {
+		return *c
+	}
+	c := vec.WithLabelValues(svc, s.protocol, result)
+	s.conns[i].Store(&c)
+	return c
 }
 
 // route is one routable name (an SNI, or an HBONE authority) in the compiled table.

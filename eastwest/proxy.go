@@ -150,7 +150,7 @@ func (o outcome) result() string {
 // limit.
 func (g *Gateway) closed(r *route, ep *epState, o outcome, start time.Time) {
 	result := o.result()
-	g.m.conns.WithLabelValues(r.svc.name, r.stats.protocol, result).Inc()
+	r.stats.closedCounter(g.m.conns, r.svc.name, result).Inc()
 	r.stats.activeGauge.Dec()
 	r.svc.active.Add(-1)
 	ep.active.Add(-1)
