@@ -106,8 +106,9 @@ type Redirector struct {
 	done chan struct{}
 
 	mu       sync.Mutex
-	bySd     map[uint64]*side // by side id (epoll data): ids are never reused, fds are
-	byCookie map[uint64]*side // by socket cookie (backlog events)
+	bySd     map[uint64]*side    // by side id (epoll data): ids are never reused, fds are
+	byCookie map[uint64]*side    // by socket cookie (backlog events)
+	early    map[uint64]struct{} // backlog events for sockets not registered yet (cookies)
 	events   *ringbuf.Reader
 	ids      uint64
 	live     map[*Conn]struct{}
@@ -135,7 +136,7 @@ func New(opts Options) (*Redirector, error) {
 	for _, name := range []string{redirectMapPeers, redirectMapSources, redirectMapStats} {
 		spec.Maps[name].MaxEntries = uint32(2 * max)
 	}
-	r := &Redirector{epfd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, byCookie: map[uint64]*side{}, live: map[*Conn]struct{}{}, max: max}
+	r := &Redirector{epfd: -1, done: make(chan struct{}), bySd: map[uint64]*side{}, byCookie: map[uint64]*side{}, early: map[uint64]struct{}{}, live: map[*Conn]struct{}{}, max: max}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the sockmap program: %w", err)
 	}
@@ -264,6 +265,12 @@ func (r *Redirector) backlogEvents() {
 		cookie := binary.NativeEndian.Uint64(rec.RawSample)
 		r.mu.Lock()
 		s := r.byCookie[cookie]
+		if s == nil {
+			// The program can hold a socket while Splice is still setting it up (a sender
+			// streaming from the first byte on a busy machine): Splice takes the event
+			// over when it registers the socket. Dropped, its bytes would wait forever.
+			r.early[cookie] = struct{}{}
+		}
 		r.mu.Unlock()
 		if s != nil {
 			s.c.hold(s)
@@ -358,6 +365,10 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 			_ = r.objs.Peers.Delete(k)
 			_ = r.objs.Stats.Delete(k)
 		}
+		r.mu.Lock()
+		delete(r.early, c.a.cookie)
+		delete(r.early, c.b.cookie)
+		r.mu.Unlock()
 	}
 	// Stats first (the program counts into them), then the redirect targets: a's bytes go
 	// to b, b's to a. No socket is a source yet, so nothing moves.
@@ -474,6 +485,13 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 	r.bySd[c.b.id] = &c.b
 	r.byCookie[c.a.cookie] = &c.a
 	r.byCookie[c.b.cookie] = &c.b
+	var early []*side
+	for _, s := range []*side{&c.a, &c.b} {
+		if _, ok := r.early[s.cookie]; ok {
+			delete(r.early, s.cookie)
+			early = append(early, s)
+		}
+	}
 	r.mu.Unlock()
 	if idle > 0 {
 		c.mu.Lock()
@@ -486,6 +504,9 @@ func (r *Redirector) Splice(a, b *net.TCPConn, first []byte, idle time.Duration,
 			c.end(fmt.Errorf("epoll_ctl: %w", err))
 			return c, nil
 		}
+	}
+	for _, s := range early {
+		c.hold(s)
 	}
 	return c, nil
 }
