@@ -55,9 +55,9 @@ trap cleanup EXIT
 go build -o "$WORK/meshfed" ./cmd/meshfed
 go build -o "$WORK/benchload" ./eastwest/internal/benchload
 
-mapfile -t P < <("$WORK/benchload" freeports 12)
+mapfile -t P < <("$WORK/benchload" freeports 14)
 ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} GW=${P[3]} GWADM=${P[4]} GW2=${P[5]} GW2ADM=${P[6]} HAP=${P[7]} NGX=${P[8]}
-FL1=${P[9]} FL2=${P[10]} FL3=${P[11]}
+FL1=${P[9]} FL2=${P[10]} FL3=${P[11]} GW3=${P[12]} GW3ADM=${P[13]}
 
 "$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
 BACKENDS=$!; PIDS+=($BACKENDS)
@@ -81,6 +81,11 @@ PIDS+=($!); echo $! > "$WORK/meshfed.pids"
 "$WORK/meshfed" gateway --log-level warn --cluster bench --listen 127.0.0.1:$GW2 --admin 127.0.0.1:$GW2ADM \
   --exports "$WORK/exports.yaml" --max-conns 0 --copy-mode io-copy > "$WORK/gw2.log" 2>&1 &
 PIDS+=($!); echo $! > "$WORK/meshfed-iocopy.pids"
+# The sockmap path beside the default (poll-splice); it exits at start where this machine
+# cannot run it, and is then left out.
+"$WORK/meshfed" gateway --log-level warn --cluster bench --listen 127.0.0.1:$GW3 --admin 127.0.0.1:$GW3ADM \
+  --exports "$WORK/exports.yaml" --max-conns 0 --copy-mode sockmap > "$WORK/gw3.log" 2>&1 &
+SMPID=$!; PIDS+=($SMPID); echo $SMPID > "$WORK/meshfed-sockmap.pids"
 
 cat > "$WORK/haproxy.cfg" <<CFG
 global
@@ -138,13 +143,20 @@ nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
 NGXPID=$!; PIDS+=($NGXPID)
 
 # Wait for every listener.
-for port in $ECHO $GW $GW2 $HAP $NGX $FL1; do
+for port in $ECHO $GW $GW2 $GW3 $HAP $NGX $FL1; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     kill -0 $FLOORPID 2>/dev/null || [ "$port" != "$FL1" ] || break
+    kill -0 $SMPID 2>/dev/null || [ "$port" != "$GW3" ] || break
     sleep 0.1
   done
 done
+SOCKMAP=()
+if kill -0 $SMPID 2>/dev/null; then
+  SOCKMAP=(--target "meshfed sockmap=127.0.0.1:$GW3@$WORK/meshfed-sockmap.pids")
+else
+  echo "note: no sockmap gateway in this run: $(tail -1 "$WORK/gw3.log")" >&2
+fi
 FLOOR=()
 if grep -q '^ready' "$WORK/floor.log"; then
   FLOOR=(--target "floor=127.0.0.1:$FL1,127.0.0.1:$FL2,127.0.0.1:$FL3@$WORK/floor.pids")
@@ -159,6 +171,7 @@ echo "== east-west gateway benchmark: $(nproc) cores, load average $(cut -d" " -
   --target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD" \
   --target "meshfed=127.0.0.1:$GW@$WORK/meshfed.pids" \
   --target "meshfed io-copy=127.0.0.1:$GW2@$WORK/meshfed-iocopy.pids!$IDLE_IOCOPY" \
+  "${SOCKMAP[@]}" \
   --target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" \
   --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids" \
   "${FLOOR[@]}" --account-pid "$BACKENDS" \

@@ -29,7 +29,8 @@ const (
 	// gateway (Linux, CAP_BPF and CAP_NET_ADMIN; see eastwest/internal/sockmap).
 	CopySockmap CopyMode = "sockmap"
 	// CopyAuto is sockmap where this kernel and process allow it, else poll-splice (one
-	// log line says why).
+	// log line says why). Not the default: on the measured machine sockmap costs more per
+	// connection and per GB than poll-splice (docs/benchmarks.md).
 	CopyAuto CopyMode = "auto"
 )
 
@@ -51,7 +52,7 @@ type Config struct {
 	MaxConnsPerService int           // proxied connections per service, default 0 = unlimited
 	EjectBase          time.Duration // first ejection after a failed connect, default 1s
 	EjectMax           time.Duration // longest ejection, default 30s
-	CopyMode           CopyMode      // default auto: sockmap where it can run, else poll-splice
+	CopyMode           CopyMode      // default poll-splice (measured cheapest: docs/benchmarks.md)
 	// HBONE, when set, lets the gateway serve HBONE (ServeHBONE) besides SNI passthrough.
 	HBONE *HBONEConfig
 	// HealthCert answers health.meshfed.internal; nil generates a self-signed one.
@@ -86,7 +87,7 @@ func (c *Config) defaults() error {
 		c.EjectMax = 30 * time.Second
 	}
 	if c.CopyMode == "" {
-		c.CopyMode = CopyAuto
+		c.CopyMode = CopyPollSplice
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()

@@ -117,7 +117,7 @@ func copyModes(t testing.TB) []CopyMode {
 }
 
 // suiteCopyMode is the copy mode of every test that does not choose one:
-// MESHFED_GATEWAY_COPY_MODE (hack/test.sh runs this package once more with poll-splice),
+// MESHFED_GATEWAY_COPY_MODE (hack/test.sh runs this package once more with sockmap),
 // else the default.
 func suiteCopyMode(t testing.TB) CopyMode {
 	m := CopyMode(os.Getenv("MESHFED_GATEWAY_COPY_MODE"))

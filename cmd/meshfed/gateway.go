@@ -141,7 +141,7 @@ See docs/eastwest.md for the health wire protocol, HBONE, metrics and limits.`,
 	fl.StringVar(&f.spiffeSocket, "spiffe-socket", "", "SPIFFE Workload API socket PATH (or unix:///PATH) giving the SVID, and without --bundle-dir the federated bundles, for --hbone-listen")
 	fl.StringVar(&f.bundleDir, "bundle-dir", "", "DIR the federation writes the federated bundles to (meshfed federation --bundle-dir): HBONE callers must chain to their trust domain's bundle there")
 	fl.StringArrayVar(&f.hboneAllowTD, "hbone-allow-trust-domain", nil, "TD allowed to call over HBONE (repeatable; default: every federated trust domain)")
-	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyAuto), "byte mover: sockmap (the kernel redirects the bytes: Linux, CAP_BPF and CAP_NET_ADMIN), poll-splice (splice through pooled pipes, none held by idle connections), io-copy (stdlib io.Copy), or auto (sockmap where it can run, else poll-splice, logged once)")
+	fl.StringVar(&f.copyMode, "copy-mode", string(eastwest.CopyPollSplice), "byte mover: poll-splice (splice through pooled pipes, none held by idle connections; measured cheapest), sockmap (the kernel redirects the bytes: Linux, CAP_BPF and CAP_NET_ADMIN), io-copy (stdlib io.Copy), or auto (sockmap where it can run, else poll-splice, logged once)")
 	return cmd
 }
 
