@@ -6,7 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"errors"
+	"crypto/x509"
 	"io"
 	"net"
 	"os"
@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/names"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/internal/tlstest"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/metrictest"
 )
 
@@ -341,8 +341,8 @@ func TestHotReload(t *testing.T) {
 func TestDrain(t *testing.T) {
 	b := startBackend(t, "127.0.0.1:0")
 	g := startGateway(t, Config{DrainAcceptPeriod: 1500 * time.Millisecond, DrainTimeout: 10 * time.Second}, echoTable(b.addr))
-	if r, err := healthcheck.Probe(context.Background(), g.addr, nil); err != nil || r.Fields["cluster"] != "east" {
-		t.Fatalf("health before drain: %+v %v", r, err)
+	if r := healthprobe.Probe(context.Background(), "", g.addr, nil); !r.OK || r.Line.Fields["cluster"] != "east" {
+		t.Fatalf("health before drain: %+v", r)
 	}
 	live, err := dialTLS(t, g.addr, echoSNI, b.pool)
 	if err != nil {
@@ -350,10 +350,9 @@ func TestDrain(t *testing.T) {
 	}
 	g.cancel() // what SIGTERM does in the command
 	// The drain starts on the goroutine that watches ctx: wait for it, not a fixed time.
-	var r healthcheck.Result
 	waitFor(t, "health name says draining", 5*time.Second, func() bool {
-		r, err = healthcheck.Probe(context.Background(), g.addr, nil)
-		return errors.Is(err, healthcheck.ErrUnhealthy) && r.Status == "draining"
+		r := healthprobe.Probe(context.Background(), "", g.addr, nil)
+		return r.Result == healthprobe.ResultStatus && r.Line.Word == "draining"
 	})
 	if g.Ready() == nil {
 		t.Fatal("readyz still ok while draining")
@@ -482,21 +481,20 @@ func TestLimits(t *testing.T) {
 
 func TestHealthName(t *testing.T) {
 	g := startGateway(t, Config{Cluster: "west"}, echoTable("127.0.0.1:9"))
-	cert := g.health.Certificates[0]
-	var seen []byte
-	cfg := &tls.Config{InsecureSkipVerify: true, VerifyConnection: func(cs tls.ConnectionState) error {
-		seen = cs.PeerCertificates[0].Raw
-		return nil
-	}}
-	r, err := healthcheck.Probe(context.Background(), g.addr, cfg)
+	cert, err := x509.ParseCertificate(g.health.Certificates[0].Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Status != "ok" || r.Fields["cluster"] != "west" || r.Fields["service_ports"] != "1" {
-		t.Fatalf("health: %+v", r)
+	// Verified against the gateway's own (self-signed) certificate alone: the health name
+	// is answered with it.
+	own := x509.NewCertPool()
+	own.AddCert(cert)
+	r := healthprobe.Probe(context.Background(), "", g.addr, own)
+	if !r.OK {
+		t.Fatalf("health name not answered with the gateway's own certificate: %v", r.Err)
 	}
-	if !bytes.Equal(seen, cert.Certificate[0]) {
-		t.Fatal("health name not answered with the gateway's own certificate")
+	if r.Line.Word != "ok" || r.Line.Fields["cluster"] != "west" || r.Line.Fields["service_ports"] != "1" {
+		t.Fatalf("health: %+v", r)
 	}
 	// Names are case-insensitive.
 	c, err := tls.Dial("tcp", g.addr, &tls.Config{ServerName: "HEALTH.meshfed.INTERNAL", InsecureSkipVerify: true})
@@ -510,8 +508,8 @@ func TestHealthName(t *testing.T) {
 	}
 	// Before any route table: not-ready.
 	g2 := startGateway(t, Config{}, nil)
-	if r, err := healthcheck.Probe(context.Background(), g2.addr, nil); err == nil || r.Status != "not-ready" {
-		t.Fatalf("no table: %+v %v", r, err)
+	if r := healthprobe.Probe(context.Background(), "", g2.addr, nil); r.OK || r.Line.Word != "not-ready" {
+		t.Fatalf("no table: %+v", r)
 	}
 }
 

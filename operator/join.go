@@ -16,9 +16,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshfed/meshfed/api/validate"
-	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/internal/atomicfile"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/operator/internal/problems"
@@ -368,7 +368,7 @@ func probeGateways(ctx context.Context, cluster string, addrs []string, timeout 
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			o := health.Probe(pctx, cluster, a, nil)
+			o := healthprobe.Probe(pctx, cluster, a, nil)
 			gc := GatewayCheck{Address: a, OK: o.OK, Result: o.Result}
 			if o.Err != nil {
 				gc.Detail = o.Err.Error()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
@@ -344,7 +345,7 @@ func probeAll(ctx context.Context, snap *Snapshot, timeout time.Duration) map[st
 				defer wg.Done()
 				pctx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
-				o := health.Probe(pctx, name, addr, nil)
+				o := healthprobe.Probe(pctx, name, addr, nil)
 				g := GatewayStatus{Address: addr, Probed: true, Healthy: o.OK, Result: o.Result, RTTMs: float64(o.RTT.Microseconds()) / 1000}
 				if o.Line.Word != "" {
 					g.Line = o.Line.Word

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -75,12 +75,12 @@ func TestGatewayCommandRunsAndDrains(t *testing.T) {
 	stop := startCmd(t, cmd)
 	var probeErr error
 	waitfor.Cond(t, 10*time.Second, func() bool {
-		var r healthcheck.Result
-		r, probeErr = healthcheck.Probe(context.Background(), addr, nil)
-		if probeErr == nil && (r.Fields["cluster"] != "east" || r.Fields["service_ports"] != "1") {
-			t.Fatalf("health: %q", r.Line)
+		r := healthprobe.Probe(context.Background(), "", addr, nil)
+		probeErr = r.Err
+		if r.OK && (r.Line.Fields["cluster"] != "east" || r.Line.Fields["service_ports"] != "1") {
+			t.Fatalf("health: %q", r.Text)
 		}
-		return probeErr == nil
+		return r.OK
 	}, "gateway healthy (last: %v)", probeErr)
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -27,8 +27,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshfed/meshfed/api/names"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/trust/devca"
@@ -109,9 +109,9 @@ func TestGatewayCommandFromFederation(t *testing.T) {
 	stop := startCmd(t, cmd)
 	var line string
 	waitfor.Cond(t, 10*time.Second, func() bool {
-		r, err := healthcheck.Probe(context.Background(), addr, nil)
-		line = r.Line
-		return err == nil && r.Healthy && r.Fields["service_ports"] == "1"
+		r := healthprobe.Probe(context.Background(), "", addr, nil)
+		line = r.Text
+		return r.OK && r.Line.Fields["service_ports"] == "1"
 	}, "gateway healthy with the federation's route (last line %q)", line)
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -143,7 +143,7 @@ func TestGatewayCommandFromFederation(t *testing.T) {
 			t.Fatalf("metrics lack the xDS link:\n%s", b)
 		}
 	}
-	if _, err := healthcheck.Probe(context.Background(), addr, nil); err == nil {
+	if r := healthprobe.Probe(context.Background(), "", addr, nil); r.OK {
 		t.Fatal("gateway listening without a route table")
 	}
 	if err := stop(); err != nil {
@@ -217,11 +217,11 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	startCmd(t, gw)
 
 	ports := func() string {
-		r, err := healthcheck.Probe(context.Background(), gwAddr, nil)
-		if err != nil {
-			return err.Error()
+		r := healthprobe.Probe(context.Background(), "", gwAddr, nil)
+		if !r.OK {
+			return r.Err.Error()
 		}
-		return r.Fields["service_ports"]
+		return r.Line.Fields["service_ports"]
 	}
 	waitfor.Cond(t, 30*time.Second, func() bool { return ports() == "1" }, "gateway routes the federation's export (%s)", ports())
 	callThrough := func() string {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,8 +15,8 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/names"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -68,8 +67,8 @@ func TestGatewaySIGTERM(t *testing.T) {
 		<-exited
 	})
 	waitfor.Cond(t, 20*time.Second, func() bool {
-		r, err := healthcheck.Probe(context.Background(), addr, nil)
-		return err == nil && r.Status == "ok"
+		r := healthprobe.Probe(context.Background(), "", addr, nil)
+		return r.OK && r.Line.Word == "ok"
 	}, "gateway healthy (stderr: %s)", &stderr)
 
 	// A live connection through the gateway, TLS end to end to the workload.
@@ -98,8 +97,8 @@ func TestGatewaySIGTERM(t *testing.T) {
 	// The health name fails at once: the first probe after the signal may still race it,
 	// the answer must be "draining" well before the accept period ends.
 	waitfor.Cond(t, 2*time.Second, func() bool {
-		r, err := healthcheck.Probe(context.Background(), addr, nil)
-		return errors.Is(err, healthcheck.ErrUnhealthy) && r.Status == "draining"
+		r := healthprobe.Probe(context.Background(), "", addr, nil)
+		return r.Result == healthprobe.ResultStatus && r.Line.Word == "draining"
 	}, "health says draining after SIGTERM")
 	if got := echo("during drain"); got != "east echo-0: during drain" {
 		t.Fatalf("live connection during the drain: %q", got)

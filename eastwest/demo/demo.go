@@ -25,9 +25,9 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/internal/atomicfile"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 )
 
 // Run plays the demo, writing what happens to w. It returns an error as soon as
@@ -164,11 +164,11 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	say("   echo saw no new connection: the gateway is not an open relay")
 
 	head("Remote clusters health-check the gateway on health.meshfed.internal")
-	r, err := healthcheck.Probe(ctx, gwAddr, nil)
-	if err != nil {
-		return err
+	r := healthprobe.Probe(ctx, "", gwAddr, nil)
+	if !r.OK {
+		return r.Err
 	}
-	say("   answer: %q (the gateway's own certificate, its own line)", r.Line)
+	say("   answer: %q (the gateway's own certificate, its own line)", r.Text)
 
 	head("Hot reload: a new service is exported by editing the file")
 	helloLn, helloHits, err := serveEcho(ctx, "127.0.0.1:0", cert, "hello")
@@ -224,11 +224,11 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		return err
 	}
 	drain()
-	r, err = healthcheck.Probe(ctx, gwAddr, nil)
-	if err == nil {
+	r = healthprobe.Probe(ctx, "", gwAddr, nil)
+	if r.OK {
 		return errors.New("health still ok while draining")
 	}
-	say("   health now answers %q at once, so remote clusters move traffic away", r.Line)
+	say("   health now answers %q at once, so remote clusters move traffic away", r.Text)
 	reply, err := roundTrip(live, "still there?")
 	if err != nil {
 		return fmt.Errorf("live connection broken by drain: %w", err)

@@ -16,10 +16,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 
 	"github.com/meshfed/meshfed/eastwest"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/internal/bundlemap"
 	"github.com/meshfed/meshfed/internal/hbonetest"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -106,8 +106,8 @@ func TestHBONEFromFiles(t *testing.T) {
 	if got, _ := bufio.NewReader(s).ReadString('\n'); got != "app got hi\n" {
 		t.Fatalf("through the HBONE listener: %q", got)
 	}
-	if r, err := healthcheck.Probe(context.Background(), p.Addr(), nil); err != nil {
-		t.Fatalf("health on the SNI listener: %v (%q)", err, r.Line)
+	if r := healthprobe.Probe(context.Background(), "", p.Addr(), nil); !r.OK {
+		t.Fatalf("health on the SNI listener: %v (%q)", r.Err, r.Text)
 	}
 	if _, body := get(t, "http://"+p.AdminAddr()+"/metrics"); !strings.Contains(body, `meshfed_cert_expiry_seconds{cert="gateway-hbone"`) {
 		t.Fatal("the HBONE certificate's expiry is not exported")

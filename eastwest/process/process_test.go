@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/meshfed/meshfed/eastwest"
-	"github.com/meshfed/meshfed/eastwest/healthcheck"
 	"github.com/meshfed/meshfed/eastwest/process"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -43,8 +43,8 @@ func TestStartServesAndCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := healthcheck.Probe(context.Background(), p.Addr(), nil); err != nil {
-		t.Fatalf("health probe: %v (%q)", err, r.Line)
+	if r := healthprobe.Probe(context.Background(), "", p.Addr(), nil); !r.OK {
+		t.Fatalf("health probe: %v (%q)", r.Err, r.Text)
 	}
 	if code, body := get(t, "http://"+p.AdminAddr()+"/readyz"); code != 200 {
 		t.Fatalf("/readyz %d: %s", code, body)

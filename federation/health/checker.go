@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshfed/meshfed/api/healthwire"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 )
 
 // Options tune the checker; zero values take the defaults.
@@ -308,11 +309,11 @@ func (c *Checker) loop(ctx context.Context, k Target) {
 		roots := c.roots[k.Cluster]
 		c.mu.Unlock()
 		dctx, cancel := context.WithTimeout(ctx, c.opts.DownAfter)
-		tc, out := dial(dctx, k.Addr, roots, true)
+		tc, out := healthprobe.Dial(dctx, k.Addr, roots, true)
 		if tc != nil && tc.ConnectionState().NegotiatedProtocol != healthwire.StreamALPN {
 			// A gateway without the stream mode: it answers one line and closes. Use that
 			// answer, then check it one connection at a time.
-			out = readStatus(dctx, tc, k.Cluster, k.Addr)
+			out = healthprobe.ReadStatus(dctx, tc, k.Cluster, k.Addr)
 			tc.Close()
 			tc = nil
 			oneShot = true
@@ -348,14 +349,14 @@ func (c *Checker) check(ctx context.Context, k Target) bool {
 	c.mu.Unlock()
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
-	out := Probe(pctx, k.Cluster, k.Addr, roots)
+	out := healthprobe.Probe(pctx, k.Cluster, k.Addr, roots)
 	cancel()
 	return c.record(ctx, k, out, start)
 }
 
 // record counts one result (its RTT measured from start when not set) and applies it,
 // unless ctx ended (target removed or shutting down: not a result).
-func (c *Checker) record(ctx context.Context, k Target, out Outcome, start time.Time) bool {
+func (c *Checker) record(ctx context.Context, k Target, out healthprobe.Outcome, start time.Time) bool {
 	if ctx.Err() != nil {
 		return false
 	}
@@ -369,7 +370,7 @@ func (c *Checker) record(ctx context.Context, k Target, out Outcome, start time.
 
 // apply runs the hysteresis for one result; it reports whether the address is between
 // states (failing but not down, or passing but not up).
-func (c *Checker) apply(k Target, out Outcome, now time.Time) (transitioning bool) {
+func (c *Checker) apply(k Target, out healthprobe.Outcome, now time.Time) (transitioning bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, ok := c.targets[k]

@@ -3,13 +3,8 @@ package health
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/meshfed/meshfed/api/healthwire"
+	"github.com/meshfed/meshfed/internal/healthprobe"
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
@@ -64,7 +61,8 @@ func newStreamGateway(t testing.TB, cluster string, slow time.Duration) *fakeGat
 
 func newGateway(t testing.TB, cluster string, stream bool, slow time.Duration) *fakeGateway {
 	t.Helper()
-	g := &fakeGateway{t: t, cluster: cluster, cert: selfSigned(t, "health.meshfed.internal"), stream: stream, slow: slow}
+	g := &fakeGateway{t: t, cluster: cluster, cert: testpki.New(t, testpki.Spec{CN: "health.meshfed.internal", DNS: []string{"health.meshfed.internal"},
+		CA: true, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}).TLS(), stream: stream, slow: slow}
 	g.mode.Store(modeOK)
 	g.listen("127.0.0.1:0")
 	t.Cleanup(g.close)
@@ -183,26 +181,6 @@ func (g *fakeGateway) close() {
 	g.wg.Wait()
 }
 
-func selfSigned(t testing.TB, dns string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: dns},
-		DNSNames: []string{dns}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
-
 // fast options keep the suite quick; the hysteresis counts are the production ones.
 func fastOptions() Options {
 	return Options{Interval: 150 * time.Millisecond, Timeout: 120 * time.Millisecond}
@@ -231,10 +209,10 @@ func waitState(t *testing.T, c *Checker, cluster, addr string, want State) {
 func TestProbeOutcomes(t *testing.T) {
 	g := newFakeGateway(t, "west")
 	ctx := context.Background()
-	probe := func(timeout time.Duration) Outcome {
+	probe := func(timeout time.Duration) healthprobe.Outcome {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		return Probe(pctx, "west", g.addr, nil)
+		return healthprobe.Probe(pctx, "west", g.addr, nil)
 	}
 	cases := []struct {
 		mode       string
@@ -242,11 +220,11 @@ func TestProbeOutcomes(t *testing.T) {
 		result     string
 		wantInLine string
 	}{
-		{modeOK, true, false, ResultOK, "ok"},
-		{modeRST, false, true, ResultReset, ""},
-		{modeBlackhole, false, false, ResultTimeout, ""},
-		{modeDraining, false, true, ResultStatus, "draining"},
-		{modeWrong, false, true, ResultWrongCluster, "ok"},
+		{modeOK, true, false, healthprobe.ResultOK, "ok"},
+		{modeRST, false, true, healthprobe.ResultReset, ""},
+		{modeBlackhole, false, false, healthprobe.ResultTimeout, ""},
+		{modeDraining, false, true, healthprobe.ResultStatus, "draining"},
+		{modeWrong, false, true, healthprobe.ResultWrongCluster, "ok"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
@@ -274,8 +252,8 @@ func TestProbeOutcomes(t *testing.T) {
 		ln.Close()
 		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
-		out := Probe(pctx, "west", addr, nil)
-		if out.OK || !out.Hard || out.Result != ResultRefused {
+		out := healthprobe.Probe(pctx, "west", addr, nil)
+		if out.OK || !out.Hard || out.Result != healthprobe.ResultRefused {
 			t.Fatalf("closed port: %+v", out)
 		}
 	})
@@ -286,14 +264,14 @@ func TestProbeRoots(t *testing.T) {
 	right := x509.NewCertPool()
 	right.AddCert(g.cert.Leaf)
 	wrong := x509.NewCertPool()
-	wrong.AddCert(selfSigned(t, "other").Leaf)
+	wrong.AddCert(testpki.New(t, testpki.Spec{CN: "other", DNS: []string{"other"}, CA: true}).Cert)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if out := Probe(ctx, "west", g.addr, right); !out.OK {
+	if out := healthprobe.Probe(ctx, "west", g.addr, right); !out.OK {
 		t.Fatalf("with the gateway's root: %+v", out)
 	}
-	out := Probe(ctx, "west", g.addr, wrong)
-	if out.OK || out.Hard || out.Result != ResultTLS {
+	out := healthprobe.Probe(ctx, "west", g.addr, wrong)
+	if out.OK || out.Hard || out.Result != healthprobe.ResultTLS {
 		t.Fatalf("with a foreign root: want a soft tls failure, got %+v", out)
 	}
 }
@@ -310,7 +288,7 @@ func TestHysteresis(t *testing.T) {
 	// Blackhole: soft failures, down only after FallThreshold of them.
 	g.mode.Store(modeBlackhole)
 	waitState(t, c, "west", g.addr, Down)
-	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultTimeout)); n < 3 {
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultTimeout)); n < 3 {
 		t.Fatalf("down after %v timeouts, want at least 3", n)
 	}
 
@@ -319,10 +297,10 @@ func TestHysteresis(t *testing.T) {
 	waitState(t, c, "west", g.addr, Up)
 
 	// RST: hard-down on the first reset.
-	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultReset))
+	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultReset))
 	g.mode.Store(modeRST)
 	waitState(t, c, "west", g.addr, HardDown)
-	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultReset)) - before; n != 1 {
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultReset)) - before; n != 1 {
 		t.Fatalf("hard-down after %v resets, want exactly 1", n)
 	}
 	g.mode.Store(modeOK)
@@ -362,11 +340,11 @@ func TestUpNeedsRiseThreshold(t *testing.T) {
 	k := Target{"west", "127.0.0.1:1"}
 	c.SetTargets(map[string][]string{"west": {k.Addr}})
 	now := time.Now()
-	ok := Outcome{OK: true, Result: ResultOK}
-	soft := Outcome{Result: ResultTimeout, Err: errTest}
-	hard := Outcome{Hard: true, Result: ResultReset, Err: errTest}
+	ok := healthprobe.Outcome{OK: true, Result: healthprobe.ResultOK}
+	soft := healthprobe.Outcome{Result: healthprobe.ResultTimeout, Err: errTest}
+	hard := healthprobe.Outcome{Hard: true, Result: healthprobe.ResultReset, Err: errTest}
 	steps := []struct {
-		out  Outcome
+		out  healthprobe.Outcome
 		want State
 	}{
 		{ok, Up},         // first result decides
@@ -472,9 +450,9 @@ func TestStream(t *testing.T) {
 		t.Fatalf("a gateway offering the stream is checked one-shot: %+v", st)
 	}
 	// Several answers over one stream: the checks counter grows, no new connection.
-	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultOK))
+	before := testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultOK))
 	waitfor.Cond(t, 5*time.Second, func() bool {
-		return testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultOK)) >= before+5
+		return testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultOK)) >= before+5
 	}, "no stream answers")
 
 	// Slow answers (100ms, under DownAfter 300ms): still up, and the RTT says so.
@@ -520,7 +498,7 @@ func TestStreamFallsBackToOneShot(t *testing.T) {
 	}
 	g.mode.Store(modeBlackhole)
 	waitState(t, c, "west", g.addr, Down)
-	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", ResultTimeout)); n < 3 {
+	if n := testutil.ToFloat64(c.m.checks.WithLabelValues("west", healthprobe.ResultTimeout)); n < 3 {
 		t.Fatalf("down after %v timeouts, want FallThreshold (3)", n)
 	}
 }

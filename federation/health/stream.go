@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/api/healthwire"
+	"github.com/meshfed/meshfed/internal/healthprobe"
 )
 
 // maxOutstanding bounds the pings in flight on one stream: at PingInterval 250ms and
@@ -29,8 +30,8 @@ func (c *Checker) stream(ctx context.Context, k Target, tc *tls.Conn, opened tim
 
 	var mu sync.Mutex
 	var sent []time.Time // write times of unanswered pings, oldest first
-	ended := make(chan Outcome, 2)
-	end := func(o Outcome) {
+	ended := make(chan healthprobe.Outcome, 2)
+	end := func(o healthprobe.Outcome) {
 		select {
 		case ended <- o:
 		default:
@@ -52,7 +53,7 @@ func (c *Checker) stream(ctx context.Context, k Target, tc *tls.Conn, opened tim
 				mu.Unlock()
 				_ = tc.SetWriteDeadline(time.Now().Add(c.opts.DownAfter))
 				if _, err := tc.Write([]byte(healthwire.Ping)); err != nil {
-					end(classify(sctx, fmt.Errorf("ping %s: %w", k.Addr, err)))
+					end(healthprobe.Classify(sctx, fmt.Errorf("ping %s: %w", k.Addr, err)))
 					return
 				}
 			} else {
@@ -73,10 +74,10 @@ func (c *Checker) stream(ctx context.Context, k Target, tc *tls.Conn, opened tim
 		for {
 			line, err := healthwire.ReadStreamLine(br)
 			if err != nil {
-				end(classify(sctx, fmt.Errorf("read status line from %s: %w", k.Addr, err))) // the stream is broken
+				end(healthprobe.Classify(sctx, fmt.Errorf("read status line from %s: %w", k.Addr, err))) // the stream is broken
 				return
 			}
-			out := judge(line, k.Cluster, k.Addr)
+			out := healthprobe.Judge(line, k.Cluster, k.Addr)
 			now := time.Now()
 			mu.Lock()
 			if len(sent) > 0 {
@@ -84,13 +85,13 @@ func (c *Checker) stream(ctx context.Context, k Target, tc *tls.Conn, opened tim
 				sent = sent[1:]
 			}
 			mu.Unlock()
-			if out.Result == ResultBadLine {
+			if out.Result == healthprobe.ResultBadLine {
 				end(out)
 				return
 			}
 			c.record(sctx, k, out, opened)
-			if out.Result == ResultWrongCluster || (out.Result == ResultStatus && out.Line.Word == "draining") {
-				end(Outcome{}) // already applied; the gateway closes a draining stream
+			if out.Result == healthprobe.ResultWrongCluster || (out.Result == healthprobe.ResultStatus && out.Line.Word == "draining") {
+				end(healthprobe.Outcome{}) // already applied; the gateway closes a draining stream
 				return
 			}
 		}
@@ -115,7 +116,7 @@ func (c *Checker) stream(ctx context.Context, k Target, tc *tls.Conn, opened tim
 			}
 			mu.Unlock()
 			if !oldest.IsZero() && now.Sub(oldest) >= c.opts.DownAfter {
-				c.record(ctx, k, Outcome{Result: ResultTimeout, RTT: now.Sub(oldest),
+				c.record(ctx, k, healthprobe.Outcome{Result: healthprobe.ResultTimeout, RTT: now.Sub(oldest),
 					Err: fmt.Errorf("%s: no answer to a health ping for %v", k.Addr, c.opts.DownAfter)}, opened)
 				return
 			}

@@ -1,4 +1,4 @@
-package health
+package healthprobe
 
 import (
 	"context"
@@ -17,12 +17,6 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/internal/peerchain"
 )
-
-// MaxStatusLine bounds what a probe reads from a gateway (its line is ~100 bytes).
-const MaxStatusLine = healthwire.MaxLine
-
-// Line is a parsed status line (api/healthwire).
-type Line = healthwire.Line
 
 // Result labels of one probe (metrics label "result").
 const (
@@ -44,41 +38,52 @@ type Outcome struct {
 	// Hard: the failure is definitive (refused, reset, an explicit not-ok status, another
 	// cluster answering): the address goes hard-down at once.
 	Hard   bool
-	Result string // one of the Result* labels
-	Line   Line   // the parsed status line, when one was read
+	Result string          // one of the Result* labels
+	Line   healthwire.Line // the parsed status line (Word, Fields), when one was read
+	Text   string          // that line as received, without its newline
 	Err    error
 	RTT    time.Duration
 }
 
+// DefaultTimeout bounds a Probe whose ctx has no deadline.
+const DefaultTimeout = 2 * time.Second
+
 // Probe checks one gateway address of cluster: TCP connect, TLS with SNI
-// health.meshfed.internal, read one line. roots nil means the gateway's certificate is not
-// verified (see the package doc and docs/xds.md: unauthenticated until trust bundles
-// exist); otherwise its chain must verify against roots. The whole probe is bounded by ctx.
+// health.meshfed.internal, read one line. cluster "" accepts an answer from any cluster.
+// roots nil means the gateway's certificate is not verified (see the package doc and
+// docs/xds.md: unauthenticated until trust bundles exist); otherwise its chain must
+// verify against roots. The whole probe is bounded by ctx (DefaultTimeout when ctx has no
+// deadline).
 func Probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outcome {
 	start := time.Now()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
 	out := probe(ctx, cluster, addr, roots)
 	out.RTT = time.Since(start)
 	return out
 }
 
 func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outcome {
-	tc, out := dial(ctx, addr, roots, false)
+	tc, out := Dial(ctx, addr, roots, false)
 	if tc == nil {
 		return out
 	}
 	defer tc.Close()
-	return readStatus(ctx, tc, cluster, addr)
+	return ReadStatus(ctx, tc, cluster, addr)
 }
 
-// dial connects to addr and completes the TLS handshake of the health name, offering the
+// Dial connects to addr and completes the TLS handshake of the health name, offering the
 // stream mode when stream is set (the caller checks NegotiatedProtocol). On failure the
 // connection is nil and the outcome says why. The connection's deadline is ctx's, and it
 // is cut when ctx ends; the caller clears both for a stream.
-func dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (*tls.Conn, Outcome) {
+func Dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (*tls.Conn, Outcome) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, classify(ctx, fmt.Errorf("connect %s: %w", addr, err))
+		return nil, Classify(ctx, fmt.Errorf("connect %s: %w", addr, err))
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
@@ -103,7 +108,7 @@ func dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		out := classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
+		out := Classify(ctx, fmt.Errorf("tls handshake with %s: %w", addr, err))
 		if out.Result == ResultError {
 			out.Result = ResultTLS // not a network error: the handshake itself failed
 		}
@@ -112,34 +117,36 @@ func dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (
 	return tc, Outcome{}
 }
 
-// readStatus reads and judges one status line.
-func readStatus(ctx context.Context, r io.Reader, cluster, addr string) Outcome {
+// ReadStatus reads and judges one status line.
+func ReadStatus(ctx context.Context, r io.Reader, cluster, addr string) Outcome {
 	line, err := healthwire.ReadLine(r)
 	if err != nil {
-		return classify(ctx, fmt.Errorf("read status line from %s: %w", addr, err))
+		return Classify(ctx, fmt.Errorf("read status line from %s: %w", addr, err))
 	}
-	return judge(line, cluster, addr)
+	return Judge(line, cluster, addr)
 }
 
-// judge sorts a status line: ok, another cluster answering, or a status other than ok.
-func judge(line, cluster, addr string) Outcome {
+// Judge sorts a status line: ok, another cluster answering, or a status other than ok.
+// cluster "" accepts any cluster.
+func Judge(line, cluster, addr string) Outcome {
+	text := strings.TrimRight(line, "\r\n")
 	st, err := healthwire.ParseLine(line)
 	if err != nil {
-		return Outcome{Result: ResultBadLine, Err: fmt.Errorf("%s: %w", addr, err)}
+		return Outcome{Result: ResultBadLine, Text: text, Err: fmt.Errorf("%s: %w", addr, err)}
 	}
 	if c, ok := st.Fields["cluster"]; ok && cluster != "" && c != cluster {
-		return Outcome{Hard: true, Result: ResultWrongCluster, Line: st,
+		return Outcome{Hard: true, Result: ResultWrongCluster, Line: st, Text: text,
 			Err: fmt.Errorf("%s answers as cluster %q, not %q: check clusters/%s gateways", addr, c, cluster, cluster)}
 	}
 	if st.Word != "ok" {
-		return Outcome{Hard: true, Result: ResultStatus, Line: st, Err: fmt.Errorf("%s says %q", addr, st.Word)}
+		return Outcome{Hard: true, Result: ResultStatus, Line: st, Text: text, Err: fmt.Errorf("%s says %q", addr, st.Word)}
 	}
-	return Outcome{OK: true, Result: ResultOK, Line: st}
+	return Outcome{OK: true, Result: ResultOK, Line: st, Text: text}
 }
 
-// classify sorts a failure: refused and reset are definitive (hard), the rest counts
-// towards FallThreshold.
-func classify(ctx context.Context, err error) Outcome {
+// Classify sorts a failure: refused and reset are definitive (hard), the rest counts
+// towards a checker's fall threshold.
+func Classify(ctx context.Context, err error) Outcome {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return Outcome{Hard: true, Result: ResultRefused, Err: err}
