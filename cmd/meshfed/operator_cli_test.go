@@ -3,12 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshfed/meshfed/internal/testetcd"
@@ -99,4 +110,80 @@ func TestOperatorCommands(t *testing.T) {
 	if out, err = runCLI(t, "leave", ep, "--cluster", "west", "-o", "json"); err != nil || !strings.Contains(out, `"audit_key"`) {
 		t.Fatalf("leave: %v\n%s", err, out)
 	}
+}
+
+// TestIstioConfigCommand: `meshfed istio config` against a real etcd: the YAML (with
+// comments) and -o json carry the same keys; the meshConfig value is a MeshConfig as istiod's
+// --meshConfig file takes it (strict proto JSON, unknown fields refused); --mcp-ca-cert
+// embeds the file's PEM (istiod takes PEM there, not a path); bad CA flags name the flag.
+func TestIstioConfigCommand(t *testing.T) {
+	srv := testetcd.Start(t)
+	ep := "--etcd-endpoints=" + srv.Clients[0]
+	if _, err := runCLI(t, "join", ep, "--cluster", "east", "--region", "eu", "--zone", "eu-a", "--network", "net-east",
+		"--trust-domain", "east.example.org", "--gateway", freeAddr(t), "--probe-timeout", "200ms"); err != nil {
+		t.Fatal(err)
+	}
+	ca := testCAPEM(t)
+	caFile := filepath.Join(t.TempDir(), "mcp-ca.pem")
+	if err := os.WriteFile(caFile, ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"istio", "config", ep, "--cluster", "east", "--mcp-address", "meshfed-istio.meshfed-system.svc:15020", "--mcp-tls", "--mcp-ca-cert", caFile}
+	yout, err := runCLI(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jout, err := runCLI(t, append(args, "-o", "json")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromYAML, fromJSON map[string]any
+	if err := yaml.Unmarshal([]byte(yout), &fromYAML); err != nil {
+		t.Fatalf("yaml: %v\n%s", err, yout)
+	}
+	if err := json.Unmarshal([]byte(jout), &fromJSON); err != nil {
+		t.Fatalf("json: %v\n%s", err, jout)
+	}
+	if !strings.HasPrefix(yout, "#") || fmt.Sprint(fromYAML) != fmt.Sprint(fromJSON) {
+		t.Fatalf("yaml (commented) and json differ:\n%s\n%s", yout, jout)
+	}
+	mcJSON, _ := json.Marshal(fromJSON["meshConfig"])
+	var mc meshconfig.MeshConfig
+	if err := protojson.Unmarshal(mcJSON, &mc); err != nil {
+		t.Fatalf("meshConfig is not a MeshConfig: %v\n%s", err, mcJSON)
+	}
+	src := mc.GetConfigSources()
+	if len(src) != 2 || src[0].GetAddress() != "xds://meshfed-istio.meshfed-system.svc:15020" || src[1].GetAddress() != "k8s://" ||
+		src[0].GetTlsSettings().GetMode().String() != "SIMPLE" || src[0].GetTlsSettings().GetCaCertificates() != string(ca) {
+		t.Fatalf("configSources %v: want the MCP address over SIMPLE TLS with the CA's PEM, then k8s://", src)
+	}
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--mcp-ca-cert", caFile}, "only with --mcp-tls"},
+		{[]string{"--mcp-tls", "--mcp-ca-cert", filepath.Join(t.TempDir(), "missing.pem")}, "--mcp-ca-cert"},
+		{[]string{"--mcp-tls", "--mcp-ca-cert", filepath.Join(t.TempDir())}, "--mcp-ca-cert"},
+	} {
+		_, err := runCLI(t, append([]string{"istio", "config", ep, "--cluster", "east", "--mcp-address", "127.0.0.1:15021"}, bad.args...)...)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: %v, want an error with %q", bad.args, err, bad.want)
+		}
+	}
+}
+
+// testCAPEM is a self-signed CA certificate in PEM.
+func testCAPEM(t *testing.T) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mcp test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
