@@ -143,7 +143,9 @@ func (im *Importer) passEntries(ctx context.Context, v *view.View, networks map[
 			return err
 		}
 		for _, o := range objs {
-			if u, ok := o.(*unstructured.Unstructured); ok {
+			// The informer lists by meshfed's label; checked again so that nothing else is
+			// ever updated or deleted, whatever the cache holds.
+			if u, ok := o.(*unstructured.Unstructured); ok && u.GetLabels()[LabelImportManagedBy] == ImportManagedByValue {
 				have[u.GetNamespace()+"/"+u.GetName()] = u
 			}
 		}
