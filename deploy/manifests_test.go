@@ -98,6 +98,7 @@ func renders() []render {
 		})},
 		{"kustomize-example", true, kust("overlays/example")},
 		{"kustomize-components", false, kust("overlays/all-components")},
+		{"kustomize-istio-tls", true, kust("overlays/istio-tls")},
 		{"kustomize-join", true, func(t *testing.T) []obj { return kustomizeBuild(t, joinRendered(t)) }},
 	}
 }
@@ -311,6 +312,7 @@ func checkIstio(t *testing.T, objs []obj) {
 	if !contains(args, "--istio-mcp-state-file=/var/lib/meshfed/istio/state.json") {
 		t.Errorf("meshfed-federation: --istio-mcp-listen without --istio-mcp-state-file: %v", args)
 	}
+	checkIstioTLS(t, fed, args)
 	if svc == nil {
 		t.Fatal("--istio-mcp-listen without the Service meshfed-istio")
 	}
@@ -373,6 +375,59 @@ func checkIstio(t *testing.T, objs []obj) {
 			}
 		}
 	}
+}
+
+// checkIstioTLS: TLS on the MCP listener is both flags or neither, and both files come
+// from one Secret volume mounted read-only at their directory (tls.crt, tls.key), not
+// readable by others.
+func checkIstioTLS(t *testing.T, fed obj, args []string) {
+	t.Helper()
+	var cert, key string
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--istio-mcp-tls-cert="); ok {
+			cert = v
+		}
+		if v, ok := strings.CutPrefix(a, "--istio-mcp-tls-key="); ok {
+			key = v
+		}
+	}
+	if cert == "" && key == "" {
+		return
+	}
+	if cert == "" || key == "" {
+		t.Fatalf("meshfed-federation: --istio-mcp-tls-cert %q and --istio-mcp-tls-key %q: give both or neither", cert, key)
+	}
+	dir := filepath.Dir(cert)
+	if filepath.Dir(key) != dir || filepath.Base(cert) != "tls.crt" || filepath.Base(key) != "tls.key" {
+		t.Errorf("meshfed-federation: MCP TLS files %s, %s: want tls.crt and tls.key of one Secret", cert, key)
+	}
+	var vol string
+	mounts, _ := dig(podSpec(fed), "containers", 0, "volumeMounts").([]any)
+	for _, m := range mounts {
+		if dig(m, "mountPath") == dir {
+			vol, _ = dig(m, "name").(string)
+			if dig(m, "readOnly") != true {
+				t.Errorf("meshfed-federation: %s is mounted writable", dir)
+			}
+		}
+	}
+	if vol == "" {
+		t.Fatalf("meshfed-federation: nothing mounted at %s (the MCP TLS files)", dir)
+	}
+	vols, _ := dig(podSpec(fed), "volumes").([]any)
+	for _, v := range vols {
+		if dig(v, "name") != vol {
+			continue
+		}
+		if s, _ := dig(v, "secret", "secretName").(string); s == "" {
+			t.Errorf("meshfed-federation: volume %s of the MCP TLS files is not a Secret: %v", vol, v)
+		}
+		if m, _ := dig(v, "secret", "defaultMode").(float64); int(m)&0o007 != 0 {
+			t.Errorf("meshfed-federation: MCP TLS Secret volume mode %o is readable by others", int(m))
+		}
+		return
+	}
+	t.Errorf("meshfed-federation: no volume %s for the MCP TLS files", vol)
 }
 
 func checkPod(t *testing.T, o obj, ps map[string]any) {
@@ -575,8 +630,11 @@ func TestHelmMatchesKustomize(t *testing.T) {
 				"xdsTLS": map[string]any{"secretName": "meshfed-federation-xds-tls"}},
 			"gateway":       map[string]any{"federationTLS": map[string]any{"secretName": "meshfed-gateway-xds-client"}},
 			"rotation":      map[string]any{"enabled": true},
-			"istio":         map[string]any{"enabled": true},
+			"istio":         map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 			"networkPolicy": map[string]any{"enabled": true},
+		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
+		{"istio-tls", "overlays/istio-tls", map[string]any{
+			"istio": map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
 	}
 	for _, p := range pairs {
