@@ -4,20 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +33,7 @@ import (
 	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/meshfed/meshfed/internal/faultproxy"
+	"github.com/meshfed/meshfed/internal/testpki"
 )
 
 // TestMain re-executes the test binary with the grpc-go xDS features meshfed relies on
@@ -67,38 +63,20 @@ func TestMain(m *testing.M) {
 
 type testCA struct {
 	td   string
+	root *testpki.Cert
 	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
 }
 
 func newTestCA(t testing.TB, td string) *testCA {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: td + " test CA"},
-		URIs: []*url.URL{{Scheme: "spiffe", Host: td}}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return &testCA{td: td, cert: c, key: key}
+	root := testpki.New(t, testpki.Spec{CN: td + " test CA", URIs: []string{"spiffe://" + td}, CA: true})
+	return &testCA{td: td, root: root, cert: root.Cert}
 }
 
 // svid issues an X.509-SVID for spiffe://<td><path>, usable as client and server.
 func (ca *testCA) svid(t testing.TB, path string) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: path},
-		URIs: []*url.URL{{Scheme: "spiffe", Host: ca.td, Path: path}}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	return ca.root.Issue(t, testpki.Spec{CN: path, URIs: []string{"spiffe://" + ca.td + path}}).TLS()
 }
 
 // clientFiles writes what a proxyless gRPC client's file_watcher provider reads: its SVID

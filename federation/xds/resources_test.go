@@ -1,12 +1,7 @@
 package xds
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +23,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/federation/planner"
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/keyspace/records"
 )
 
@@ -290,15 +286,7 @@ func keys[V any](m map[string]V) []string {
 
 func testCA(t *testing.T, cn string) *x509.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return c
+	return testpki.New(t, testpki.Spec{CN: cn, CA: true, Serial: 1, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}).Cert
 }
 
 func TestClassify(t *testing.T) {

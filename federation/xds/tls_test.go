@@ -1,20 +1,16 @@
 package xds_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/meshfed/meshfed/federation/xds"
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/view"
@@ -31,18 +27,8 @@ func TestXDSOverMTLS(t *testing.T) {
 
 	// The federation's server certificate names "localhost" (what the bootstrap's
 	// server_uri says); the client's xDS certificate is its SVID.
-	key, _ := ecdsa.GenerateKey(ca.key.Curve, rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	srvCert, srvKey := filepath.Join(dir, "xds.pem"), filepath.Join(dir, "xds-key.pem")
-	writePEM(t, srvCert, "CERTIFICATE", der)
-	writePEM(t, srvKey, "EC PRIVATE KEY", kb)
+	srvCert, srvKey := ca.root.Issue(t, testpki.Spec{DNS: []string{"localhost"},
+		EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}).WriteFiles(t, dir, "xds")
 	files := writeClientFiles(t, dir, ca.svid(t, "/ns/demo/sa/client"), ca)
 
 	tc, err := xds.TLSFiles{Cert: srvCert, Key: srvKey, ClientCA: files.roots}.ServerConfig()
@@ -95,11 +81,4 @@ func oneLocalService(t *testing.T, addr string) *view.View {
 			TrustDomain: tdEast, Gateways: []string{"127.0.0.1:1"}, JoinedAt: t0}},
 		Services: map[string]*view.Service{"demo/echo": view.Merge([]*view.ClusterExport{{Cluster: "east", Export: exp}})},
 		Alive:    map[string]bool{"east": true}}
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -1,21 +1,20 @@
 package peerchain
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"math/big"
-	"net/url"
 	"testing"
-	"time"
+
+	"github.com/meshfed/meshfed/internal/testpki"
 )
 
 func TestVerify(t *testing.T) {
-	root, rootKey := newCert(t, nil, nil, true, x509.ExtKeyUsageAny)
-	other, _ := newCert(t, nil, nil, true, x509.ExtKeyUsageAny)
-	server, _ := newCert(t, root, rootKey, false, x509.ExtKeyUsageServerAuth)
-	clientOnly, _ := newCert(t, root, rootKey, false, x509.ExtKeyUsageClientAuth)
+	// Leaves with a SPIFFE ID only (no DNS name).
+	id := []string{"spiffe://east.test/gw"}
+	ca := testpki.New(t, testpki.Spec{CA: true, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, URIs: id})
+	root := ca.Cert
+	other := testpki.New(t, testpki.Spec{CA: true, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, URIs: id}).Cert
+	server := ca.Issue(t, testpki.Spec{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, URIs: id}).Cert
+	clientOnly := ca.Issue(t, testpki.Spec{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, URIs: id}).Cert
 	pool := func(c *x509.Certificate) *x509.CertPool { p := x509.NewCertPool(); p.AddCert(c); return p }
 	for name, tc := range map[string]struct {
 		roots *x509.CertPool
@@ -33,25 +32,4 @@ func TestVerify(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-}
-
-// newCert makes a CA (parent nil) or a leaf with a SPIFFE ID only (no DNS name).
-func newCert(t *testing.T, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, ca bool, eku x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{eku}, BasicConstraintsValid: true, IsCA: ca,
-		URIs: []*url.URL{{Scheme: "spiffe", Host: "east.test", Path: "/gw"}}}
-	if ca {
-		tmpl.KeyUsage = x509.KeyUsageCertSign
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return c, key
 }
