@@ -17,13 +17,16 @@ import (
 // Snapshot is the whole keyspace read at one etcd revision, decoded. Records that do not
 // decode are listed in Bad (one broken writer must not hide the rest).
 type Snapshot struct {
-	Revision  int64
-	Clusters  map[string]*store.Item[records.Cluster]
-	Alive     map[string]*store.Item[records.Alive]
-	Exports   map[string][]*store.Item[records.Export]      // by cluster, sorted by key
-	Bundles   map[string]*store.Item[records.Bundle]        // by trust domain
-	Acks      map[string][]*store.Item[records.Ack]         // by cluster
-	Istio     map[string][]*store.Item[records.IstioStatus] // by cluster, one per federation replica
+	Revision int64
+	Clusters map[string]*store.Item[records.Cluster]
+	Alive    map[string]*store.Item[records.Alive]
+	Exports  map[string][]*store.Item[records.Export]      // by cluster, sorted by key
+	Bundles  map[string]*store.Item[records.Bundle]        // by trust domain
+	Acks     map[string][]*store.Item[records.Ack]         // by cluster
+	Istio    map[string][]*store.Item[records.IstioStatus] // by cluster, one per federation replica
+	// Health is what each federation replica's health checker sees of the other clusters'
+	// gateways (acks/<cluster>/health/<instance>), by cluster.
+	Health    map[string][]*store.Item[records.GatewayHealth]
 	Drills    []*store.Item[records.Drill]
 	Rotations map[string]*RotationEntry              // by trust domain
 	Policies  map[string]*store.Item[records.Policy] // by namespace/name
@@ -86,6 +89,7 @@ func newSnapshot(ks records.Keyspace) *Snapshot {
 		Bundles:   map[string]*store.Item[records.Bundle]{},
 		Acks:      map[string][]*store.Item[records.Ack]{},
 		Istio:     map[string][]*store.Item[records.IstioStatus]{},
+		Health:    map[string][]*store.Item[records.GatewayHealth]{},
 		Rotations: map[string]*RotationEntry{},
 		Policies:  map[string]*store.Item[records.Policy]{},
 	}
@@ -103,6 +107,9 @@ func (s *Snapshot) finish() {
 	}
 	for c := range s.Istio {
 		sort.Slice(s.Istio[c], func(i, j int) bool { return s.Istio[c][i].Key < s.Istio[c][j].Key })
+	}
+	for c := range s.Health {
+		sort.Slice(s.Health[c], func(i, j int) bool { return s.Health[c][i].Key < s.Health[c][j].Key })
 	}
 	sort.Slice(s.Drills, func(i, j int) bool { return s.Drills[i].Key < s.Drills[j].Key })
 }
@@ -148,6 +155,12 @@ func (s *Snapshot) add(ks records.Keyspace, rawKey, value []byte, create, mod, l
 		if k.Acks == records.AckIstio {
 			if it := item[records.IstioStatus](s, key, value, create, mod, lease); it != nil {
 				s.Istio[k.Cluster] = append(s.Istio[k.Cluster], it)
+			}
+			return
+		}
+		if k.Acks == records.AckHealth {
+			if it := item[records.GatewayHealth](s, key, value, create, mod, lease); it != nil {
+				s.Health[k.Cluster] = append(s.Health[k.Cluster], it)
 			}
 			return
 		}

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -73,7 +75,10 @@ its development CA in --dev-ca-dir when that CA is there (what 'meshfed dev up' 
 The serving cluster is the one whose trust domain the workload's SPIFFE ID names (its
 certificate checked against that trust domain's bundle from etcd, or --tls-ca); a gRPC
 port (appProtocol grpc) gets a gRPC health check that must answer SERVING. A workload
-without a SPIFFE ID must answer a line naming its cluster ("<cluster> <workload>: ..."). Progress is printed every second; the end is a summary in plain words. --report
+without a SPIFFE ID must answer a line naming its cluster ("<cluster> <workload>: ..."). Progress is printed every second; the end is a summary in plain words, which says for
+each federation service when its health checks marked the failed cluster down and up
+(from the health view every federation replica publishes in acks/<cluster>/health/,
+with or without traffic). --report
 FILE writes the measurements as JSON and a timeline of requests per cluster over time as
 a self-contained HTML page beside it (FILE with .html).
 
@@ -136,6 +141,10 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 		}
 		f.req.Namespace, f.req.Service = ns, name
 	}
+	// What needs no etcd is checked first: a typo is reported without a connection.
+	if err := f.req.Validate(); err != nil {
+		return drillFlagError(err)
+	}
 	st, cli, err := f.etcd.open(ctx, slog.Default())
 	if err != nil {
 		return err
@@ -147,6 +156,7 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 		f.req.Progress = errOut
 	}
 	rep, err := drill.Run(ctx, st, f.req)
+	err = drillFlagError(err)
 	if rep == nil {
 		return err
 	}
@@ -165,4 +175,39 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 		return exitError{code: 130}
 	}
 	return err
+}
+
+// drillFlagOf names the flag of each drill.Request field that the drill's validation
+// errors (drill.InvalidError) name.
+var drillFlagOf = map[string]string{
+	"Fail":         "--fail",
+	"Fault":        "--fault",
+	"Service":      "--service",
+	"ID":           "--id",
+	"Duration":     "--duration",
+	"LeaseTTL":     "--lease-ttl",
+	"From":         "--from",
+	"Target":       "--target",
+	"XDS":          "--xds",
+	"Rate":         "--rate",
+	"CertFile":     "--tls-cert",
+	"KeyFile":      "--tls-key",
+	"SPIFFESocket": "--spiffe-socket",
+}
+
+// drillFlagError says which flags a drill.InvalidError is about; other errors pass.
+func drillFlagError(err error) error {
+	var ie *drill.InvalidError
+	if !errors.As(err, &ie) {
+		return err
+	}
+	return ie.Rename(func(field string) string {
+		parts := strings.Split(field, "/")
+		for i, p := range parts {
+			if fl, ok := drillFlagOf[p]; ok {
+				parts[i] = fl
+			}
+		}
+		return strings.Join(parts, "/")
+	})
 }

@@ -168,6 +168,7 @@ lease and stale semantics and ../shared/design.md for the contract.
 | §exports/<cluster>/<namespace>/<service>§ | ports, endpoints (address, zone, ready, weight), revision, exportedAt | the cluster's federation service | the cluster |
 | §bundles/<trust-domain>§ | SPIFFE bundle (JWKS with spiffe_sequence), digest, owner, lock | the cluster owning the trust domain; a rotation job holding the lock | that cluster; operator |
 | §acks/<cluster>/bundles/<trust-domain>§ | bundle sequence the cluster applied, when | the cluster's federation service | the cluster |
+| §acks/<cluster>/health/<instance>§ | what one federation replica's health checker sees of every other cluster's gateways: per cluster down (no usable gateway) and since when, per gateway state and since when (the replica's clock); on the replica's own lease, rewritten on change at most once a second | the cluster's federation service (each replica) | the cluster |
 | §drills/<id>§ | a drill: cluster, service (or all), until, startedBy, fault (cordon by default; a gateway fault with its faultDeadline); on its own lease | §meshfed drill§ | operator |
 | §rotations/<trust-domain>§ | root rotation state machine | §meshfed trust rotate§ (docs/trust.md) | operator |
 | §policy/<namespace>/<service>§ | failover order override, localFirst, updatedBy | §meshfed policy set§ | operator |

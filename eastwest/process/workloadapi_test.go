@@ -13,29 +13,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"google.golang.org/grpc"
 
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/internal/hbonetest"
+	"github.com/meshfed/meshfed/internal/workloadapitest"
 	"github.com/meshfed/meshfed/trust/devca"
 )
-
-// fakeWorkloadAPI serves one X509SVIDResponse (the SVID, its trust domain's bundle and the
-// federated bundles) and holds the stream, as a SPIRE agent does between rotations.
-type fakeWorkloadAPI struct {
-	workloadpb.UnimplementedSpiffeWorkloadAPIServer
-	resp *workloadpb.X509SVIDResponse
-}
-
-func (f *fakeWorkloadAPI) FetchX509SVID(_ *workloadpb.X509SVIDRequest, s grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
-	if err := s.Send(f.resp); err != nil {
-		return err
-	}
-	<-s.Context().Done()
-	return nil
-}
 
 // TestHBONEFromWorkloadAPI: the gateway's SVID and the federated bundles come from the
 // SPIFFE Workload API (--spiffe-socket, no --bundle-dir).
@@ -59,23 +43,16 @@ func TestHBONEFromWorkloadAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := x509.MarshalPKCS8PrivateKey(svid.Key)
+	resp, err := workloadapitest.Response(gwID, svid.Chain[:1], svid.Key, roots["west.example"], map[string][]*x509.Certificate{"east.example": roots["east.example"]})
 	if err != nil {
 		t.Fatal(err)
-	}
-	resp := &workloadpb.X509SVIDResponse{
-		Svids:            []*workloadpb.X509SVID{{SpiffeId: gwID, X509Svid: svid.Chain[0].Raw, X509SvidKey: key, Bundle: roots["west.example"][0].Raw}},
-		FederatedBundles: map[string][]byte{"spiffe://east.example": roots["east.example"][0].Raw},
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	ln, err := net.Listen("unix", sock)
+	agent, err := workloadapitest.Start(sock, resp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &fakeWorkloadAPI{resp: resp})
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
+	t.Cleanup(agent.Close)
 
 	app, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -41,7 +41,8 @@ type Config struct {
 	// IstioBuild tunes the resources given to istiod.
 	IstioBuild istio.BuildOptions
 	// Instance names this process among the cluster's federation replicas (a DNS label;
-	// default host-pid): the MCP server's status is published under
+	// default host-pid): the gateway health it sees is published under
+	// acks/<cluster>/health/<instance>, the MCP server's status under
 	// acks/<cluster>/istio/<instance>.
 	Instance string
 	// Trust, when set, is the trust component to run beside the service; the agent
@@ -231,7 +232,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		name string
 		run  func(context.Context) error
 	}
-	parts := []part{{"federation", a.Service.Run}, {"health", a.Health.Run}, {"xds", a.XDS.Run}}
+	parts := []part{{"federation", a.Service.Run}, {"health", a.Health.Run}, {"xds", a.XDS.Run},
+		{"health-status", a.publishGatewayHealth}}
 	if a.Trust != nil {
 		parts = append(parts, part{"trust", a.Trust.Run})
 	}

@@ -84,6 +84,13 @@ func (k Keyspace) IstioAck(cluster, instance string) string {
 	return k.Family(KindAck) + cluster + "/istio/" + instance
 }
 
+// HealthAck is acks/<cluster>/health/<instance>: one federation replica (instance) of the
+// cluster's view of the other clusters' gateways, on that replica's lease
+// (records.GatewayHealth).
+func (k Keyspace) HealthAck(cluster, instance string) string {
+	return k.Family(KindAck) + cluster + "/health/" + instance
+}
+
 // IstioAcksOf is the prefix of one cluster's istio acks.
 func (k Keyspace) IstioAcksOf(cluster string) string {
 	return k.Family(KindAck) + cluster + "/istio/"
@@ -115,8 +122,9 @@ type Key struct {
 	Namespace   string // exports, policy
 	Name        string // exports, policy: the service; drills: the id; audit: time-what; istio acks: the instance
 	TrustDomain string // bundles, acks of bundles, rotations
-	// Acks is what an acks/ key acknowledges: AckBundles (acks/<cluster>/bundles/<td>) or
-	// AckIstio (acks/<cluster>/istio/<instance>, the instance in Name).
+	// Acks is what an acks/ key acknowledges: AckBundles (acks/<cluster>/bundles/<td>),
+	// AckIstio (acks/<cluster>/istio/<instance>, the instance in Name) or AckHealth
+	// (acks/<cluster>/health/<instance>, likewise).
 	Acks string
 }
 
@@ -124,6 +132,7 @@ type Key struct {
 const (
 	AckBundles = "bundles"
 	AckIstio   = "istio"
+	AckHealth  = "health"
 )
 
 // Parse splits a key of this keyspace into its parts and validates them, so a stray or
@@ -160,10 +169,10 @@ func (k Keyspace) Parse(key string) (Key, error) {
 		if len(parts) == 3 && label(parts[0]) && parts[1] == AckBundles && td(parts[2]) {
 			return Key{Kind: KindAck, Cluster: parts[0], TrustDomain: parts[2], Acks: AckBundles}, nil
 		}
-		if len(parts) == 3 && label(parts[0]) && parts[1] == AckIstio && label(parts[2]) {
-			return Key{Kind: KindAck, Cluster: parts[0], Name: parts[2], Acks: AckIstio}, nil
+		if len(parts) == 3 && label(parts[0]) && (parts[1] == AckIstio || parts[1] == AckHealth) && label(parts[2]) {
+			return Key{Kind: KindAck, Cluster: parts[0], Name: parts[2], Acks: parts[1]}, nil
 		}
-		return bad("<cluster>/bundles/<trust-domain> or " + k.prefix + kind + "/<cluster>/istio/<instance>")
+		return bad("<cluster>/bundles/<trust-domain>, " + k.prefix + kind + "/<cluster>/istio/<instance> or " + k.prefix + kind + "/<cluster>/health/<instance>")
 	case KindDrill:
 		if len(parts) != 1 || ValidateID(parts[0]) != nil {
 			return bad("<id>")

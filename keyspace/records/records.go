@@ -559,6 +559,73 @@ func (a *IstioStatus) Validate() error {
 	return errs.Err()
 }
 
+// GatewayHealth is acks/<cluster>/health/<instance>: how one federation replica (instance)
+// of the cluster sees every other cluster's east-west gateways through its health
+// checker, on the replica's own lease (it goes with the replica). The replica rewrites it
+// after every change, at most once a second; each Since is the moment of the change by the
+// replica's clock, so a reader learns when it happened, not when it was written. `meshfed
+// drill` reads it to tell when each federation service marked a failed cluster down and up.
+type GatewayHealth struct {
+	Meta
+	Cluster   string       `json:"cluster"`
+	Instance  string       `json:"instance"`
+	UpdatedAt time.Time    `json:"updatedAt"`
+	Peers     []PeerHealth `json:"peers"`
+}
+
+// PeerHealth is one remote cluster in a GatewayHealth.
+type PeerHealth struct {
+	Cluster string `json:"cluster"`
+	// Down: none of its gateway addresses is usable (each is down or hard-down), so the
+	// replica's planner sends it nothing (unless every remote cluster is down: panic).
+	Down bool `json:"down"`
+	// Since is when Down took its present value: the last address going down, or the
+	// first coming back (the replica's clock; zero if not known).
+	Since    time.Time            `json:"since,omitzero"`
+	Gateways []GatewayHealthState `json:"gateways"`
+}
+
+// GatewayHealthState is one gateway address's health state (health.State's name:
+// unknown, up, down, hard-down) and since when.
+type GatewayHealthState struct {
+	Addr  string    `json:"addr"`
+	State string    `json:"state"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+// Health state names of GatewayHealthState.State.
+var healthStates = map[string]bool{"unknown": true, "up": true, "down": true, "hard-down": true}
+
+// Validate implements Record.
+func (g *GatewayHealth) Validate() error {
+	var errs validate.Errors
+	errs.AddErr("cluster", validate.DNSLabel(g.Cluster))
+	errs.AddErr("instance", validate.DNSLabel(g.Instance))
+	if g.UpdatedAt.IsZero() {
+		errs.Add("updatedAt", "must be set")
+	}
+	for i, p := range g.Peers {
+		errs.AddErr(fmt.Sprintf("peers[%d].cluster", i), validate.DNSLabel(p.Cluster))
+		for j, gw := range p.Gateways {
+			errs.AddErr(fmt.Sprintf("peers[%d].gateways[%d].addr", i, j), validate.HostPort(gw.Addr))
+			if !healthStates[gw.State] {
+				errs.Add(fmt.Sprintf("peers[%d].gateways[%d].state", i, j), "%q: want unknown, up, down or hard-down", gw.State)
+			}
+		}
+	}
+	return errs.Err()
+}
+
+// Peer is the named peer's entry (nil if absent).
+func (g *GatewayHealth) Peer(cluster string) *PeerHealth {
+	for i := range g.Peers {
+		if g.Peers[i].Cluster == cluster {
+			return &g.Peers[i]
+		}
+	}
+	return nil
+}
+
 // Drill is drills/<id>: a cordon of one cluster, for one service or for all, attached to
 // its own lease so that it reverts by itself when the drill process dies.
 type Drill struct {
@@ -704,6 +771,7 @@ var (
 	_ Record = (*Bundle)(nil)
 	_ Record = (*Ack)(nil)
 	_ Record = (*IstioStatus)(nil)
+	_ Record = (*GatewayHealth)(nil)
 	_ Record = (*Drill)(nil)
 	_ Record = (*Policy)(nil)
 	_ Record = (*Audit)(nil)

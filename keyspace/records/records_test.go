@@ -76,6 +76,8 @@ func TestValidationNamesFields(t *testing.T) {
 		{&Bundle{TrustDomain: "td", Owner: "w", Sequence: 1, JWKS: json.RawMessage(`{`), Digest: "md5:x"}, []string{"jwks", "digest"}},
 		{&Ack{Cluster: "w", TrustDomain: "td"}, []string{"sequence", "appliedAt"}},
 		{&IstioStatus{Cluster: "w", Instance: "a.b", Istiods: []IstiodStatus{{}}}, []string{"instance", "updatedAt", "istiods[0].node"}},
+		{&GatewayHealth{Cluster: "w", Instance: "a.b", Peers: []PeerHealth{{Cluster: "E", Gateways: []GatewayHealthState{{Addr: "x", State: "sick"}}}}},
+			[]string{"instance", "updatedAt", "peers[0].cluster", "peers[0].gateways[0].addr", "peers[0].gateways[0].state"}},
 		{&Alive{Cluster: "w"}, []string{"instance", "ttlSeconds"}},
 		{&Audit{Action: "Join"}, []string{"time", "actor", "action"}},
 	}
@@ -102,6 +104,7 @@ func TestKeyspaceParse(t *testing.T) {
 		ks.Bundle("west.example"):         {Kind: KindBundle, TrustDomain: "west.example"},
 		ks.Ack("west", "east.example"):    {Kind: KindAck, Cluster: "west", TrustDomain: "east.example", Acks: AckBundles},
 		ks.IstioAck("west", "fed-0-1"):    {Kind: KindAck, Cluster: "west", Name: "fed-0-1", Acks: AckIstio},
+		ks.HealthAck("west", "fed-0-1"):   {Kind: KindAck, Cluster: "west", Name: "fed-0-1", Acks: AckHealth},
 		ks.Drill("d-1"):                   {Kind: KindDrill, Name: "d-1"},
 		ks.Rotation("west.example"):       {Kind: KindRotation, TrustDomain: "west.example"},
 		ks.Policy("demo", "echo"):         {Kind: KindPolicy, Namespace: "demo", Name: "echo"},
@@ -112,7 +115,7 @@ func TestKeyspaceParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", k, got, err, want)
 		}
 	}
-	for _, k := range []string{"/m/exports/west/demo", "/m/exports/West/demo/echo", "/m/clusters/a/b", "/other/clusters/a", "/m/acks/w/x/td", "/m/acks/w/istio/a.b", "/m/acks/w/istio", "/m/nope/x"} {
+	for _, k := range []string{"/m/exports/west/demo", "/m/exports/West/demo/echo", "/m/clusters/a/b", "/other/clusters/a", "/m/acks/w/x/td", "/m/acks/w/istio/a.b", "/m/acks/w/istio", "/m/acks/w/health/a.b", "/m/nope/x"} {
 		if _, err := ks.Parse(k); err == nil {
 			t.Errorf("Parse(%q) accepted", k)
 		}
@@ -134,6 +137,7 @@ func FuzzDecode(f *testing.F) {
 		`{"version":1,"namespace":"demo","name":"echo","order":["west","north"],"localFirst":false,"updatedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"cluster":"west","instance":"h/1","since":"2026-01-01T00:00:00Z","ttlSeconds":10}`,
 		`{"version":1,"time":"2026-01-01T00:00:00Z","actor":"root","action":"join","cluster":"west"}`,
+		`{"version":1,"cluster":"east","instance":"fed-1","updatedAt":"2026-01-01T00:00:00Z","peers":[{"cluster":"west","down":true,"since":"2026-01-01T00:00:00Z","gateways":[{"addr":"10.0.0.1:15443","state":"hard-down","since":"2026-01-01T00:00:00Z"}]}]}`,
 		`{"version":2}`, `null`, `[]`, `{"version":1}{}`,
 	}
 	for _, s := range seeds {
@@ -145,6 +149,7 @@ func FuzzDecode(f *testing.F) {
 		roundTrip[Bundle](t, data)
 		roundTrip[Ack](t, data)
 		roundTrip[IstioStatus](t, data)
+		roundTrip[GatewayHealth](t, data)
 		roundTrip[Drill](t, data)
 		roundTrip[Policy](t, data)
 		roundTrip[Alive](t, data)

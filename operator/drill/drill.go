@@ -28,7 +28,6 @@ import (
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/operator"
-	"github.com/meshfed/meshfed/operator/internal/problems"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/clientid"
 )
@@ -125,7 +124,7 @@ func ParseTarget(s string) (Target, error) {
 		return Target{Namespace: sp.Namespace, Name: sp.Name, Port: sp.Port}, nil
 	}
 	if ref, portStr, ok := strings.Cut(s, ":"); ok && strings.Contains(ref, "/") {
-		ns, n, err := operator.ParseServiceRef("--target", ref)
+		ns, n, err := operator.ParseServiceRef("target", ref)
 		if err != nil {
 			return Target{}, err
 		}
@@ -221,58 +220,74 @@ func (r *Request) defaults() {
 	}
 }
 
-// NewPlan validates a drill and works out whom it affects; nothing changes. The target is
-// r.Target parsed (nil without one).
-func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, error) {
+// Validate checks what can be checked without etcd. Its error is an *InvalidError naming
+// Request fields.
+func (r Request) Validate() error {
 	r.defaults()
-	p := problems.New("drill")
+	var p problems
+	r.validate(&p)
+	return p.err()
+}
+
+// validate adds the problems of r (defaults applied) that need no etcd; it returns the
+// parsed fault and target (nil without one).
+func (r *Request) validate(p *problems) (fault.Spec, *Target) {
 	if err := validate.DNSLabel(r.Fail); err != nil {
-		p.Add("--fail", "%v (the cluster to cordon, e.g. --fail west)", err)
+		p.add("Fail", "%v (the cluster to fail, e.g. west)", err)
 	}
 	if err := records.ValidateID(r.ID); err != nil {
-		p.Add("--id", "%v", err)
+		p.add("ID", "%v", err)
 	}
 	if r.Duration < time.Second {
-		p.Add("--duration", "%v: at least 1s (e.g. --duration 60s)", r.Duration)
+		p.add("Duration", "%v: at least 1s (e.g. 60s)", r.Duration)
 	}
 	if r.LeaseTTL < 2*time.Second || r.LeaseTTL > time.Minute {
-		p.Add("--lease-ttl", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
+		p.add("LeaseTTL", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
 	}
 	if (r.From == "") != (r.Target == "") {
-		p.Add("--from/--target", "give both (traffic from one cluster's point of view to a target) or neither")
+		p.add("From/Target", "give both (traffic from one cluster's point of view to a target) or neither")
 	}
 	if r.Rate < 1 || r.Rate > 1000 {
-		p.Add("--rate", "%d: use 1-1000 requests per second", r.Rate)
+		p.add("Rate", "%d: use 1-1000 requests per second", r.Rate)
 	}
 	if r.XDS != "" {
 		if err := validate.HostPort(r.XDS); err != nil {
-			p.Add("--xds", "%v (the xDS address of the --from cluster's federation service, e.g. 127.0.0.1:15010)", err)
+			p.add("XDS", "%v (the xDS address of the traffic's source cluster's federation service, e.g. 127.0.0.1:15010)", err)
 		}
 		if r.Target == "" {
-			p.Add("--xds", "needs --from and a service --target")
+			p.add("XDS", "routing by xDS needs traffic: a source cluster and a service target")
 		}
 	}
 	if (r.CertFile == "") != (r.KeyFile == "") {
-		p.Add("--tls-cert/--tls-key", "give both or neither")
+		p.add("CertFile/KeyFile", "give both the client certificate and its key, or neither")
 	}
 	if r.CertFile != "" && r.SPIFFESocket != "" {
-		p.Add("--spiffe-socket", "give either a client certificate (--tls-cert/--tls-key) or the Workload API socket, not both")
+		p.add("SPIFFESocket", "give either client certificate files or the Workload API socket, not both")
 	}
 	spec, err := fault.Parse(r.Fault)
 	if err != nil {
-		p.Add("--fault", "%v", err)
+		p.add("Fault", "%v", err)
 	}
 	var tgt *Target
 	if r.Target != "" {
 		t, err := ParseTarget(r.Target)
 		if err != nil {
-			p.Add("--target", "%v", err)
+			p.add("Target", "%v", err)
 		} else {
 			tgt = &t
 		}
 	}
-	if p.Len() > 0 {
-		return nil, nil, p.Err()
+	return spec, tgt
+}
+
+// NewPlan validates a drill and works out whom it affects; nothing changes. The target is
+// r.Target parsed (nil without one). A drill that cannot run is an *InvalidError.
+func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, error) {
+	r.defaults()
+	var p problems
+	spec, tgt := r.validate(&p)
+	if p.len() > 0 {
+		return nil, nil, p.err()
 	}
 	snap, err := operator.ReadSnapshot(ctx, st)
 	if err != nil {
@@ -285,15 +300,15 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	}
 	if _, ok := snap.Clusters[r.Fail]; !ok {
 		if len(snap.Exports[r.Fail]) == 0 {
-			p.Add("--fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.add("Fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 	}
 	if r.From != "" {
 		if _, ok := snap.Clusters[r.From]; !ok {
-			p.Add("--from", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.add("From", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 		if r.From == r.Fail {
-			p.Add("--from", "traffic from the failed cluster itself stays local (local first): pick another cluster's point of view")
+			p.add("From", "%s is the failed cluster: its own traffic stays local (local first); pick another cluster's point of view", r.From)
 		}
 	}
 	if r.Service != "" {
@@ -304,12 +319,12 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 			}
 		}
 		if !found {
-			p.Add("--service", "%s does not export %s/%s: nothing to cordon", r.Fail, r.Namespace, r.Service)
+			p.add("Service", "%s does not export %s/%s: nothing to fail", r.Fail, r.Namespace, r.Service)
 		}
 	}
 	if _, err := st.Client().Get(ctx, plan.Key, clientv3.WithCountOnly()); err == nil {
 		if it, _ := store.Get[records.Drill](ctx, st, plan.Key); it != nil {
-			p.Add("--id", "drill %s is already running (%s, started by %s): pick another --id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
+			p.add("ID", "drill %s is already running (%s, started by %s): pick another id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
 		}
 	}
 	for _, d := range snap.Drills {
@@ -361,7 +376,7 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	}
 	if spec.AtGateway() && len(snap.Exports[r.Fail]) == 0 {
 		// The fault travels in the metadata of the gateway's inbound clusters: none, no fault.
-		p.Add("--fault", "%s exports nothing: its gateways get no service to carry the %s fault on", r.Fail, spec.Kind)
+		p.add("Fault", "%s exports nothing: its gateways get no service to carry the %s fault on", r.Fail, spec.Kind)
 	}
 	if tgt != nil {
 		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
@@ -374,14 +389,14 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
 				r.From, tgt.Namespace, tgt.Name, tgt.Port, names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port))
 			if s := iv.Services[view.Key(tgt.Namespace, tgt.Name)]; s == nil {
-				p.Add("--target", "no cluster exports %s/%s", tgt.Namespace, tgt.Name)
+				p.add("Target", "no cluster exports %s/%s", tgt.Namespace, tgt.Name)
 			} else if !s.HasPort(int32(tgt.Port)) {
-				p.Add("--target", "%s/%s has no port %d (ports: %v)", tgt.Namespace, tgt.Name, tgt.Port, portsOf(s))
+				p.add("Target", "%s/%s has no port %d (ports: %v)", tgt.Namespace, tgt.Name, tgt.Port, portsOf(s))
 			}
 		}
 		plan.Traffic = tp
 	}
-	return plan, tgt, p.Err()
+	return plan, tgt, p.err()
 }
 
 func orActor(a string) string {
@@ -460,6 +475,15 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 	if prog == nil {
 		prog = io.Discard
 	}
+	// Every federation's health view of the failed cluster, followed from before the fault
+	// until the end (it outlives an interrupted ctx: the report still gets what was seen).
+	fw := newFedWatch(st, r.Fail, prog)
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	go fw.run(wctx)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	watching := fw.waitSynced(sctx)
+	scancel()
 	var tr *traffic
 	if tgt != nil {
 		snap, err := operator.ReadSnapshot(ctx, st)
@@ -506,6 +530,11 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 		return rep, fmt.Errorf("drill %s: %w", r.ID, err)
 	}
 	rep.CordonAt = time.Now()
+	var at func(time.Time) string
+	if tr != nil {
+		at = func(t time.Time) string { return fmt.Sprintf("[%6.1fs]", t.Sub(tr.start).Seconds()) }
+	}
+	fw.setMoments(rep.CordonAt, time.Time{}, at)
 	if tr != nil {
 		if spec.AtGateway() {
 			tr.mark(rep.CordonAt, spec.String()+" "+r.Fail)
@@ -541,12 +570,23 @@ func Run(ctx context.Context, st *store.Store, r Request) (*Report, error) {
 		tr.mark(rep.LiftAt, "lift")
 	}
 	fmt.Fprintf(prog, "%s lifted after %v\n", plan.event(), rep.LiftAt.Sub(rep.CordonAt).Round(10*time.Millisecond))
+	fw.setMoments(rep.CordonAt, rep.LiftAt, at)
 	if tr != nil && !interrupted && lostErr == nil {
 		tr.waitBack(ctx, r.Fail, rep.LiftAt, r.RecoveryTimeout, prog)
+	}
+	if !interrupted && lostErr == nil {
+		fw.waitUp(ctx, rep.LiftAt.Add(r.RecoveryTimeout), prog)
 	}
 	if tr != nil {
 		tr.finish(rep, r.Fail, interrupted)
 	}
+	wcancel()
+	if watching {
+		rep.Federations = fw.marks(rep.CordonAt, rep.LiftAt)
+	} else {
+		rep.Notes = append(rep.Notes, "the federations' health records (acks/<cluster>/health/) could not be read: when each marked "+r.Fail+" down and up is unknown")
+	}
+	rep.addFederationMarks()
 	rep.Interrupted = interrupted
 	rep.Ended = time.Now()
 	return rep, errors.Join(lostErr, liftErr)

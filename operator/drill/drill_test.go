@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,20 +98,44 @@ func TestDrillDryRunShowsImpact(t *testing.T) {
 		t.Fatalf("table:\n%s", b.String())
 	}
 
-	// Validation names flags, all at once.
-	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", From: "east", Rate: 5000, LeaseTTL: time.Hour})
-	if err == nil {
-		t.Fatal("bad drill accepted")
+	// Validation reports every problem at once, each naming its Request field (and no
+	// flag: cmd/meshfed maps fields to flags, tested there).
+	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", From: "east", Rate: 5000, LeaseTTL: time.Hour, Fault: "melt"})
+	checkFields(t, err, "From/Target", "Rate", "LeaseTTL", "Fault")
+	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", DryRun: true})
+	checkFields(t, err, "Fail", "Service")
+}
+
+// checkFields: err is an *InvalidError naming exactly fields (in any order), and no flag.
+func checkFields(t *testing.T, err error, fields ...string) {
+	t.Helper()
+	var ie *InvalidError
+	if !errors.As(err, &ie) {
+		t.Fatalf("want an *InvalidError, got %T: %v", err, err)
 	}
-	for _, w := range []string{"--from/--target", "--rate", "--lease-ttl"} {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("error lacks %s: %v", w, err)
+	var got []string
+	for _, p := range ie.Problems {
+		got = append(got, p.Field)
+		if strings.Contains(p.Msg, "--") {
+			t.Errorf("%s: the message names a flag: %s", p.Field, p.Msg)
 		}
 	}
-	_, err = Run(ctx, st, Request{Fail: "nosuch", Service: "echo", Namespace: "demo", DryRun: true})
-	if err == nil || !strings.Contains(err.Error(), "--fail") || !strings.Contains(err.Error(), "--service") {
-		t.Fatalf("unknown cluster and service: %v", err)
+	slices.Sort(got)
+	want := slices.Sorted(slices.Values(fields))
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems with %v, want %v: %v", got, want, err)
 	}
+}
+
+// TestRequestValidate: the checks that need no etcd, one field each, all at once.
+func TestRequestValidate(t *testing.T) {
+	t.Parallel()
+	if err := (Request{Fail: "west"}).Validate(); err != nil {
+		t.Fatalf("a plain cordon: %v", err)
+	}
+	checkFields(t, Request{Fail: "West", ID: "Bad_ID", Duration: time.Millisecond, XDS: "nohost", CertFile: "c.pem",
+		SPIFFESocket: "unix:///s", Target: "demo/echo:0", Fault: "error=2"}.Validate(),
+		"Fail", "ID", "Duration", "From/Target", "XDS", "CertFile/KeyFile", "SPIFFESocket", "Fault", "Target")
 }
 
 // TestDrillCordonLiftsAtEnd: the cordon key lives on its own lease while the drill runs

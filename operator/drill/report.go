@@ -20,12 +20,74 @@ import (
 
 // Report is what a drill did and measured. Field names are the --report JSON contract.
 type Report struct {
-	Plan        *Plan          `json:"plan"`
-	CordonAt    time.Time      `json:"cordon_at,omitzero"`
-	LiftAt      time.Time      `json:"lift_at,omitzero"`
-	Ended       time.Time      `json:"ended,omitzero"`
-	Interrupted bool           `json:"interrupted"`
-	Traffic     *TrafficReport `json:"traffic,omitempty"`
+	Plan        *Plan     `json:"plan"`
+	CordonAt    time.Time `json:"cordon_at,omitzero"`
+	LiftAt      time.Time `json:"lift_at,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
+	Interrupted bool      `json:"interrupted"`
+	// Federations says when each federation service (each replica) marked the failed
+	// cluster down after the fault began and up after the lift, from the health view it
+	// publishes (acks/<cluster>/health/<instance>); with or without traffic.
+	Federations []FederationMark `json:"federations,omitempty"`
+	Traffic     *TrafficReport   `json:"traffic,omitempty"`
+	Notes       []string         `json:"notes,omitempty"`
+}
+
+// addFederationMarks puts each federation's down and up on the traffic's timeline.
+func (rep *Report) addFederationMarks() {
+	t := rep.Traffic
+	if t == nil || rep.CordonAt.IsZero() {
+		return
+	}
+	fault, lift := ms(rep.CordonAt.Sub(t.Start)), ms(rep.LiftAt.Sub(t.Start))
+	for _, f := range rep.Federations {
+		if f.DownAfterMs != nil {
+			t.Marks = append(t.Marks, TimelineMark{AtMs: fault + *f.DownAfterMs, Label: rep.Plan.Fail + " down at " + f.Federation})
+		}
+		if f.UpAfterMs != nil && !rep.LiftAt.IsZero() {
+			t.Marks = append(t.Marks, TimelineMark{AtMs: lift + *f.UpAfterMs, Label: rep.Plan.Fail + " up at " + f.Federation})
+		}
+	}
+	sort.SliceStable(t.Marks, func(i, j int) bool { return t.Marks[i].AtMs < t.Marks[j].AtMs })
+}
+
+// federationLines says, per federation service, when its health checks marked the failed
+// cluster down and up.
+func (rep *Report) federationLines() []string {
+	p := rep.Plan
+	var out []string
+	for _, f := range rep.Federations {
+		s := f.Federation + "'s federation (its health checks): "
+		switch {
+		case f.AlreadyDown:
+			s += fmt.Sprintf("had %s down before the %s began", p.Fail, p.event())
+		case f.DownAfterMs != nil:
+			s += fmt.Sprintf("marked %s down %.0f ms after the %s began", p.Fail, *f.DownAfterMs, p.event())
+			if f.Downs > 1 {
+				s += fmt.Sprintf(" (down %d times: it flapped)", f.Downs)
+			}
+		case p.event() == "cordon":
+			s += fmt.Sprintf("kept %s up (a cordon leaves the gateways alone: the planners drop %s because of the cordon itself)", p.Fail, p.Fail)
+		default:
+			s += fmt.Sprintf("never marked %s down during the fault", p.Fail)
+		}
+		switch {
+		case f.UpAfterMs != nil && *f.UpAfterMs < 0:
+			s += fmt.Sprintf(", up again %.0f ms before the drill's lift", -*f.UpAfterMs)
+		case f.UpAfterMs != nil:
+			s += fmt.Sprintf(", up again %.0f ms after the lift", *f.UpAfterMs)
+		case (f.DownAfterMs != nil || f.AlreadyDown) && !rep.Interrupted:
+			s += fmt.Sprintf(", and had not marked it up again when the drill ended")
+		}
+		if f.Gone {
+			s += " (its record went away during the drill: the replica stopped or lost etcd)"
+		}
+		out = append(out, s+".")
+	}
+	if len(rep.Federations) == 0 && !rep.CordonAt.IsZero() && len(rep.Notes) == 0 {
+		out = append(out, fmt.Sprintf("No federation service published its view of %s's gateways (acks/<cluster>/health/; older federation services do not): when each marked it down and up is unknown.", p.Fail))
+	}
+	return out
 }
 
 // TrafficReport is the load generator's measurements. Times in milliseconds are relative
@@ -71,12 +133,26 @@ type TrafficReport struct {
 }
 
 // FederationMark is one federation service's view of the failed cluster: how long after
-// the fault began it left the order (detection), how long after the lift it came back.
-// Nil: not seen within the drill.
+// the fault began it marked it down (detection), how long after the lift up again. Nil:
+// not seen within the drill.
 type FederationMark struct {
-	Federation  string   `json:"federation"`
+	// Federation is the cluster whose federation service this is ("east"; with several
+	// replicas "east/<instance>"), or for the traffic's router a description of it.
+	Federation string `json:"federation"`
+	// Instance is the replica (health records only).
+	Instance string `json:"instance,omitempty"`
+	// Source is where the marks come from: "health <key>" (the replica's published health
+	// view, acks/<cluster>/health/<instance>: times by that replica's clock), or the
+	// traffic's router's order changes (Report.Traffic.Federations).
+	Source      string   `json:"source,omitempty"`
 	DownAfterMs *float64 `json:"down_after_ms"`
 	UpAfterMs   *float64 `json:"up_after_ms"`
+	// Downs counts the times it marked the cluster down during the drill (more than one:
+	// it flapped); AlreadyDown: it was down before the fault began.
+	Downs       int  `json:"downs,omitempty"`
+	AlreadyDown bool `json:"already_down,omitempty"`
+	// Gone: the replica's record disappeared during the drill (it stopped, or lost etcd).
+	Gone bool `json:"gone,omitempty"`
 }
 
 // OrderChange is the router's failover order changing (plan mode).
@@ -178,6 +254,10 @@ func (rep *Report) SummaryLines() []string {
 		}
 		out = append(out, s)
 	}
+	out = append(out, rep.federationLines()...)
+	for _, n := range rep.Notes {
+		out = append(out, "Note: "+n+".")
+	}
 	t := rep.Traffic
 	if t == nil {
 		return out
@@ -191,7 +271,7 @@ func (rep *Report) SummaryLines() []string {
 		out = append(out, fmt.Sprintf("Before the %s %s served %.0f%% of %d answered requests.", p.event(), p.Fail, 100*t.BeforeShare, t.BeforeRequests))
 	}
 	for _, f := range t.Federations {
-		s := f.Federation + ": "
+		s := "The traffic's router, " + f.Federation + ": "
 		if f.DownAfterMs != nil {
 			s += fmt.Sprintf("marked %s down %.0f ms after the drill began", p.Fail, *f.DownAfterMs)
 		} else {
@@ -250,14 +330,14 @@ func (rep *Report) WriteReport(file string) (jsonPath, htmlPath string, err erro
 		return "", "", err
 	}
 	if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
-		return "", "", fmt.Errorf("--report: %w", err)
+		return "", "", fmt.Errorf("drill report: %w", err)
 	}
 	var buf bytes.Buffer
 	if err := timeline.WriteHTML(&buf, rep.chart()); err != nil {
 		return "", "", err
 	}
 	if err := os.WriteFile(htmlPath, buf.Bytes(), 0o644); err != nil {
-		return "", "", fmt.Errorf("--report: %w", err)
+		return "", "", fmt.Errorf("drill report: %w", err)
 	}
 	return jsonPath, htmlPath, nil
 }
@@ -265,10 +345,20 @@ func (rep *Report) WriteReport(file string) (jsonPath, htmlPath string, err erro
 func (rep *Report) chart() timeline.Chart {
 	p := rep.Plan
 	c := timeline.Chart{Title: fmt.Sprintf("meshfed drill %s: %s of %s (%s)", p.ID, p.kind(), p.Fail, p.Service), Summary: rep.SummaryLines()}
-	c.Facts = append(c.Facts, [2]string{"drill key", p.Key}, [2]string{"lease TTL", p.LeaseTTL.String()}, [2]string{"duration", p.Duration.String()})
+	c.Facts = append(c.Facts, [2]string{"drill key", p.Key}, [2]string{"fault", p.kind()}, [2]string{"lease TTL", p.LeaseTTL.String()}, [2]string{"duration", p.Duration.String()})
+	for _, f := range rep.Federations {
+		v := "not marked down"
+		if f.DownAfterMs != nil {
+			v = fmt.Sprintf("down %.0f ms after the %s began", *f.DownAfterMs, p.event())
+		}
+		if f.UpAfterMs != nil {
+			v += fmt.Sprintf(", up %.0f ms after the lift", *f.UpAfterMs)
+		}
+		c.Facts = append(c.Facts, [2]string{f.Federation + "'s federation", v})
+	}
 	t := rep.Traffic
 	if t == nil {
-		c.Summary = append(c.Summary, "No traffic was driven (give --from and --target for a timeline).")
+		c.Summary = append(c.Summary, "No traffic was driven (the drill had no traffic source and target): no timeline.")
 		return c
 	}
 	c.BucketMs = t.BucketMs

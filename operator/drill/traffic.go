@@ -58,7 +58,7 @@ func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target,
 		scancel()
 		if err != nil {
 			cancel()
-			return nil, fmt.Errorf("drill: --xds: %w", err)
+			return nil, fmt.Errorf("drill: xDS server %s: %w", r.XDS, err)
 		}
 		router = xr
 		t.route = "xDS " + r.XDS + " EDS " + names.ClusterName(tgt.Namespace, tgt.Name, tgt.Port) + ", SNI " + names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port)
@@ -74,7 +74,7 @@ func startTraffic(ctx context.Context, st *store.Store, r *Request, tgt *Target,
 		scancel()
 		if err != nil {
 			cancel()
-			return nil, fmt.Errorf("drill: read the keyspace for --from %s: %w", r.From, err)
+			return nil, fmt.Errorf("drill: read the keyspace for the traffic from %s: %w", r.From, err)
 		}
 		router, t.router = pr, pr
 		t.route = "plan of " + r.From + " (etcd + federation/planner), SNI " + names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port)

@@ -212,7 +212,7 @@ func (x *xdsRouter) waitFirst(ctx context.Context) error {
 	case <-x.got:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("no ClusterLoadAssignment %s from the xDS server at %s: %w (is it the --from cluster's federation service with --xds-listen, and does it import the service?)", x.cluster, x.addr, ctx.Err())
+		return fmt.Errorf("no ClusterLoadAssignment %s from the xDS server at %s: %w (is it the xDS server of the traffic's source cluster's federation service, and does that cluster import the service?)", x.cluster, x.addr, ctx.Err())
 	}
 }
 
