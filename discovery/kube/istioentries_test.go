@@ -215,6 +215,28 @@ func testIstioAmbientEntries(t *testing.T, east *cluster) {
 		return nil
 	}
 	waitFor("first view", want)
+	// Settled: another pass over the same view writes nothing (the built spec and the stored
+	// one compare equal: no update every pass).
+	writes := func() float64 {
+		n := 0.0
+		for _, k := range []string{"ServiceEntry", "WorkloadEntry"} {
+			for _, verb := range []string{"create", "update"} {
+				n += testutil.ToFloat64(im.m.writes.WithLabelValues(k, verb, "ok"))
+			}
+		}
+		return n
+	}
+	before, passes := writes(), testutil.ToFloat64(im.m.passes.WithLabelValues("ok"))
+	im.Update(buildView(1, []*records.Cluster{self, west, north, south}, exports()))
+	kubetest.Eventually(t, wait, func() error {
+		if testutil.ToFloat64(im.m.passes.WithLabelValues("ok")) <= passes {
+			return fmt.Errorf("no pass yet")
+		}
+		return nil
+	})
+	if after := writes(); after != before {
+		t.Errorf("a pass over an unchanged view wrote %v entries", after-before)
+	}
 	// The network is the one the Gateway of that cluster is labelled with.
 	gw, err := east.c.Dynamic.Resource(GatewayGVR).Namespace("istio-system").Get(ctx, "meshfed-west", metav1.GetOptions{})
 	if err != nil || gw.GetLabels()[LabelIstioNetwork] != wantWest.Network {
