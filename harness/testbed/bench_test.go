@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/internal/waitfor"
 )
 
 // BenchEnv runs TestFailoverTable (`make bench`, bench/60-testbed-failover.sh); its value
@@ -107,6 +110,52 @@ func TestFailoverTable(t *testing.T) {
 		table = append(table, row)
 	}
 	fmt.Printf("\nfailover of east's client away from west (testbed, calls every 100 ms):\n%s\n", strings.Join(table, "\n"))
+	fmt.Printf("\nreset fraction under drill --fault error=F (testbed, %d new TLS connections from the host to west's gateway per fault):\n%s\n",
+		errorConns, errorFractionRow(t, tb, n, 0.3))
+}
+
+// errorConns is how many new connections each error fault is measured with.
+const errorConns = 100
+
+// errorFractionRow runs n error=fraction drills against west and measures, for each, the
+// fraction of errorConns new connections to west's gateway that were reset, and whether
+// east's client left west meanwhile (it should not: the fault hits new connections, not
+// the health stream nor the client's open connection).
+func errorFractionRow(t *testing.T, tb *Testbed, n int, fraction float64) string {
+	east, west := tb.Cluster("east"), tb.Cluster("west")
+	sni := names.ServiceSNI(ServiceNamespace, "echo", ServicePort)
+	var got []float64
+	moved := 0
+	for i := 0; i < n; i++ {
+		d := startDrill(t, tb, "west", fmt.Sprintf("error=%v", fraction), "--duration", "60s", "--lease-ttl", "5s")
+		if !waitfor.Poll(15*time.Second, func() bool { return tlsTo(east, west.GatewayAddr, sni, time.Second) != nil }) {
+			t.Fatalf("error=%v #%d: no connection reset within 15s", fraction, i)
+		}
+		from := time.Now()
+		reset := 0
+		for j := 0; j < errorConns; j++ {
+			if tlsTo(east, west.GatewayAddr, sni, 2*time.Second) != nil {
+				reset++
+			}
+		}
+		for _, c := range east.Calls.Between(from, time.Now()) {
+			if c.Cluster != "" && c.Cluster != "west" {
+				moved++
+				break
+			}
+		}
+		got = append(got, float64(reset)/errorConns)
+		_ = d.cmd.Process.Signal(os.Interrupt)
+		<-d.exited
+		if !waitfor.Poll(15*time.Second, func() bool { return tlsTo(east, west.GatewayAddr, sni, time.Second) == nil }) {
+			t.Fatalf("error=%v #%d: west's gateway still resets after the drill", fraction, i)
+		}
+	}
+	slices.Sort(got)
+	row := fmt.Sprintf("%-36s n=%-3d reset fraction p50 %.2f  min %.2f  max %.2f  east's client moved off west in %d of %d faults",
+		fmt.Sprintf("drill --fault error=%v", fraction), n, got[len(got)/2], got[0], got[len(got)-1], moved, n)
+	t.Log(row)
+	return row
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
