@@ -58,6 +58,9 @@ type ClusterSpec struct {
 	// gateway: the cluster record and GatewayAddr name the proxy, so a test can reset
 	// (Kill) or blackhole the gateway as other clusters see it.
 	GatewayFaults bool
+	// BundleEndpoint, with Options.Trust, makes the cluster's trust component serve the SPIFFE
+	// bundle endpoint (`meshfed federation --bundle-endpoint`; Cluster.BundleEndpointAddr).
+	BundleEndpoint *federate.EndpointConfig
 }
 
 // Options configures the federation.
@@ -133,6 +136,7 @@ type Cluster struct {
 	f       *Federation
 	mu      sync.Mutex
 	agent   *agent.Agent
+	trust   *federate.Service
 	fedStop context.CancelFunc
 	fedDone chan error
 	gw      *process.Process
@@ -321,7 +325,8 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 			return fmt.Errorf("trust source: %w", err)
 		}
 		tsvc, err = federate.New(federate.Config{Cluster: c.Spec.Name, TrustDomain: c.Spec.TrustDomain, Source: src,
-			BundleDir: c.BundleDir, Store: c.Store, Log: log.With("cluster", c.Spec.Name), Registry: reg, RetryInterval: 200 * time.Millisecond})
+			BundleDir: c.BundleDir, Store: c.Store, Log: log.With("cluster", c.Spec.Name), Registry: reg, RetryInterval: 200 * time.Millisecond,
+			Endpoint: c.Spec.BundleEndpoint})
 		if err != nil {
 			return fmt.Errorf("trust: %w", err)
 		}
@@ -371,8 +376,19 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 		go func() { _ = adm.Serve(rctx) }()
 	}
 	go func() { done <- ag.Run(rctx) }()
-	c.agent, c.fedStop, c.fedDone = ag, cancel, done
+	c.agent, c.fedStop, c.fedDone, c.trust = ag, cancel, done, tsvc
 	return nil
+}
+
+// BundleEndpointAddr is the bound address of the cluster's SPIFFE bundle endpoint
+// (ClusterSpec.BundleEndpoint; "" until it listens or without one).
+func (c *Cluster) BundleEndpointAddr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.trust == nil {
+		return ""
+	}
+	return c.trust.EndpointAddr()
 }
 
 // StopFederation stops the federation process (its heartbeat then expires after the

@@ -2,9 +2,18 @@ package harness_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
+	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +32,7 @@ import (
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/trust/federate"
 )
 
 func echoExportsN(addrs ...string) string {
@@ -446,4 +456,174 @@ func TestIstioMCPFollowsGatewayFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait("west's gateway back after the blackhole", true, 30*time.Second)
+}
+
+// TestIstiodTrust: the other clusters' roots reach east's proxies through istiod, in both
+// forms `meshfed istio config` generates (operator.IstioConfig): PEM caCertificates from
+// etcd's bundles/, and spiffeBundleUrl pointing at east's own SPIFFE bundle endpoint
+// (`meshfed federation --bundle-endpoint`, served here with a certificate istiod trusts
+// through SSL_CERT_FILE). Asserted on what the real istiod sends a sidecar that subscribes
+// to PCDS as an agent with PROXY_CONFIG_XDS_AGENT=true does: caCertificatesPem holds
+// exactly west's and north's roots (this istiod runs no CA of its own), and the mesh
+// default the settings carry turns that subscription on.
+func TestIstiodTrust(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a federation, kube-apiserver and istiod")
+	}
+	if istiotest.Binary() == "" {
+		t.Skip(istiotest.SkipHint)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	wl, err := harness.StartWorkload("west", "echo-0", harness.WorkloadIP(1, 0)+":0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	// East's bundle endpoint serves a certificate of a private "Web PKI" CA for its address;
+	// istiod is told to trust that CA (SSL_CERT_FILE), as it would trust a public one.
+	webCA, certFile, keyFile := webPKI(t, harness.ClusterIP(0))
+	f, err := harness.Start(ctx, harness.Options{Trust: true, Clusters: []harness.ClusterSpec{
+		{Name: "east", IstioMCP: true, BundleEndpoint: &federate.EndpointConfig{Addr: harness.ClusterIP(0) + ":0", CertFile: certFile, KeyFile: keyFile}},
+		{Name: "west", Exports: echoExportsN(wl.Addr)},
+		{Name: "north", Region: "region-2"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	east := f.Cluster("east")
+	// The roots istiod must hand out: west's and north's development CAs' (not east's own).
+	var want []string
+	for _, name := range []string{"west", "north"} {
+		roots, err := f.Cluster(name).CA.Roots()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range roots {
+			want = append(want, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})))
+		}
+	}
+	sort.Strings(want)
+	waitfor.Cond(t, 30*time.Second, func() bool { return east.Agent().Istio.Ready() == nil }, "east's MCP source has a plan")
+	api := kubetest.Start(t)
+
+	run := func(name string, o operator.IstioConfigOptions, extraEnv map[string]string) {
+		t.Helper()
+		var settings *istio.Settings
+		// Every cluster's bundle published (each federation publishes its own).
+		waitfor.Cond(t, 30*time.Second, func() bool {
+			s, _, err := operator.IstioConfig(ctx, east.Store, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			settings = s
+			return len(s.MeshConfig.GetCaCertificates()) == 2
+		}, "%s: west's and north's bundles in etcd", name)
+		if v := settings.MeshConfig.GetDefaultConfig().GetProxyMetadata()["PROXY_CONFIG_XDS_AGENT"]; v != "true" {
+			t.Fatalf("%s: the settings do not turn the agents' PCDS on (defaultConfig.proxyMetadata %v)", name, settings.MeshConfig.GetDefaultConfig())
+		}
+		mesh, err := settings.MeshConfigYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s meshConfig:\n%s", name, mesh)
+		env := map[string]string{}
+		for k, v := range settings.Env {
+			env[k] = v
+		}
+		for k, v := range extraEnv {
+			env[k] = v
+		}
+		ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: mesh, Env: env, PodName: "istiod-" + name})
+		defer ist.Close()
+		sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
+			IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
+			Labels: map[string]string{"app": "client"}, ProxyConfig: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		snap, took, err := sc.WaitFor(60*time.Second, func(s istiotest.Snapshot) bool {
+			got := append([]string(nil), s.CACertificatesPEM...)
+			sort.Strings(got)
+			return strings.Join(got, "") == strings.Join(want, "")
+		})
+		if err != nil {
+			t.Fatalf("%s: PCDS: %v\nistiod sent %d PCDS answers, roots %v\nwant west's and north's %v\nistiod:\n%s", name, err,
+				snap.ProxyConfigs, subjects(t, snap.CACertificatesPEM), subjects(t, want), ist.LogTail(30))
+		}
+		t.Logf("%s: istiod's PCDS carries %v, %v after the sidecar connected", name, subjects(t, snap.CACertificatesPEM), took.Round(time.Millisecond))
+	}
+
+	run("pem", operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr}, nil)
+
+	waitfor.Cond(t, 20*time.Second, func() bool { return east.BundleEndpointAddr() != "" }, "east's bundle endpoint listening")
+	run("spiffe-bundle-url", operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr, BundleURL: "https://" + east.BundleEndpointAddr()},
+		map[string]string{"SSL_CERT_FILE": webCA})
+}
+
+// webPKI writes a CA and a serving certificate for ip signed by it (a stand-in for a
+// public CA) and returns the CA file, the certificate and the key files.
+func webPKI(t *testing.T, ip string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test web PKI root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: ip}, IPAddresses: []net.IP{net.ParseIP(ip)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	for _, w := range []struct {
+		path, typ string
+		der       []byte
+	}{{caFile, "CERTIFICATE", caDER}, {certFile, "CERTIFICATE", der}, {keyFile, "EC PRIVATE KEY", kder}} {
+		if err := os.WriteFile(w.path, pem.EncodeToMemory(&pem.Block{Type: w.typ, Bytes: w.der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return caFile, certFile, keyFile
+}
+
+// subjects names PEM certificates by their subject, for messages.
+func subjects(t *testing.T, pems []string) []string {
+	t.Helper()
+	var out []string
+	for _, p := range pems {
+		b, _ := pem.Decode([]byte(p))
+		if b == nil {
+			out = append(out, "(not PEM)")
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			out = append(out, "(bad certificate)")
+			continue
+		}
+		out = append(out, c.Subject.String())
+	}
+	return out
 }

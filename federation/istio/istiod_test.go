@@ -3,6 +3,7 @@ package istio
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,12 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/internal/istiotest"
@@ -169,4 +176,171 @@ func clusterTLS(t *testing.T, c *clusterv3.Cluster) (sni, validation string) {
 	}
 	t.Fatalf("cluster %s has no TLS transport socket: %v", c.GetName(), c)
 	return "", ""
+}
+
+// TestIstiodLocalServiceFirst: east also runs demo/echo itself, as a Kubernetes Service
+// (two ready pods, an EndpointSlice, the port named as in the export) beside the import.
+// What istiod sends east's sidecar for the service is one cluster: the local pods at
+// priority 0, then each remote cluster's gateways in meshfed's order (the DestinationRule's
+// failoverPriority: the pods carry no rank label), the SNI unchanged; with the import gone,
+// the local pods alone. This is the "domain squatting" case of docs/istio.md, read off the
+// real istiod's EDS.
+func TestIstiodLocalServiceFirst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kube-apiserver and istiod")
+	}
+	if istiotest.Binary() == "" {
+		t.Skip(istiotest.SkipHint)
+	}
+	api := kubetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	localPods := createLocalEcho(ctx, t, api, "10.1.0.20", "10.1.0.21")
+
+	srv, _ := startServer(t, Options{})
+	src := NewSource(srv, BuildOptions{}, nil)
+	go func() { _ = src.Run(ctx) }()
+	src.Update(map[string]*Service{"demo/echo": echoPlan(
+		gw("west", "r1", "r1-b", 2, "127.0.0.21", "127.0.0.22"),
+		gw("north", "r2", "r2-a", 3, "127.0.0.31"),
+	)})
+	waitState(t, srv)
+
+	mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n- address: k8s://\ntrustDomain: east.example\n", srv.Addr())
+	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: []byte(mesh)})
+	sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
+		IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
+		Labels:   map[string]string{"app": "client"},
+		Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+
+	// The local endpoints: at priority 0, whatever their locality and weight (istiod's own).
+	local := func(s istiotest.Snapshot) []string {
+		var out []string
+		for _, e := range istiotest.Flatten(s.Endpoints[echoCluster]) {
+			if strings.HasPrefix(e.Address, "10.1.0.") {
+				out = append(out, fmt.Sprintf("%d %s", e.Priority, e.Address))
+			}
+		}
+		return out
+	}
+	remote := func(s istiotest.Snapshot) []istiotest.Endpoint {
+		var out []istiotest.Endpoint
+		for _, e := range istiotest.Flatten(s.Endpoints[echoCluster]) {
+			if !strings.HasPrefix(e.Address, "10.1.0.") {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	wantLocal := fmt.Sprint(localPods)
+	west1 := istiotest.Endpoint{Priority: 1, Locality: "r1/r1-b/west", Address: "127.0.0.21:15443", Weight: 2}
+	west2 := istiotest.Endpoint{Priority: 1, Locality: "r1/r1-b/west", Address: "127.0.0.22:15443", Weight: 2}
+	north := istiotest.Endpoint{Priority: 2, Locality: "r2/r2-a/north", Address: "127.0.0.31:15443", Weight: 3}
+	snap, took, err := sc.WaitFor(60*time.Second, func(s istiotest.Snapshot) bool {
+		return fmt.Sprint(local(s)) == wantLocal && fmt.Sprint(remote(s)) == fmt.Sprint([]istiotest.Endpoint{west1, west2, north})
+	})
+	if err != nil {
+		t.Fatalf("EDS: %v\ngot %v\nwant local %s at priority 0, then %v\nistiod: %s", err, istiotest.Flatten(snap.Endpoints[echoCluster]),
+			wantLocal, []istiotest.Endpoint{west1, west2, north}, ist.LogTail(30))
+	}
+	t.Logf("EDS with a local Service after %v: %v", took.Round(time.Millisecond), istiotest.Flatten(snap.Endpoints[echoCluster]))
+	// The real istiod asked for exactly the types meshfed knows (KnownTypes is the pinned
+	// istio's list: no version skew) and ACKed every answer, meshfed's three included.
+	waitfor.Cond(t, 30*time.Second, func() bool { r := srv.Report(); return len(r.Istiods) == 1 && r.Istiods[0].Synced },
+		"istiod synced (every type it asked for ACKed): %+v", srv.Report())
+	if r := srv.Report(); len(r.UnknownTypes) != 0 || len(r.NACKs) != 0 {
+		t.Errorf("istiod asked for types meshfed does not know %v, or NACKed %v", r.UnknownTypes, r.NACKs)
+	}
+	c := snap.Clusters[echoCluster]
+	if c == nil {
+		t.Fatalf("no CDS %s; have %v", echoCluster, keys(snap.Clusters))
+	}
+	if sni, validation := clusterTLS(t, c); sni != "outbound_.8443_._.echo.demo.svc.cluster.local" {
+		t.Errorf("SNI %q (validation %s)", sni, validation)
+	}
+	if n := strings.Count(strings.Join(keys(snap.Clusters), " "), "echo.demo"); n != 1 {
+		t.Errorf("CDS has %d clusters for echo.demo (%v): want the one service", n, keys(snap.Clusters))
+	}
+
+	// The plan changes (north first): the local pods stay at priority 0.
+	src.Update(map[string]*Service{"demo/echo": echoPlan(
+		gw("north", "r2", "r2-a", 3, "127.0.0.31"),
+		gw("west", "r1", "r1-b", 2, "127.0.0.21", "127.0.0.22"),
+	)})
+	north.Priority, west1.Priority, west2.Priority = 1, 2, 2
+	if snap, took, err = sc.WaitFor(30*time.Second, func(s istiotest.Snapshot) bool {
+		return fmt.Sprint(local(s)) == wantLocal && fmt.Sprint(remote(s)) == fmt.Sprint([]istiotest.Endpoint{north, west1, west2})
+	}); err != nil {
+		t.Fatalf("reorder: %v; got %v", err, istiotest.Flatten(snap.Endpoints[echoCluster]))
+	}
+	t.Logf("reorder beside the local Service at the sidecar in %v", took.Round(time.Millisecond))
+
+	// The import goes: the service stays, with the local pods alone.
+	src.Update(map[string]*Service{"demo/echo": nil})
+	if snap, took, err = sc.WaitFor(30*time.Second, func(s istiotest.Snapshot) bool {
+		return s.Clusters[echoCluster] != nil && fmt.Sprint(local(s)) == wantLocal && len(remote(s)) == 0
+	}); err != nil {
+		t.Fatalf("unimport: %v; got %v", err, istiotest.Flatten(snap.Endpoints[echoCluster]))
+	}
+	t.Logf("unimport: local pods alone at the sidecar after %v", took.Round(time.Millisecond))
+}
+
+// createLocalEcho makes demo/echo a Kubernetes Service of this cluster, as Kubernetes would
+// have it with no kubelet: ready pods (status written here), their EndpointSlice, the port
+// named "https" as in echoPlan. It returns "0 <ip>:8443" per pod (the priority expected).
+func createLocalEcho(ctx context.Context, t *testing.T, api *kubetest.APIServer, ips ...string) []string {
+	t.Helper()
+	kc, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	must(kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}))
+	// No controller-manager: the namespace's default ServiceAccount, which pods need.
+	must(kc.CoreV1().ServiceAccounts("demo").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}))
+	must(kc.CoreV1().Services("demo").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Name: "https", Port: 8443, TargetPort: intstr.FromInt32(8443), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{}))
+	port, name, proto, ready := int32(8443), "https", corev1.ProtocolTCP, true
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "echo-local", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	var want []string
+	for i, ip := range ips {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("echo-%d", i), Namespace: "demo",
+				Labels: map[string]string{"app": "echo", "security.istio.io/tlsMode": "istio"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: "echo:test"}}},
+		}
+		p, err := kc.CoreV1().Pods("demo").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+		if _, err := kc.CoreV1().Pods("demo").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: "demo", Name: p.Name, UID: p.UID}})
+		want = append(want, fmt.Sprintf("0 %s:8443", ip))
+	}
+	must(kc.DiscoveryV1().EndpointSlices("demo").Create(ctx, sl, metav1.CreateOptions{}))
+	sort.Strings(want)
+	return want
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 )
 
 // SidecarConfig describes the Envoy sidecar a test poses as.
@@ -32,7 +33,14 @@ type SidecarConfig struct {
 	// Locality is the node's locality (nil: none; then istiod puts every endpoint at
 	// priority 0).
 	Locality *corev3.Locality
+	// ProxyConfig also subscribes to PCDS (ProxyConfigType), as the sidecar's agent does with
+	// PROXY_CONFIG_XDS_AGENT=true: istiod then sends the mesh's merged trust roots
+	// (Snapshot.CACertificatesPEM) when ISTIO_MULTIROOT_MESH is on.
+	ProxyConfig bool
 }
+
+// ProxyConfigType is the type URL of istiod's PCDS (istio's pkg/model.ProxyConfigType).
+const ProxyConfigType = "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig"
 
 // NodeID is the sidecar's Envoy node id.
 func (c SidecarConfig) NodeID() string {
@@ -67,6 +75,10 @@ func (c SidecarConfig) node() (*corev3.Node, error) {
 type Snapshot struct {
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// CACertificatesPEM is the last PCDS answer's caCertificatesPem (istiod's merged trust
+	// bundle for workloads, sorted), and ProxyConfigs the number of PCDS answers so far.
+	CACertificatesPEM []string
+	ProxyConfigs      int
 	// At is when the last response arrived.
 	At time.Time
 }
@@ -108,6 +120,13 @@ func ConnectSidecar(addr string, cfg SidecarConfig) (*Sidecar, error) {
 		cancel()
 		conn.Close()
 		return nil, err
+	}
+	if cfg.ProxyConfig {
+		if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: ProxyConfigType}); err != nil {
+			cancel()
+			conn.Close()
+			return nil, err
+		}
 	}
 	go s.recv(stream)
 	return s, nil
@@ -153,6 +172,14 @@ func (s *Sidecar) recv(stream discoveryv3.AggregatedDiscoveryService_StreamAggre
 			}
 			s.snap.Endpoints = eps
 			edsVersion, edsNonce = resp.GetVersionInfo(), resp.GetNonce()
+		case ProxyConfigType:
+			for _, a := range resp.GetResources() {
+				pc := &meshv1alpha1.ProxyConfig{}
+				if a.UnmarshalTo(pc) == nil {
+					s.snap.CACertificatesPEM = append([]string(nil), pc.GetCaCertificatesPem()...)
+				}
+			}
+			s.snap.ProxyConfigs++
 		}
 		s.snap.At = time.Now()
 		close(s.changed)
