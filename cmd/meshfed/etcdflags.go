@@ -58,11 +58,30 @@ func (f *etcdFlags) config() store.Config {
 		Username: f.user, Password: f.password, Prefix: f.prefix, DialTimeout: f.dialTimeout}
 }
 
+// etcdFlagOf maps the fields of store.Config's errors to the flags.
+var etcdFlagOf = map[string]string{
+	store.FieldEndpoints: "--etcd-endpoints",
+	store.FieldCACert:    "--etcd-cacert",
+	store.FieldCert:      "--etcd-cert",
+	store.FieldKey:       "--etcd-key",
+	store.FieldCertKey:   "--etcd-cert/--etcd-key",
+	store.FieldUserPass:  "--etcd-user/--etcd-password",
+	store.FieldPrefix:    "--prefix",
+}
+
+// validate checks the flags, each problem naming its flag.
+func (f *etcdFlags) validate() error {
+	cfg := f.config()
+	return flagErr(cfg.Validate(), etcdFlagOf)
+}
+
 // open dials etcd and returns the store over the process's one client.
 func (f *etcdFlags) open(ctx context.Context, log *slog.Logger) (*store.Store, *clientv3.Client, error) {
 	cli, err := store.Dial(ctx, f.config())
-	if err != nil {
-		return nil, nil, err
+	if m := flagErr(err, etcdFlagOf); m != err {
+		return nil, nil, m // a field of the config: its flag named
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("%w (flags: --etcd-endpoints, --etcd-cacert, --etcd-cert/--etcd-key, --etcd-user/--etcd-password)", err)
 	}
 	st, err := store.New(cli, f.prefix, log)
 	if err != nil {

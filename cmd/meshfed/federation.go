@@ -140,10 +140,7 @@ func (f *federationFlags) validate() error {
 	if f.trust.enabled() {
 		errs.AddErr("", f.trust.validate())
 	}
-	if cfg := f.etcd.config(); cfg.Validate() != nil {
-		err := cfg.Validate()
-		errs.AddErr("", err)
-	}
+	errs.AddErr("", f.etcd.validate())
 	return errs.Err()
 }
 

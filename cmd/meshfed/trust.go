@@ -292,9 +292,7 @@ func (f *rotateFlags) validate() error {
 			errs.Add("--exclude", "%v", err)
 		}
 	}
-	if cfg := f.etcd.config(); cfg.Validate() != nil {
-		errs.AddErr("", cfg.Validate())
-	}
+	errs.AddErr("", f.etcd.validate())
 	return errs.Err()
 }
 

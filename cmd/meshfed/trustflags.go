@@ -93,7 +93,7 @@ func (f *trustFlags) validate() error {
 	}
 	if f.configMap != "" {
 		if _, _, err := federate.ParseConfigMapRef(f.configMap); err != nil {
-			errs.Add("--bundle-configmap", "%v", err)
+			errs.AddErr("", flagErr(err, trustFlagOf))
 		}
 	}
 	if f.poll < 10*time.Millisecond {
@@ -116,7 +116,7 @@ func (f *trustFlags) build(cluster string, st *store.Store, log *slog.Logger, re
 	if f.bundleSource != "" {
 		src, err := source.Parse(f.bundleSource, f.trustDomain, source.Options{Log: log, Metrics: source.NewMetrics(reg), Poll: f.poll, DevCADir: f.devCADir})
 		if err != nil {
-			return nil, err
+			return nil, flagErr(err, sourceFlagOf)
 		}
 		cfg.Source = src
 	}
@@ -138,5 +138,22 @@ func (f *trustFlags) build(cluster string, st *store.Store, log *slog.Logger, re
 		}
 		cfg.ConfigMap = &federate.ConfigMapOutput{Client: cl.Kube, Namespace: ns, Name: name}
 	}
-	return federate.New(cfg)
+	svc, err := federate.New(cfg)
+	return svc, flagErr(err, trustFlagOf)
 }
+
+// trustFlagOf and sourceFlagOf map the fields of trust/federate's and trust/source's
+// errors to the flags.
+var (
+	trustFlagOf = map[string]string{
+		federate.FieldTrustDomain:     "--trust-domain",
+		federate.FieldEndpoint:        "--bundle-endpoint",
+		federate.FieldEndpointCertKey: "--bundle-endpoint-cert/--bundle-endpoint-key",
+		federate.FieldConfigMap:       "--bundle-configmap",
+	}
+	sourceFlagOf = map[string]string{
+		source.FieldTrustDomain: "--trust-domain",
+		source.FieldSpec:        "--bundle-source",
+		source.FieldDevCADir:    "--dev-ca-dir",
+	}
+)

@@ -17,7 +17,7 @@ import (
 	"github.com/meshfed/meshfed/keyspace/records"
 )
 
-// Config is how to reach etcd: the shared flags of every etcd-using command.
+// Config is how to reach etcd (what the shared etcd flags of every command fill in).
 type Config struct {
 	Endpoints   []string
 	CACert      string
@@ -32,11 +32,23 @@ type Config struct {
 // DefaultEndpoint is the embedded etcd's default client address.
 const DefaultEndpoint = "127.0.0.1:2379"
 
-// Validate checks the flags and reports every problem, each naming its flag.
+// Fields of Config as its errors name them (*validate.FieldError): a command maps them to
+// its flags.
+const (
+	FieldEndpoints = "endpoints"
+	FieldCACert    = "CA certificate"
+	FieldCert      = "client certificate"
+	FieldKey       = "client key"
+	FieldCertKey   = "client certificate/key"
+	FieldUserPass  = "user/password"
+	FieldPrefix    = "prefix"
+)
+
+// Validate checks the config and reports every problem, each naming its field.
 func (c *Config) Validate() error {
 	var errs validate.Errors
 	if len(c.Endpoints) == 0 {
-		errs.Add("--etcd-endpoints", "no endpoint: give HOST:PORT or https://HOST:PORT (comma-separated), or set MESHFED_ETCD_ENDPOINTS")
+		errs.Add(FieldEndpoints, "no endpoint: give HOST:PORT or https://HOST:PORT (comma-separated), or set MESHFED_ETCD_ENDPOINTS")
 	}
 	for _, e := range c.Endpoints {
 		hp := e
@@ -46,30 +58,30 @@ func (c *Config) Validate() error {
 			hp = rest
 		}
 		if err := validate.HostPort(hp); err != nil {
-			errs.Add("--etcd-endpoints", "%v", err)
+			errs.Add(FieldEndpoints, "%v", err)
 		}
 	}
 	if (c.Cert == "") != (c.Key == "") {
-		errs.Add("--etcd-cert/--etcd-key", "give both the client certificate and its key, or neither")
+		errs.Add(FieldCertKey, "give both the client certificate and its key, or neither")
 	}
-	for flag, path := range map[string]string{"--etcd-cacert": c.CACert, "--etcd-cert": c.Cert, "--etcd-key": c.Key} {
+	for field, path := range map[string]string{FieldCACert: c.CACert, FieldCert: c.Cert, FieldKey: c.Key} {
 		if path == "" {
 			continue
 		}
 		if _, err := os.Stat(path); err != nil {
-			errs.Add(flag, "%v", err)
+			errs.Add(field, "%v", err)
 		}
 	}
 	if (c.Username == "") != (c.Password == "") {
-		errs.Add("--etcd-user/--etcd-password", "give both the user and the password, or neither")
+		errs.Add(FieldUserPass, "give both the user and the password, or neither")
 	}
 	if _, err := records.NewKeyspace(c.Prefix); err != nil {
-		errs.Add("--prefix", "%v", err)
+		errs.Add(FieldPrefix, "%v", err)
 	}
 	return errs.Err()
 }
 
-// TLSConfig builds the client TLS config, or nil when no TLS flag is set and no endpoint
+// TLSConfig builds the client TLS config, or nil when no TLS file is set and no endpoint
 // is https.
 func (c *Config) TLSConfig() (*tls.Config, error) {
 	useTLS := c.CACert != "" || c.Cert != ""
@@ -85,18 +97,18 @@ func (c *Config) TLSConfig() (*tls.Config, error) {
 	if c.CACert != "" {
 		pem, err := os.ReadFile(c.CACert)
 		if err != nil {
-			return nil, fmt.Errorf("--etcd-cacert: %w", err)
+			return nil, &validate.FieldError{Field: FieldCACert, Msg: err.Error()}
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--etcd-cacert %s: no PEM certificate found", c.CACert)
+			return nil, &validate.FieldError{Field: FieldCACert, Msg: c.CACert + ": no PEM certificate found"}
 		}
 		tc.RootCAs = pool
 	}
 	if c.Cert != "" {
 		kp, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 		if err != nil {
-			return nil, fmt.Errorf("--etcd-cert/--etcd-key: %w", err)
+			return nil, &validate.FieldError{Field: FieldCertKey, Msg: err.Error()}
 		}
 		tc.Certificates = []tls.Certificate{kp}
 	}
@@ -135,13 +147,13 @@ func Dial(ctx context.Context, c Config) (*clientv3.Client, error) {
 		Context:     context.Background(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %s: %w (check --etcd-endpoints, that etcd is up, and its TLS: --etcd-cacert, --etcd-cert/--etcd-key)", strings.Join(c.Endpoints, ","), err)
+		return nil, fmt.Errorf("connect to etcd %s: %w (check the endpoints, that etcd is up, and its TLS: the CA certificate, the client certificate and key)", strings.Join(c.Endpoints, ","), err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, dt)
 	defer cancel()
 	if _, err := cli.Get(pctx, "health-probe-"+c.Prefix, clientv3.WithCountOnly()); err != nil && !isPermissionDenied(err) {
 		cli.Close()
-		return nil, fmt.Errorf("etcd %s does not answer: %w (check --etcd-endpoints, TLS and credentials)", strings.Join(c.Endpoints, ","), err)
+		return nil, fmt.Errorf("etcd %s does not answer: %w (check the endpoints, TLS and credentials)", strings.Join(c.Endpoints, ","), err)
 	}
 	return cli, nil
 }

@@ -2,15 +2,8 @@ package store_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -28,40 +22,13 @@ type pki struct{ ca, serverCert, serverKey, clientCert, clientKey string }
 
 func writePKI(t *testing.T, dir string) pki {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test etcd CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	write := func(name string, blocks ...*pem.Block) string {
-		p := filepath.Join(dir, name)
-		var b []byte
-		for _, blk := range blocks {
-			b = append(b, pem.EncodeToMemory(blk)...)
-		}
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage, ips []net.IP) (string, string) {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, IPAddresses: ips,
-			ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalECPrivateKey(k)
-		return write(name+".pem", &pem.Block{Type: "CERTIFICATE", Bytes: der}), write(name+"-key.pem", &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	}
-	p := pki{ca: write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})}
-	p.serverCert, p.serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth, []net.IP{net.ParseIP("127.0.0.1")})
-	p.clientCert, p.clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth, nil)
+	ca := testpki.New(t, testpki.Spec{CN: "test etcd CA", CA: true, Serial: 1})
+	p := pki{ca: filepath.Join(dir, "ca.pem")}
+	testpki.Write(t, p.ca, ca.CertPEM())
+	p.serverCert, p.serverKey = ca.Issue(t, testpki.Spec{CN: "server", Serial: 2, IPs: []net.IP{net.ParseIP("127.0.0.1")},
+		EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}).WriteFiles(t, dir, "server")
+	p.clientCert, p.clientKey = ca.Issue(t, testpki.Spec{CN: "client", Serial: 3,
+		EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}).WriteFiles(t, dir, "client")
 	return p
 }
 
@@ -124,7 +91,7 @@ func TestExternalEtcdWithMTLSAndAuth(t *testing.T) {
 	if c, err := store.Dial(ctx, noCert); err == nil {
 		c.Close()
 		t.Fatal("dialed an mTLS etcd without a client certificate")
-	} else if !strings.Contains(err.Error(), "--etcd-endpoints") {
+	} else if !strings.Contains(err.Error(), "check the endpoints") {
 		t.Errorf("error does not say what to check: %v", err)
 	}
 	badPW := good

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/reloadfile"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
@@ -55,16 +56,16 @@ type endpointServer struct {
 
 func newEndpointServer(s *Service, cfg EndpointConfig) (*endpointServer, error) {
 	if cfg.Addr == "" {
-		return nil, errors.New("--bundle-endpoint: give HOST:PORT")
+		return nil, &validate.FieldError{Field: FieldEndpoint, Msg: "give HOST:PORT"}
 	}
 	hasFiles := cfg.CertFile != "" || cfg.KeyFile != ""
 	switch {
 	case hasFiles && (cfg.CertFile == "" || cfg.KeyFile == ""):
-		return nil, errors.New("--bundle-endpoint-cert and --bundle-endpoint-key: give both")
+		return nil, &validate.FieldError{Field: FieldEndpointCertKey, Msg: "give both"}
 	case !hasFiles && cfg.DevCADir == "":
-		return nil, errors.New("--bundle-endpoint needs a serving certificate: --bundle-endpoint-cert/--bundle-endpoint-key, or the dev CA (--bundle-source dev)")
+		return nil, &validate.FieldError{Field: FieldEndpointCertKey, Msg: "the bundle endpoint needs a serving certificate and key, or the dev CA (the dev bundle source)"}
 	case !hasFiles && s.cfg.TrustDomain == "":
-		return nil, errors.New("--bundle-endpoint with the dev CA needs --trust-domain")
+		return nil, &validate.FieldError{Field: FieldTrustDomain, Msg: "the bundle endpoint with the dev CA needs the trust domain"}
 	}
 	e := &endpointServer{s: s, cfg: cfg}
 	if hasFiles {
@@ -74,7 +75,7 @@ func newEndpointServer(s *Service, cfg EndpointConfig) (*endpointServer, error) 
 			}
 		}})
 		if err != nil {
-			return nil, fmt.Errorf("--bundle-endpoint-cert: %w", err)
+			return nil, &validate.FieldError{Field: FieldEndpointCertKey, Msg: err.Error()}
 		}
 		e.files = f
 	}
@@ -162,7 +163,7 @@ func (e *endpointServer) run(ctx context.Context) error {
 	}
 	ln, err := net.Listen("tcp", e.cfg.Addr)
 	if err != nil {
-		return fmt.Errorf("--bundle-endpoint %s: %w", e.cfg.Addr, err)
+		return fmt.Errorf("bundle endpoint %s: %w", e.cfg.Addr, err)
 	}
 	e.mu.Lock()
 	e.ln = ln

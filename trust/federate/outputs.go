@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/bundlemap"
 	"github.com/meshfed/meshfed/trust"
@@ -183,7 +184,7 @@ func equalData(a, b map[string]string) bool {
 func ParseConfigMapRef(ref string) (namespace, name string, err error) {
 	ns, n, ok := strings.Cut(ref, "/")
 	if !ok || ns == "" || n == "" || strings.Contains(n, "/") {
-		return "", "", fmt.Errorf("--bundle-configmap %q: give NAMESPACE/NAME", ref)
+		return "", "", &validate.FieldError{Field: FieldConfigMap, Msg: fmt.Sprintf("%q: give NAMESPACE/NAME", ref)}
 	}
 	return ns, n, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -62,6 +63,15 @@ type Service struct {
 	outputCh chan struct{}
 }
 
+// Fields of Config as its errors name them (*validate.FieldError); a command maps them to
+// its flags.
+const (
+	FieldTrustDomain     = "trust domain"
+	FieldEndpoint        = "bundle endpoint"
+	FieldEndpointCertKey = "bundle endpoint certificate/key"
+	FieldConfigMap       = "bundle ConfigMap"
+)
+
 // New checks the configuration and builds the service (nothing runs until Run).
 func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil {
@@ -71,11 +81,11 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("trust: no cluster name")
 	}
 	if cfg.Source != nil && cfg.TrustDomain == "" {
-		return nil, errors.New("--bundle-source needs --trust-domain: the trust domain the bundle belongs to")
+		return nil, &validate.FieldError{Field: FieldTrustDomain, Msg: "a bundle source needs the trust domain the bundle belongs to"}
 	}
 	if cfg.TrustDomain != "" {
 		if _, err := trust.ParseTrustDomain(cfg.TrustDomain); err != nil {
-			return nil, fmt.Errorf("--trust-domain: %w", err)
+			return nil, &validate.FieldError{Field: FieldTrustDomain, Msg: err.Error()}
 		}
 	}
 	if cfg.Log == nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/trust"
 )
 
@@ -128,7 +129,8 @@ type Options struct {
 	DevCADir string
 }
 
-// Parse builds the source of --bundle-source SPEC for trust domain td:
+// Parse builds the bundle source of SPEC for trust domain td (errors are a
+// *validate.FieldError naming FieldTrustDomain, FieldSpec or FieldDevCADir):
 //
 //	file:PATH
 //	workload:SOCKET          (unix socket path, or unix:///path)
@@ -136,18 +138,18 @@ type Options struct {
 //	dev                      (the development CA in Options.DevCADir)
 func Parse(spec, td string, opts Options) (Source, error) {
 	if _, err := trust.ParseTrustDomain(td); err != nil {
-		return nil, fmt.Errorf("--trust-domain: %w", err)
+		return nil, &validate.FieldError{Field: FieldTrustDomain, Msg: err.Error()}
 	}
 	kind, arg, _ := strings.Cut(spec, ":")
 	switch kind {
 	case "file":
 		if arg == "" {
-			return nil, fmt.Errorf("--bundle-source %q: give file:PATH", spec)
+			return nil, specErr("%q: give file:PATH", spec)
 		}
 		return NewFile(td, arg, opts), nil
 	case "workload":
 		if arg == "" {
-			return nil, fmt.Errorf("--bundle-source %q: give workload:SOCKET (e.g. workload:/run/spire/sockets/agent.sock)", spec)
+			return nil, specErr("%q: give workload:SOCKET (e.g. workload:/run/spire/sockets/agent.sock)", spec)
 		}
 		addr := arg
 		if !strings.HasPrefix(addr, "unix:") && !strings.HasPrefix(addr, "tcp:") {
@@ -157,7 +159,7 @@ func Parse(spec, td string, opts Options) (Source, error) {
 	case "endpoint":
 		cfg, err := ParseEndpointSpec(td, arg)
 		if err != nil {
-			return nil, fmt.Errorf("--bundle-source %q: %w", spec, err)
+			return nil, specErr("%q: %v", spec, err)
 		}
 		return NewEndpoint(cfg, opts)
 	case "dev":
@@ -165,11 +167,22 @@ func Parse(spec, td string, opts Options) (Source, error) {
 			opts.DevCADir = arg
 		}
 		if opts.DevCADir == "" {
-			return nil, fmt.Errorf("--bundle-source dev: give the development CA directory (--dev-ca-dir, or dev:DIR)")
+			return nil, &validate.FieldError{Field: FieldDevCADir, Msg: "the dev source needs the development CA directory (or give dev:DIR)"}
 		}
 		return NewDev(td, opts.DevCADir, opts), nil
 	}
-	return nil, fmt.Errorf("--bundle-source %q: use file:PATH, workload:SOCKET, endpoint:URL[,profile=...] or dev", spec)
+	return nil, specErr("%q: use file:PATH, workload:SOCKET, endpoint:URL[,profile=...] or dev", spec)
+}
+
+// Fields named by Parse's errors; a command maps them to its flags.
+const (
+	FieldTrustDomain = "trust domain"
+	FieldSpec        = "bundle source"
+	FieldDevCADir    = "dev CA directory"
+)
+
+func specErr(format string, args ...any) error {
+	return &validate.FieldError{Field: FieldSpec, Msg: fmt.Sprintf(format, args...)}
 }
 
 // Profiles of a bundle endpoint (SPIFFE federation spec).
