@@ -42,6 +42,11 @@ type ClusterSpec struct {
 	Zone        string // default "<region>-a"
 	Network     string // default "net-<name>"
 	TrustDomain string // default "<name>.meshfed.test"
+	// ShareTrustDomainWith records the cluster as sharing the trust domain of that (earlier)
+	// cluster (join --share-trust-domain-with); with Options.Trust and Options.DevCADir the
+	// two then have one dev CA, one root. Its record is written before its federation starts
+	// (as join precedes it in a deployment), so its publisher never takes the bundle.
+	ShareTrustDomainWith string
 	// Exports is the initial exports file (YAML); empty exports nothing.
 	Exports string
 	// NoGateway skips the east-west gateway of this cluster.
@@ -251,6 +256,11 @@ func (f *Federation) addCluster(ctx context.Context, i int, spec ClusterSpec) (*
 			return nil, fmt.Errorf("dev CA: %w", err)
 		}
 	}
+	if spec.ShareTrustDomainWith != "" && !spec.NoJoin {
+		if err := c.join(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.StartFederation(ctx); err != nil {
 		return nil, err
 	}
@@ -274,7 +284,7 @@ func (c *Cluster) join(ctx context.Context) error {
 		gws = []string{net.JoinHostPort(c.IP, "15443")}
 	}
 	rec := &records.Cluster{Name: c.Spec.Name, Network: c.Spec.Network, Region: c.Spec.Region, Zone: c.Spec.Zone,
-		TrustDomain: c.Spec.TrustDomain, Gateways: gws, JoinedAt: time.Now().UTC()}
+		TrustDomain: c.Spec.TrustDomain, Gateways: gws, SharesTrustDomainWith: c.Spec.ShareTrustDomainWith, JoinedAt: time.Now().UTC()}
 	_, err := store.Modify[records.Cluster](ctx, c.Store, c.Store.KS.Cluster(c.Spec.Name), func(*records.Cluster) (*records.Cluster, error) {
 		return rec, nil
 	})

@@ -607,13 +607,10 @@ type client struct {
 // the workload's SPIFFE ID, whose trust domain is a member's (checked against that
 // trust domain's bundle from etcd, or against CAFile when given).
 func newClient(ctx context.Context, snap *operator.Snapshot, r *Request, tgt *Target) (*client, error) {
-	tdCluster := map[string]string{}
+	tdCluster := trustDomainClusters(snap)
 	fromTD := ""
-	for name, c := range snap.Clusters {
-		tdCluster[c.Value.TrustDomain] = name
-		if name == r.From {
-			fromTD = c.Value.TrustDomain
-		}
+	if c, ok := snap.Clusters[r.From]; ok {
+		fromTD = c.Value.TrustDomain
 	}
 	roots := map[string]*x509.CertPool{}
 	for td, b := range snap.Bundles {
@@ -664,12 +661,30 @@ func newClient(ctx context.Context, snap *operator.Snapshot, r *Request, tgt *Ta
 		if !ok {
 			return "", fmt.Errorf("the workload's SPIFFE ID %s is of no member's trust domain", pid)
 		}
+		// "" for a trust domain several clusters share: the certificate does not say
+		// which one served, the workload's answer does.
 		return name, nil
 	}
 	if tgt != nil && !tgt.Direct {
 		c.grpc = isGRPC(snap, tgt)
 	}
 	return c, nil
+}
+
+// trustDomainClusters maps each member's trust domain to the cluster it names: the one
+// cluster that has it, or "" for a trust domain several clusters share (join
+// --share-trust-domain-with), whose SVIDs do not tell the clusters apart.
+func trustDomainClusters(snap *operator.Snapshot) map[string]string {
+	out := map[string]string{}
+	for name, c := range snap.Clusters {
+		td := c.Value.TrustDomain
+		if _, seen := out[td]; seen {
+			out[td] = ""
+		} else {
+			out[td] = name
+		}
+	}
+	return out
 }
 
 func rawCerts(cs tls.ConnectionState) [][]byte {

@@ -478,3 +478,19 @@ func FuzzXDSApply(f *testing.F) {
 		}
 	})
 }
+
+// A trust domain shared by several clusters names none of them (the workload's answer
+// then says which one served); one of its own names its cluster.
+func TestTrustDomainClustersShared(t *testing.T) {
+	snap := &operator.Snapshot{Clusters: map[string]*store.Item[records.Cluster]{}}
+	for name, td := range map[string]string{"east": "mesh.example", "west": "mesh.example", "north": "north.example"} {
+		snap.Clusters[name] = &store.Item[records.Cluster]{Value: &records.Cluster{Name: name, TrustDomain: td}}
+	}
+	got := trustDomainClusters(snap)
+	if len(got) != 2 || got["mesh.example"] != "" || got["north.example"] != "north" {
+		t.Fatalf("trustDomainClusters = %v", got)
+	}
+	if _, ok := got["mesh.example"]; !ok {
+		t.Fatal("the shared trust domain is missing: its workloads would be refused as of no member")
+	}
+}

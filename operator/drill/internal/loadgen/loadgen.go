@@ -166,7 +166,7 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 	}
 	if g.GRPC {
 		if peer == "" {
-			return "", fmt.Errorf("tls with %s: the workload's certificate names no cluster of the clusterset", rt.Addr)
+			return "", fmt.Errorf("tls with %s: the workload's certificate names no single cluster of the clusterset (no certificate, or a trust domain several clusters share)", rt.Addr)
 		}
 		return peer, healthCheck(rctx, tc, rt.Addr)
 	}
