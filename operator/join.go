@@ -96,10 +96,13 @@ type JoinPlan struct {
 	Previous *records.Cluster `json:"previous,omitempty"`
 	AuditKey string           `json:"audit_key"`
 	Gateways []GatewayCheck   `json:"gateway_checks"`
-	EtcdAuth AuthPlan         `json:"etcd_auth"`
-	Admin    *AdminPlan       `json:"admin,omitempty"`
-	Manifest *ManifestPlan    `json:"manifests,omitempty"`
-	Warnings []string         `json:"warnings,omitempty"`
+	// HBONEGateways are the HBONE listener addresses probed (healthprobe.ProbeHBONE): reachable,
+	// TLS 1.3 with h2, an SVID of the cluster's trust domain, a client certificate required.
+	HBONEGateways []GatewayCheck `json:"hbone_gateway_checks,omitempty"`
+	EtcdAuth      AuthPlan       `json:"etcd_auth"`
+	Admin         *AdminPlan     `json:"admin,omitempty"`
+	Manifest      *ManifestPlan  `json:"manifests,omitempty"`
+	Warnings      []string       `json:"warnings,omitempty"`
 	// Done lists what was changed (empty for a dry run).
 	Done []string `json:"done,omitempty"`
 
@@ -250,7 +253,15 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 		return plan, p.Err()
 	}
 	plan.AuditKey = st.KS.Audit(r.Now, "join-"+r.Cluster)
-	plan.Gateways = probeGateways(ctx, r.Cluster, r.Gateways, r.ProbeTimeout)
+	plan.Gateways = probeGateways(ctx, r.Gateways, r.ProbeTimeout, func(ctx context.Context, a string) healthprobe.Outcome {
+		return healthprobe.Probe(ctx, r.Cluster, a, nil)
+	})
+	// HBONE listeners have no health name; their probe checks what a caller without an SVID
+	// can. A failure is reported (cmd/ names the flag), not fatal: the gateway is often
+	// deployed after join, from its manifests.
+	plan.HBONEGateways = probeGateways(ctx, r.HBONEGateways, r.ProbeTimeout, func(ctx context.Context, a string) healthprobe.Outcome {
+		return healthprobe.ProbeHBONE(ctx, a, r.TrustDomain)
+	})
 	for _, g := range plan.Gateways {
 		if !g.OK {
 			plan.Warnings = append(plan.Warnings, fmt.Sprintf("gateway %s does not answer its health check (%s: %s); join goes on, but other clusters will not route to %s until it does", g.Address, g.Result, g.Detail, r.Cluster))
@@ -354,9 +365,9 @@ func describeCluster(c *records.Cluster) string {
 	return d
 }
 
-// probeGateways checks each address through the gateway's TLS health name, in parallel,
-// bounded by timeout each.
-func probeGateways(ctx context.Context, cluster string, addrs []string, timeout time.Duration) []GatewayCheck {
+// probeGateways checks each address with probe (the gateway's TLS health name, or its HBONE
+// listener), in parallel, bounded by timeout each.
+func probeGateways(ctx context.Context, addrs []string, timeout time.Duration, probe func(context.Context, string) healthprobe.Outcome) []GatewayCheck {
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
@@ -368,7 +379,7 @@ func probeGateways(ctx context.Context, cluster string, addrs []string, timeout 
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			o := healthprobe.Probe(pctx, cluster, a, nil)
+			o := probe(pctx, a)
 			gc := GatewayCheck{Address: a, OK: o.OK, Result: o.Result}
 			if o.Err != nil {
 				gc.Detail = o.Err.Error()

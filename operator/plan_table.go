@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/meshfed/meshfed/internal/healthprobe"
 )
 
 // WriteTable renders the join plan for people: what is (or, with --dry-run, would be)
@@ -32,6 +34,16 @@ func (p *JoinPlan) WriteTable(w io.Writer) error {
 			st = "NOT ANSWERING (" + g.Result + ")"
 		}
 		fmt.Fprintf(w, "gateway          %s: %s\n", g.Address, st)
+	}
+	for _, g := range p.HBONEGateways {
+		st := "ok"
+		if !g.OK {
+			st = "NOT AN HBONE LISTENER OF THIS CLUSTER (" + g.Result + ")"
+			if g.Result == healthprobe.ResultRefused || g.Result == healthprobe.ResultTimeout {
+				st = "NOT ANSWERING (" + g.Result + ")"
+			}
+		}
+		fmt.Fprintf(w, "hbone gateway    %s: %s\n", g.Address, st)
 	}
 	a := p.EtcdAuth
 	switch {

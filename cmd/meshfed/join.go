@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -34,7 +35,10 @@ in audit/.
 Before changing anything it checks everything and reports every problem at once: a name
 taken by a different cluster, a trust domain that another cluster owns, a gateway address
 that is another cluster's, malformed flags. A gateway that does not answer its health check
-yet is a warning, not an error (start it after joining if you like).
+yet is a warning, not an error (start it after joining if you like). So is an
+--hbone-gateway address that is not yet an HBONE listener of this cluster: join checks that
+it answers TLS 1.3 with ALPN h2, presents an SVID of --trust-domain and demands a client
+certificate (it cannot present one, so the SVID's chain is not verified).
 
 Joining again with the same settings changes nothing (idempotent). Different settings
 under an existing name are refused unless --force, which overwrites and keeps the previous
@@ -134,10 +138,27 @@ func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {
 	f.req.ManifestExtra = operator.ManifestValues{"MESHFED_VERSION": Version}
 	f.req.EtcdEndpoints = strings.Join(f.etcd.config().Endpoints, ",")
 	plan, err := operator.Join(ctx, st, f.req)
+	if plan != nil {
+		plan.Warnings = append(plan.Warnings, hboneGatewayWarnings(f.req.Cluster, plan.HBONEGateways)...)
+	}
 	if plan != nil && (err == nil || len(plan.Done) > 0 || f.req.DryRun) {
 		if werr := writeOutput(out, f.output, plan); werr != nil {
 			return errors.Join(err, werr)
 		}
 	}
 	return err
+}
+
+// hboneGatewayWarnings names --hbone-gateway for each HBONE address that join's probe did
+// not pass (operator.Join probes it; the flag is this command's).
+func hboneGatewayWarnings(cluster string, checks []operator.GatewayCheck) []string {
+	var out []string
+	for _, g := range checks {
+		if g.OK {
+			continue
+		}
+		out = append(out, fmt.Sprintf("--hbone-gateway %s: not an HBONE listener of this cluster yet (%s: %s); join goes on and records it, but other networks' ztunnels cannot reach %s there until `meshfed gateway --hbone-listen` answers on it with an SVID of the cluster's trust domain",
+			g.Address, g.Result, g.Detail, cluster))
+	}
+	return out
 }

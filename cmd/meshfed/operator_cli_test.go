@@ -62,6 +62,12 @@ func TestOperatorCommands(t *testing.T) {
 	if _, err := join("west", "eu"); err != nil {
 		t.Fatal(err)
 	}
+	// An --hbone-gateway that is no HBONE listener yet: a warning naming the flag, not an error.
+	hb := freeAddr(t)
+	if out, err = join("north", "us", "--hbone-gateway", hb, "--dry-run"); err != nil ||
+		!strings.Contains(out, "hbone gateway    "+hb+": NOT ANSWERING (refused)") || !strings.Contains(out, "warning: --hbone-gateway "+hb+": not an HBONE listener") {
+		t.Fatalf("join --hbone-gateway (nothing there): %v\n%s", err, out)
+	}
 	_, err = runCLI(t, "join", ep, "--cluster", "Bad", "--gateway", "x")
 	if err == nil || !strings.Contains(err.Error(), "--cluster") || !strings.Contains(err.Error(), "--region") || !strings.Contains(err.Error(), "--trust-domain") {
 		t.Fatalf("bad join flags: %v", err)

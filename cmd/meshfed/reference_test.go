@@ -216,10 +216,10 @@ scripts; fields are only ever added.
   updated_at, raw§ — raw is the record as generic JSON when this binary cannot decode it);
   §policies[]§; §warnings[]§.
 - §meshfed join -o json§: the plan: §dry_run, key, action (create|unchanged|overwrite), cluster,
-  previous, audit_key, gateway_checks[], etcd_auth {enabled, manage, user, role, user_exists,
-  role_exists, password (new|unchanged|rotated|client-certificate), permissions[] {key,
-  prefix, type, what}, grant[], revoke[], credentials_out}, admin, manifests, warnings[],
-  done[]§.
+  previous, audit_key, gateway_checks[], hbone_gateway_checks[] (with --hbone-gateway),
+  etcd_auth {enabled, manage, user, role, user_exists, role_exists, password
+  (new|unchanged|rotated|client-certificate), permissions[] {key, prefix, type, what},
+  grant[], revoke[], credentials_out}, admin, manifests, warnings[], done[]§.
 - §meshfed leave -o json§: §dry_run, cluster, record, delete[] {key, prefix, count, what},
   etcd_auth {enabled, user, role, can_manage, exists}, audit_key, warnings[], done[]§.
 - §meshfed policy get|list|set -o json§: §service, key, order[], local_first, updated_at,

@@ -80,6 +80,25 @@ func probe(ctx context.Context, cluster, addr string, roots *x509.CertPool) Outc
 // connection is nil and the outcome says why. The connection's deadline is ctx's, and it
 // is cut when ctx ends; the caller clears both for a stream.
 func Dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (*tls.Conn, Outcome) {
+	cfg := &tls.Config{ServerName: names.HealthSNI, MinVersion: tls.VersionTLS12}
+	if stream {
+		cfg.NextProtos = []string{healthwire.StreamALPN}
+	}
+	if roots == nil {
+		// Unauthenticated until the trust component supplies this cluster's bundle: the
+		// line carries no secret, and the check's job is liveness (documented).
+		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
+	} else {
+		cfg.InsecureSkipVerify = true //nolint:gosec // verified below, without a host name
+		cfg.VerifyPeerCertificate = peerchain.Verify(roots)
+	}
+	return dialTLS(ctx, addr, cfg)
+}
+
+// dialTLS connects to addr and completes a TLS handshake with cfg. On failure the
+// connection is nil and the outcome says why. The connection's deadline is ctx's, and it is
+// cut when ctx ends.
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (*tls.Conn, Outcome) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -93,18 +112,6 @@ func Dial(ctx context.Context, addr string, roots *x509.CertPool, stream bool) (
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	cfg := &tls.Config{ServerName: names.HealthSNI, MinVersion: tls.VersionTLS12}
-	if stream {
-		cfg.NextProtos = []string{healthwire.StreamALPN}
-	}
-	if roots == nil {
-		// Unauthenticated until the trust component supplies this cluster's bundle: the
-		// line carries no secret, and the check's job is liveness (documented).
-		cfg.InsecureSkipVerify = true //nolint:gosec // see comment
-	} else {
-		cfg.InsecureSkipVerify = true //nolint:gosec // verified below, without a host name
-		cfg.VerifyPeerCertificate = peerchain.Verify(roots)
-	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
