@@ -153,9 +153,11 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 		cfg.NextProtos = []string{"h2"}
 	}
 	tc := tls.Client(raw, cfg)
+	hsStart := time.Now()
 	if err := tc.HandshakeContext(rctx); err != nil {
 		return "", fmt.Errorf("tls with %s: %w", rt.Addr, err)
 	}
+	hs := time.Since(hsStart)
 	peer := ""
 	if g.Identify != nil {
 		c, err := g.Identify(tc.ConnectionState())
@@ -172,7 +174,11 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 	}
 	if peer != "" {
 		// The TLS handshake was with the workload itself (the gateway never terminates
-		// TLS): its certificate says which cluster served.
+		// TLS): its certificate says which cluster served, once the workload has accepted
+		// ours.
+		if err := awaitVerdict(tc, hs, dl); err != nil {
+			return "", fmt.Errorf("tls with %s: %w", rt.Addr, err)
+		}
 		return peer, nil
 	}
 	if _, err := fmt.Fprintf(tc, "meshfed-drill %d\n", seq); err != nil {
@@ -183,6 +189,40 @@ func (g *Generator) Request(ctx context.Context, rt Route, seq int64) (string, e
 		return "", fmt.Errorf("read from %s: %w", rt.Addr, err)
 	}
 	return ParseServer(line)
+}
+
+// MinVerdictWait is the least time awaitVerdict gives a TLS 1.3 workload to refuse the
+// drill's certificate.
+const MinVerdictWait = 20 * time.Millisecond
+
+// awaitVerdict waits for a TLS 1.3 workload's verdict on the client certificate. In TLS 1.3
+// the client's handshake ends before the server has checked the client's certificate; a
+// refusal arrives as an alert about one round trip later. So, for twice the handshake's
+// own time (at least MinVerdictWait, never past deadline), a read must
+// not fail: an alert is the workload's refusal; silence, data or a clean close its acceptance.
+// TLS 1.2 settles the client certificate inside the handshake.
+func awaitVerdict(tc *tls.Conn, hs time.Duration, deadline time.Time) error {
+	if tc.ConnectionState().Version < tls.VersionTLS13 {
+		return nil
+	}
+	until := time.Now().Add(max(2*hs, MinVerdictWait))
+	if !deadline.IsZero() && deadline.Before(until) {
+		until = deadline
+	}
+	_ = tc.SetReadDeadline(until)
+	var b [1]byte
+	_, err := tc.Read(b[:])
+	var ne net.Error
+	switch {
+	case err == nil:
+		return nil // the workload spoke first: it accepted us
+	case errors.As(err, &ne) && ne.Timeout():
+		return nil
+	case errors.Is(err, io.EOF):
+		return nil // a clean close (close_notify) after a finished handshake: it accepted us
+	default:
+		return fmt.Errorf("the workload refused the connection after the handshake: %w", err)
+	}
 }
 
 // healthCheck makes one gRPC health check over the TLS connection tc.

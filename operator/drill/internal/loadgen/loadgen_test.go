@@ -3,12 +3,14 @@ package loadgen
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/testpki"
 )
 
 type fixed struct{ rt Route }
@@ -73,6 +75,58 @@ func TestParseServer(t *testing.T) {
 	for _, bad := range []string{"", "west", "West echo: x", "west echo x", "-a b: c"} {
 		if _, err := ParseServer(bad); err == nil {
 			t.Errorf("ParseServer(%q) accepted", bad)
+		}
+	}
+}
+
+// TestRefusedCertificateIsAnError: in TLS 1.3 the client's handshake ends before the
+// workload has judged the client certificate; a workload that refuses the drill's
+// certificate (an alert one round trip later) must count as a failed request, not as served.
+func TestRefusedCertificateIsAnError(t *testing.T) {
+	workloadCA := testpki.New(t, testpki.Spec{CN: "west root", CA: true})
+	trustedCA := testpki.New(t, testpki.Spec{CN: "east root", CA: true})
+	strangerCA := testpki.New(t, testpki.Spec{CN: "stranger root", CA: true})
+	server := workloadCA.Issue(t, testpki.Spec{URIs: []string{"spiffe://west.example/ns/demo/sa/echo"}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{server.TLS()},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: trustedCA.Pool(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if c.(*tls.Conn).Handshake() != nil {
+					return
+				}
+				io.Copy(io.Discard, c) // accepted: wait for the client to go
+			}()
+		}
+	}()
+	identify := func(cs tls.ConnectionState) (string, error) { return "west", nil }
+	request := func(client *testpki.Cert) (string, error) {
+		g := &Generator{Timeout: 2 * time.Second, Identify: identify, TLS: &tls.Config{
+			RootCAs: workloadCA.Pool(), ServerName: "x", Certificates: []tls.Certificate{client.TLS()},
+			VerifyConnection:   func(tls.ConnectionState) error { return nil },
+			InsecureSkipVerify: true, //nolint:gosec // the server certificate carries no DNS name; only the client side is under test
+		}}
+		return g.Request(context.Background(), Route{Cluster: "west", Addr: ln.Addr().String()}, 1)
+	}
+	for i := 0; i < 5; i++ {
+		if c, err := request(strangerCA.Issue(t, testpki.Spec{URIs: []string{"spiffe://stranger.example/x"}})); err == nil {
+			t.Fatalf("a refused client certificate counted as served by %q", c)
+		} else if !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("refusal: %v; want it named", err)
+		}
+		if c, err := request(trustedCA.Issue(t, testpki.Spec{URIs: []string{"spiffe://east.example/drill"}})); err != nil || c != "west" {
+			t.Fatalf("accepted client certificate: %q %v", c, err)
 		}
 	}
 }
