@@ -177,6 +177,19 @@ func (l *memLog) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+// testLog is a logger whose output the test prints only when it fails.
+func testLog(t *testing.T) *slog.Logger {
+	lb := &memLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			lb.mu.Lock()
+			t.Log("logs:\n" + lb.b.String())
+			lb.mu.Unlock()
+		}
+	})
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
 // TestGatewayRoutesFromFederationXDS: east exports demo/echo from a file; its federation
 // service publishes it and serves it over xDS; east's gateway takes its route table from
 // there (meshfed gateway --federation) and a TLS client reaches the workloads through it.
@@ -189,15 +202,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lb := &memLog{}
-	log := slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	t.Cleanup(func() {
-		if t.Failed() {
-			lb.mu.Lock()
-			t.Log("logs:\n" + lb.b.String())
-			lb.mu.Unlock()
-		}
-	})
+	log := testLog(t)
 	w0, w1 := twoWorkloads(t, "east", 0)
 	westWL, err := harness.StartWorkload("west", "other-0", harness.WorkloadIP(1, 0)+":0", nil)
 	if err != nil {

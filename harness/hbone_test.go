@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -40,15 +39,7 @@ func TestGatewayHBONEAndSNIFromFederationXDS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lb := &memLog{}
-	log := slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	t.Cleanup(func() {
-		if t.Failed() {
-			lb.mu.Lock()
-			t.Log("logs:\n" + lb.b.String())
-			lb.mu.Unlock()
-		}
-	})
+	log := testLog(t)
 	wl, err := harness.StartWorkload("west", "echo-0", harness.WorkloadIP(0, 0)+":0", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
@@ -40,15 +39,7 @@ func TestSharedTrustDomainHBONE(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lb := &memLog{}
-	log := slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	t.Cleanup(func() {
-		if t.Failed() {
-			lb.mu.Lock()
-			t.Log("logs:\n" + lb.b.String())
-			lb.mu.Unlock()
-		}
-	})
+	log := testLog(t)
 	const td = "mesh.test"
 	caDir := t.TempDir()
 	ca, err := devca.Init(caDir, td, devca.Options{})
