@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,35 +71,15 @@ func TestHBONESharedTrustDomain(t *testing.T) {
 	if err := issue(mesh, gatewayID).WriteFiles(certFile, keyFile); err != nil {
 		t.Fatal(err)
 	}
-	// The app behind the destination ztunnel: answers one line and closes.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				io.WriteString(c, "app got "+line)
-			}()
-		}
-	}()
+	appAddr := startLineApp(t) // answers one line ("app got ..."), then closes
 	meshOnly := x509bundle.NewSet(mb.X509Bundle())
 	const echoID = "spiffe://mesh.example/ns/demo/sa/echo"
-	z, err := hbonetest.StartZtunnel("127.0.0.1:0", issue(mesh, echoID).TLSCertificate(), meshOnly, func(string) string { return app.Addr().String() })
+	z, err := hbonetest.StartZtunnel("127.0.0.1:0", issue(mesh, echoID).TLSCertificate(), meshOnly, func(string) string { return appAddr })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer z.Close()
-	_, zPort, _ := net.SplitHostPort(z.Addr)
-	exports := filepath.Join(dir, "exports.yaml")
-	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1, hbonePort: "+zPort+"}]}\n"), 0o644)
+	exports := writeHBONEExports(t, dir, z.Addr)
 
 	p, err := process.Start(context.Background(), process.Config{
 		Gateway: eastwest.Config{Cluster: "west", Log: slog.New(slog.NewTextHandler(io.Discard, nil))},

@@ -59,28 +59,8 @@ func TestHBONEFromFiles(t *testing.T) {
 	if err := gwSVID.WriteFiles(certFile, keyFile); err != nil {
 		t.Fatal(err)
 	}
-	// The app: answers one line and closes.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				io.WriteString(c, "app got "+line)
-			}()
-		}
-	}()
-	_, appPort, _ := net.SplitHostPort(app.Addr().String())
-	exports := filepath.Join(dir, "exports.yaml")
-	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1, hbonePort: "+appPort+"}]}\n"), 0o644)
+	appAddr := startLineApp(t) // answers one line ("app got ..."), then closes
+	exports := writeHBONEExports(t, dir, appAddr)
 
 	p, err := process.Start(context.Background(), process.Config{
 		Gateway: eastwest.Config{Cluster: "west", Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
@@ -134,4 +114,44 @@ func TestHBONEErrorsNameThePart(t *testing.T) {
 			t.Errorf("HBONE %+v: %v, want an error about the %s", tc.h, err, tc.part)
 		}
 	}
+}
+
+// startLineApp starts the app behind an HBONE endpoint: it answers one line with
+// "app got <line>" and closes. It returns the app's address.
+func startLineApp(t *testing.T) string {
+	t.Helper()
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				io.WriteString(c, "app got "+line)
+			}()
+		}
+	}()
+	return app.Addr().String()
+}
+
+// writeHBONEExports writes an exports file in dir: demo/echo port 8443 with one endpoint
+// on 127.0.0.1 whose HBONE port is hboneAddr's port. It returns the file's path.
+func writeHBONEExports(t *testing.T, dir, hboneAddr string) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(hboneAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exports := filepath.Join(dir, "exports.yaml")
+	if err := os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1, hbonePort: "+port+"}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return exports
 }

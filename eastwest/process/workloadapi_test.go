@@ -6,8 +6,6 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -54,27 +52,8 @@ func TestHBONEFromWorkloadAPI(t *testing.T) {
 	}
 	t.Cleanup(agent.Close)
 
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				io.WriteString(c, "app got "+line)
-			}()
-		}
-	}()
-	_, appPort, _ := net.SplitHostPort(app.Addr().String())
-	exports := filepath.Join(dir, "exports.yaml")
-	os.WriteFile(exports, []byte("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 127.0.0.1, hbonePort: "+appPort+"}]}\n"), 0o644)
+	appAddr := startLineApp(t) // answers one line ("app got ..."), then closes
+	exports := writeHBONEExports(t, dir, appAddr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
