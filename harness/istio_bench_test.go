@@ -229,7 +229,7 @@ func BenchmarkIstiodPropagation(b *testing.B) {
 			if _, err := cli.Put(ctx, key, string(v)); err != nil {
 				b.Fatal(err)
 			}
-			seen := waitWatch(b, wch, key)
+			seen := testetcd.WaitKey(b, wch, key)
 			if ready {
 				base = append(base, seen.Sub(t0))
 			}
@@ -269,23 +269,6 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: want a positive number", name, v)
 	}
 	return n
-}
-
-func waitWatch(tb testing.TB, wch clientv3.WatchChan, key string) time.Time {
-	tb.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case r := <-wch:
-			for _, e := range r.Events {
-				if string(e.Kv.Key) == key {
-					return time.Now()
-				}
-			}
-		case <-timeout:
-			tb.Fatalf("etcd watch: no event for %s within 10s", key)
-		}
-	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

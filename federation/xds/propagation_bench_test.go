@@ -206,7 +206,7 @@ func BenchmarkPropagation(b *testing.B) {
 		if err := putExport(ctx, cli, key, probeExport(k, true, rev[k])); err != nil {
 			b.Fatal(err)
 		}
-		seen := waitWatch(b, wch, key)
+		seen := testetcd.WaitKey(b, wch, key)
 		base = append(base, seen.Sub(start))
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		for cc.GetState() == connectivity.TransientFailure && cc.WaitForStateChange(wctx, connectivity.TransientFailure) {
@@ -223,7 +223,7 @@ func BenchmarkPropagation(b *testing.B) {
 		if err := putExport(ctx, cli, key, probeExport(k, false, rev[k])); err != nil {
 			b.Fatal(err)
 		}
-		waitWatch(b, wch, key)
+		testetcd.WaitKey(b, wch, key)
 		wctx, wcancel = context.WithTimeout(ctx, 10*time.Second)
 		for cc.GetState() != connectivity.TransientFailure && cc.WaitForStateChange(wctx, cc.GetState()) {
 		}
@@ -247,21 +247,4 @@ func putExport(ctx context.Context, cli *clientv3.Client, key string, e *records
 	}
 	_, err = cli.Put(ctx, key, string(v))
 	return err
-}
-
-func waitWatch(tb testing.TB, wch clientv3.WatchChan, key string) time.Time {
-	tb.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case r := <-wch:
-			for _, e := range r.Events {
-				if string(e.Kv.Key) == key {
-					return time.Now()
-				}
-			}
-		case <-timeout:
-			tb.Fatalf("etcd watch did not see %s", key)
-		}
-	}
 }

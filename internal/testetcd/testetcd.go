@@ -34,3 +34,22 @@ func Client(t testing.TB, s *embedetcd.Server) *clientv3.Client {
 	t.Cleanup(func() { cli.Close() })
 	return cli
 }
+
+// WaitKey waits up to 10 s for an event on key in wch and returns when it was seen: the
+// baseline of the propagation benchmarks (a plain etcd watch).
+func WaitKey(tb testing.TB, wch clientv3.WatchChan, key string) time.Time {
+	tb.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case r := <-wch:
+			for _, e := range r.Events {
+				if string(e.Kv.Key) == key {
+					return time.Now()
+				}
+			}
+		case <-timeout:
+			tb.Fatalf("etcd watch: no event for %s within 10s", key)
+		}
+	}
+}
