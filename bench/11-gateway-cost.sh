@@ -15,6 +15,7 @@
 # Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib/baselines.sh
 
 CONNS=${CONNS:-2000}
 BULK_MB=${BULK_MB:-1000}
@@ -79,59 +80,7 @@ done
 
 if [ "$BASELINES" = 1 ]; then
   FDLIM=$(ulimit -n)
-  cat > "$WORK/haproxy.cfg" <<CFG
-global
-  maxconn $(( (FDLIM - 100) / 2 ))
-  nbthread 2
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  maxconn $(( (FDLIM - 100) / 2 ))
-frontend gw
-  bind 127.0.0.1:$HAP
-  tcp-request inspect-delay 3s
-  tcp-request content accept if { req.ssl_hello_type 1 }
-  use_backend echo if { req.ssl_sni -i outbound_.8443_._.echo.demo.svc.cluster.local }
-  use_backend bulk if { req.ssl_sni -i outbound_.8443_._.bulk.demo.svc.cluster.local }
-  use_backend idle if { req.ssl_sni -i outbound_.8443_._.idle.demo.svc.cluster.local }
-backend echo
-  server s 127.0.0.1:$ECHO
-backend bulk
-  server s 127.0.0.1:$SINK
-backend idle
-  server s 127.0.0.1:$HOLD
-CFG
-  haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
-  PIDS+=($!); echo $! > "$WORK/haproxy.pids"
-  mkdir -p "$WORK/nginx/logs"
-  cat > "$WORK/nginx.conf" <<CFG
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-daemon off;
-worker_processes 2;
-worker_rlimit_nofile $FDLIM;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections $(( FDLIM - 100 )); }
-stream {
-  map \$ssl_preread_server_name \$up {
-    outbound_.8443_._.echo.demo.svc.cluster.local 127.0.0.1:$ECHO;
-    outbound_.8443_._.bulk.demo.svc.cluster.local 127.0.0.1:$SINK;
-    outbound_.8443_._.idle.demo.svc.cluster.local 127.0.0.1:$HOLD;
-    default 127.0.0.1:9;
-  }
-  server {
-    listen 127.0.0.1:$NGX;
-    ssl_preread on;
-    preread_timeout 3s;
-    proxy_pass \$up;
-    proxy_timeout 1h;
-  }
-}
-CFG
-  nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
-  NGXPID=$!; PIDS+=($NGXPID)
+  start_sni_baselines
   WAIT+=($HAP $NGX)
 fi
 
