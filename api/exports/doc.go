@@ -9,6 +9,6 @@
 //	    ports:
 //	      - {name: tls, port: 8443, targetPort: 9443}
 //	    endpoints:
-//	      - {address: 127.0.1.1, zone: z1, ready: true}
+//	      - {address: 127.0.1.1, zone: z1, ready: true, serviceAccount: echo}
 //	      - {address: 127.0.1.2, zone: z2, ready: false}
 package exports

@@ -59,6 +59,12 @@ type Endpoint struct {
 	// node's ztunnel accepts HTTP/2 CONNECT for it). A service port is reachable over
 	// HBONE only through endpoints that have one.
 	HBONEPort int32 `json:"hbonePort,omitempty"`
+	// ServiceAccount, when set, is the Kubernetes service account of the workload behind
+	// the endpoint (a DNS-1123 subdomain, as Kubernetes names them). With the exporting
+	// cluster's trust domain it makes the workload's SPIFFE ID,
+	// spiffe://<trust domain>/ns/<namespace>/sa/<serviceAccount>, which Istio checks the
+	// server's certificate against (docs/istio.md, "Identity: subjectAltNames").
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 }
 
 // Key is namespace/name.
@@ -162,7 +168,7 @@ func humanJSONError(err error) error {
 	msg := err.Error()
 	// encoding/json says `json: unknown field "x"`; say where it is allowed to be fixed.
 	if strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("%s (fields are: services[].name, namespace, ports[].{name,port,targetPort,protocol,appProtocol}, endpoints[].{address,zone,ready,weight,hbonePort})", strings.TrimPrefix(msg, "json: "))
+		return fmt.Errorf("%s (fields are: services[].name, namespace, ports[].{name,port,targetPort,protocol,appProtocol}, endpoints[].{address,zone,ready,weight,hbonePort,serviceAccount})", strings.TrimPrefix(msg, "json: "))
 	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
@@ -282,6 +288,11 @@ func ValidateService(errs *validate.Errors, path string, s *Service) {
 		if e.HBONEPort != 0 {
 			if err := validate.Port(int64(e.HBONEPort)); err != nil {
 				errs.Add(ep+".hbonePort", "%v (Istio ambient's is 15008; or leave it out when the endpoint takes no HBONE)", err)
+			}
+		}
+		if e.ServiceAccount != "" {
+			if err := validate.DNSSubdomain(e.ServiceAccount); err != nil {
+				errs.Add(ep+".serviceAccount", "%v (the Kubernetes service account name of the workload behind the endpoint, e.g. echo; or leave it out when unknown)", err)
 			}
 		}
 	}

@@ -51,6 +51,12 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbonePort: 70000}]}]`, "services[0].endpoints[0].hbonePort: 70000 is not a port: use 1-65535"},
 		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbonePort: -1}]}]`, "leave it out when the endpoint takes no HBONE"},
 		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, hbone_port: 15008}]}]`, "hbonePort"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, serviceAccount: Echo}]}]`, `services[0].endpoints[0].serviceAccount: "Echo" is not a DNS name`},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, serviceAccount: "a/b"}]}]`, "or leave it out when unknown"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, serviceAccount: "-sa"}]}]`, "services[0].endpoints[0].serviceAccount"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1}, {address: 10.0.0.2, serviceAccount: ` + strings.Repeat("a", 254) + `}]}]`, "services[0].endpoints[1].serviceAccount"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, service_account: echo}]}]`, "serviceAccount"},
+		{`services: [{name: echo, namespace: demo, ports: [{port: 1}], endpoints: [{address: 10.0.0.1, serviceAccount: 7}]}]`, "services.endpoints.serviceAccount"},
 	}
 	for _, tt := range tests {
 		_, err := Parse([]byte(tt.in))
@@ -79,7 +85,28 @@ services:
 	}
 }
 
+func TestParseServiceAccount(t *testing.T) {
+	for _, tc := range []struct {
+		sa, want string
+	}{
+		{"echo", "echo"},
+		{"echo-v2.prod", "echo-v2.prod"}, // a DNS-1123 subdomain, as Kubernetes allows
+		{"", ""},                         // optional: unknown
+	} {
+		f, err := Parse([]byte(`services: [{name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 10.0.0.1, serviceAccount: "` + tc.sa + `"}, {address: 10.0.0.2}]}]`))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.sa, err)
+		}
+		eps := f.Services[0].Endpoints
+		if eps[0].ServiceAccount != tc.want || eps[1].ServiceAccount != "" {
+			t.Errorf("%q: endpoints = %+v", tc.sa, eps)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
+	f.Add([]byte(`services: [{name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 10.0.0.1, serviceAccount: echo}, {address: 10.0.0.2, serviceAccount: echo-v2.prod}, {address: 10.0.0.3}]}]`))
+	f.Add([]byte(`{"services":[{"name":"a","namespace":"b","ports":[{"port":1}],"endpoints":[{"address":"fd00::1","serviceAccount":"Bad_SA"}]}]}`))
 	f.Add([]byte(`services: [{name: echo, namespace: demo, ports: [{port: 8443}], endpoints: [{address: 10.0.0.1, hbonePort: 15008}, {address: 10.0.0.2}]}]`))
 	f.Add([]byte(`services: [{name: echo, namespace: demo, ports: [{name: tls, port: 8443, targetPort: 9443}], endpoints: [{address: 127.0.1.1, zone: z1, ready: true}]}]`))
 	f.Add([]byte(`{"services":[{"name":"a","namespace":"b","ports":[{"port":1}]}]}`))

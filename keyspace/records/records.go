@@ -174,6 +174,15 @@ func ValidateHBONEGateways(errs *validate.Errors, field string, gws []string) {
 	}
 }
 
+// WorkloadID is the SPIFFE ID of a workload of this cluster running as Kubernetes service
+// account sa in namespace ns: spiffe://<trustDomain>/ns/<ns>/sa/<sa> (Istio's and SPIRE's
+// Kubernetes form). TrustDomain is the effective one also for a cluster that shares
+// another's (sharesTrustDomainWith): join and CheckTrustDomains hold a sharer to its
+// owner's trust domain, so the record's own field is it.
+func (c *Cluster) WorkloadID(ns, sa string) string {
+	return "spiffe://" + c.TrustDomain + "/ns/" + ns + "/sa/" + sa
+}
+
 // HBONEPort is the port of the cluster's HBONE gateway addresses (0: none).
 func (c *Cluster) HBONEPort() int32 {
 	if len(c.HBONEGateways) == 0 {
@@ -306,6 +315,12 @@ type Endpoint struct {
 	Weight  uint32 `json:"weight,omitempty"`
 	// HBONEPort is the endpoint's HBONE port (0: the endpoint takes no HBONE tunnels).
 	HBONEPort int32 `json:"hbonePort,omitempty"`
+	// ServiceAccount is the Kubernetes service account of the workload behind the
+	// endpoint ("" when the exporter does not know it). Added after version 1 was
+	// fixed, like hbonePort: optional, so records written before it (and by exporters that
+	// do not know it) decode unchanged and mean "unknown". The workload's SPIFFE ID is
+	// Cluster.WorkloadID(namespace, ServiceAccount) of the exporting cluster.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 }
 
 // ServiceKey is namespace/name.
@@ -320,6 +335,26 @@ func (e *Export) ReadyEndpoints() int {
 		}
 	}
 	return n
+}
+
+// ServiceAccounts returns the service accounts of the endpoints that include selects (all
+// when include is nil), sorted and each once, and how many of those endpoints have none
+// (the exporter does not know it).
+func (e *Export) ServiceAccounts(include func(Endpoint) bool) (accounts []string, unknown int) {
+	for _, ep := range e.Endpoints {
+		if include != nil && !include(ep) {
+			continue
+		}
+		if ep.ServiceAccount == "" {
+			unknown++
+			continue
+		}
+		if !slices.Contains(accounts, ep.ServiceAccount) {
+			accounts = append(accounts, ep.ServiceAccount)
+		}
+	}
+	sort.Strings(accounts)
+	return accounts, unknown
 }
 
 // Validate implements Record.
@@ -357,7 +392,7 @@ func (e *Export) Service() exports.Service {
 	}
 	for _, ep := range e.Endpoints {
 		ready := ep.Ready
-		s.Endpoints = append(s.Endpoints, exports.Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: &ready, Weight: ep.Weight, HBONEPort: ep.HBONEPort})
+		s.Endpoints = append(s.Endpoints, exports.Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: &ready, Weight: ep.Weight, HBONEPort: ep.HBONEPort, ServiceAccount: ep.ServiceAccount})
 	}
 	return s
 }
@@ -375,7 +410,7 @@ func ExportFromService(cluster string, s *exports.Service) *Export {
 	}
 	e.Endpoints = make([]Endpoint, 0, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
-		e.Endpoints = append(e.Endpoints, Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: ep.IsReady(), Weight: ep.Weight, HBONEPort: ep.HBONEPort})
+		e.Endpoints = append(e.Endpoints, Endpoint{Address: ep.Address, Zone: ep.Zone, Ready: ep.IsReady(), Weight: ep.Weight, HBONEPort: ep.HBONEPort, ServiceAccount: ep.ServiceAccount})
 	}
 	e.Canonicalize()
 	return e

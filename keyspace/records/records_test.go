@@ -40,6 +40,104 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	}
 }
 
+// serviceAccount is optional and additive: a record written before it decodes (unknown
+// account), one with it keeps it through encode, decode and the exports file shape, and a
+// change of it is a content change (publishers skip only identical content).
+func TestExportServiceAccount(t *testing.T) {
+	old := `{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"port":8443,"protocol":"TCP"}],` +
+		`"endpoints":[{"address":"10.0.0.1","ready":true,"hbonePort":15008}],"revision":4,"exportedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z"}`
+	e, err := Decode[Export]([]byte(old))
+	if err != nil {
+		t.Fatalf("a record without serviceAccount: %v", err)
+	}
+	if e.Endpoints[0].ServiceAccount != "" || e.Endpoints[0].HBONEPort != 15008 {
+		t.Fatalf("old record decoded as %+v", e.Endpoints)
+	}
+	b, err := Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "serviceAccount") {
+		t.Fatalf("an unknown account is written as a field: %s (old readers must see the same record)", b)
+	}
+
+	e.Endpoints = append(e.Endpoints, Endpoint{Address: "10.0.0.2", Ready: true, ServiceAccount: "echo-v2.prod"})
+	b, err = Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode[Export](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Endpoints[0].ServiceAccount != "" || got.Endpoints[1].ServiceAccount != "echo-v2.prod" {
+		t.Fatalf("round trip: %+v", got.Endpoints)
+	}
+	svc := got.Service()
+	if back := ExportFromService("west", &svc); !back.SameContent(got) || back.Endpoints[1].ServiceAccount != "echo-v2.prod" {
+		t.Fatalf("service account lost through the exports shape: %+v", back.Endpoints)
+	}
+	changed := *got
+	changed.Endpoints = append([]Endpoint(nil), got.Endpoints...)
+	changed.Endpoints[1].ServiceAccount = "echo"
+	if changed.SameContent(got) {
+		t.Fatal("a service account change is not a content change")
+	}
+	changed.Endpoints[1].ServiceAccount = "Echo_SA"
+	if err := changed.Validate(); err == nil || !strings.Contains(err.Error(), "endpoints[1].serviceAccount:") {
+		t.Fatalf("Validate = %v, want an error naming endpoints[1].serviceAccount", err)
+	}
+	// An old reader (one without the field) tolerates it: Decode ignores unknown fields,
+	// shown here with a field this binary does not know either.
+	if _, err := Decode[Export]([]byte(strings.Replace(old, `"hbonePort":15008`, `"hbonePort":15008,"futureIdentity":"x"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExportServiceAccounts(t *testing.T) {
+	e := &Export{Endpoints: []Endpoint{
+		{Address: "10.0.0.1", Ready: true, ServiceAccount: "echo"},
+		{Address: "10.0.0.2", Ready: true, ServiceAccount: "canary"},
+		{Address: "10.0.0.3", Ready: false, ServiceAccount: "old"},
+		{Address: "10.0.0.4", Ready: true, ServiceAccount: "echo"},
+		{Address: "10.0.0.5", Ready: false},
+	}}
+	ready := func(ep Endpoint) bool { return ep.Ready }
+	for _, tc := range []struct {
+		name    string
+		include func(Endpoint) bool
+		want    string
+		unknown int
+	}{
+		{"all", nil, "canary,echo,old", 1},
+		{"ready", ready, "canary,echo", 0},
+		{"none", func(Endpoint) bool { return false }, "", 0},
+	} {
+		got, unknown := e.ServiceAccounts(tc.include)
+		if strings.Join(got, ",") != tc.want || unknown != tc.unknown {
+			t.Errorf("%s: %v, %d unknown; want %s, %d", tc.name, got, unknown, tc.want, tc.unknown)
+		}
+	}
+}
+
+func TestWorkloadID(t *testing.T) {
+	owner := &Cluster{Name: "east", TrustDomain: "mesh.example"}
+	sharer := &Cluster{Name: "west", TrustDomain: "mesh.example", SharesTrustDomainWith: "east"}
+	own := &Cluster{Name: "north", TrustDomain: "north.example"}
+	for _, tc := range []struct {
+		c    *Cluster
+		want string
+	}{
+		{owner, "spiffe://mesh.example/ns/demo/sa/echo"},
+		{sharer, "spiffe://mesh.example/ns/demo/sa/echo"}, // the owner's trust domain
+		{own, "spiffe://north.example/ns/demo/sa/echo"},
+	} {
+		if got := tc.c.WorkloadID("demo", "echo"); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.c.Name, got, tc.want)
+		}
+	}
+}
+
 func TestExportHBONEPortValidated(t *testing.T) {
 	now := time.Unix(1700000000, 0).UTC()
 	e := &Export{Cluster: "west", Namespace: "demo", Name: "echo", Type: TypeClusterSetIP, Revision: 1, ExportedAt: now,
@@ -131,6 +229,7 @@ func FuzzDecode(f *testing.F) {
 	seeds := []string{
 		`{"version":1,"name":"west","network":"n","region":"r","zone":"z","trustDomain":"west.example","gateways":["1.2.3.4:15443"],"joinedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"name":"tls","port":8443,"protocol":"TCP"}],"endpoints":[{"address":"10.0.0.1","ready":true,"hbonePort":15008}],"revision":1,"exportedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:00Z"}`,
+		`{"version":1,"cluster":"west","namespace":"demo","name":"echo","type":"ClusterSetIP","ports":[{"port":8443,"protocol":"TCP"}],"endpoints":[{"address":"10.0.0.1","ready":true,"serviceAccount":"echo"},{"address":"10.0.0.2","ready":false,"serviceAccount":"Bad/SA"}],"revision":1,"exportedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"trustDomain":"west.example","owner":"west","sequence":2,"jwks":{"keys":[]},"digest":"sha256:` + strings.Repeat("0", 64) + `"}`,
 		`{"version":1,"cluster":"west","trustDomain":"east.example","sequence":2,"digest":"x","appliedAt":"2026-01-01T00:00:00Z"}`,
 		`{"version":1,"id":"d1","cluster":"west","until":"2026-01-01T00:00:00Z","startedBy":"me","startedAt":"2026-01-01T00:00:00Z"}`,

@@ -103,3 +103,27 @@ func TestMerge(t *testing.T) {
 		})
 	}
 }
+
+// Merge keeps every cluster's export whole: the endpoints' service accounts stay with the
+// cluster that exported them (they name identities of that cluster's trust domain), and
+// differing accounts across clusters are no conflict.
+func TestMergeKeepsServiceAccountsPerCluster(t *testing.T) {
+	west := exp("west", 1, records.TypeClusterSetIP, port("tls", 8443, ""))
+	west.Export.Endpoints = []records.Endpoint{{Address: "10.0.0.1", Ready: true, ServiceAccount: "echo"}, {Address: "10.0.0.2", Ready: true}}
+	north := exp("north", 2, records.TypeClusterSetIP, port("tls", 8443, ""))
+	north.Export.Endpoints = []records.Endpoint{{Address: "10.1.0.1", Ready: true, ServiceAccount: "echo-north"}}
+	svc := Merge([]*ClusterExport{west, north})
+	if len(svc.Conflicts) != 0 {
+		t.Fatalf("conflicts %+v: service accounts are per cluster", svc.Conflicts)
+	}
+	for _, tc := range []struct {
+		cluster, want string
+		unknown       int
+	}{{"west", "echo", 1}, {"north", "echo-north", 0}} {
+		ce := svc.Exporter(tc.cluster)
+		got, unknown := ce.Export.ServiceAccounts(nil)
+		if strings.Join(got, ",") != tc.want || unknown != tc.unknown {
+			t.Errorf("%s: accounts %v (%d unknown), want %s (%d)", tc.cluster, got, unknown, tc.want, tc.unknown)
+		}
+	}
+}
