@@ -52,11 +52,21 @@ var allOnValues = map[string]any{
 		"federationTLS":     map[string]any{"secretName": "meshfed-gateway-xds-client", "serverName": "meshfed-federation.meshfed.svc"},
 		"service":           map[string]any{"loadBalancerSourceRanges": []any{"192.0.2.0/24"}},
 	},
-	"rotation":         map[string]any{"enabled": true},
-	"istio":            map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
+	"rotation": map[string]any{"enabled": true},
+	"istio": map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls",
+		"ambient": map[string]any{"enabled": true, "gatewayServiceAccount": "meshfed-gateway"}},
 	"networkPolicy":    map[string]any{"enabled": true},
 	"prometheusRule":   map[string]any{"enabled": true},
 	"imagePullSecrets": []any{map[string]any{"name": "regcred"}},
+}
+
+// istioAmbientValues: Istio ambient alone, with the Gateways in a namespace of their own
+// (not istio-system) and one service account for the remote gateways' identity.
+var istioAmbientValues = map[string]any{
+	"cluster": map[string]any{"name": "east"},
+	"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379"},
+	"istio": map[string]any{"ambient": map[string]any{"enabled": true, "namespace": "istio-gateways",
+		"gatewayServiceAccount": "meshfed-gateway"}},
 }
 
 // render is one way the project renders manifests.
@@ -96,9 +106,11 @@ func renders() []render {
 			"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379"},
 			"istio":   map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 		})},
+		{"helm-istio-ambient", true, helm(istioAmbientValues)},
 		{"kustomize-example", true, kust("overlays/example")},
 		{"kustomize-components", false, kust("overlays/all-components")},
 		{"kustomize-istio-tls", true, kust("overlays/istio-tls")},
+		{"kustomize-istio-ambient", true, kust("overlays/istio-ambient")},
 		{"kustomize-join", true, func(t *testing.T) []obj { return kustomizeBuild(t, joinRendered(t)) }},
 	}
 }
@@ -273,7 +285,65 @@ func checkObjects(t *testing.T, objs []obj) {
 		}
 	}
 	checkIstio(t, objs)
+	checkIstioAmbient(t, objs)
 	checkRBAC(t, objs)
+}
+
+// checkIstioAmbient: with --istio-ambient (istio.ambient.enabled, components/istio-ambient)
+// the federation writes Gateways in the namespace its --istio-ambient-namespace names
+// (default istio-system), through the Role meshfed-federation-istio-ambient there, and
+// ServiceEntries and WorkloadEntries in the imported services' namespaces, through the
+// ClusterRole of that name; both bound to its ServiceAccount alone. Without the flag, none of
+// them. checkRBAC holds the rules to exactly what the importer does.
+func checkIstioAmbient(t *testing.T, objs []obj) {
+	t.Helper()
+	fed := find(objs, "Deployment", "meshfed-federation")
+	if fed == nil {
+		return
+	}
+	const name = "meshfed-federation-istio-ambient"
+	args := strs(dig(podSpec(fed), "containers", 0, "args"))
+	rbac := []obj{find(objs, "Role", name), find(objs, "RoleBinding", name), find(objs, "ClusterRole", name), find(objs, "ClusterRoleBinding", name)}
+	if !contains(args, "--istio-ambient") {
+		for _, o := range rbac {
+			if o != nil {
+				t.Errorf("%s without --istio-ambient", o.id())
+			}
+		}
+		for _, a := range args {
+			if strings.HasPrefix(a, "--istio-ambient-") {
+				t.Errorf("meshfed-federation: %s without --istio-ambient (meshfed refuses to start)", a)
+			}
+		}
+		return
+	}
+	ns := "istio-system"
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--istio-ambient-namespace="); ok {
+			ns = v
+		}
+	}
+	for i, kind := range []string{"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} {
+		if rbac[i] == nil {
+			t.Fatalf("--istio-ambient without the %s %s: the importer cannot write what ambient needs", kind, name)
+		}
+	}
+	for _, o := range rbac[:2] {
+		if got := o.namespace(); got != ns {
+			t.Errorf("%s: in namespace %q, but --istio-ambient-namespace is %s (the Gateways' namespace, and no other)", o.id(), got, ns)
+		}
+	}
+	fedNS := fed.namespace()
+	for i, b := range []obj{rbac[1], rbac[3]} {
+		wantKind := []string{"Role", "ClusterRole"}[i]
+		if dig(map[string]any(b), "roleRef", "kind") != wantKind || dig(map[string]any(b), "roleRef", "name") != name {
+			t.Errorf("%s: roleRef %v, want the %s %s", b.id(), b["roleRef"], wantKind, name)
+		}
+		subj, _ := b["subjects"].([]any)
+		if len(subj) != 1 || dig(subj[0], "kind") != "ServiceAccount" || dig(subj[0], "name") != "meshfed-federation" || dig(subj[0], "namespace") != fedNS {
+			t.Errorf("%s: subjects %v, want the ServiceAccount meshfed-federation of %s alone", b.id(), subj, fedNS)
+		}
+	}
 }
 
 // checkIstio: with the MCP listener on (istio.enabled, components/istio), the Service
@@ -499,6 +569,24 @@ var wantFederationRules = map[string]string{
 	"discovery.k8s.io/endpointslices":             "create,delete,get,list,update,watch",
 }
 
+// wantIstioAmbientRoleRules is the whole of the federation's Role for Istio ambient, in the
+// Gateways' namespace alone (discovery/kube istiogateways.go: a namespaced informer, create,
+// get when a create finds the name taken, update, delete, UpdateStatus for
+// status.addresses; no patch).
+var wantIstioAmbientRoleRules = map[string]string{
+	"gateway.networking.k8s.io/gateways":        "create,delete,get,list,update,watch",
+	"gateway.networking.k8s.io/gateways/status": "update",
+}
+
+// wantIstioAmbientClusterRules is the whole of the federation's ClusterRole for Istio
+// ambient: the ServiceEntries and WorkloadEntries of the imported services, in their
+// namespaces (discovery/kube istioentries.go: an informer over every namespace, create, get
+// when a create finds the name taken, update, delete; never status, no patch).
+var wantIstioAmbientClusterRules = map[string]string{
+	"networking.istio.io/serviceentries":  "create,delete,get,list,update,watch",
+	"networking.istio.io/workloadentries": "create,delete,get,list,update,watch",
+}
+
 func checkRBAC(t *testing.T, objs []obj) {
 	t.Helper()
 	for _, o := range objs {
@@ -538,6 +626,14 @@ func checkRBAC(t *testing.T, objs []obj) {
 		case o.kind() == "ClusterRole" && o.name() == "meshfed-federation":
 			if !reflect.DeepEqual(got, wantFederationRules) {
 				t.Errorf("ClusterRole meshfed-federation grants\n  %v\nwant exactly\n  %v", got, wantFederationRules)
+			}
+		case o.kind() == "Role" && o.name() == "meshfed-federation-istio-ambient":
+			if !reflect.DeepEqual(got, wantIstioAmbientRoleRules) {
+				t.Errorf("%s grants\n  %v\nwant exactly\n  %v", o.id(), got, wantIstioAmbientRoleRules)
+			}
+		case o.kind() == "ClusterRole" && o.name() == "meshfed-federation-istio-ambient":
+			if !reflect.DeepEqual(got, wantIstioAmbientClusterRules) {
+				t.Errorf("%s grants\n  %v\nwant exactly\n  %v", o.id(), got, wantIstioAmbientClusterRules)
 			}
 		case o.kind() == "Role" && o.name() == "meshfed-federation":
 			for k, v := range got {
@@ -628,13 +724,17 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		{"all-components", "overlays/all-components", map[string]any{
 			"federation": map[string]any{"leaderElection": map[string]any{"enabled": true},
 				"xdsTLS": map[string]any{"secretName": "meshfed-federation-xds-tls"}},
-			"gateway":       map[string]any{"federationTLS": map[string]any{"secretName": "meshfed-gateway-xds-client"}},
-			"rotation":      map[string]any{"enabled": true},
-			"istio":         map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
+			"gateway":  map[string]any{"federationTLS": map[string]any{"secretName": "meshfed-gateway-xds-client"}},
+			"rotation": map[string]any{"enabled": true},
+			"istio": map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls",
+				"ambient": map[string]any{"enabled": true}},
 			"networkPolicy": map[string]any{"enabled": true},
 		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
 		{"istio-tls", "overlays/istio-tls", map[string]any{
 			"istio": map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
+		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
+		{"istio-ambient", "overlays/istio-ambient", map[string]any{
+			"istio": map[string]any{"ambient": map[string]any{"enabled": true, "gatewayServiceAccount": "meshfed-gateway"}},
 		}, []string{repoPath("deploy", chartDir, "ci", "example-values.yaml")}},
 	}
 	for _, p := range pairs {
@@ -772,6 +872,10 @@ func TestHelmRejectsBadValues(t *testing.T) {
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "trust": map[string]any{"enabled": true}}, "trust.bundleSource is required"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "federation": map[string]any{"xdsTLS": map[string]any{"secretName": "x"}}}, "gateway.federationTLS.secretName is required"},
 		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "federation": map[string]any{"xdsTLS": map[string]any{"secretName": "Bad_Name"}}}, "/federation/xdsTLS/secretName"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "istio": map[string]any{"ambient": map[string]any{"enabled": true, "namespace": "Istio_System"}}}, "/istio/ambient/namespace"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "istio": map[string]any{"ambient": map[string]any{"enabled": true, "namespace": ""}}}, "/istio/ambient/namespace"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "istio": map[string]any{"ambient": map[string]any{"enabled": true, "gatewayServiceAccount": "Bad SA"}}}, "/istio/ambient/gatewayServiceAccount"},
+		{map[string]any{"cluster": map[string]any{"name": "east"}, "etcd": map[string]any{"endpoints": "e:2379"}, "istio": map[string]any{"ambient": map[string]any{"enabled": true, "serviceAccount": "sa"}}}, "serviceAccount"},
 	}
 	for _, c := range cases {
 		_, err := helmTemplate(t, c.values)
