@@ -28,17 +28,18 @@ func TestAmbientHBONEPort(t *testing.T) {
 	node := discoveryv1.Endpoint{Addresses: []string{"10.0.0.8"}, TargetRef: &corev1.ObjectReference{Kind: "Node", Name: "n1"}}
 	for _, tc := range []struct {
 		name string
-		amb  ambientPolicy
+		amb  podPolicy
 		ep   discoveryv1.Endpoint
 		want int32
 	}{
-		{"ambient namespace", ambientPolicy{namespace: true}, podEndpoint("10.0.0.1", "a"), 15008},
-		{"pod opts out", ambientPolicy{namespace: true, pods: map[string]string{"a": DataplaneModeNone}}, podEndpoint("10.0.0.1", "a"), 0},
-		{"another pod opts out", ambientPolicy{namespace: true, pods: map[string]string{"b": DataplaneModeNone}}, podEndpoint("10.0.0.1", "a"), 15008},
-		{"pod opts in", ambientPolicy{pods: map[string]string{"a": DataplaneModeAmbient}}, podEndpoint("10.0.0.1", "a"), 15008},
-		{"plain namespace", ambientPolicy{}, podEndpoint("10.0.0.1", "a"), 0},
-		{"no pod behind it", ambientPolicy{namespace: true}, vm, 0},
-		{"not a pod", ambientPolicy{namespace: true}, node, 0},
+		{"ambient namespace", podPolicy{namespace: true}, podEndpoint("10.0.0.1", "a"), 15008},
+		{"pod opts out", podPolicy{namespace: true, pods: map[string]podFacts{"a": {mode: DataplaneModeNone}}}, podEndpoint("10.0.0.1", "a"), 0},
+		{"another pod opts out", podPolicy{namespace: true, pods: map[string]podFacts{"b": {mode: DataplaneModeNone}}}, podEndpoint("10.0.0.1", "a"), 15008},
+		{"pod opts in", podPolicy{pods: map[string]podFacts{"a": {mode: DataplaneModeAmbient}}}, podEndpoint("10.0.0.1", "a"), 15008},
+		{"plain namespace", podPolicy{}, podEndpoint("10.0.0.1", "a"), 0},
+		{"a known pod without the label", podPolicy{namespace: true, pods: map[string]podFacts{"a": {serviceAccount: "echo"}}}, podEndpoint("10.0.0.1", "a"), 15008},
+		{"no pod behind it", podPolicy{namespace: true}, vm, 0},
+		{"not a pod", podPolicy{namespace: true}, node, 0},
 	} {
 		if got := tc.amb.hbonePort(tc.ep); got != tc.want {
 			t.Errorf("%s: hbonePort = %d, want %d", tc.name, got, tc.want)
@@ -52,7 +53,7 @@ func TestBuildExportAmbient(t *testing.T) {
 	sl := slice("demo", "echo", "echo-a", discoveryv1.AddressTypeIPv4, map[string]int32{"tls": 8443})
 	sl.Endpoints = []discoveryv1.Endpoint{podEndpoint("10.0.0.1", "a"), podEndpoint("10.0.0.2", "b")}
 	exp, inv, _ := buildExport("west", svcExport("demo", "echo", t0), svc, []*discoveryv1.EndpointSlice{sl},
-		ambientPolicy{namespace: true, pods: map[string]string{"b": DataplaneModeNone}})
+		podPolicy{namespace: true, pods: map[string]podFacts{"b": {mode: DataplaneModeNone}}})
 	if inv != nil {
 		t.Fatalf("invalid: %+v", inv)
 	}

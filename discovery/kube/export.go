@@ -38,8 +38,9 @@ type invalid struct {
 // export record, or says why it cannot. svc is nil when the Service does not exist. Slices
 // are those labelled kubernetes.io/service-name=<svc.Name> in its namespace. It is pure, so
 // it is fuzzed directly. notes lists what was left out (non-TCP ports, FQDN endpoints, ...).
-// amb says which endpoints Istio ambient captures (they get hbonePort 15008).
-func buildExport(cluster string, se *mcsv1a1.ServiceExport, svc *corev1.Service, slices []*discoveryv1.EndpointSlice, amb ambientPolicy) (exp *records.Export, inv *invalid, notes []string) {
+// pods says which endpoints Istio ambient captures (they get hbonePort 15008) and the
+// service account of each endpoint's pod (serviceAccount).
+func buildExport(cluster string, se *mcsv1a1.ServiceExport, svc *corev1.Service, slices []*discoveryv1.EndpointSlice, pods podPolicy) (exp *records.Export, inv *invalid, notes []string) {
 	if svc == nil {
 		return nil, &invalid{mcsv1a1.ServiceExportReasonNoService, fmt.Sprintf("Service %s/%s not found: create it, or delete this ServiceExport", se.Namespace, se.Name)}, nil
 	}
@@ -121,7 +122,7 @@ func buildExport(cluster string, se *mcsv1a1.ServiceExport, svc *corev1.Service,
 				continue
 			}
 			byAddr[addr] = len(exp.Endpoints)
-			exp.Endpoints = append(exp.Endpoints, records.Endpoint{Address: addr, Zone: zone, Ready: ready, HBONEPort: amb.hbonePort(ep)})
+			exp.Endpoints = append(exp.Endpoints, records.Endpoint{Address: addr, Zone: zone, Ready: ready, HBONEPort: pods.hbonePort(ep), ServiceAccount: pods.serviceAccount(ep)})
 		}
 	}
 	if fqdn > 0 {

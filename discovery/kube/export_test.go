@@ -76,7 +76,7 @@ func TestBuildExport(t *testing.T) {
 		),
 		slice("demo", "echo", "echo-fqdn", discoveryv1.AddressTypeFQDN, nil, ep{addr: "backend.example.com"}),
 	}
-	exp, inv, notes := buildExport("west", se, svc, slices, ambientPolicy{})
+	exp, inv, notes := buildExport("west", se, svc, slices, podPolicy{})
 	if inv != nil {
 		t.Fatalf("invalid: %+v", inv)
 	}
@@ -104,7 +104,7 @@ func TestBuildExport(t *testing.T) {
 	// Headless, and a named target port with no slices yet falls back to the port.
 	svc = service("demo", "echo", tcpPort("", 8443, intstr.FromString("https")))
 	svc.Spec.ClusterIP = corev1.ClusterIPNone
-	exp, inv, _ = buildExport("west", se, svc, nil, ambientPolicy{})
+	exp, inv, _ = buildExport("west", se, svc, nil, podPolicy{})
 	if inv != nil || exp.Type != records.TypeHeadless || exp.Ports[0].TargetPort != 0 || exp.SessionAffinity != records.AffinityNone {
 		t.Errorf("headless: %+v %+v", exp, inv)
 	}
@@ -133,7 +133,7 @@ func TestBuildExportInvalid(t *testing.T) {
 		{"unnamed ports", badName, ReasonInvalidService, "name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			exp, inv, _ := buildExport("west", se, tc.svc, nil, ambientPolicy{})
+			exp, inv, _ := buildExport("west", se, tc.svc, nil, podPolicy{})
 			if exp != nil || inv == nil {
 				t.Fatalf("got export %+v, want invalid", exp)
 			}
@@ -239,7 +239,7 @@ func FuzzBuildExport(f *testing.F) {
 			}
 		}
 		se := svcExport("demo", "echo", t0)
-		exp, inv, _ := buildExport("west", se, svc, clean, ambientPolicy{})
+		exp, inv, _ := buildExport("west", se, svc, clean, podPolicy{})
 		if (exp == nil) == (inv == nil) {
 			t.Fatalf("want exactly one of export and invalid: %+v %+v", exp, inv)
 		}

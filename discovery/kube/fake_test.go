@@ -103,7 +103,7 @@ func (*noWatchList) IsWatchListSemanticsUnSupported() bool { return true }
 func mustExport(t *testing.T) *records.Export {
 	t.Helper()
 	svc := echoService("demo")
-	e, inv, _ := buildExport("west", &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", CreationTimestamp: metav1.NewTime(t0)}}, svc, nil, ambientPolicy{})
+	e, inv, _ := buildExport("west", &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", CreationTimestamp: metav1.NewTime(t0)}}, svc, nil, podPolicy{})
 	if inv != nil {
 		t.Fatal(inv)
 	}

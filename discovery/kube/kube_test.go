@@ -70,6 +70,10 @@ func (c *cluster) create(t *testing.T, objs ...any) {
 			_, err = c.c.Kube.DiscoveryV1().EndpointSlices(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		case *mcsv1a1.ServiceExport:
 			_, err = c.c.MCS.MulticlusterV1alpha1().ServiceExports(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *corev1.ServiceAccount:
+			_, err = c.c.Kube.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *corev1.Pod:
+			_, err = c.c.Kube.CoreV1().Pods(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		default:
 			t.Fatalf("create %T: not handled", o)
 		}
@@ -208,12 +212,66 @@ func TestKubernetesTier(t *testing.T) {
 	west, east := cs[0], cs[1]
 
 	t.Run("source", func(t *testing.T) { testSource(t, west) })
+	t.Run("service-accounts", func(t *testing.T) { testSourceServiceAccounts(t, west) })
 	t.Run("conflict", func(t *testing.T) { testConflict(t, west, east) })
 	t.Run("importer", func(t *testing.T) { testImporter(t, east) })
 	t.Run("end-to-end", func(t *testing.T) { testEndToEnd(t, west, east) })
 	t.Run("leader-election", func(t *testing.T) { testLeaderElection(t, west) })
 	t.Run("istio-remote-gateways", func(t *testing.T) { testIstioRemoteGateways(t, east) })
 	t.Run("istio-ambient-entries", func(t *testing.T) { testIstioAmbientEntries(t, east) })
+}
+
+// testSourceServiceAccounts: the source exports each endpoint's pod's
+// spec.serviceAccountName (EndpointSlice targetRef → Pod), as the real apiserver stores
+// pods (admission fills serviceAccountName "default" when the pod names none); a pod that
+// comes after its slice fills its endpoint's account in; a slice endpoint with no pod
+// behind it has none.
+func testSourceServiceAccounts(t *testing.T, west *cluster) {
+	ctx := context.Background()
+	ns := "sa"
+	west.ns(t, ns)
+	pod := func(name, sa string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+			ServiceAccountName: sa, AutomountServiceAccountToken: ptr(false),
+			Containers: []corev1.Container{{Name: "echo", Image: "registry.example/echo:1"}},
+		}}
+	}
+	sl := echoSlice(ns, "echo-1", ep{addr: "10.2.0.1"}, ep{addr: "10.2.0.2"}, ep{addr: "10.2.0.3"}, ep{addr: "10.2.0.4"})
+	for i, name := range []string{"echo-a", "echo-b", "echo-c"} {
+		sl.Endpoints[i].TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}
+	}
+	west.create(t,
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "echo"}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default"}},
+		pod("echo-a", "echo"), pod("echo-b", ""),
+		echoService(ns), sl,
+		&mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "echo"}},
+	)
+	src := startSource(t, west)
+	accounts := func(want ...string) func() error {
+		return func() error {
+			e := src.exports()[ns+"/echo"]
+			if e == nil {
+				return fmt.Errorf("no %s/echo in the snapshot", ns)
+			}
+			var got []string
+			for _, ep := range e.Endpoints {
+				got = append(got, ep.ServiceAccount)
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				return fmt.Errorf("endpoint accounts %q, want %q", got, want)
+			}
+			return nil
+		}
+	}
+	// echo-c does not exist yet; 10.2.0.4 has no pod behind it.
+	kubetest.Eventually(t, wait, accounts("echo", "default", "", ""))
+	west.create(t, pod("echo-c", "echo"))
+	kubetest.Eventually(t, wait, accounts("echo", "default", "echo", ""))
+	if err := west.c.Kube.CoreV1().Pods(ns).Delete(ctx, "echo-a", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, wait, accounts("", "default", "echo", ""))
 }
 
 // testLeaderElection: two replicas campaign for one Lease; exactly one leads, and when it

@@ -60,7 +60,7 @@ type Source struct {
 	seLister  mcslisters.ServiceExportLister
 	svcLister corelisters.ServiceLister
 	epsLister discoverylisters.EndpointSliceLister
-	ambient   *ambientWatch
+	pods      *podWatch
 
 	viewMu sync.Mutex
 	view   *view.View
@@ -172,12 +172,15 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	if _, err := epsInf.Informer().AddEventHandler(sliceHandler(full)); err != nil {
 		return fmt.Errorf("kube source: %w", err)
 	}
-	// Istio ambient capture (hbonePort): namespace labels, and the pods that carry a
-	// dataplane-mode label.
+	// The pods behind the endpoints (pods.go): Istio ambient capture (hbonePort: namespace
+	// labels, pod labels) and each pod's service account (serviceAccount).
 	nf := informers.NewSharedInformerFactory(s.cfg.Kube, s.cfg.Resync)
-	pf := informers.NewSharedInformerFactoryWithOptions(s.cfg.Kube, s.cfg.Resync, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(podLabelSelector))
-	s.ambient = newAmbientWatch(nf, pf)
+	pf := informers.NewSharedInformerFactoryWithOptions(s.cfg.Kube, s.cfg.Resync, informers.WithNamespace(ns))
+	pw, err := newPodWatch(nf, pf)
+	if err != nil {
+		return fmt.Errorf("kube source: %w", err)
+	}
+	s.pods = pw
 	requeueNS := func(namespace string) {
 		ses, err := s.seLister.ServiceExports(namespace).List(labels.Everything())
 		if err != nil {
@@ -187,7 +190,7 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 			full(se.Namespace + "/" + se.Name)
 		}
 	}
-	for _, inf := range []cache.SharedIndexInformer{s.ambient.nsInf, s.ambient.podInf} {
+	for _, inf := range []cache.SharedIndexInformer{s.pods.nsInf, s.pods.podInf} {
 		if _, err := inf.AddEventHandler(namespaceHandler(requeueNS)); err != nil {
 			return fmt.Errorf("kube source: %w", err)
 		}
@@ -215,7 +218,7 @@ func (s *Source) Run(ctx context.Context, emit func(discovery.Snapshot)) error {
 	for _, ok := range []bool{
 		cache.WaitForCacheSync(ctx.Done(), seInf.HasSynced),
 		cache.WaitForCacheSync(ctx.Done(), svcInf.Informer().HasSynced, epsInf.Informer().HasSynced),
-		cache.WaitForCacheSync(ctx.Done(), s.ambient.nsInf.HasSynced, s.ambient.podInf.HasSynced),
+		cache.WaitForCacheSync(ctx.Done(), s.pods.nsInf.HasSynced, s.pods.podInf.HasSynced),
 	} {
 		if !ok {
 			if ctx.Err() != nil {
@@ -385,7 +388,7 @@ func (s *Source) build(se *mcsv1a1.ServiceExport) (*verdict, error) {
 			return nil, err
 		}
 	}
-	exp, inv, notes := buildExport(s.cfg.Cluster, se, svc, slices, s.ambient.policy(se.Namespace))
+	exp, inv, notes := buildExport(s.cfg.Cluster, se, svc, slices, s.pods.policy(se.Namespace, slices))
 	return &verdict{exp: exp, inv: inv, notes: notes}, nil
 }
 
