@@ -63,11 +63,7 @@ FL1=${P[9]} FL2=${P[10]} FL3=${P[11]} GW3=${P[12]} GW3ADM=${P[13]}
 "$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
 BACKENDS=$!; PIDS+=($BACKENDS)
 
-# The floor: a relay that only accepts, connects and hands both sockets to the kernel
-# (sockmap redirect), one listener per backend. Needs root and BPF; skipped otherwise.
-"$WORK/benchload" floor --relay 127.0.0.1:$FL1=127.0.0.1:$ECHO --relay 127.0.0.1:$FL2=127.0.0.1:$SINK \
-  --relay 127.0.0.1:$FL3=127.0.0.1:$HOLD > "$WORK/floor.log" 2>&1 &
-FLOORPID=$!; PIDS+=($FLOORPID); echo $FLOORPID > "$WORK/floor.pids"
+start_floor
 
 cat > "$WORK/exports.yaml" <<YAML
 services:
@@ -105,12 +101,7 @@ if kill -0 $SMPID 2>/dev/null; then
 else
   echo "note: no sockmap gateway in this run: $(tail -1 "$WORK/gw3.log")" >&2
 fi
-FLOOR=()
-if grep -q '^ready' "$WORK/floor.log"; then
-  FLOOR=(--target "floor=127.0.0.1:$FL1,127.0.0.1:$FL2,127.0.0.1:$FL3@$WORK/floor.pids")
-else
-  echo "note: no floor in this run: $(tail -1 "$WORK/floor.log")" >&2
-fi
+floor_target
 # nginx: the master and its workers (the workers do the proxying).
 { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
 

@@ -5,7 +5,10 @@
 # target, in ROUNDS rounds that interleave them, and per target the proxy's CPU time
 # (utime+stime), its system calls and context switches (perf stat: raw_syscalls:sys_enter,
 # context-switches, counted in the kernel whatever the load), and the machine's added CPU
-# (as bench/10-gateway.sh counts it). Medians over the rounds.
+# (as bench/10-gateway.sh counts it). Medians over the rounds. The floor (bench/10's: a
+# relay that only accepts, connects and hands both sockets to the kernel's sockmap
+# redirect, no user-space work after that) runs in the same rounds where root and BPF
+# allow it (FLOOR=0: left out).
 #
 # GWS lists the gateways to compare, NAME=BINARY:MODE separated by spaces, e.g. an A/B of
 # two builds: GWS="A=/tmp/a:poll-splice B=/tmp/b:poll-splice" bench/11-gateway-cost.sh
@@ -13,6 +16,7 @@
 # BINARY is `meshfed` (run as `meshfed gateway ...`) or any program taking the same
 # --listen/--admin/--exports/--copy-mode flags.
 # Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
+# FLOOR=1 (0: no floor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/baselines.sh
@@ -23,6 +27,7 @@ CONC=${CONC:-16}
 STREAMS=${STREAMS:-4}
 ROUNDS=${ROUNDS:-5}
 BASELINES=${BASELINES:-1}
+FLOOR_ON=${FLOOR:-1}
 
 if [ "$BASELINES" = 1 ] && { ! command -v haproxy >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; }; then
   echo "installing haproxy and nginx from Debian..." >&2
@@ -49,8 +54,8 @@ if [ -z "${GWS:-}" ]; then
 fi
 read -ra GWLIST <<< "$GWS"
 
-mapfile -t P < <("$WORK/benchload" freeports $(( 5 + 2 * ${#GWLIST[@]} )))
-ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} HAP=${P[3]} NGX=${P[4]}
+mapfile -t P < <("$WORK/benchload" freeports $(( 8 + 2 * ${#GWLIST[@]} )))
+ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} HAP=${P[3]} NGX=${P[4]} FL1=${P[5]} FL2=${P[6]} FL3=${P[7]}
 
 "$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
 BACKENDS=$!; PIDS+=($BACKENDS)
@@ -62,9 +67,11 @@ services:
   - {name: idle, namespace: demo, ports: [{port: 8443, targetPort: $HOLD}], endpoints: [{address: 127.0.0.1}]}
 YAML
 
+[ "$FLOOR_ON" = 1 ] && start_floor
+
 TARGETS=(--target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD")
 WAIT=($ECHO)
-i=5
+i=8
 for gw in "${GWLIST[@]}"; do
   name=${gw%%=*} rest=${gw#*=}
   bin=${rest%:*} mode=${rest##*:}
@@ -84,12 +91,16 @@ if [ "$BASELINES" = 1 ]; then
   WAIT+=($HAP $NGX)
 fi
 
+[ "$FLOOR_ON" = 1 ] && WAIT+=($FL1)
 for port in "${WAIT[@]}"; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    [ "$port" = "${FL1:-}" ] && ! kill -0 "${FLOORPID:-0}" 2>/dev/null && break
     sleep 0.1
   done
 done
+FLOOR=()
+[ "$FLOOR_ON" = 1 ] && floor_target
 if [ "$BASELINES" = 1 ]; then
   { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
   TARGETS+=(--target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids")
@@ -99,5 +110,5 @@ VERS=""
 [ "$BASELINES" = 1 ] && VERS=", $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3)"
 echo "== gateway cost: $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), $(uname -r), $(go version | cut -d' ' -f3)$VERS"
 echo "== gateways: $GWS"
-"$WORK/benchload" cost "${TARGETS[@]}" --account-pid "$BACKENDS" \
+"$WORK/benchload" cost "${TARGETS[@]}" "${FLOOR[@]}" --account-pid "$BACKENDS" \
   --conns "$CONNS" --conc "$CONC" --bulk-mb "$BULK_MB" --streams "$STREAMS" --rounds "$ROUNDS"

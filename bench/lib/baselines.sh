@@ -3,7 +3,7 @@
 # start_sni_baselines starts HAProxy on $HAP and nginx's stream module on $NGX, routing
 # echo/bulk/idle by SNI to $ECHO, $SINK and $HOLD and sized by $FDLIM; it writes its files
 # into $WORK, appends the processes to PIDS (haproxy's pid also to $WORK/haproxy.pids) and
-# sets NGXPID.
+# sets NGXPID. start_floor starts the floor relay (benchload floor) on $FL1 $FL2 $FL3.
 start_sni_baselines() {
 cat > "$WORK/haproxy.cfg" <<CFG
 global
@@ -59,4 +59,23 @@ stream {
 CFG
 nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
 NGXPID=$!; PIDS+=($NGXPID)
+}
+
+# The floor: a relay that only accepts, connects and hands both sockets to the kernel
+# (sockmap redirect), one listener per backend ($FL1 -> $ECHO, $FL2 -> $SINK, $FL3 -> $HOLD).
+# Needs root and BPF. Sets FLOORPID (its pid also in $WORK/floor.pids); once its listeners
+# are up, floor_target sets FLOOR to the benchload --target arguments, or to nothing
+# (saying why) when it could not start.
+start_floor() {
+"$WORK/benchload" floor --relay 127.0.0.1:$FL1=127.0.0.1:$ECHO --relay 127.0.0.1:$FL2=127.0.0.1:$SINK \
+  --relay 127.0.0.1:$FL3=127.0.0.1:$HOLD > "$WORK/floor.log" 2>&1 &
+FLOORPID=$!; PIDS+=($FLOORPID); echo $FLOORPID > "$WORK/floor.pids"
+}
+floor_target() {
+FLOOR=()
+if grep -q '^ready' "$WORK/floor.log"; then
+  FLOOR=(--target "floor=127.0.0.1:$FL1,127.0.0.1:$FL2,127.0.0.1:$FL3@$WORK/floor.pids")
+else
+  echo "note: no floor in this run: $(tail -1 "$WORK/floor.log")" >&2
+fi
 }
