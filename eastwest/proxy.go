@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,10 +17,60 @@ import (
 // connect dials ready endpoints of r, trying up to ConnectAttempts different ones and
 // ejecting those that fail. The returned endpoint's active count is already taken.
 func (g *Gateway) connect(r *route) (*net.TCPConn, *epState) {
-	var tried []*epState
-	attempts := min(g.cfg.ConnectAttempts, len(r.eps))
 	// No keepalive upstream either: the idle timeout covers dead peers.
 	d := net.Dialer{Timeout: g.cfg.ConnectTimeout, KeepAlive: -1}
+	return tryEndpoints(g, r, func(ep *epState) (*net.TCPConn, error) {
+		c, err := d.Dial("tcp", ep.addr)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	})
+}
+
+// connectSend is connect that also writes first (the client's hello) to the endpoint,
+// within the connect timeout: a write that fails is that endpoint's failure, and the next
+// is tried (nothing has reached any endpoint's application yet). In poll-splice mode on
+// Linux the upstream socket is made with dialSend, without the net package's per-dial
+// system calls.
+func (g *Gateway) connectSend(r *route, first []byte) (sock, *epState) {
+	timeout := g.cfg.ConnectTimeout
+	if g.cfg.CopyMode == CopyPollSplice && pollSpliceSupported {
+		return tryEndpoints(g, r, func(ep *epState) (sock, error) {
+			u, err := dialSend(ep.addr, first, timeout)
+			if err != nil {
+				return nil, err
+			}
+			return u, nil
+		})
+	}
+	d := net.Dialer{Timeout: timeout, KeepAlive: -1}
+	return tryEndpoints(g, r, func(ep *epState) (sock, error) {
+		c, err := d.Dial("tcp", ep.addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFirst(c.(*net.TCPConn), first, timeout); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	})
+}
+
+// writeFirst writes the hello to a freshly dialled endpoint within timeout.
+func writeFirst(c *net.TCPConn, first []byte, timeout time.Duration) error {
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Write(first)
+	_ = c.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// tryEndpoints runs dial on ready endpoints of r (power of two choices), up to
+// ConnectAttempts different ones, ejecting each that fails, until one succeeds.
+func tryEndpoints[C any](g *Gateway, r *route, dial func(*epState) (C, error)) (C, *epState) {
+	var tried []*epState
+	attempts := min(g.cfg.ConnectAttempts, len(r.eps))
 	for i := 0; i < attempts; i++ {
 		now := time.Now()
 		ep := pick(r.eps, tried, now.UnixNano())
@@ -28,11 +79,11 @@ func (g *Gateway) connect(r *route) (*net.TCPConn, *epState) {
 		}
 		tried = append(tried, ep)
 		ep.active.Add(1)
-		c, err := d.Dial("tcp", ep.addr)
+		c, err := dial(ep)
 		if err == nil {
 			g.m.connectSecs.Observe(time.Since(now).Seconds())
 			ep.succeeded()
-			return c.(*net.TCPConn), ep
+			return c, ep
 		}
 		ep.active.Add(-1)
 		r.svc.connectErrs.Inc()
@@ -40,14 +91,27 @@ func (g *Gateway) connect(r *route) (*net.TCPConn, *epState) {
 		r.svc.ejections.Inc()
 		g.log.Warn("endpoint connect failed; ejected, trying another", "service", r.key.String(), "endpoint", ep.addr, "err", err, "ejected_for", back)
 	}
-	return nil, nil
+	var none C
+	return none, nil
+}
+
+// sock is one side of a proxied connection: the accepted *net.TCPConn, and upstream a
+// *net.TCPConn or (poll-splice on Linux) the *os.File of dialSend's socket.
+type sock interface {
+	io.ReadWriter
+	syscall.Conn
+	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	CloseWrite() error
+	Close() error
 }
 
 // proxied is one connection being spliced.
 type proxied struct {
 	g      *Gateway
 	client *net.TCPConn
-	up     *net.TCPConn
+	up     sock
 	route  *route
 	ep     *epState
 	start  time.Time
@@ -82,7 +146,7 @@ func (p *proxied) run() {
 
 // direction copies src to dst until src's EOF (then half-closes dst) or an error (then
 // aborts both). The last direction to finish closes the connection.
-func (p *proxied) direction(dst, src *net.TCPConn, counter prometheus.Counter) {
+func (p *proxied) direction(dst, src sock, counter prometheus.Counter) {
 	var err error
 	if p.g.cfg.CopyMode == CopyIOCopy || !pollSpliceSupported {
 		err = p.ioCopy(dst, src, counter)
@@ -176,7 +240,7 @@ func (p *proxied) stillAlive() (time.Time, bool) {
 	return dl, time.Now().Before(dl)
 }
 
-func (p *proxied) armIdle(c *net.TCPConn) {
+func (p *proxied) armIdle(c sock) {
 	if idle := p.g.cfg.IdleTimeout; idle > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(idle))
 	}
@@ -184,7 +248,7 @@ func (p *proxied) armIdle(c *net.TCPConn) {
 
 // ioCopy is the stdlib path: io.Copy between the *net.TCPConn pair (dst.ReadFrom(src),
 // which splices on Linux). The idle timeout is a read deadline re-armed while bytes move.
-func (p *proxied) ioCopy(dst, src *net.TCPConn, counter prometheus.Counter) error {
+func (p *proxied) ioCopy(dst, src sock, counter prometheus.Counter) error {
 	p.armIdle(src)
 	for {
 		n, err := io.Copy(dst, src)

@@ -252,27 +252,36 @@ func (g *Gateway) handle(c *net.TCPConn) {
 		g.reject(c, ReasonServiceLimit, alertInternalError, "service", r.key.String(), "max", g.cfg.MaxConnsPerService)
 		return
 	}
-	up, ep := g.connect(r)
+	var up sock
+	var ep *epState
+	if g.kp != nil {
+		tc, e := g.connect(r)
+		if tc != nil && g.spliceKernel(c, tc, raw, r, e, start) {
+			g.bufPool.Put(bufp)
+			handedOff = true
+			return
+		}
+		if tc != nil {
+			// Not for the kernel path: replay the hello here, as the other modes do.
+			if err := writeFirst(tc, raw, g.cfg.ConnectTimeout); err != nil {
+				r.svc.active.Add(-1)
+				e.active.Add(-1)
+				tc.Close()
+				g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String(), "endpoint", e.addr, "err", err)
+				return
+			}
+			up, ep = tc, e
+		}
+	} else {
+		// Connect and replay the hello bytes exactly as received; nothing else has been
+		// sent either way.
+		up, ep = g.connectSend(r, raw)
+	}
 	if up == nil {
 		r.svc.active.Add(-1)
 		g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String())
 		return
 	}
-	if g.kp != nil && g.spliceKernel(c, up, raw, r, ep, start) {
-		g.bufPool.Put(bufp)
-		handedOff = true
-		return
-	}
-	// Replay the hello bytes exactly as received; nothing else has been sent either way.
-	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.ConnectTimeout))
-	if _, err := up.Write(raw); err != nil {
-		r.svc.active.Add(-1)
-		ep.active.Add(-1)
-		up.Close()
-		g.reject(c, ReasonUpstreamFailed, alertInternalError, "service", r.key.String(), "endpoint", ep.addr, "err", err)
-		return
-	}
-	_ = up.SetWriteDeadline(time.Time{})
 	r.stats.bytesIn.Add(float64(len(raw)))
 	g.bufPool.Put(bufp)
 	handedOff = true

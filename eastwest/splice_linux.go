@@ -2,7 +2,6 @@ package eastwest
 
 import (
 	"errors"
-	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -139,7 +138,7 @@ func (s *splicer) drainFn(fd uintptr) bool {
 // dst's buffer is full), return the pipe. Returns nil on src's EOF.
 // Deadlines implement the idle timeout: armed once, and on expiry re-armed from the time
 // of the last bytes moved either way (so a busy connection costs no timer updates).
-func (p *proxied) pollSplice(dst, src *net.TCPConn, counter prometheus.Counter) error {
+func (p *proxied) pollSplice(dst, src sock, counter prometheus.Counter) error {
 	srcRaw, err := src.SyscallConn()
 	if err != nil {
 		return err
