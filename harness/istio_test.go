@@ -47,14 +47,21 @@ func echoExportsN(addrs ...string) string {
 
 const istioEchoCluster = "outbound|8443||echo.demo.svc.cluster.local"
 
+// otherExport is one more service, demo/other, on a workload (an item of an exports list).
+func otherExport(addr string) string {
+	h, port, _ := net.SplitHostPort(addr)
+	return fmt.Sprintf("  - name: other\n    namespace: demo\n    ports: [{name: tls, port: 8443, targetPort: %s}]\n    endpoints: [{address: %s}]\n", port, h)
+}
+
 // TestIstiodFedByFederation: three clusters (east imports demo/echo that west, same region,
 // and north, another region, export; gateways and health checks live); east's federation
 // serves istiod over MCP; istiod runs with the settings `meshfed istio config` makes
 // (operator.IstioConfig); a sidecar of east gets CDS with meshfed's SNI and EDS in meshfed's
 // order. Then west's gateway dies (connections reset), comes back, is blackholed, comes
 // back, is cordoned by a drill,
-// north unexports, etcd stops, east's federation and istiod restart: each step is asserted
-// on what istiod sends the sidecar, with its delay.
+// north unexports, etcd stops (echo's EDS stays, checked at a later push: demo/other, which
+// west and north also export, follows a fault at north's gateway), east's federation and
+// istiod restart: each step is asserted on what istiod sends the sidecar, with its delay.
 func TestIstiodFedByFederation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a federation, kube-apiserver and istiod")
@@ -82,6 +89,9 @@ func TestIstiodFedByFederation(t *testing.T) {
 	if p0 == p1 {
 		westExports = echoExportsN(wls[0].Addr, wls[1].Addr)
 	}
+	// West and north also export demo/other: a change of its plan is the trigger of the
+	// "nothing changes for echo" check while etcd is down (below).
+	westExports += otherExport(wls[0].Addr)
 	// Health checks every 200 ms and reassignments at most every 1.5 s, as in
 	// federation/xds's TestFailoverEndToEnd: the bounds are the plan's, istiod adds its own
 	// delay on top (measured here).
@@ -89,7 +99,7 @@ func TestIstiodFedByFederation(t *testing.T) {
 		MinReassign: 1500 * time.Millisecond, Clusters: []harness.ClusterSpec{
 			{Name: "east", IstioMCP: true},
 			{Name: "west", Exports: westExports, GatewayFaults: true},
-			{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr)},
+			{Name: "north", Region: "region-2", Exports: echoExportsN(wls[2].Addr) + otherExport(wls[2].Addr), GatewayFaults: true},
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -205,21 +215,45 @@ func TestIstiodFedByFederation(t *testing.T) {
 	}
 	expect("cordon lifted", 30*time.Second, westEP(0), northEP(1))
 
-	// North unexports.
-	if err := north.SetExports("services: []\n"); err != nil {
+	// North unexports echo (and keeps demo/other).
+	if err := north.SetExports("services:\n" + otherExport(wls[2].Addr)); err != nil {
 		t.Fatal(err)
 	}
 	expect("north unexported", 30*time.Second, westEP(0))
 
-	// etcd stops: istiod keeps the last state (nothing is withdrawn).
+	// etcd stops: istiod keeps the last state (nothing is withdrawn). Checked on conditions,
+	// not over a time window: once east's federation has lost its heartbeat lease (it knows
+	// etcd is gone), a fault at north's gateway still changes demo/other's plan (health
+	// checks need no etcd). When the sidecar has that change, every earlier push of the
+	// federation has reached it too (one ordered stream through the relay and istiod), and
+	// echo's EDS must still be west alone.
+	const otherCluster = "outbound|8443||other.demo.svc.cluster.local"
+	hasNorth := func(s istiotest.Snapshot) bool {
+		for _, e := range istiotest.Flatten(s.Endpoints[otherCluster]) {
+			if e.Address == north.GatewayAddr {
+				return true
+			}
+		}
+		return false
+	}
+	if snap, _, err := sc.WaitFor(30*time.Second, hasNorth); err != nil {
+		t.Fatalf("demo/other: no EDS with north's gateway %s: %v (%v)", north.GatewayAddr, err, istiotest.Flatten(snap.Endpoints[otherCluster]))
+	}
 	f.Etcd.Close()
 	f.Etcd = nil // closed: not again at f.Close
-	stable := time.Now()
-	time.Sleep(3 * time.Second) // a negative check: nothing may change during this window
-	if got := istiotest.Flatten(sc.Snapshot().Endpoints[istioEchoCluster]); fmt.Sprint(got) != fmt.Sprint([]istiotest.Endpoint{westEP(0)}) {
+	stopped := time.Now()
+	waitfor.Cond(t, 30*time.Second, func() bool { return !east.Federation().HeartbeatAlive() }, "east's federation loses its heartbeat lease with etcd down")
+	lost := time.Since(stopped)
+	north.Fault.Kill()
+	snap, took, err := sc.WaitFor(15*time.Second, func(s istiotest.Snapshot) bool { return s.Endpoints[otherCluster] != nil && !hasNorth(s) })
+	if err != nil {
+		t.Fatalf("with etcd down, north's gateway fault did not reach the sidecar (demo/other): %v (%v)\nistiod:\n%s", err, istiotest.Flatten(snap.Endpoints[otherCluster]), ist.LogTail(20))
+	}
+	if got := istiotest.Flatten(snap.Endpoints[istioEchoCluster]); fmt.Sprint(got) != fmt.Sprint([]istiotest.Endpoint{westEP(0)}) {
 		t.Fatalf("with etcd down, EDS changed to %v", got)
 	}
-	t.Logf("etcd down: EDS unchanged for %v", time.Since(stable).Round(time.Millisecond))
+	t.Logf("etcd down: heartbeat lease lost after %v; a later plan change (north's gateway fault on demo/other) at the sidecar in %v; echo's EDS unchanged",
+		lost.Round(time.Millisecond), took.Round(time.Millisecond))
 
 	// With etcd still down, east's federation stops and the config source beside istiod
 	// restarts too (a pod restart, say): istiod restarts meanwhile, and starts, because its
