@@ -253,8 +253,19 @@ func TestIstiodLocalServiceFirst(t *testing.T) {
 	// istio's list: no version skew) and ACKed every answer, meshfed's three included.
 	waitfor.Cond(t, 30*time.Second, func() bool { r := srv.Report(); return len(r.Istiods) == 1 && r.Istiods[0].Synced },
 		"istiod synced (every type it asked for ACKed): %+v", srv.Report())
-	if r := srv.Report(); len(r.UnknownTypes) != 0 || len(r.NACKs) != 0 {
+	r := srv.Report()
+	if len(r.UnknownTypes) != 0 || len(r.NACKs) != 0 {
 		t.Errorf("istiod asked for types meshfed does not know %v, or NACKed %v", r.UnknownTypes, r.NACKs)
+	}
+	// Both ways: no KnownTypes entry that this istiod does not ask for either.
+	var asked []string
+	for _, ts := range r.Istiods[0].Types {
+		asked = append(asked, ts.Type)
+	}
+	knownTypes := append([]string(nil), KnownTypes...)
+	sort.Strings(knownTypes)
+	if fmt.Sprint(asked) != fmt.Sprint(knownTypes) {
+		t.Errorf("istiod asked for\n  %v\nKnownTypes is\n  %v", asked, knownTypes)
 	}
 	c := snap.Clusters[echoCluster]
 	if c == nil {
