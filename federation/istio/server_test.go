@@ -191,7 +191,8 @@ func TestRelayKeepsServing(t *testing.T) {
 }
 
 // TestTwoIstiodsSameState: two istiod replicas (two streams) get the same full state with the
-// same versions, and both follow a change.
+// same versions, and both follow a change. TestIstiodReplicasSameState checks the same with
+// two real istiods and their sidecars' EDS.
 func TestTwoIstiodsSameState(t *testing.T) {
 	s, _ := startServer(t, Options{})
 	s.SetState(seState(t, "a"))
