@@ -190,7 +190,11 @@ func runFederation(ctx context.Context, f federationFlags) error {
 	case f.exports != "":
 		src = &file.Source{Cluster: f.cluster, Path: f.exports, Interval: f.pollInterval, Log: log}
 	case f.kubeconfig != "":
-		kube, err = newKubeWiring(f.cluster, f.kubeconfig, f.ambient.gateways(), f.ambient.entries(istioBuild), adm, log)
+		entries, err := f.ambient.entries(istioBuild, log.With("part", "kube-importer"), adm.Registry)
+		if err != nil {
+			return err
+		}
+		kube, err = newKubeWiring(f.cluster, f.kubeconfig, f.ambient.gateways(), entries, adm, log)
 		if err != nil {
 			return err
 		}

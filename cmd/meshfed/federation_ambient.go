@@ -1,6 +1,9 @@
 package main
 
 import (
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	mcp "istio.io/api/mcp/v1alpha1"
 
@@ -61,12 +64,22 @@ func (f *ambientFlags) gateways() *kube.IstioRemoteGateways {
 }
 
 // entries is the importer's ambient ServiceEntries and WorkloadEntries (nil: off), built
-// with the options the MCP source uses, so that hosts and ports are the same in both.
-func (f *ambientFlags) entries(opts istio.BuildOptions) *kube.IstioAmbientEntries {
+// with the options the MCP source uses, so that hosts and ports are the same in both;
+// what the builder leaves out (a remote cluster without service accounts) is logged once
+// and counted (meshfed_istio_ambient_skipped_total) on reg.
+func (f *ambientFlags) entries(opts istio.BuildOptions, log *slog.Logger, reg prometheus.Registerer) (*kube.IstioAmbientEntries, error) {
 	if !f.enabled {
-		return nil
+		return nil, nil
+	}
+	rep, err := istio.NewAmbientSkipReporter(log, reg)
+	if err != nil {
+		return nil, err
 	}
 	return &kube.IstioAmbientEntries{Build: func(v *view.View, self string, networks map[string]string) (map[string][]*mcp.Resource, error) {
-		return istio.BuildAmbient(v, self, networks, opts)
-	}}
+		res, skips, err := istio.BuildAmbientSkips(v, self, networks, opts)
+		if err == nil {
+			rep.Report(skips)
+		}
+		return res, err
+	}}, nil
 }

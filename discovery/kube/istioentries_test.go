@@ -30,23 +30,33 @@ func ambientEntries() *IstioAmbientEntries {
 }
 
 // hboneExport is an export whose first hbone ready endpoints take HBONE, then plain ready
-// ones, then one not ready HBONE endpoint.
+// ones, then one not ready HBONE endpoint; the HBONE endpoints run as the service account
+// named like the service.
 func hboneExport(cluster, ns, name string, hbone, plain int, ports ...records.Port) *records.Export {
 	e := remoteExport(cluster, ns, name, 0, ports...)
 	e.Endpoints = nil
 	for i := range hbone {
-		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: fmt.Sprintf("10.8.0.%d", i+1), Ready: true, HBONEPort: 15008})
+		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: fmt.Sprintf("10.8.0.%d", i+1), Ready: true, HBONEPort: 15008, ServiceAccount: name})
 	}
 	for i := range plain {
 		e.Endpoints = append(e.Endpoints, records.Endpoint{Address: fmt.Sprintf("10.8.1.%d", i+1), Ready: true})
 	}
-	e.Endpoints = append(e.Endpoints, records.Endpoint{Address: "10.8.2.1", HBONEPort: 15008})
+	e.Endpoints = append(e.Endpoints, records.Endpoint{Address: "10.8.2.1", HBONEPort: 15008, ServiceAccount: name})
+	return e
+}
+
+// withoutAccounts clears e's service accounts (an exporter that does not know them).
+func withoutAccounts(e *records.Export) *records.Export {
+	for i := range e.Endpoints {
+		e.Endpoints[i].ServiceAccount = ""
+	}
 	return e
 }
 
 // entryShape is what istiod's ambient index reads from the entries, as plain values.
 type entryShape struct {
 	Hosts, ExportTo, Ports, Addresses []string
+	SANs                              []string
 	Selector, Labels                  map[string]string
 	Network, Locality, Address        string
 	Weight                            int64
@@ -59,7 +69,7 @@ func entryShapeOf(u *unstructured.Unstructured) entryShape {
 		l, _, _ := unstructured.NestedStringSlice(spec, k)
 		return l
 	}
-	s.Hosts, s.ExportTo, s.Addresses = strs("hosts"), strs("exportTo"), strs("addresses")
+	s.Hosts, s.ExportTo, s.Addresses, s.SANs = strs("hosts"), strs("exportTo"), strs("addresses"), strs("subjectAltNames")
 	ps, _, _ := unstructured.NestedSlice(spec, "ports")
 	for _, p := range ps {
 		m, _ := p.(map[string]any)
@@ -99,7 +109,7 @@ func TestDesiredEntries(t *testing.T) {
 	}
 	got := entryShapeOf(se.obj)
 	wantSE := entryShape{Hosts: []string{"echo.demo.svc.cluster.local"}, ExportTo: []string{"~"}, Ports: []string{"https:8443/TLS"},
-		Selector: map[string]string{istio.LabelAmbientService: "echo"}}
+		SANs: []string{"spiffe://west.example.org/ns/demo/sa/echo"}, Selector: map[string]string{istio.LabelAmbientService: "echo"}}
 	if !reflect.DeepEqual(got, wantSE) {
 		t.Errorf("ServiceEntry\n got %+v\nwant %+v", got, wantSE)
 	}
@@ -198,11 +208,14 @@ func testIstioAmbientEntries(t *testing.T, east *cluster) {
 			hboneExport("south", "ambient", "echo", 3, 0, tcp),
 			hboneExport("west", "ambient", "plain", 0, 2, tcp), // no HBONE endpoint: nothing
 			hboneExport("west", "missing-ns", "echo", 1, 0, tcp),
+			// Ready HBONE endpoints without service accounts: ztunnel would refuse them, so
+			// no entries (federation/istio.SkipNoServiceAccount).
+			withoutAccounts(hboneExport("west", "ambient", "nosa", 2, 0, tcp)),
 		}, extra...)
 	}
 	im.Update(buildView(1, []*records.Cluster{self, west, north, south}, exports()))
 	wantSE := entryShape{Hosts: []string{"echo.ambient.svc.cluster.local"}, ExportTo: []string{"~"}, Ports: []string{"tcp-echo:9000/TCP"},
-		Selector: map[string]string{istio.LabelAmbientService: "echo"}}
+		SANs: []string{"spiffe://west.example.org/ns/ambient/sa/echo"}, Selector: map[string]string{istio.LabelAmbientService: "echo"}}
 	wantWest := entryShape{Network: "net-west", Locality: "r1/west-a/west", Weight: 2,
 		Labels: map[string]string{istio.LabelAmbientService: "echo", istio.LabelCluster: "west"}}
 	want := func(s, w map[string]entryShape) error {
@@ -287,8 +300,11 @@ func testIstioAmbientEntries(t *testing.T, east *cluster) {
 	im.Update(buildView(2, []*records.Cluster{self, west, north2, south}, exports(hboneExport("west", "ambient", "other", 1, 0, tcp))))
 	wantNorth := entryShape{Network: "net-north", Locality: "r1/north-a/north", Weight: 3,
 		Labels: map[string]string{istio.LabelAmbientService: "echo", istio.LabelCluster: "north"}}
+	// The ServiceEntry now names both clusters' identities (sorted).
+	wantSEBoth := wantSE
+	wantSEBoth.SANs = []string{"spiffe://north.example.org/ns/ambient/sa/echo", "spiffe://west.example.org/ns/ambient/sa/echo"}
 	waitFor("north joins", func(s, w map[string]entryShape) error {
-		if !reflect.DeepEqual(s["meshfed-echo"], wantSE) || !reflect.DeepEqual(w["echo/west"], wantWest) || !reflect.DeepEqual(w["echo/north"], wantNorth) {
+		if !reflect.DeepEqual(s["meshfed-echo"], wantSEBoth) || !reflect.DeepEqual(w["echo/west"], wantWest) || !reflect.DeepEqual(w["echo/north"], wantNorth) {
 			return fmt.Errorf("want echo from west and north")
 		}
 		if o := s["meshfed-other"]; !reflect.DeepEqual(o.Hosts, []string{"other.example"}) {
@@ -304,6 +320,9 @@ func testIstioAmbientEntries(t *testing.T, east *cluster) {
 	waitFor("west cordoned", func(s, w map[string]entryShape) error {
 		if len(w) != 1 || !reflect.DeepEqual(w["echo/north"], wantNorth) {
 			return fmt.Errorf("want north's entry only")
+		}
+		if sans := s["meshfed-echo"].SANs; !reflect.DeepEqual(sans, []string{"spiffe://north.example.org/ns/ambient/sa/echo"}) {
+			return fmt.Errorf("subjectAltNames %q, want north's only", sans)
 		}
 		return nil
 	})

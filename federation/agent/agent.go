@@ -120,7 +120,7 @@ func New(cfg Config) (*Agent, error) {
 		isrc = istio.NewSource(is, cfg.IstioBuild, clog)
 		next := xo.OnPlans
 		xo.OnPlans = func(u xds.PlanUpdate) {
-			isrc.Update(istioServices(u))
+			isrc.Update(istioServices(u, cfg.Cluster))
 			if next != nil {
 				next(u)
 			}
@@ -158,14 +158,16 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-func istioServices(u xds.PlanUpdate) map[string]*istio.Service {
+// istioServices is one planning pass as the Istio config source takes it: each service's
+// plan, ports and the remote workloads' identities (the ServiceEntry's subjectAltNames).
+func istioServices(u xds.PlanUpdate, self string) map[string]*istio.Service {
 	out := make(map[string]*istio.Service, len(u.Services))
 	for k, p := range u.Services {
 		if p == nil {
 			out[k] = nil
 			continue
 		}
-		out[k] = &istio.Service{Plan: p.Plan, Ports: p.Ports}
+		out[k] = &istio.Service{Plan: p.Plan, Ports: p.Ports, Identities: istio.ServiceIdentities(p.Import, u.Clusters, self)}
 	}
 	return out
 }

@@ -30,11 +30,12 @@ const ExportToNone = "~"
 // (ztunnel could not reach it: no network gateway).
 //
 // Per imported service with at least one such remote cluster that has ready endpoints with
-// an HBONE port and no cordon drill on it:
+// an HBONE port, all with a known service account, and no cordon drill on it:
 //
 //   - a ServiceEntry named and hosted like BuildService's (meshfed-<svc>, the host
 //     <svc>.<ns>.svc.<domain>, the same ports, no addresses: istiod allocates the VIP into the
-//     object's status), with exportTo "~" and a workloadSelector on LabelAmbientService;
+//     object's status), with exportTo "~", a workloadSelector on LabelAmbientService, and
+//     subjectAltNames = the SPIFFE IDs of those clusters' ready HBONE endpoints;
 //   - per such remote cluster one WorkloadEntry with no address, network = the remote
 //     cluster's network (istiod gives it that network's gateway as networkGateway, and
 //     ztunnel then speaks double HBONE to it with the service host as authority), locality
@@ -50,9 +51,24 @@ const ExportToNone = "~"
 // The result is keyed by type (TypeServiceEntry, TypeWorkloadEntry) like BuildService's, each
 // resource named namespace/name with its labels; pure: same input, same resources.
 func BuildAmbient(v *view.View, self string, networks map[string]string, opts BuildOptions) (map[string][]*mcp.Resource, error) {
+	out, _, err := BuildAmbientSkips(v, self, networks, opts)
+	return out, err
+}
+
+// BuildAmbientSkips is BuildAmbient, and says what it left out that the caller must
+// report (once, SkipReporter): a remote cluster whose ready HBONE endpoints do not all
+// name their service account (SkipNoServiceAccount). ztunnel accepts a destination only
+// when its SPIFFE ID is in the ServiceEntry's subjectAltNames (an empty list refuses
+// every one), so such a cluster gets no WorkloadEntry: ztunnel sends the service's
+// traffic to the clusters whose identities it can check, rather than to one it would
+// refuse. The ServiceEntry's subjectAltNames are the SPIFFE IDs
+// (records.Cluster.WorkloadID) of every ready HBONE endpoint of the clusters that have
+// a WorkloadEntry, sorted, each once.
+func BuildAmbientSkips(v *view.View, self string, networks map[string]string, opts BuildOptions) (map[string][]*mcp.Resource, []Skip, error) {
 	out := map[string][]*mcp.Resource{}
+	var skips []Skip
 	if v == nil || len(networks) == 0 {
-		return out, nil
+		return out, nil, nil
 	}
 	keys := make([]string, 0, len(v.Services))
 	for k := range v.Services {
@@ -66,6 +82,7 @@ func BuildAmbient(v *view.View, self string, networks map[string]string, opts Bu
 			continue
 		}
 		var wes []*mcp.Resource
+		var sans []string
 		for _, ce := range svc.Clusters {
 			nw, ok := networks[ce.Cluster]
 			if ce.Cluster == self || ce.Export == nil || !ok || v.Cordoned(ce.Cluster, svc.Namespace, svc.Name) {
@@ -80,8 +97,15 @@ func BuildAmbient(v *view.View, self string, networks map[string]string, opts Bu
 			if ready == 0 {
 				continue
 			}
+			rec := v.Clusters[ce.Cluster]
+			ids, known := clusterSANs(ce, rec, svc.Namespace, readyHBONEEndpoint)
+			if !known {
+				skips = append(skips, Skip{Service: key, Cluster: ce.Cluster, Reason: SkipNoServiceAccount})
+				continue
+			}
+			sans = append(sans, ids...)
 			region, zone := "", ""
-			if rec := v.Clusters[ce.Cluster]; rec != nil {
+			if rec != nil {
 				region, zone = rec.Region, rec.Zone
 			}
 			labels := map[string]string{LabelAmbientService: svc.Name, LabelCluster: ce.Cluster}
@@ -93,7 +117,7 @@ func BuildAmbient(v *view.View, self string, networks map[string]string, opts Bu
 			}
 			r, err := resource(svc.Namespace, ambientEntryName(svc.Namespace, svc.Name, ce.Cluster), we, labels)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			wes = append(wes, r)
 		}
@@ -102,14 +126,15 @@ func BuildAmbient(v *view.View, self string, networks map[string]string, opts Bu
 		}
 		se := serviceEntry(opts.host(svc.Namespace, svc.Name), ports, map[string]string{LabelAmbientService: svc.Name})
 		se.ExportTo = []string{ExportToNone}
+		se.SubjectAltNames = sortedSet(sans)
 		r, err := resource(svc.Namespace, NamePrefix+svc.Name, se, map[string]string{LabelAmbientService: svc.Name})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out[TypeServiceEntry] = append(out[TypeServiceEntry], r)
 		out[TypeWorkloadEntry] = append(out[TypeWorkloadEntry], wes...)
 	}
-	return out, nil
+	return out, skips, nil
 }
 
 // ambientEntryName is meshfed-<svc>-<cluster>-<hash>: readable, and unique where the plain

@@ -18,7 +18,7 @@ func ambientExport(cluster string, eps ...records.Endpoint) *view.ClusterExport 
 
 func ambientView() *view.View {
 	hb := func(addr string, ready bool) records.Endpoint {
-		return records.Endpoint{Address: addr, Ready: ready, HBONEPort: 15008}
+		return records.Endpoint{Address: addr, Ready: ready, HBONEPort: 15008, ServiceAccount: "echo"}
 	}
 	ports := []records.Port{{Name: "https", Port: 8443, Protocol: "TCP"}, {Name: "dns", Port: 53, Protocol: "UDP"}}
 	return &view.View{
@@ -28,8 +28,16 @@ func ambientView() *view.View {
 				ambientExport("north", hb("10.2.0.1", true), hb("10.2.0.2", false), // 1 ready HBONE endpoint
 					records.Endpoint{Address: "10.2.0.3", Ready: true}), // no HBONE port: not counted
 				ambientExport("south", records.Endpoint{Address: "10.3.0.1", Ready: true}), // no HBONE endpoint: none
-				ambientExport("west", hb("10.1.0.1", true), hb("10.1.0.2", true)),
+				ambientExport("west", hb("10.1.0.1", true), records.Endpoint{Address: "10.1.0.2", Ready: true, HBONEPort: 15008, ServiceAccount: "echo-canary"},
+					records.Endpoint{Address: "10.1.0.3", Ready: false, HBONEPort: 15008, ServiceAccount: "echo-old"}, // not ready: not a SAN
+					records.Endpoint{Address: "10.1.0.4", Ready: true}),                                               // no HBONE port: its unknown account does not matter
 				ambientExport("far", hb("10.4.0.1", true)), // no Gateway here (not in networks): none
+				// Ready HBONE endpoints without a service account: ztunnel would refuse them, so
+				// no WorkloadEntry (SkipNoServiceAccount).
+				ambientExport("nosa", records.Endpoint{Address: "10.5.0.1", Ready: true, HBONEPort: 15008},
+					records.Endpoint{Address: "10.5.0.2", Ready: true, HBONEPort: 15008, ServiceAccount: "echo"}),
+				// No cluster record here: its trust domain, so its SPIFFE IDs, are unknown.
+				ambientExport("norec", hb("10.6.0.1", true)),
 			}},
 			"demo/cordoned": {Namespace: "demo", Name: "cordoned", Ports: ports, Clusters: []*view.ClusterExport{
 				{Cluster: "west", Export: &records.Export{Cluster: "west", Namespace: "demo", Name: "cordoned", Endpoints: []records.Endpoint{hb("10.1.0.9", true)}}},
@@ -39,8 +47,10 @@ func ambientView() *view.View {
 			}},
 		},
 		Clusters: map[string]*records.Cluster{
-			"west":  {Name: "west", Network: "net-west", Region: "r1", Zone: "r1-b"},
-			"north": {Name: "north", Network: "net-north", Region: "r2", Zone: "r2-a"},
+			"west": {Name: "west", Network: "net-west", Region: "r1", Zone: "r1-b", TrustDomain: "mesh.example"},
+			// north shares west's trust domain (its record holds the owner's).
+			"north": {Name: "north", Network: "net-north", Region: "r2", Zone: "r2-a", TrustDomain: "mesh.example", SharesTrustDomainWith: "west"},
+			"nosa":  {Name: "nosa", Network: "net-nosa", Region: "r3", Zone: "r3-a", TrustDomain: "mesh.example", SharesTrustDomainWith: "west"},
 		},
 		Drills: []*records.Drill{{Cluster: "west", Namespace: "demo", Service: "cordoned"}},
 	}
@@ -51,10 +61,14 @@ func TestBuildAmbient(t *testing.T) {
 	if !v.Cordoned("west", "demo", "cordoned") {
 		t.Fatal("fixture: the drill does not cordon demo/cordoned in west")
 	}
-	nets := map[string]string{"west": "net-west", "north": "net-north", "south": "net-south", "east": "net-east"}
-	res, err := BuildAmbient(v, "east", nets, BuildOptions{})
+	nets := map[string]string{"west": "net-west", "north": "net-north", "south": "net-south", "east": "net-east", "nosa": "net-nosa", "norec": "net-norec"}
+	res, skips, err := BuildAmbientSkips(v, "east", nets, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	wantSkips := []Skip{{Service: "demo/echo", Cluster: "nosa", Reason: SkipNoServiceAccount}, {Service: "demo/echo", Cluster: "norec", Reason: SkipNoServiceAccount}}
+	if !slices.Equal(skips, wantSkips) {
+		t.Errorf("skips %+v, want %+v", skips, wantSkips)
 	}
 	if len(res[TypeServiceEntry]) != 1 || len(res[TypeWorkloadEntry]) != 2 || len(res) != 2 {
 		t.Fatalf("resources %v", res)
@@ -87,6 +101,12 @@ func TestBuildAmbient(t *testing.T) {
 	}
 	if want := []string{"echo.demo.svc.cluster.local"}; !slices.Equal(se.GetHosts(), want) || len(se.GetAddresses()) != 0 {
 		t.Errorf("hosts %v addresses %v", se.GetHosts(), se.GetAddresses())
+	}
+	// subjectAltNames: the SPIFFE IDs of the ready HBONE endpoints of the clusters that got a
+	// WorkloadEntry (north's in the trust domain it shares with west), sorted, each once.
+	wantSANs := []string{"spiffe://mesh.example/ns/demo/sa/echo", "spiffe://mesh.example/ns/demo/sa/echo-canary"}
+	if !slices.Equal(se.GetSubjectAltNames(), wantSANs) {
+		t.Errorf("subjectAltNames %q, want %q (ztunnel refuses a destination whose SPIFFE ID is not listed)", se.GetSubjectAltNames(), wantSANs)
 	}
 	if !slices.Equal(se.GetExportTo(), []string{"~"}) {
 		t.Errorf("exportTo %v, want [~] (no Envoy proxy may see it)", se.GetExportTo())

@@ -41,6 +41,9 @@ const (
 type Service struct {
 	Plan  planner.ServicePlan
 	Ports []records.Port
+	// Identities of the remote workloads (ServiceIdentities): the ServiceEntry's
+	// subjectAltNames when every remote cluster's are known.
+	Identities Identities
 }
 
 // BuildOptions are the cluster-wide settings of the resources.
@@ -68,11 +71,28 @@ type Skip struct {
 	Service, Cluster, Reason string
 }
 
-// Reasons of Skip.
+// Reasons of Skip (and SkipNoServiceAccount).
 const (
 	SkipGatewayHostname  = "gateway-hostname"   // istiod's STATIC endpoints must be IP addresses
 	SkipLocalAfterRemote = "local-after-remote" // policy ranks this cluster after a remote one
 )
+
+// Explain says what the skip means and what fixes it, for the warning logged once per
+// skip.
+func (s Skip) Explain() string {
+	switch s.Reason {
+	case SkipGatewayHostname:
+		return "a gateway address of the cluster is a hostname; istiod's STATIC endpoints must be IP addresses: that address is left out (join the cluster with IP gateway addresses)"
+	case SkipLocalAfterRemote:
+		return "the service's policy ranks this cluster's own endpoints after a remote cluster, which istiod's failoverPriority cannot express: the remote clusters follow this cluster's own endpoints (policy localFirst)"
+	case SkipNoServiceAccount:
+		return "the remote cluster exports ready endpoints of the service without a service account (or its cluster record is unknown), so its workloads' SPIFFE IDs are unknown: " +
+			"sidecars get no subjectAltNames for this service and check the remote certificates against the federated roots only (any workload of a federated trust domain passes), " +
+			"and ambient importers leave the cluster out (ztunnel refuses a destination whose SPIFFE ID is not in the ServiceEntry's subjectAltNames); " +
+			"fix: set serviceAccount on the cluster's endpoints in its exports file, or export from Kubernetes (the pods' spec.serviceAccountName)"
+	}
+	return s.Reason
+}
 
 // BuildService returns the resources of one service by type: a ServiceEntry for the
 // service's host (MESH_INTERNAL, STATIC, selecting its WorkloadEntries), one WorkloadEntry
@@ -80,7 +100,9 @@ const (
 // every service port mapped to the gateway's port, locality region/zone/cluster, weight =
 // the cluster's ready endpoints, tlsMode istio so sidecars originate Istio mTLS with the SNI
 // outbound_.<port>_._.<host>), and a DestinationRule whose outlierDetection turns on Istio's
-// failover and whose failoverPriority reproduces the plan's order (failoverPriority). A
+// failover and whose failoverPriority reproduces the plan's order (failoverPriority). The
+// ServiceEntry's subjectAltNames are svc.Identities.SANs when no remote cluster's are
+// unknown (else none, and a SkipNoServiceAccount per such cluster). A
 // service with no remote level yields no resources: istiod then knows only its own
 // endpoints, if any.
 //
@@ -130,6 +152,18 @@ func BuildService(svc *Service, opts BuildOptions) (map[string][]*mcp.Resource, 
 	out := map[string][]*mcp.Resource{}
 
 	se := serviceEntry(host, ports, map[string]string{LabelService: p.Name})
+	// subjectAltNames: what the sidecars check the remote workload's certificate against
+	// (istiod's ISTIO_MUTUAL upstream TLS takes the service's accounts, expanded over
+	// trustDomainAliases). All or nothing: a list that misses one remote cluster's
+	// identities would refuse that cluster's workloads, so when any is unknown the list
+	// stays empty (roots only) and the skip says so.
+	if len(svc.Identities.Unknown) > 0 {
+		for _, c := range svc.Identities.Unknown {
+			skips = append(skips, Skip{Service: p.Key(), Cluster: c, Reason: SkipNoServiceAccount})
+		}
+	} else {
+		se.SubjectAltNames = svc.Identities.SANs
+	}
 	r, err := resource(p.Namespace, NamePrefix+p.Name, se, map[string]string{LabelManagedBy: "meshfed"})
 	if err != nil {
 		return nil, nil, err

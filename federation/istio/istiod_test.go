@@ -3,6 +3,7 @@ package istio
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -49,7 +50,9 @@ const echoCluster = "outbound|8443||echo.demo.svc.cluster.local"
 // address, DestinationRule with failoverPriority) must give the SNI meshfed's gateways
 // route and EDS in meshfed's order — whatever the node's locality says — with one endpoint
 // per gateway address and weights = ready endpoints; a new order, a removed cluster and a
-// removed service must follow.
+// removed service must follow. The ServiceEntry's subjectAltNames (the remote workloads'
+// SPIFFE IDs, Identities) become the sidecar cluster's exact SAN matchers; with a remote
+// cluster's accounts unknown there are none (roots only).
 func TestIstiodTakesThePlan(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts kube-apiserver and istiod")
@@ -65,10 +68,15 @@ func TestIstiodTakesThePlan(t *testing.T) {
 	go func() { _ = src.Run(ctx) }()
 
 	// The plan's order deliberately disagrees with locality: north (another region) first.
-	src.Update(map[string]*Service{"demo/echo": echoPlan(
+	// The remote workloads run as demo/echo in west's trust domain and demo/echo-north in
+	// north's.
+	sans := []string{"spiffe://north.example/ns/demo/sa/echo-north", "spiffe://west.example/ns/demo/sa/echo"}
+	first := echoPlan(
 		gw("north", "r2", "r2-a", 3, "127.0.0.31"),
 		gw("west", "r1", "r1-b", 2, "127.0.0.21", "127.0.0.22"),
-	)})
+	)
+	first.Identities = Identities{SANs: sans}
+	src.Update(map[string]*Service{"demo/echo": first})
 	waitState(t, srv)
 
 	mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n- address: k8s://\ntrustDomain: east.example\n", srv.Addr())
@@ -108,18 +116,34 @@ func TestIstiodTakesThePlan(t *testing.T) {
 	if want := "outbound_.8443_._.echo.demo.svc.cluster.local"; sni != want {
 		t.Errorf("SNI %q, want %q", sni, want)
 	}
-	t.Logf("CDS %s: SNI %s, validation %s", c.GetName(), sni, validation)
+	t.Logf("CDS %s: SNI %s, validation %s, exact SANs %q", c.GetName(), sni, validation, sanMatchers(t, c))
+	// The SANs the sidecar checks the remote workload against: exactly the ServiceEntry's
+	// (the mesh config has no trustDomainAliases to expand them, the WorkloadEntries name no
+	// service account).
+	if got := sanMatchers(t, c); !slices.Equal(got, sans) {
+		t.Errorf("sidecar's SAN matchers %q, want exactly %q", got, sans)
+	}
 
-	// The plan changes order: west first now (e.g. a policy override).
-	src.Update(map[string]*Service{"demo/echo": echoPlan(
+	// The plan changes order: west first now (e.g. a policy override); and north's accounts
+	// are no longer known (its exports lost serviceAccount): no SANs at all, roots only.
+	reordered := echoPlan(
 		gw("west", "r1", "r1-b", 2, "127.0.0.21", "127.0.0.22"),
 		gw("north", "r2", "r2-a", 3, "127.0.0.31"),
-	)})
+	)
+	reordered.Identities = Identities{SANs: sans[1:], Unknown: []string{"north"}}
+	src.Update(map[string]*Service{"demo/echo": reordered})
 	west1.Priority, west2.Priority, north.Priority = 0, 0, 1
 	if snap, took, err = sc.WaitFor(30*time.Second, want(west1, west2, north)); err != nil {
 		t.Fatalf("reorder: %v; got %v", err, istiotest.Flatten(snap.Endpoints[echoCluster]))
 	}
 	t.Logf("reorder reached the sidecar in %v", took)
+	if snap, took, err = sc.WaitFor(30*time.Second, func(s istiotest.Snapshot) bool {
+		c := s.Clusters[echoCluster]
+		return c != nil && len(sanMatchers(t, c)) == 0
+	}); err != nil {
+		t.Fatalf("SANs with north's accounts unknown: %v; got %q", err, sanMatchers(t, snap.Clusters[echoCluster]))
+	}
+	t.Logf("SAN matchers gone (roots only) %v after the identities changed", took)
 
 	// West leaves the plan (gateway down, drill, no ready endpoints: the plan says so).
 	src.Update(map[string]*Service{"demo/echo": echoPlan(gw("north", "r2", "r2-a", 3, "127.0.0.31"))})
@@ -176,6 +200,34 @@ func clusterTLS(t *testing.T, c *clusterv3.Cluster) (sni, validation string) {
 	}
 	t.Fatalf("cluster %s has no TLS transport socket: %v", c.GetName(), c)
 	return "", ""
+}
+
+// sanMatchers returns the exact SAN matchers of the cluster's Istio mTLS validation
+// context (istiod sets the deprecated match_subject_alt_names from the service's accounts;
+// typed ones counted too), sorted.
+func sanMatchers(t *testing.T, c *clusterv3.Cluster) []string {
+	t.Helper()
+	var out []string
+	add := func(u *tlsv3.UpstreamTlsContext) {
+		dv := u.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext()
+		for _, m := range dv.GetMatchSubjectAltNames() { //nolint:staticcheck // what istiod sets
+			out = append(out, m.GetExact())
+		}
+		for _, m := range dv.GetMatchTypedSubjectAltNames() {
+			out = append(out, m.GetMatcher().GetExact())
+		}
+	}
+	for _, m := range c.GetTransportSocketMatches() {
+		if ts := m.GetTransportSocket(); ts.GetName() == "envoy.transport_sockets.tls" {
+			u := &tlsv3.UpstreamTlsContext{}
+			if err := ts.GetTypedConfig().UnmarshalTo(u); err != nil {
+				t.Fatal(err)
+			}
+			add(u)
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
 }
 
 // TestIstiodLocalServiceFirst: east also runs demo/echo itself, as a Kubernetes Service

@@ -22,6 +22,7 @@ type Source struct {
 	complete bool                                  // a complete plan has been received
 	svcs     map[string]map[string][]*mcp.Resource // service key → type → resources
 	skips    map[string][]Skip
+	report   *SkipReporter
 	kick     chan struct{}
 }
 
@@ -30,7 +31,8 @@ func NewSource(srv *Server, opts BuildOptions, log *slog.Logger) *Source {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Source{srv: srv, opts: opts, log: log.With("component", "istio-mcp"),
+	log = log.With("component", "istio-mcp")
+	return &Source{srv: srv, opts: opts, log: log, report: NewSkipReporter(log, srv.m.skipped, "istiod (MCP)"),
 		svcs: map[string]map[string][]*mcp.Resource{}, skips: map[string][]Skip{}, kick: make(chan struct{}, 1)}
 }
 
@@ -68,29 +70,19 @@ func (s *Source) Update(services map[string]*Service) {
 			continue
 		}
 		s.svcs[k] = res
-		for _, sk := range skips[k] {
-			if !containsSkip(s.skips[k], sk) {
-				s.srv.m.skipped.WithLabelValues(sk.Reason).Inc()
-				s.log.Warn("part of a plan cannot be given to istiod; left out", "service", sk.Service, "cluster", sk.Cluster, "reason", sk.Reason)
-			}
-		}
 		s.skips[k] = skips[k]
 	}
 	s.complete = true
+	var all []Skip
+	for _, sk := range s.skips {
+		all = append(all, sk...)
+	}
+	s.report.Report(all)
 	s.mu.Unlock()
 	select {
 	case s.kick <- struct{}{}:
 	default:
 	}
-}
-
-func containsSkip(list []Skip, s Skip) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Skips lists what was left out of istiod's resources, by service (for debug and status).

@@ -3,6 +3,7 @@ package xds
 import (
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/records"
+	"github.com/meshfed/meshfed/keyspace/view"
 )
 
 // PlannedService is one service's plan exactly as the server serves it (after the
@@ -11,6 +12,10 @@ import (
 type PlannedService struct {
 	Plan  planner.ServicePlan
 	Ports []records.Port
+	// Import is the merged import the plan was made from (read only): every cluster's
+	// export of the service, endpoints included (federation/istio reads their service
+	// accounts).
+	Import *view.Service
 }
 
 // PlanUpdate is what one planning pass served: the services it planned (a superset of those
@@ -20,6 +25,8 @@ type PlannedService struct {
 type PlanUpdate struct {
 	Revision int64
 	Services map[string]*PlannedService
+	// Clusters are the cluster records of the view the pass planned, by name (read only).
+	Clusters map[string]*records.Cluster
 }
 
 // notify hands a pass's plans to Options.OnPlans (on the Run goroutine: it must not block).
@@ -29,10 +36,10 @@ func (s *Server) notify(jobs []*job, dropped []string) {
 	}
 	u := PlanUpdate{Services: make(map[string]*PlannedService, len(jobs)+len(dropped))}
 	if s.view != nil {
-		u.Revision = s.view.Revision
+		u.Revision, u.Clusters = s.view.Revision, s.view.Clusters
 	}
 	for _, j := range jobs {
-		u.Services[j.key] = &PlannedService{Plan: j.dec.Plan, Ports: j.svc.Ports}
+		u.Services[j.key] = &PlannedService{Plan: j.dec.Plan, Ports: j.svc.Ports, Import: j.svc}
 	}
 	for _, k := range dropped {
 		u.Services[k] = nil
