@@ -177,6 +177,12 @@ func (l *memLog) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l *memLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // testLog is a logger whose output the test prints only when it fails.
 func testLog(t *testing.T) *slog.Logger {
 	lb := &memLog{}

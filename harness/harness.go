@@ -59,6 +59,9 @@ type ClusterSpec struct {
 	// IstioMCP makes the federation serve istiod too (--istio-mcp-listen on the cluster's
 	// loopback address, the last state kept in the cluster's directory).
 	IstioMCP bool
+	// IstiodXDS, with IstioMCP, is where the federation follows each connected istiod's PCDS
+	// (istio.Options.IstiodXDS, `--istiod-xds`; empty: not followed).
+	IstiodXDS string
 	// GatewayFaults puts a fault proxy (internal/faultproxy, Cluster.Fault) in front of the
 	// gateway: the cluster record and GatewayAddr name the proxy, so a test can reset
 	// (Kill) or blackhole the gateway as other clusters see it.
@@ -364,6 +367,7 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 			c.IstioStateFile = filepath.Join(filepath.Dir(c.ExportsPath), "istio-state.json")
 		}
 		istioOpts.StateFile = c.IstioStateFile
+		istioOpts.IstiodXDS = c.Spec.IstiodXDS
 	}
 	ag, err := agent.New(agent.Config{
 		IstioMCP: istioOpts,

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 // MaxBundleBytes caps a bundle document. A SPIFFE bundle holds a few roots and keys (a few
@@ -366,10 +367,7 @@ func (b *Bundle) HasRoot(fingerprint string) bool {
 }
 
 // Fingerprint is "sha256:<hex>" of a certificate's DER.
-func Fingerprint(c *x509.Certificate) string {
-	s := sha256.Sum256(c.Raw)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
+func Fingerprint(c *x509.Certificate) string { return records.Fingerprint(c.Raw) }
 
 // RootsPEM is the roots as concatenated PEM, in canonical order.
 func (b *Bundle) RootsPEM() []byte {

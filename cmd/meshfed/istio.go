@@ -205,6 +205,7 @@ type istioSourceFlags struct {
 	listen      string
 	stateFile   string
 	admin       string
+	istiodXDS   string
 }
 
 func newIstioSourceCmd() *cobra.Command {
@@ -238,6 +239,7 @@ See docs/istio.md.`,
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:15021", "MCP listener for istiod")
 	fl.StringVar(&f.stateFile, "state-file", "", "file keeping the last full state (required: it is what an istiod restart is answered from)")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15022", "admin listener: /metrics, /healthz, /readyz, /debug/istio")
+	fl.StringVar(&f.istiodXDS, "istiod-xds", "127.0.0.1:15010", "istiod's plaintext xDS in this pod: its PCDS (the roots istiod gives its proxies) is reported upstream for the rotation gates (empty: not followed)")
 	return cmd
 }
 
@@ -250,6 +252,9 @@ func (f *istioSourceFlags) validate() error {
 	}
 	errs.AddErr("--listen", validate.ListenAddr(f.listen))
 	errs.AddErr("--admin", validate.ListenAddr(f.admin))
+	if f.istiodXDS != "" {
+		errs.AddErr("--istiod-xds", validate.ListenAddr(f.istiodXDS))
+	}
 	if f.stateFile == "" {
 		errs.Add("--state-file", "required: the file the last state is kept in (e.g. on an emptyDir or a PVC)")
 	}
@@ -265,7 +270,7 @@ func runIstioSource(ctx context.Context, f *istioSourceFlags) error {
 	}
 	log := slog.Default()
 	adm := admin.New(log)
-	srv, err := istio.NewServer(log, adm.Registry, istio.Options{Listen: f.listen, StateFile: f.stateFile})
+	srv, err := istio.NewServer(log, adm.Registry, istio.Options{Listen: f.listen, StateFile: f.stateFile, IstiodXDS: f.istiodXDS})
 	if err != nil {
 		return err
 	}

@@ -199,6 +199,7 @@ type rotateFlags struct {
 	svidLifetime time.Duration
 	minValidity  time.Duration
 	gateTimeout  time.Duration
+	istiodSettle time.Duration
 	poll         time.Duration
 }
 
@@ -223,7 +224,9 @@ func newRotateCmd() *cobra.Command {
 
 Every step is an etcd transaction; a killed job resumes with --resume (or by running the
 same command again). A member without heartbeat blocks the gates and is named; --exclude
-CLUSTER (recorded in the job) lets the job go on without it. --abort works until the old
+CLUSTER (recorded in the job) lets the job go on without it. In a cluster whose federation
+serves istiod (--istio-mcp-listen), a gate also waits until every istiod connected to it
+gives its proxies the sequence's roots (PCDS), then --istiod-settle. --abort works until the old
 root is removed and goes forward only (the old roots come back as a new sequence).
 
 Exit status: 0 done (or nothing to do), 3 a gate timed out (--gate-timeout; the job waits
@@ -261,6 +264,7 @@ See docs/trust.md ("Rotation").`,
 	fl.DurationVar(&f.minValidity, "min-validity", 30*24*time.Hour, "the new root must stay valid this long after the job's expected end")
 	fl.DurationVar(&f.gateTimeout, "gate-timeout", 0, "give up waiting at one gate after this long (exit 3; the job stays and resumes later); 0 waits forever")
 	fl.DurationVar(&f.poll, "poll-interval", time.Second, "how often gates are checked")
+	fl.DurationVar(&f.istiodSettle, "istiod-settle", rotation.DefaultIstiodSettle, "in a cluster that feeds istiod, wait this long after every istiod gives its proxies a sequence's roots (istiod's push to its proxies; 0: no wait)")
 	return cmd
 }
 
@@ -268,6 +272,9 @@ func (f *rotateFlags) validate() error {
 	var errs validate.Errors
 	if _, err := trust.ParseTrustDomain(f.td); err != nil {
 		errs.Add("--trust-domain", "%v", err)
+	}
+	if f.istiodSettle < 0 {
+		errs.Add("--istiod-settle", "must not be negative (0: no settle window)")
 	}
 	modes := 0
 	for _, b := range []bool{f.resume, f.abort, f.confirm} {
@@ -307,7 +314,10 @@ func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 	}
 	defer cli.Close()
 	cfg := rotation.Config{Store: st, TrustDomain: f.td, Actor: actor.Of(f.etcd.user), DevCADir: f.devCADir, SVIDLifetime: f.svidLifetime,
-		MinValidity: f.minValidity, Exclude: f.exclude, Out: out, Log: log, Poll: f.poll, GateTimeout: f.gateTimeout}
+		MinValidity: f.minValidity, Exclude: f.exclude, Out: out, Log: log, Poll: f.poll, GateTimeout: f.gateTimeout, IstiodSettle: f.istiodSettle}
+	if f.istiodSettle == 0 {
+		cfg.IstiodSettle = -1 // none (0 in Config is the default)
+	}
 	if f.newCA != "" {
 		c, err := readOneCert(f.newCA)
 		if err != nil {

@@ -141,6 +141,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.Trust != nil {
 		a.wireTrust()
+		if is != nil {
+			a.Trust.AckForIstiod()
+		}
 	}
 	if adm := cfg.Admin; adm != nil {
 		adm.AddReadiness("federation", svc.Ready)

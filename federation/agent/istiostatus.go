@@ -57,6 +57,9 @@ func istioStatusRecord(cluster, instance string, s *istio.Server) *records.Istio
 		}
 		is := records.IstiodStatus{Node: node, Via: c.Via, Connected: c.Connected.UTC(), Synced: c.Synced,
 			LastPush: utc(c.LastPush), LastAck: utc(c.LastAck)}
+		if r := c.Roots; r != nil {
+			is.Roots = &records.IstiodRoots{Addr: r.Addr, Fingerprints: r.Fingerprints, Since: utc(r.Since), Error: r.Error}
+		}
 		for _, t := range c.Types {
 			if t.NACK != "" {
 				is.NACKs = append(is.NACKs, records.IstioTypeNACK{Type: t.Type, Error: t.NACK})

@@ -50,6 +50,9 @@ func (s *Server) onNode(c *conn, n *corev3.Node) {
 	}
 	v, ok := n.GetMetadata().GetFields()[MetadataReport]
 	if !ok {
+		if first {
+			s.startRootsProbe(c)
+		}
 		return
 	}
 	raw := v.GetStringValue()

@@ -38,6 +38,14 @@ type Options struct {
 	// restarted server answers istiod before the federation has planned anything, or while
 	// etcd is down) and rewritten after every change.
 	StateFile string
+	// IstiodXDS, when set, is where the server reaches each connected istiod's plaintext xDS
+	// (istiod's --grpcAddr, :15010 in an Istio install) to follow its PCDS like a sidecar's
+	// agent does: the roots istiod gives its proxies (ConnStatus.Roots), which the rotation
+	// gates wait for. ":PORT" dials the istiod stream's peer address at PORT (a federation
+	// fed by istiods directly, or by `meshfed istio source` relays in istiod's pods);
+	// "HOST:PORT" dials that address (a relay beside one istiod: 127.0.0.1:15010). Empty:
+	// no probe (the gates then wait, saying so, for every cluster that feeds istiod).
+	IstiodXDS string
 }
 
 // Server is the MCP-over-xDS server: state-of-the-world ADS, every type answered with its
@@ -261,9 +269,17 @@ type conn struct {
 	connected time.Time
 	relay     bool
 	report    *Report
+	ctx       context.Context // the stream's: ends the roots probe with it
 
 	mu    sync.Mutex
 	types map[string]*typeConn
+	roots *Roots // the roots probe's view (nil: no probe)
+}
+
+func (c *conn) nodeID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.node
 }
 
 type typeConn struct {
@@ -274,7 +290,7 @@ type typeConn struct {
 }
 
 func (s *Server) stream(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	c := &conn{connected: time.Now(), types: map[string]*typeConn{}}
+	c := &conn{connected: time.Now(), types: map[string]*typeConn{}, ctx: stream.Context()}
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		c.peer = p.Addr.String()
 	}
@@ -472,6 +488,9 @@ type ConnStatus struct {
 	Synced    bool         `json:"synced"` // every type it asked for is ACKed at the current version
 	NACKs     int          `json:"nacks"`  // types whose last answer was a NACK
 	Types     []TypeStatus `json:"types"`
+	// Roots are the roots this istiod gives its proxies (PCDS), as the server's probe last
+	// received them (nil: no probe; see Options.IstiodXDS). A relay reports its istiods'.
+	Roots *Roots `json:"roots,omitempty"`
 }
 
 // Status lists the streams connected to this server (istiods, and relays), for /debug.
@@ -487,6 +506,11 @@ func (s *Server) Status() []ConnStatus {
 	for _, c := range conns {
 		c.mu.Lock()
 		cs := ConnStatus{Node: c.node, Peer: c.peer, Relay: c.relay, Connected: c.connected, Synced: st != nil && len(c.types) > 0}
+		if c.roots != nil {
+			r := *c.roots
+			r.Fingerprints = append([]string{}, r.Fingerprints...)
+			cs.Roots = &r
+		}
 		for t, tc := range c.types {
 			cs.Types = append(cs.Types, TypeStatus{Type: t, SentVersion: tc.sentVersion, AckedVersion: tc.ackedVersion, NACK: tc.nack, LastPush: tc.lastPush, LastAck: tc.lastAck})
 			if tc.lastPush.After(cs.LastPush) {

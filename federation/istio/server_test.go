@@ -299,6 +299,19 @@ func TestRelayReportsIstiods(t *testing.T) {
 		ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: fmt.Sprintf("flood.example/v1/T%d", i)})
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(local.Report().UnknownTypes) == maxUnknownTypes+1 }, "unknown types bounded")
+	// The log line follows the report's update: wait for it, then for nothing more.
+	waitfor.Cond(t, 10*time.Second, func() bool { return strings.Count(logs.String(), "does not know") >= maxUnknownTypes+1 }, "unknown types logged")
+	ist.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "flood.example/v1/last"})
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		for _, cs := range local.Status() {
+			for _, ty := range cs.Types {
+				if ty.Type == "flood.example/v1/last" {
+					return true
+				}
+			}
+		}
+		return false
+	}, "the last request processed")
 	if n := strings.Count(logs.String(), "does not know"); n != maxUnknownTypes+1 {
 		t.Errorf("unknown types logged %d times, want %d (each once, then one for the rest)", n, maxUnknownTypes+1)
 	}

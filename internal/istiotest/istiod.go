@@ -60,6 +60,9 @@ type Config struct {
 	MeshConfig, MeshNetworks []byte
 	// Env adds to istiod's environment (after the defaults below, so it wins).
 	Env map[string]string
+	// XDSPort, when set, is the loopback port of istiod's plaintext xDS (--grpcAddr), for a
+	// test that must name it before istiod starts (default: a free port).
+	XDSPort int
 	// PodName is POD_NAME (default "istiod-0"): two replicas need different names.
 	PodName string
 	// StartTimeout bounds launch until /ready answers 200 (default 120 s).
@@ -223,6 +226,9 @@ func (i *Istiod) run(ctx context.Context) error {
 			return err
 		}
 		i.XDSAddr = loop(ports[0])
+		if i.cfg.XDSPort != 0 {
+			i.XDSAddr = loop(i.cfg.XDSPort)
+		}
 		i.HTTPAddr = loop(ports[1])
 		i.MonitoringAddr = loop(ports[2])
 		if err := i.exec(ports[3]); err != nil {

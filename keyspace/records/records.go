@@ -2,6 +2,8 @@ package records
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"github.com/meshfed/meshfed/api/fault"
@@ -511,6 +513,11 @@ type Ack struct {
 	Sequence    uint64    `json:"sequence"`
 	Digest      string    `json:"digest"`
 	AppliedAt   time.Time `json:"appliedAt"`
+	// Istiod: this cluster feeds istiod (--istio-mcp-listen), so the bundle reaches that
+	// cluster's sidecars only through istiod: a rotation gate counts the cluster as acked
+	// only when every istiod listed under acks/<cluster>/istio/ (IstiodStatus.Roots) gives
+	// its proxies the bundle's roots too (docs/trust.md, "Istio clusters").
+	Istiod bool `json:"istiod,omitempty"`
 }
 
 // Validate implements Record.
@@ -563,6 +570,33 @@ type IstiodStatus struct {
 	LastAck  time.Time `json:"lastAck,omitzero"`
 	// NACKs are the types whose last response it rejected, with its error.
 	NACKs []IstioTypeNACK `json:"nacks,omitempty"`
+	// Roots are the roots this istiod gives its proxies, as the replica's probe of istiod's
+	// PCDS sees them (nil: no probe, --istiod-xds empty). Rotation gates read them.
+	Roots *IstiodRoots `json:"roots,omitempty"`
+}
+
+// Fingerprint is "sha256:<hex>" of a certificate's DER: how records name a root (an
+// IstiodRoots fingerprint, a rotation's root; trust.Fingerprint is the same).
+func Fingerprint(der []byte) string {
+	s := sha256.Sum256(der)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// IstiodRoots is what one istiod sends its proxies over PCDS (ProxyConfig.caCertificatesPem:
+// its merged workload trust bundle, from meshConfig.caCertificates PEM, the roots fetched
+// from each spiffeBundleUrl and its own CA's root), as a probe subscribed to istiod's xDS
+// like a sidecar's agent last received it.
+type IstiodRoots struct {
+	// Addr is the istiod xDS address probed.
+	Addr string `json:"addr"`
+	// Fingerprints are the roots' sha256 fingerprints (trust.Fingerprint), sorted; empty
+	// when istiod sends none.
+	Fingerprints []string `json:"fingerprints"`
+	// Since is when the probe first received exactly these roots (zero: nothing received).
+	Since time.Time `json:"since,omitzero"`
+	// Error says why the probe has no current answer (cannot connect, stream ended); the
+	// fingerprints are then the last ones received, if any.
+	Error string `json:"error,omitempty"`
 }
 
 // IstioTypeNACK is one rejected type and istiod's error.
@@ -589,6 +623,16 @@ func (a *IstioStatus) Validate() error {
 	for i, c := range a.Istiods {
 		if c.Node == "" {
 			errs.Add(fmt.Sprintf("istiods[%d].node", i), "must be set")
+		}
+		if r := c.Roots; r != nil {
+			if r.Addr == "" {
+				errs.Add(fmt.Sprintf("istiods[%d].roots.addr", i), "must be set")
+			}
+			for j, fp := range r.Fingerprints {
+				if len(fp) != len("sha256:")+64 || fp[:7] != "sha256:" {
+					errs.Add(fmt.Sprintf("istiods[%d].roots.fingerprints[%d]", i, j), "must be sha256:<64 hex digits>")
+				}
+			}
 		}
 	}
 	return errs.Err()

@@ -146,7 +146,7 @@ func sameSet(a, b *trust.Set) bool {
 // is a lower sequence than an earlier ack after a bundle record was re-created).
 func (s *Service) ack(ctx context.Context, set *trust.Set, acked map[string]ackKey) error {
 	s.mu.Lock()
-	recs := s.records
+	recs, istiod := s.records, s.istiod
 	s.mu.Unlock()
 	for _, b := range set.Bundles() {
 		td := b.TrustDomain.Name()
@@ -161,10 +161,10 @@ func (s *Service) ack(ctx context.Context, set *trust.Set, acked map[string]ackK
 		}
 		key := s.cfg.Store.KS.Ack(s.cfg.Cluster, td)
 		_, err := store.Modify[records.Ack](ctx, s.cfg.Store, key, func(cur *records.Ack) (*records.Ack, error) {
-			if cur != nil && cur.Sequence == want.seq && cur.Digest == want.digest {
+			if cur != nil && cur.Sequence == want.seq && cur.Digest == want.digest && cur.Istiod == istiod {
 				return nil, nil
 			}
-			return &records.Ack{Cluster: s.cfg.Cluster, TrustDomain: td, Sequence: want.seq, Digest: want.digest, AppliedAt: time.Now().UTC()}, nil
+			return &records.Ack{Cluster: s.cfg.Cluster, TrustDomain: td, Sequence: want.seq, Digest: want.digest, AppliedAt: time.Now().UTC(), Istiod: istiod}, nil
 		})
 		if err != nil {
 			return fmt.Errorf("ack %s sequence %d: %w", td, want.seq, err)

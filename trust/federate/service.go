@@ -61,6 +61,17 @@ type Service struct {
 	nextSub  int
 	applied  bool
 	outputCh chan struct{}
+	istiod   bool // acks say the cluster feeds istiod (AckForIstiod)
+}
+
+// AckForIstiod makes every ack this service writes say that the cluster feeds istiod
+// (records.Ack.Istiod), so rotation gates also wait for the cluster's istiods to give their
+// proxies the bundle (acks/<cluster>/istio/). The agent calls it before Run when it serves
+// istiod (--istio-mcp-listen).
+func (s *Service) AckForIstiod() {
+	s.mu.Lock()
+	s.istiod = true
+	s.mu.Unlock()
 }
 
 // Fields of Config as its errors name them (*validate.FieldError); a command maps them to

@@ -65,11 +65,22 @@ func (j *Job) gate(ctx context.Context, it *store.Item[records.Rotation], seq ui
 		if err != nil {
 			return err
 		}
+		rs, err := j.rootSets(it.Value, bit.Value)
+		if err != nil {
+			return err
+		}
 		var waiting []string
 		for _, c := range members {
 			a, err := store.Get[records.Ack](ctx, j.st, j.st.KS.Ack(c, j.td))
 			switch {
 			case err == nil && (a.Value.Sequence > seq || (a.Value.Sequence == seq && a.Value.Digest == bit.Value.Digest)):
+				w, err := j.istiodWaiting(ctx, c, a.Value, seq, rs)
+				if err != nil {
+					return err
+				}
+				if w != "" {
+					waiting = append(waiting, c+": waiting for istiod of cluster "+c+": "+w)
+				}
 				continue
 			case err != nil && !errors.Is(err, store.ErrNotFound):
 				return err

@@ -57,6 +57,10 @@ type Config struct {
 	// GateTimeout bounds one wait (acks, confirmation, drain); 0 waits forever. A timed-out
 	// job stays in its phase and resumes later.
 	GateTimeout time.Duration
+	// IstiodSettle is how long a gate waits after every istiod of a cluster that feeds
+	// istiod gives its proxies the bundle's roots (istiod's push of them to its proxies; no
+	// ack of theirs is seen): default DefaultIstiodSettle, negative none.
+	IstiodSettle time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now   func() time.Time
 	Hooks Hooks
@@ -77,6 +81,9 @@ type Job struct {
 	td     string
 	holder string
 	out    io.Writer
+	// istiodOK: when the job first saw every istiod of a cluster have a sequence's roots
+	// ("<cluster>/<seq>"), the start of its settle window.
+	istiodOK map[string]time.Time
 }
 
 func newJob(cfg Config) (*Job, error) {
@@ -98,6 +105,12 @@ func newJob(cfg Config) (*Job, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	switch {
+	case cfg.IstiodSettle == 0:
+		cfg.IstiodSettle = DefaultIstiodSettle
+	case cfg.IstiodSettle < 0:
+		cfg.IstiodSettle = 0
+	}
 	if cfg.MinValidity <= 0 {
 		cfg.MinValidity = 24 * time.Hour
 	}
@@ -105,7 +118,7 @@ func newJob(cfg Config) (*Job, error) {
 	if cfg.Actor == "" {
 		cfg.Actor = actor.Of("")
 	}
-	return &Job{cfg: cfg, st: cfg.Store, td: cfg.TrustDomain, holder: host + "/" + strconv.Itoa(os.Getpid()), out: cfg.Out}, nil
+	return &Job{cfg: cfg, st: cfg.Store, td: cfg.TrustDomain, holder: host + "/" + strconv.Itoa(os.Getpid()), out: cfg.Out, istiodOK: map[string]time.Time{}}, nil
 }
 
 func (j *Job) printf(format string, args ...any) {
