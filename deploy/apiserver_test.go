@@ -462,7 +462,9 @@ func TestFederationRBACSufficesIstioAmbient(t *testing.T) {
 		Gateways: []string{"192.0.2.10:15443"}, HBONEGateways: []string{"192.0.2.10:15008"}, JoinedAt: t0}
 	exp := &records.Export{Cluster: "west", Namespace: ns, Name: "web", Type: records.TypeClusterSetIP, SessionAffinity: records.AffinityNone,
 		Ports: []records.Port{{Name: "https", Port: 443, Protocol: "TCP"}}, ExportedAt: t0, Revision: 1,
-		Endpoints: []records.Endpoint{{Address: "10.9.0.1", Ready: true, HBONEPort: 15008}}}
+		// A service account: without one ztunnel would refuse the endpoint, and the builder
+		// leaves the cluster out (federation/istio.SkipNoServiceAccount).
+		Endpoints: []records.Endpoint{{Address: "10.9.0.1", Ready: true, HBONEPort: 15008, ServiceAccount: "web"}}}
 	im.Update(&view.View{Revision: 10, Services: map[string]*view.Service{
 		ns + "/web": view.Merge([]*view.ClusterExport{{Cluster: "west", Export: exp}}),
 	}, Clusters: map[string]*records.Cluster{"east": east, "west": west}, Alive: map[string]bool{"east": true, "west": true}})
