@@ -1,6 +1,7 @@
 package istio
 
 import (
+	"context"
 	"crypto/x509"
 	"net"
 	"sort"
@@ -277,5 +278,35 @@ func TestRootsProbe(t *testing.T) {
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(s2.Status()) == 1 && s2.Status()[0].Node == "istiod-1" }, "istiod-1 connected")
 	if r := rootsOf(s2); r != nil {
 		t.Fatalf("roots without a probe: %+v", r)
+	}
+}
+
+// TestRelayReportsRoots: a `meshfed istio source` beside istiod follows its istiod's PCDS
+// (IstiodXDS HOST:PORT) and reports the roots upstream; the federation does not probe the
+// relay itself.
+func TestRelayReportsRoots(t *testing.T) {
+	a := testRoot(t, "root-a")
+	fake := startFakeIstiod(t, a)
+	up, _ := startServer(t, Options{IstiodXDS: ":1"}) // a probe of the relay would fail
+	st := seState(t, "a")
+	st.types[TypeWorkloadEntry] = &TypeState{Version: emptyVersion}
+	st.types[TypeDestinationRule] = &TypeState{Version: emptyVersion}
+	up.SetState(st)
+	local, _ := startServer(t, Options{IstiodXDS: fake.addr})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = (&Relay{Upstream: up.Addr(), Node: "source-1", Local: local}).Run(ctx) }()
+	waitState(t, local)
+	ist := dial(t, local.Addr())
+	ist.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "istiod-0"}, TypeUrl: TypeServiceEntry})
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		rep := up.Report()
+		return len(rep.Istiods) == 1 && rep.Istiods[0].Via == "source-1" && rep.Istiods[0].Roots != nil &&
+			rep.Istiods[0].Roots.Error == "" && strings.Join(rep.Istiods[0].Roots.Fingerprints, ",") == fps(a)
+	}, "the upstream's report carries the roots of the istiod behind the relay: %+v", up.Report())
+	for _, cs := range up.Status() {
+		if cs.Relay && cs.Roots != nil {
+			t.Fatalf("the federation probed the relay: %+v", cs.Roots)
+		}
 	}
 }
