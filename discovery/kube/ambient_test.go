@@ -3,20 +3,15 @@ package kube
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	kubefake "k8s.io/client-go/kubernetes/fake"
-	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 
-	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/internal/kubetest"
-	"github.com/meshfed/meshfed/keyspace/records"
 )
 
 func podEndpoint(addr, pod string) discoveryv1.Endpoint {
@@ -69,34 +64,11 @@ func TestSourceAmbientFake(t *testing.T) {
 	sl.Endpoints = []discoveryv1.Endpoint{podEndpoint("10.1.0.1", "echo-a"), podEndpoint("10.1.0.2", "echo-b")}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}
 	kc := kubefake.NewClientset(ns, echoService("demo"), sl)
-	se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", CreationTimestamp: metav1.NewTime(t0)}}
-	src, err := NewSource(SourceConfig{Cluster: "west", Kube: kc, MCS: fakeMCS(se), Log: testLog(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var last []records.Endpoint
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- src.Run(ctx, func(s discovery.Snapshot) {
-			mu.Lock()
-			defer mu.Unlock()
-			if len(s.Exports) == 1 {
-				last = s.Exports[0].Endpoints
-			}
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	endpoints := runFakeEchoSource(t, kc)
+	ctx := context.Background()
 	hbone := func(want ...int32) func() error {
 		return func() error {
-			mu.Lock()
-			defer mu.Unlock()
+			last := endpoints()
 			if len(last) != len(want) {
 				return fmt.Errorf("endpoints %+v", last)
 			}

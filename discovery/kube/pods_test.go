@@ -98,34 +98,11 @@ func TestSourceServiceAccountsFake(t *testing.T) {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}
 	podA := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo-a"}, Spec: corev1.PodSpec{ServiceAccountName: "echo"}}
 	kc := kubefake.NewClientset(ns, echoService("demo"), sl, podA)
-	se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", CreationTimestamp: metav1.NewTime(t0)}}
-	src, err := NewSource(SourceConfig{Cluster: "west", Kube: kc, MCS: fakeMCS(se), Log: testLog(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var last []records.Endpoint
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- src.Run(ctx, func(s discovery.Snapshot) {
-			mu.Lock()
-			defer mu.Unlock()
-			if len(s.Exports) == 1 {
-				last = s.Exports[0].Endpoints
-			}
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	endpoints := runFakeEchoSource(t, kc)
+	ctx := context.Background()
 	accounts := func(want ...string) func() error {
 		return func() error {
-			mu.Lock()
-			defer mu.Unlock()
+			last := endpoints()
 			if len(last) != len(want) {
 				return fmt.Errorf("endpoints %+v", last)
 			}
@@ -147,4 +124,39 @@ func TestSourceServiceAccountsFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, wait, accounts("", "echo-canary", ""))
+}
+
+// runFakeEchoSource runs the source on kc with the ServiceExport demo/echo until the test
+// ends, and returns a func giving the endpoints of the last snapshot's export.
+func runFakeEchoSource(t *testing.T, kc *kubefake.Clientset) func() []records.Endpoint {
+	t.Helper()
+	se := &mcsv1a1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", CreationTimestamp: metav1.NewTime(t0)}}
+	src, err := NewSource(SourceConfig{Cluster: "west", Kube: kc, MCS: fakeMCS(se), Log: testLog(t), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var last []records.Endpoint
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- src.Run(ctx, func(s discovery.Snapshot) {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(s.Exports) == 1 {
+				last = s.Exports[0].Endpoints
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return func() []records.Endpoint {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	}
 }
