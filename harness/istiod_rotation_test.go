@@ -20,15 +20,19 @@ import (
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
+	"github.com/meshfed/meshfed/trust/federate"
 	"github.com/meshfed/meshfed/trust/rotation"
 )
 
-// TestIstiodRotationGate rotates west's root while east feeds a real istiod (PEM
-// caCertificates, as `meshfed istio config` prints them). East's federation follows istiod's
-// PCDS (--istiod-xds); the rotation's gates wait for it: wait-acks-both holds until istiod
-// gives its proxies the new root (after the operator re-merges the mesh config), and
-// wait-acks-new until it no longer gives the old one. The times from each merge to istiod's
-// PCDS and to the gate passing are measured.
+// TestIstiodRotationGate rotates west's root while east feeds a real istiod with the settings
+// `meshfed istio config` prints. East's federation follows istiod's PCDS (--istiod-xds); the
+// rotation's gates wait for it: wait-acks-both holds, with every federation acked, until
+// istiod gives its proxies the new root, and wait-acks-new until it no longer gives the old
+// one. pem: istiod gets the roots when the operator merges the re-generated mesh config.
+// spiffe-bundle-url: east's bundle endpoint serves the new bundle at once, yet istiod fetches
+// it only at start, when its list of URLs changes, or every 30 minutes — the gate keeps
+// waiting (checked over a window) until istiod is restarted here. The times from each
+// operator action (merge, restart) to istiod's PCDS and to the gate passing are measured.
 func TestIstiodRotationGate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a federation, kube-apiserver and istiod")
@@ -36,6 +40,11 @@ func TestIstiodRotationGate(t *testing.T) {
 	if istiotest.Binary() == "" {
 		t.Skip(istiotest.SkipHint)
 	}
+	t.Run("pem", func(t *testing.T) { testIstiodRotationGate(t, false) })
+	t.Run("spiffe-bundle-url", func(t *testing.T) { testIstiodRotationGate(t, true) })
+}
+
+func testIstiodRotationGate(t *testing.T, bundleURL bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// istiod's xDS port is named before istiod starts: east's federation must know it.
@@ -45,8 +54,16 @@ func TestIstiodRotationGate(t *testing.T) {
 	}
 	xdsPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
+	eastSpec := harness.ClusterSpec{Name: "east", IstioMCP: true, IstiodXDS: net.JoinHostPort("127.0.0.1", strconv.Itoa(xdsPort))}
+	env := map[string]string{}
+	if bundleURL {
+		// East's bundle endpoint with a certificate of a stand-in Web PKI CA istiod trusts.
+		webCA, certFile, keyFile := webPKI(t, harness.ClusterIP(0))
+		eastSpec.BundleEndpoint = &federate.EndpointConfig{Addr: harness.ClusterIP(0) + ":0", CertFile: certFile, KeyFile: keyFile}
+		env["SSL_CERT_FILE"] = webCA
+	}
 	f, err := harness.Start(ctx, harness.Options{Trust: true, Clusters: []harness.ClusterSpec{
-		{Name: "east", IstioMCP: true, IstiodXDS: net.JoinHostPort("127.0.0.1", strconv.Itoa(xdsPort))},
+		eastSpec,
 		// An import, so east's MCP source has a plan to serve (istiod waits for one).
 		{Name: "west", Exports: echoExportsN(net.JoinHostPort(harness.WorkloadIP(1, 0), "8443"))},
 	}})
@@ -58,17 +75,22 @@ func TestIstiodRotationGate(t *testing.T) {
 	wtd := west.Spec.TrustDomain
 	waitfor.Cond(t, 30*time.Second, func() bool { return east.Agent().Istio.Ready() == nil }, "east's MCP source has a plan")
 
-	// The mesh config `meshfed istio config` prints now (PEM roots of west from etcd).
+	opts := operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr}
+	if bundleURL {
+		waitfor.Cond(t, 20*time.Second, func() bool { return east.BundleEndpointAddr() != "" }, "east's bundle endpoint listening")
+		opts.BundleURL = "https://" + east.BundleEndpointAddr()
+	}
+	// The mesh config `meshfed istio config` prints now (PEM: west's roots from etcd).
 	meshConfig := func(wantRoots int) []byte {
 		t.Helper()
 		var out []byte
 		waitfor.Cond(t, 30*time.Second, func() bool {
-			s, _, err := operator.IstioConfig(ctx, east.Store, operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr})
+			s, _, err := operator.IstioConfig(ctx, east.Store, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			cc := s.MeshConfig.GetCaCertificates()
-			if len(cc) != 1 || strings.Count(cc[0].GetPem(), "BEGIN CERTIFICATE") != wantRoots {
+			if len(cc) != 1 || (!bundleURL && strings.Count(cc[0].GetPem(), "BEGIN CERTIFICATE") != wantRoots) {
 				return false
 			}
 			out, err = s.MeshConfigYAML()
@@ -79,12 +101,15 @@ func TestIstiodRotationGate(t *testing.T) {
 		}, "west's bundle with %d root(s) in etcd", wantRoots)
 		return out
 	}
-	settings, _, err := operator.IstioConfig(ctx, east.Store, operator.IstioConfigOptions{Cluster: "east", MCPAddress: east.IstioMCPAddr})
+	settings, _, err := operator.IstioConfig(ctx, east.Store, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	for k, v := range settings.Env {
+		env[k] = v
+	}
 	api := kubetest.Start(t)
-	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: meshConfig(1), Env: settings.Env, XDSPort: xdsPort, PodName: "istiod-rot"})
+	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: meshConfig(1), Env: env, XDSPort: xdsPort, PodName: "istiod-rot"})
 	defer ist.Close()
 
 	oldRoots, err := west.CA.Roots()
@@ -147,9 +172,37 @@ func TestIstiodRotationGate(t *testing.T) {
 	}
 	t.Logf("gate waits: %s", strings.Join(job().Waiting, "; "))
 
-	// The operator merges the new mesh config (`meshfed istio config` again): istiod reloads it.
+	// The operator's action. PEM: merge the new mesh config (`meshfed istio config` again);
+	// istiod reloads it. spiffeBundleUrl: the URLs do not change, so istiod would fetch only
+	// in up to 30 minutes; first check the gate keeps waiting although east's endpoint serves
+	// the new bundle, then restart istiod (it fetches at start).
 	merge := func(wantRoots int) time.Time {
 		t.Helper()
+		if bundleURL {
+			// The gate names istiod only once east's own ack passed: east's endpoint already
+			// serves the sequence.
+			before := istiodRoots()
+			// A negative check holds over its window: istiod's roots and the phase stay.
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+				if r := istiodRoots(); r == nil || before == nil || strings.Join(r.Fingerprints, ",") != strings.Join(before.Fingerprints, ",") {
+					t.Fatalf("istiod's PCDS changed without a fetch: %+v -> %+v", before, r)
+				}
+				if p := job().Phase; (wantRoots == 2 && p != records.PhaseWaitAcksBoth) || (wantRoots == 1 && p != records.PhaseWaitAcksNew) {
+					t.Fatalf("the gate passed while istiod had not fetched the bundle: %s\n%s", p, out)
+				}
+				select {
+				case <-ctx.Done():
+					t.Fatal(ctx.Err())
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			t0 := time.Now()
+			if err := ist.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("istiod restarted in %v", time.Since(t0).Round(time.Millisecond))
+			return t0
+		}
 		if err := os.WriteFile(filepath.Join(ist.Dir, "mesh.yaml"), meshConfig(wantRoots), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +216,7 @@ func TestIstiodRotationGate(t *testing.T) {
 	if tPass.Sub(tMerge) < settle {
 		t.Fatalf("wait-acks-both passed %v after the merge, before the settle window %v", tPass.Sub(tMerge), settle)
 	}
-	t.Logf("wait-acks-both: merge -> istiod's PCDS seen by the federation %v; merge -> gate passed %v (settle %v)",
+	t.Logf("wait-acks-both: operator action -> istiod's PCDS seen by the federation %v; -> gate passed %v (settle %v)",
 		tPCDS.Sub(tMerge).Round(time.Millisecond), tPass.Sub(tMerge).Round(time.Millisecond), settle)
 
 	// wait-acks-new: istiod still gives the old root until the mesh config is merged again.
@@ -187,7 +240,7 @@ func TestIstiodRotationGate(t *testing.T) {
 	if j := job(); j.Phase != records.PhaseDone {
 		t.Fatalf("job ended %s\n%s", j.Phase, out)
 	}
-	t.Logf("wait-acks-new: merge -> istiod's PCDS seen by the federation %v; merge -> job done %v (settle %v)",
+	t.Logf("wait-acks-new: operator action -> istiod's PCDS seen by the federation %v; -> job done %v (settle %v)",
 		tPCDS.Sub(tMerge).Round(time.Millisecond), tPass.Sub(tMerge).Round(time.Millisecond), settle)
 	t.Logf("progress:\n%s", out)
 }
