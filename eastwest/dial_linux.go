@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -12,18 +13,56 @@ import (
 	"unsafe"
 )
 
-// upstream is the socket dialSend made: an *os.File in the Go netpoller (deadlines,
-// SyscallConn waiting for readiness) with the half-close a TCP side needs.
-type upstream struct{ *os.File }
+// rawSock is a TCP socket the gateway made (dialSend) or accepted (acceptLoopRaw) itself:
+// an *os.File in the Go netpoller (deadlines, SyscallConn waiting for readiness), read
+// and half-closed with raw system calls. Closing goes through the os.File.
+type rawSock struct {
+	*os.File
+	rc syscall.RawConn
+}
+
+func newRawSock(fd int, name string) *rawSock {
+	f := os.NewFile(uintptr(fd), name)
+	rc, _ := f.SyscallConn() // only fails on a nil or closed file
+	return &rawSock{File: f, rc: rc}
+}
+
+// Read is os.File's Read (waiting in the netpoller, under the read deadline) with a raw
+// read(2).
+func (s *rawSock) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var e syscall.Errno
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch en {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			}
+			n, e = int(r), en
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case e != 0:
+		return 0, os.NewSyscallError("read", e)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
 
 // CloseWrite sends the FIN (shutdown(SHUT_WR)).
-func (u upstream) CloseWrite() error {
-	rc, err := u.SyscallConn()
-	if err != nil {
-		return err
-	}
+func (s *rawSock) CloseWrite() error {
 	var e syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
+	if err := s.rc.Control(func(fd uintptr) {
 		_, _, e = syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_WR, 0)
 	}); err != nil {
 		return err
@@ -53,7 +92,7 @@ func (u upstream) CloseWrite() error {
 // TCP_NODELAY is kept: the gateway passes each TLS record on as it arrives, and with
 // Nagle's algorithm a small record sent while an earlier one is unacknowledged would wait
 // for that ACK (up to the peer's delayed-ACK timer).
-func dialSend(addr string, first []byte, timeout time.Duration) (*upstream, error) {
+func dialSend(addr string, first []byte, timeout time.Duration) (*rawSock, error) {
 	deadline := time.Now().Add(timeout)
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -82,28 +121,25 @@ func dialSend(addr string, first []byte, timeout time.Duration) (*upstream, erro
 		rawClose(fd)
 		return nil, connectErr(err)
 	}
-	u := &upstream{os.NewFile(uintptr(fd), "upstream")}
+	u := newRawSock(fd, "upstream")
 	if n == len(first) {
 		return u, nil
 	}
 	// The handshake is still under way (or the send buffer is full): wait for writability.
-	rc, err := u.SyscallConn()
-	if err == nil {
-		_ = u.SetWriteDeadline(deadline)
-		var werr error
-		err = rc.Write(func(fd uintptr) bool {
-			m, e := writeSome(int(fd), first[n:])
-			n += m
-			if e != nil {
-				werr = e
-				return true
-			}
-			return n == len(first)
-		})
-		_ = u.SetWriteDeadline(time.Time{})
-		if err == nil {
-			err = werr
+	_ = u.SetWriteDeadline(deadline)
+	var werr error
+	err = u.rc.Write(func(fd uintptr) bool {
+		m, e := writeSome(int(fd), first[n:])
+		n += m
+		if e != nil {
+			werr = e
+			return true
 		}
+		return n == len(first)
+	})
+	_ = u.SetWriteDeadline(time.Time{})
+	if err == nil {
+		err = werr
 	}
 	if err != nil {
 		u.Close()

@@ -2,7 +2,6 @@ package eastwest
 
 import (
 	"math/rand/v2"
-	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -160,14 +159,14 @@ func (fs *faultSet) narrowed(now time.Time, namespace, service string) *fault.Fa
 // faultOnAccept carries out a global blackhole, reset or error fault on a new connection.
 // It reports whether c was reset (the caller is done with it); a blackholed connection
 // returns once the fault is over, to be handled as usual.
-func (g *Gateway) faultOnAccept(c *net.TCPConn) (done bool) {
+func (g *Gateway) faultOnAccept(c clientConn) (done bool) {
 	return g.actOn(g.resetConn(c), func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onAccept)
 }
 
 // faultOnService does the same for a fault narrowed to the connection's service, and
 // holds the connection for a delay fault (global or narrowed). health is true for the
 // health name (which only global faults cover).
-func (g *Gateway) faultOnService(c *net.TCPConn, k ServiceKey, health bool) (done bool) {
+func (g *Gateway) faultOnService(c clientConn, k ServiceKey, health bool) (done bool) {
 	pick := func(fs *faultSet, now time.Time) *fault.Fault {
 		if health {
 			if f := fs.global(now); f != nil && f.Kind == fault.Delay {
@@ -245,11 +244,11 @@ func (g *Gateway) actOn(reset func(*fault.Fault), pick func(*faultSet, time.Time
 	return false
 }
 
-func (g *Gateway) resetConn(c *net.TCPConn) func(*fault.Fault) {
+func (g *Gateway) resetConn(c clientConn) func(*fault.Fault) {
 	return func(f *fault.Fault) { g.faultReset(c, f) }
 }
 
-func (g *Gateway) faultReset(c *net.TCPConn, f *fault.Fault) {
+func (g *Gateway) faultReset(c clientConn, f *fault.Fault) {
 	g.faults.m.conns.WithLabelValues(string(f.Kind), "reset").Inc()
 	_ = c.SetLinger(0)
 	c.Close()
@@ -293,6 +292,6 @@ func (g *Gateway) delayWhile(d time.Duration, pick func(*faultSet, time.Time) *f
 // faultOnHealthPing is what a global fault does to a ping on a health stream already
 // open: it reports whether the stream must end (reset: cut with an RST). An error
 // fraction acts on new connections only.
-func (g *Gateway) faultOnHealthPing(c *net.TCPConn) (cut bool) {
+func (g *Gateway) faultOnHealthPing(c clientConn) (cut bool) {
 	return g.actOn(g.resetConn(c), func(fs *faultSet, now time.Time) *fault.Fault { return fs.global(now) }, onPing)
 }

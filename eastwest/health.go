@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"os"
 	"time"
 
@@ -48,7 +47,7 @@ func SelfSignedHealthCert() (tls.Certificate, error) {
 
 // replayConn gives crypto/tls the hello bytes already read, then the connection.
 type replayConn struct {
-	*net.TCPConn
+	clientConn
 	pre []byte
 }
 
@@ -58,7 +57,7 @@ func (c *replayConn) Read(p []byte) (int, error) {
 		c.pre = c.pre[n:]
 		return n, nil
 	}
-	return c.TCPConn.Read(p)
+	return c.clientConn.Read(p)
 }
 
 // HealthLine is the status line the health name answers: "ok ..." when the gateway
@@ -96,10 +95,10 @@ func (g *Gateway) healthTLS() *tls.Config {
 // serveHealth terminates TLS with the gateway's own certificate and writes one status
 // line, or, for a checker that chose the stream mode, one line per ping until it goes
 // away. raw (the hello already read) is only valid until return.
-func (g *Gateway) serveHealth(c *net.TCPConn, raw []byte) {
+func (g *Gateway) serveHealth(c clientConn, raw []byte) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(g.cfg.HelloTimeout))
-	tc := tls.Server(&replayConn{TCPConn: c, pre: raw}, g.healthTLS())
+	tc := tls.Server(&replayConn{clientConn: c, pre: raw}, g.healthTLS())
 	if err := tc.Handshake(); err != nil {
 		g.m.rejected.WithLabelValues(ProtocolSNI, ReasonHealthHandshake).Inc()
 		g.log.Debug("health handshake failed", "remote", c.RemoteAddr().String(), "err", err)
@@ -126,7 +125,7 @@ func (g *Gateway) writeHealthLine(tc *tls.Conn) (string, error) {
 // next answer says "draining" and the stream ends; a stream without a ping for
 // healthStreamIdle ends too, and so does every stream shortly after a drain begins (so
 // that the drain never waits on an idle checker).
-func (g *Gateway) serveHealthStream(c *net.TCPConn, tc *tls.Conn) {
+func (g *Gateway) serveHealthStream(c clientConn, tc *tls.Conn) {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {

@@ -13,7 +13,8 @@ import (
 // connection), and on Linux the socket has TCP_DEFER_ACCEPT: accept returns only once the
 // client's first bytes (its ClientHello) have arrived, which saves a wake-up per
 // connection and leaves connections that never speak to the kernel. helloTimeout bounds
-// that wait (rounded up to whole seconds).
+// that wait (rounded up to whole seconds). It also has TCP_NODELAY, which accepted
+// sockets inherit.
 func Listen(ctx context.Context, addr string, helloTimeout time.Duration) (net.Listener, error) {
 	secs := int((helloTimeout + time.Second - 1) / time.Second)
 	if secs < 1 {
@@ -23,7 +24,7 @@ func Listen(ctx context.Context, addr string, helloTimeout time.Duration) (net.L
 		KeepAlive: -1,
 		Control: func(network, address string, c syscall.RawConn) error {
 			var serr error
-			err := c.Control(func(fd uintptr) { serr = setDeferAccept(int(fd), secs) })
+			err := c.Control(func(fd uintptr) { serr = setListenerOpts(int(fd), secs) })
 			if err != nil {
 				return err
 			}

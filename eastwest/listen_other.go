@@ -2,4 +2,4 @@
 
 package eastwest
 
-func setDeferAccept(fd, secs int) error { return nil }
+func setListenerOpts(fd, secs int) error { return nil }

@@ -95,8 +95,8 @@ func tryEndpoints[C any](g *Gateway, r *route, dial func(*epState) (C, error)) (
 	return none, nil
 }
 
-// sock is one side of a proxied connection: the accepted *net.TCPConn, and upstream a
-// *net.TCPConn or (poll-splice on Linux) the *os.File of dialSend's socket.
+// sock is one side of a proxied connection: the accepted clientConn, and upstream a
+// *net.TCPConn or (poll-splice on Linux) dialSend's *rawSock.
 type sock interface {
 	io.ReadWriter
 	syscall.Conn
@@ -107,10 +107,20 @@ type sock interface {
 	Close() error
 }
 
+// clientConn is the accepted side of an SNI connection: a *net.TCPConn from the
+// net.Listener (io-copy and sockmap modes, and off Linux), or in poll-splice mode on Linux
+// an *acceptedConn from acceptLoopRaw.
+type clientConn interface {
+	net.Conn
+	syscall.Conn
+	CloseWrite() error
+	SetLinger(sec int) error
+}
+
 // proxied is one connection being spliced.
 type proxied struct {
 	g      *Gateway
-	client *net.TCPConn
+	client clientConn
 	up     sock
 	route  *route
 	ep     *epState

@@ -22,7 +22,18 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	if g.kp != nil {
 		defer g.kp.Close() // after the drain: the kernel path's last connections have ended
 	}
-	return g.serveListener(ctx, ln, func(ln net.Listener) error { return g.acceptLoop(ln, ProtocolSNI, g.handle) }, nil)
+	if g.cfg.CopyMode == CopyPollSplice && rawAcceptSupported {
+		// Accepted without the net package (acceptLoopRaw): the connection's system calls
+		// stay raw until close.
+		rl, err := newRawListener(ln)
+		if err != nil {
+			return err
+		}
+		return g.serveListener(ctx, rl, g.acceptLoopRaw, nil)
+	}
+	return g.serveListener(ctx, ln, func(ln net.Listener) error {
+		return g.acceptLoop(ln, ProtocolSNI, func(c *net.TCPConn) { g.handle(c) })
+	}, nil)
 }
 
 // serveListener runs loop (an accept loop) on ln until ctx ends or Drain is called, then
@@ -116,24 +127,38 @@ func (g *Gateway) acceptLoop(ln net.Listener, protocol string, handle func(*net.
 			c.Close()
 			continue
 		}
-		if n := g.open.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
-			g.open.Add(-1)
-			g.m.rejected.WithLabelValues(protocol, ReasonLimit).Inc()
-			g.log.Debug("refused: connection limit reached", "protocol", protocol, "remote", c.RemoteAddr(), "max", g.cfg.MaxConns)
-			tc.SetLinger(0)
-			tc.Close()
-			continue
+		if ok, err := g.take(tc, protocol); err != nil {
+			return err
+		} else if ok {
+			go handle(tc)
 		}
-		if !g.admit() {
-			// The other listener's drain already waits for the last connection.
-			g.open.Add(-1)
-			tc.SetLinger(0)
-			tc.Close()
-			return net.ErrClosed
-		}
-		g.m.open.Inc()
-		go handle(tc)
 	}
+}
+
+// take admits a new connection under the global connection limit, or refuses it (counted
+// under protocol, closed with a reset). It returns net.ErrClosed (c closed) when a drain
+// already waits for every connection: the accept loop stops.
+func (g *Gateway) take(c interface {
+	net.Conn
+	SetLinger(int) error
+}, protocol string) (bool, error) {
+	if n := g.open.Add(1); g.cfg.MaxConns > 0 && n > int64(g.cfg.MaxConns) {
+		g.open.Add(-1)
+		g.m.rejected.WithLabelValues(protocol, ReasonLimit).Inc()
+		g.log.Debug("refused: connection limit reached", "protocol", protocol, "remote", c.RemoteAddr(), "max", g.cfg.MaxConns)
+		_ = c.SetLinger(0)
+		c.Close()
+		return false, nil
+	}
+	if !g.admit() {
+		// The other listener's drain already waits for the last connection.
+		g.open.Add(-1)
+		_ = c.SetLinger(0)
+		c.Close()
+		return false, net.ErrClosed
+	}
+	g.m.open.Inc()
+	return true, nil
 }
 
 // admit counts one more connection goroutine, unless a drain is already waiting for
@@ -160,7 +185,7 @@ var (
 	alertInternalError    = []byte{21, 3, 3, 0, 2, 2, 80}
 )
 
-func (g *Gateway) reject(c *net.TCPConn, reason string, alert []byte, attrs ...any) {
+func (g *Gateway) reject(c clientConn, reason string, alert []byte, attrs ...any) {
 	g.m.rejected.WithLabelValues(ProtocolSNI, reason).Inc()
 	if g.log.Enabled(context.Background(), slog.LevelDebug) {
 		g.log.Debug("refused", append([]any{"reason", reason, "remote", c.RemoteAddr().String()}, attrs...)...)
@@ -178,7 +203,7 @@ func (g *Gateway) release() {
 	g.wg.Done()
 }
 
-func (g *Gateway) handle(c *net.TCPConn) {
+func (g *Gateway) handle(c clientConn) {
 	bufp := g.bufPool.Get().(*[]byte)
 	handedOff := false
 	defer func() {
@@ -256,7 +281,8 @@ func (g *Gateway) handle(c *net.TCPConn) {
 	var ep *epState
 	if g.kp != nil {
 		tc, e := g.connect(r)
-		if tc != nil && g.spliceKernel(c, tc, raw, r, e, start) {
+		// The sockmap path accepts through the net.Listener (Serve): c is a *net.TCPConn.
+		if tc != nil && g.spliceKernel(c.(*net.TCPConn), tc, raw, r, e, start) {
 			g.bufPool.Put(bufp)
 			handedOff = true
 			return
@@ -306,7 +332,7 @@ func hasUpper(s string) bool {
 
 // readHello reads the ClientHello under the read deadline already set on c, timing the
 // reassembly and parsing apart from the network wait.
-func (g *Gateway) readHello(c *net.TCPConn, buf []byte, ch *hello.ClientHello) ([]byte, time.Duration, error) {
+func (g *Gateway) readHello(c clientConn, buf []byte, ch *hello.ClientHello) ([]byte, time.Duration, error) {
 	a := hello.Assembler{Max: len(buf)}
 	var parse time.Duration
 	n := 0

@@ -30,7 +30,7 @@ Y
 "$BIN" --listen 127.0.0.1:${P[3]} --admin 127.0.0.1:${P[4]} --exports "$W/exports.yaml" --copy-mode "$MODE" > "$W/gw.log" 2>&1 &
 GW=$!; PIDS+=($GW)
 for p in ${P[0]} ${P[3]}; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 case $WHAT in
 strace) strace -c -f -o "$W/trace.out" -p $GW 2>/dev/null & ;;
@@ -40,7 +40,7 @@ esac
 TR=$!
 sleep 1 # the tracer attaches
 "$B" cost --target "direct=127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}" --target "gw=127.0.0.1:${P[3]}" \
-  --conns "$N" --conc 16 --bulk-mb 0 --rounds 1 --perf=false > "$W/cost.out" 2>&1 || { cat "$W/cost.out"; exit 1; }
+  --conns "$N" --conc 16 --bulk-mb 0 --rounds 1 --perf=false > "$W/cost.out" 2>&1 || { cat "$W/cost.out" "$W/gw.log"; exit 1; }
 kill -INT $TR; wait $TR 2>/dev/null || true
 echo "== $WHAT: $BIN ($MODE), $N connections (+1 warm-up), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$WHAT" = strace ]; then
