@@ -39,3 +39,8 @@ MESHFED_GATEWAY_COPY_MODE=sockmap go test -race -timeout 5m ./eastwest/
 # istio.io/istio's dependencies stay out of meshfed's go.mod): runs when its modules are in
 # the module cache (istiod's ensure.sh above fetches the same istio pin), else says it skips.
 hack/interop/hbone/run.sh --cached-only
+# Istio ambient against the real istiod (hack/interop/ambient, a nested module for istio's
+# workload API types): istiod's WDS for what meshfed's --istio-ambient writes, read by a fake
+# ztunnel. Runs when its modules are cached and istiod and kube-apiserver are set above (or
+# istiod is cached), else says it skips.
+hack/interop/ambient/run.sh --cached-only

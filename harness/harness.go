@@ -13,9 +13,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	mcp "istio.io/api/mcp/v1alpha1"
+	"k8s.io/client-go/rest"
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/discovery/file"
+	"github.com/meshfed/meshfed/discovery/kube"
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
@@ -30,6 +33,7 @@ import (
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
+	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/trust/devca"
 	"github.com/meshfed/meshfed/trust/federate"
 	"github.com/meshfed/meshfed/trust/source"
@@ -69,6 +73,22 @@ type ClusterSpec struct {
 	// BundleEndpoint, with Options.Trust, makes the cluster's trust component serve the SPIFFE
 	// bundle endpoint (`meshfed federation --bundle-endpoint`; Cluster.BundleEndpointAddr).
 	BundleEndpoint *federate.EndpointConfig
+	// HBONEGateways are written into the cluster record (`meshfed join --hbone-gateway`):
+	// HOST:PORT of the cluster's east-west gateway HBONE listeners as other networks reach
+	// them. Nothing listens there unless the test starts it.
+	HBONEGateways []string
+	// Kube gives the cluster's federation the Kubernetes importer of `meshfed federation
+	// --kubeconfig` against that API server (ServiceImports, EndpointSlices; MCS CRDs needed).
+	Kube *KubeSpec
+}
+
+// KubeSpec is a cluster's Kubernetes API, as its federation's importer writes to it.
+type KubeSpec struct {
+	Config *rest.Config
+	// IstioAmbient is `--istio-ambient`: an istio-remote Gateway per other cluster with HBONE
+	// gateways (in istio-system), and the ambient ServiceEntries and WorkloadEntries
+	// (federation/istio.BuildAmbient). Needs the Gateway API Gateway CRD and Istio's CRDs.
+	IstioAmbient bool
 }
 
 // Options configures the federation.
@@ -287,7 +307,8 @@ func (c *Cluster) join(ctx context.Context) error {
 		gws = []string{net.JoinHostPort(c.IP, "15443")}
 	}
 	rec := &records.Cluster{Name: c.Spec.Name, Network: c.Spec.Network, Region: c.Spec.Region, Zone: c.Spec.Zone,
-		TrustDomain: c.Spec.TrustDomain, Gateways: gws, SharesTrustDomainWith: c.Spec.ShareTrustDomainWith, JoinedAt: time.Now().UTC()}
+		TrustDomain: c.Spec.TrustDomain, Gateways: gws, HBONEGateways: c.Spec.HBONEGateways,
+		SharesTrustDomainWith: c.Spec.ShareTrustDomainWith, JoinedAt: time.Now().UTC()}
 	_, err := store.Modify[records.Cluster](ctx, c.Store, c.Store.KS.Cluster(c.Spec.Name), func(*records.Cluster) (*records.Cluster, error) {
 		return rec, nil
 	})
@@ -384,14 +405,53 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 	if ag.Istio != nil {
 		c.IstioMCPAddr = ag.Istio.Addr()
 	}
+	var importer *kube.Importer
+	if c.Spec.Kube != nil {
+		if importer, err = c.kubeImporter(ag, log); err != nil {
+			return err
+		}
+	}
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	if adm != nil {
 		go func() { _ = adm.Serve(rctx) }()
 	}
-	go func() { done <- ag.Run(rctx) }()
+	go func() {
+		imported := make(chan struct{})
+		if importer != nil {
+			go func() { _ = importer.Run(rctx); close(imported) }()
+		} else {
+			close(imported)
+		}
+		err := ag.Run(rctx)
+		<-imported
+		done <- err
+	}()
 	c.agent, c.fedStop, c.fedDone, c.trust = ag, cancel, done, tsvc
 	return nil
+}
+
+// kubeImporter wires the Kubernetes importer to the agent's views, as cmd/meshfed's
+// federation does with --kubeconfig (and --istio-ambient).
+func (c *Cluster) kubeImporter(ag *agent.Agent, log *slog.Logger) (*kube.Importer, error) {
+	cl, err := kube.ClientsFor(c.Spec.Kube.Config)
+	if err != nil {
+		return nil, err
+	}
+	cfg := kube.ImporterConfig{Cluster: c.Spec.Name, Kube: cl.Kube, MCS: cl.MCS, Dynamic: cl.Dynamic,
+		Log: log.With("cluster", c.Spec.Name, "part", "kube-importer")}
+	if c.Spec.Kube.IstioAmbient {
+		cfg.IstioRemoteGateways = &kube.IstioRemoteGateways{}
+		cfg.IstioAmbientEntries = &kube.IstioAmbientEntries{Build: func(v *view.View, self string, networks map[string]string) (map[string][]*mcp.Resource, error) {
+			return istio.BuildAmbient(v, self, networks, istio.BuildOptions{})
+		}}
+	}
+	im, err := kube.NewImporter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ag.OnView(im.Update)
+	return im, nil
 }
 
 // BundleEndpointAddr is the bound address of the cluster's SPIFFE bundle endpoint
