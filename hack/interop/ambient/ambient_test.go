@@ -214,7 +214,7 @@ func (e *entryEvents) at(k string) (time.Time, bool) {
 func echoExports(addrs ...string) string {
 	var eps []string
 	for _, a := range addrs {
-		eps = append(eps, "{address: "+a+", hbonePort: 15008}")
+		eps = append(eps, "{address: "+a+", hbonePort: 15008, serviceAccount: echo}")
 	}
 	return fmt.Sprintf("services:\n  - {name: echo, namespace: demo, ports: [{name: tcp-echo, port: 9000}], endpoints: [%s]}\n", strings.Join(eps, ", "))
 }
@@ -227,7 +227,8 @@ func echoExports(addrs ...string) string {
 //   - one network-gateway workload per remote cluster's istio-remote Gateway: its HBONE
 //     address, network, and the identity ztunnel will demand of it
 //     (ns istio-system, sa meshfed-<cluster>-istio-remote, the mesh's trust domain);
-//   - the service echo.demo.svc.cluster.local with its port;
+//   - the service echo.demo.svc.cluster.local with its port and subjectAltNames (the
+//     exports' service account in the shared trust domain);
 //   - one workload per remote cluster (west, north) selected by the ServiceEntry: no
 //     address, network = that cluster's, networkGateway = its HBONE gateway (address and
 //     port), capacity = its ready HBONE endpoints, locality region/zone/cluster;
@@ -288,10 +289,13 @@ func TestIstiodAmbientWDS(t *testing.T) {
 	defer zt.Close()
 
 	westGW, northGW := harness.ClusterIP(1)+":15008", harness.ClusterIP(2)+":15008"
+	// One Istio trust domain for the three clusters, owned by east (join
+	// --share-trust-domain-with): the only setup where ambient double HBONE can pass
+	// (docs/istio.md, "Identity across trust domains").
 	f, err := harness.Start(ctx, harness.Options{Clusters: []harness.ClusterSpec{
-		{Name: "east", Kube: &harness.KubeSpec{Config: api.Config, IstioAmbient: true}},
-		{Name: "west", HBONEGateways: []string{westGW}},
-		{Name: "north", Region: "region-2", HBONEGateways: []string{northGW}},
+		{Name: "east", TrustDomain: trustDomain, Kube: &harness.KubeSpec{Config: api.Config, IstioAmbient: true}},
+		{Name: "west", TrustDomain: trustDomain, ShareTrustDomainWith: "east", HBONEGateways: []string{westGW}},
+		{Name: "north", TrustDomain: trustDomain, ShareTrustDomainWith: "east", Region: "region-2", HBONEGateways: []string{northGW}},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -356,6 +360,11 @@ func TestIstiodAmbientWDS(t *testing.T) {
 		vips = append(vips, a.GetNetwork()+"/"+ip.String())
 	}
 	t.Logf("service %s/%s %s ports %s VIPs %v subjectAltNames %v", svc.GetNamespace(), svc.GetName(), svc.GetHostname(), servicePorts(svc), vips, svc.GetSubjectAltNames())
+	// The exports name the workloads' service account: the SAN ztunnel will demand of the
+	// destination (the inner HBONE layer) is in istiod's Service.
+	if want := []string{"spiffe://" + trustDomain + "/ns/demo/sa/echo"}; fmt.Sprint(svc.GetSubjectAltNames()) != fmt.Sprint(want) {
+		t.Errorf("service subjectAltNames %v, want %v", svc.GetSubjectAltNames(), want)
+	}
 	for net, r := range w.echoWorkloads() {
 		t.Logf("workload on %s: %+v", net, r)
 		if r.Addresses != 0 {
