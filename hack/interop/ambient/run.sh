@@ -24,8 +24,13 @@ root="$(cd "$here/../../.." && pwd)"
 
 if [ "${1:-}" = --cached-only ]; then
   # GOFLAGS from the caller (e.g. -race) must not leak in; GOWORK=off keeps a workspace out.
-  if ! (cd "$here" && GOFLAGS=-mod=readonly GOWORK=off GOPROXY=off go list -deps -test . >/dev/null 2>&1); then
-    echo "Istio ambient WDS test (real istiod, hack/interop/ambient) SKIPPED: its modules are not in the module cache; hack/interop/ambient/run.sh fetches them (istio.io/istio, the same pin as hack/testbins/istiod)" >&2
+  if ! out="$(cd "$here" && GOFLAGS=-mod=readonly GOWORK=off GOPROXY=off go list -deps -test . 2>&1 >/dev/null)"; then
+    if grep -q "missing go.sum entry\|updates to go.mod needed" <<<"$out"; then
+      # meshfed's own go.mod changed (this module takes meshfed from the repository).
+      echo "Istio ambient WDS test (real istiod, hack/interop/ambient) SKIPPED: its go.mod/go.sum are stale after a change to meshfed's go.mod; run (cd hack/interop/ambient && GOWORK=off go mod tidy) and commit them" >&2
+    else
+      echo "Istio ambient WDS test (real istiod, hack/interop/ambient) SKIPPED: its modules are not in the module cache; hack/interop/ambient/run.sh fetches them (istio.io/istio, the same pin as hack/testbins/istiod)" >&2
+    fi
     exit 0
   fi
   # The binaries: as hack/test.sh exported them, or istiod from its cache.
@@ -37,6 +42,8 @@ if [ "${1:-}" = --cached-only ]; then
     exit 0
   fi
 else
+  # Fetch the modules the test needs (the module proxy), then build or find the binaries.
+  (cd "$here" && GOFLAGS=-mod=readonly GOWORK=off go list -deps -test . >/dev/null)
   eval "$("$root/hack/testbins/ensure.sh")"
   eval "$("$root/hack/testbins/istiod/ensure.sh")"
 fi
