@@ -33,7 +33,7 @@ func StartCordon(ctx context.Context, st *store.Store, d *records.Drill, ttl tim
 	if _, err := st.Create(ctx, key, d, clientv3.WithLease(lease.ID)); err != nil {
 		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
 		if store.IsPermissionDenied(err) {
-			return nil, fmt.Errorf("%w (drills are written with operator credentials: --etcd-user root or an operator user made by `meshfed join --admin-user`)", err)
+			return nil, needsOperator(err, "drills are written")
 		}
 		return nil, err
 	}

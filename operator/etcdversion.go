@@ -54,7 +54,7 @@ func versionSupported(v string) error {
 		return fmt.Errorf("has an unreadable version %q; meshfed supports etcd %s", v, SupportedEtcd)
 	}
 	if major < minEtcd[0] || major == minEtcd[0] && minor < minEtcd[1] {
-		return fmt.Errorf("is etcd %s, %w: meshfed supports etcd %s (upgrade the server, or point --etcd at one that is)", v, ErrEtcdTooOld, SupportedEtcd)
+		return fmt.Errorf("is etcd %s, %w: meshfed supports etcd %s (upgrade the server, or use one that is)", v, ErrEtcdTooOld, SupportedEtcd)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/istio"
 	"github.com/meshfed/meshfed/internal/bundlemap"
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -53,7 +54,7 @@ func IstioConfig(ctx context.Context, st *store.Store, o IstioConfigOptions) (*i
 	if o.BundleDir != "" {
 		set, err := bundlemap.Load(filepath.Join(o.BundleDir, bundlemap.FileName))
 		if err != nil {
-			return nil, nil, fmt.Errorf("bundle dir %s: %w (the directory `meshfed federation --bundle-dir` writes)", o.BundleDir, err)
+			return nil, nil, &validate.FieldError{Field: "BundleDir", Msg: fmt.Sprintf("%s: %v (the directory a federation service writes the federated bundles into)", o.BundleDir, err)}
 		}
 		for _, b := range set.Bundles() {
 			roots[b.TrustDomain().Name()] = b.X509Authorities()

@@ -158,77 +158,78 @@ func (r *JoinRequest) record() *records.Cluster {
 		JoinedAt: r.Now.UTC()}
 }
 
-// validateFlags checks the request's own fields, naming each flag.
-func (r *JoinRequest) validateFlags(p *problems.List) {
-	label := func(flag, v, example string) {
+// validateFields checks the request's own fields, naming each (problems name JoinRequest
+// fields; the caller names its flags).
+func (r *JoinRequest) validateFields(p *problems.List) {
+	label := func(field, v, example string) {
 		if err := validate.DNSLabel(v); err != nil {
-			p.Add(flag, "%v (e.g. %s %s)", err, flag, example)
+			p.Add(field, "%v (e.g. %s)", err, example)
 		}
 	}
-	label("--cluster", r.Cluster, "east")
-	label("--region", r.Region, "eu-west-1")
-	label("--zone", r.Zone, "eu-west-1a")
-	label("--network", r.Network, "net-east")
+	label("Cluster", r.Cluster, "east")
+	label("Region", r.Region, "eu-west-1")
+	label("Zone", r.Zone, "eu-west-1a")
+	label("Network", r.Network, "net-east")
 	if strings.HasPrefix(r.TrustDomain, "spiffe://") {
-		p.Add("--trust-domain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
+		p.Add("TrustDomain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
 	} else if err := validate.DNSSubdomain(r.TrustDomain); err != nil {
-		p.Add("--trust-domain", "%v (e.g. --trust-domain east.example.org)", err)
+		p.Add("TrustDomain", "%v (e.g. east.example.org)", err)
 	}
 	if r.ShareTrustDomainWith != "" {
 		if err := validate.DNSLabel(r.ShareTrustDomainWith); err != nil {
-			p.Add("--share-trust-domain-with", "%v: name the member cluster that owns the trust domain (e.g. --share-trust-domain-with east)", err)
+			p.Add("ShareTrustDomainWith", "%v: name the member cluster that owns the trust domain (e.g. east)", err)
 		} else if r.ShareTrustDomainWith == r.Cluster {
-			p.Add("--share-trust-domain-with", "%s is this cluster: name the member that owns the trust domain, or leave the flag out to own it", r.Cluster)
+			p.Add("ShareTrustDomainWith", "%s is this cluster: name the member that owns the trust domain, or leave %s out to own it", r.Cluster, problems.Ref("ShareTrustDomainWith"))
 		}
 	}
 	if len(r.Gateways) == 0 {
-		p.Add("--gateway", "at least one east-west gateway address is required (e.g. --gateway 203.0.113.10:15443; repeat for more)")
+		p.Add("Gateways", "at least one east-west gateway address is required (e.g. 203.0.113.10:15443; give each address of the gateway)")
 	}
 	seen := map[string]bool{}
 	for _, g := range r.Gateways {
 		if err := validate.HostPort(g); err != nil {
-			p.Add("--gateway", "%v", err)
+			p.Add("Gateways", "%v", err)
 		}
 		if seen[g] {
-			p.Add("--gateway", "%s is given twice", g)
+			p.Add("Gateways", "%s is given twice", g)
 		}
 		seen[g] = true
 	}
 	if len(r.HBONEGateways) > 0 {
 		var errs validate.Errors
-		records.ValidateHBONEGateways(&errs, "--hbone-gateway", r.HBONEGateways)
+		records.ValidateHBONEGateways(&errs, problems.Ref("HBONEGateways"), r.HBONEGateways)
 		if err := errs.Err(); err != nil {
-			p.Add("--hbone-gateway", "%v (e.g. --hbone-gateway 203.0.113.10:15008; repeat for more)", err)
+			p.Add("HBONEGateways", "%v (e.g. 203.0.113.10:15008; give each address of the listener)", err)
 		}
 	}
 	switch r.Users {
 	case "", UsersAuto, UsersAlways, UsersNever:
 	default:
-		p.Add("--etcd-users", "%q: use auto, always or never", r.Users)
+		p.Add("Users", "%q: use auto, always or never", r.Users)
 	}
 	if r.RotatePassword && r.CertAuth {
-		p.Add("--rotate-password", "a client-certificate user has no password: leave out --rotate-password or --cert-auth")
+		p.Add("RotatePassword", "a client-certificate user has no password: leave out %s or %s", problems.Ref("RotatePassword"), problems.Ref("CertAuth"))
 	}
 	if r.AdminUser != "" {
 		if err := validate.DNSLabel(r.AdminUser); err != nil {
-			p.Add("--admin-user", "%v (e.g. --admin-user meshfed-admin)", err)
+			p.Add("AdminUser", "%v (e.g. meshfed-admin)", err)
 		}
 	}
-	for flag, path := range map[string]string{"--credentials-out": r.CredentialsOut, "--admin-credentials-out": r.AdminCredentialsOut} {
-		if path == "" {
+	for _, f := range []struct{ field, path string }{{"CredentialsOut", r.CredentialsOut}, {"AdminCredentialsOut", r.AdminCredentialsOut}} {
+		if f.path == "" {
 			continue
 		}
-		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
-			p.Add(flag, "directory %s does not exist: create it first", filepath.Dir(path))
+		if st, err := os.Stat(filepath.Dir(f.path)); err != nil || !st.IsDir() {
+			p.Add(f.field, "directory %s does not exist: create it first", filepath.Dir(f.path))
 		}
 	}
 	if r.CredentialsOut != "" && r.CredentialsOut == r.AdminCredentialsOut {
-		p.Add("--admin-credentials-out", "must differ from --credentials-out")
+		p.Add("AdminCredentialsOut", "must differ from %s", problems.Ref("CredentialsOut"))
 	}
 }
 
 // PlanJoin validates everything a join needs and says what it would do, without changing
-// anything. Every problem is collected and returned at once (a *multierror.Error);
+// anything. Every problem is collected and returned at once (an *InvalidError);
 // gateways that do not answer are warnings, not errors (the gateway may start later).
 func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error) {
 	if r.Now.IsZero() {
@@ -238,17 +239,17 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 		r.Users = UsersAuto
 	}
 	p := problems.New("join " + r.Cluster)
-	r.validateFlags(p)
+	r.validateFields(p)
 	plan := &JoinPlan{DryRun: r.DryRun, Key: st.KS.Cluster(r.Cluster), Cluster: r.record()}
-	flagsOK := p.Len() == 0
-	// Conflicts with other members are checked even when a flag is bad, so that every
+	fieldsOK := p.Len() == 0
+	// Conflicts with other members are checked even when a field is bad, so that every
 	// problem shows at once.
 	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
 		return plan, fmt.Errorf("join %s: %w", r.Cluster, err)
 	}
 	checkMembership(st, snap, &r, plan, p)
-	if !flagsOK {
+	if !fieldsOK {
 		// Keys, users and probes would be meaningless with a bad name or address.
 		return plan, p.Err()
 	}
@@ -257,7 +258,7 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 		return healthprobe.Probe(ctx, r.Cluster, a, nil)
 	})
 	// HBONE listeners have no health name; their probe checks what a caller without an SVID
-	// can. A failure is reported (cmd/ names the flag), not fatal: the gateway is often
+	// can. A failure is reported (the caller names its field), not fatal: the gateway is often
 	// deployed after join, from its manifests.
 	plan.HBONEGateways = probeGateways(ctx, r.HBONEGateways, r.ProbeTimeout, func(ctx context.Context, a string) healthprobe.Outcome {
 		return healthprobe.ProbeHBONE(ctx, a, r.TrustDomain)
@@ -275,7 +276,7 @@ func PlanJoin(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, e
 	if r.EmitManifests != "" {
 		mp, err := planManifests(r.DeployDir, r.EmitManifests, r.manifestValues(st, plan))
 		if err != nil {
-			p.Add("--emit-manifests", "%v", err)
+			p.Add("EmitManifests", "%v", err)
 		}
 		plan.Manifest = mp
 	}
@@ -295,8 +296,8 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 			plan.Action = ActionOverwrite
 			plan.Warnings = append(plan.Warnings, fmt.Sprintf("--force: overwriting %s (%s); an audit record keeps the previous value", plan.Key, describeCluster(prev.Value)))
 		} else {
-			p.Add("--cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, run `meshfed leave --cluster %s` first, or add --force to overwrite (audited)",
-				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), r.Cluster)
+			p.Add("Cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, have %s leave first, or add %s to overwrite (audited)",
+				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), r.Cluster, problems.Ref("Force"))
 		}
 	}
 	for _, name := range snap.ClusterNames() {
@@ -306,27 +307,27 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 		c := snap.Clusters[name].Value
 		if c.TrustDomain == r.TrustDomain && r.ShareTrustDomainWith == "" && c.SharesTrustDomainWith != r.Cluster {
 			owner := c.BundleOwner()
-			p.Add("--trust-domain", "%s is the trust domain of cluster %s (%s): a cluster owns its own trust domain; pick another, or, when these clusters are one mesh with one shared root (Istio multi-network), add --share-trust-domain-with %s (the clusters then trust each other's workloads fully)", r.TrustDomain, name, st.KS.Cluster(name), owner)
+			p.Add("TrustDomain", "%s is the trust domain of cluster %s (%s): a cluster owns its own trust domain; pick another, or, when these clusters are one mesh with one shared root (Istio multi-network), add %s %s (the clusters then trust each other's workloads fully)", r.TrustDomain, name, st.KS.Cluster(name), problems.Ref("ShareTrustDomainWith"), owner)
 		}
 		if c.SharesTrustDomainWith == r.Cluster && (c.TrustDomain != r.TrustDomain || r.ShareTrustDomainWith != "") {
-			p.Add("--trust-domain", "cluster %s shares the trust domain %s that %s owns: %s must keep owning it while %s is a member (have %s leave first)", name, c.TrustDomain, r.Cluster, r.Cluster, name, name)
+			p.Add("TrustDomain", "cluster %s shares the trust domain %s that %s owns: %s must keep owning it while %s is a member (have %s leave first)", name, c.TrustDomain, r.Cluster, r.Cluster, name, name)
 		}
 		for _, g := range r.Gateways {
 			for _, og := range c.Gateways {
 				if g == og {
-					p.Add("--gateway", "%s is a gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
+					p.Add("Gateways", "%s is a gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
 				}
 			}
 		}
 		for _, g := range r.HBONEGateways {
 			if slices.Contains(c.HBONEGateways, g) {
-				p.Add("--hbone-gateway", "%s is an HBONE gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
+				p.Add("HBONEGateways", "%s is an HBONE gateway of cluster %s already: a gateway serves one cluster; check the address", g, name)
 			}
 		}
 	}
 	owner := plan.Cluster.BundleOwner()
 	if b, ok := snap.Bundles[r.TrustDomain]; ok && b.Value.Owner != owner {
-		p.Add("--trust-domain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
+		p.Add("TrustDomain", "the bundle of %s (%s) is owned by cluster %s: pick another trust domain, or have %s leave first", r.TrustDomain, st.KS.Bundle(r.TrustDomain), b.Value.Owner, b.Value.Owner)
 	}
 	if r.ShareTrustDomainWith != "" && r.ShareTrustDomainWith != r.Cluster {
 		checkShare(st, snap, r, plan, p)
@@ -340,13 +341,13 @@ func checkShare(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan,
 	o, ok := snap.Clusters[with]
 	switch {
 	case !ok:
-		p.Add("--share-trust-domain-with", "%s is not a member (no %s): join the cluster that owns %s first, without this flag", with, st.KS.Cluster(with), r.TrustDomain)
+		p.Add("ShareTrustDomainWith", "%s is not a member (no %s): join the cluster that owns %s first, without %s", with, st.KS.Cluster(with), r.TrustDomain, problems.Ref("ShareTrustDomainWith"))
 		return
 	case o.Value.SharesTrustDomainWith != "":
-		p.Add("--share-trust-domain-with", "%s shares the trust domain of %s itself: name the owner, --share-trust-domain-with %s", with, o.Value.SharesTrustDomainWith, o.Value.SharesTrustDomainWith)
+		p.Add("ShareTrustDomainWith", "%s shares the trust domain of %s itself: name the owner, %s %s", with, o.Value.SharesTrustDomainWith, problems.Ref("ShareTrustDomainWith"), o.Value.SharesTrustDomainWith)
 		return
 	case o.Value.TrustDomain != r.TrustDomain:
-		p.Add("--share-trust-domain-with", "%s has the trust domain %s, not %s: a cluster shares the trust domain of the member that owns it (give --trust-domain %s)", with, o.Value.TrustDomain, r.TrustDomain, o.Value.TrustDomain)
+		p.Add("ShareTrustDomainWith", "%s has the trust domain %s, not %s: a cluster shares the trust domain of the member that owns it (give %s %s)", with, o.Value.TrustDomain, r.TrustDomain, problems.Ref("TrustDomain"), o.Value.TrustDomain)
 		return
 	}
 	plan.ownerKey, plan.ownerRev = o.Key, o.ModRevision
@@ -416,7 +417,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	a.Permissions = ClusterPermissions(st.KS, plan.Cluster)
 	exists, _, err := userState(ctx, cli, a.User)
 	if store.IsPermissionDenied(err) {
-		p.Add("--etcd-user", "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root")
+		p.Add(FieldEtcdUser, "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join as root")
 		return nil
 	}
 	if err != nil {
@@ -444,12 +445,12 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	case !exists:
 		a.Password = "new"
 		if r.CredentialsOut == "" {
-			p.Add("--credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. --credentials-out %s-etcd.json", a.User, r.Cluster)
+			p.Add("CredentialsOut", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. %s-etcd.json", a.User, r.Cluster)
 		}
 	case r.RotatePassword:
 		a.Password = "rotated"
 		if r.CredentialsOut == "" {
-			p.Add("--credentials-out", "required with --rotate-password: the new password is written only to this file")
+			p.Add("CredentialsOut", "required with %s: the new password is written only to this file", problems.Ref("RotatePassword"))
 		}
 	default:
 		a.Password = "unchanged"
@@ -469,7 +470,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 		ap.UserExists = ex
 		if !ex {
 			if r.AdminCredentialsOut == "" {
-				p.Add("--admin-credentials-out", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600)", r.AdminUser)
+				p.Add("AdminCredentialsOut", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600)", r.AdminUser)
 			}
 			ap.Credentials = r.AdminCredentialsOut
 		}
@@ -542,7 +543,7 @@ func Join(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error
 			}
 			// The file first: a password etcd holds but nobody wrote down is useless.
 			if err := writeCredentials(r.CredentialsOut, Credentials{User: a.User, Password: pw}); err != nil {
-				return fail(fmt.Errorf("--credentials-out: %w", err))
+				return fail(&validate.FieldError{Field: "CredentialsOut", Msg: err.Error()})
 			}
 			if a.Password == "new" {
 				if _, err := ensureUser(ctx, cli, a.User, pw, false, a.Role); err != nil {
@@ -586,7 +587,7 @@ func Join(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error
 				return fail(err)
 			}
 			if err := writeCredentials(r.AdminCredentialsOut, Credentials{User: ad.User, Password: pw}); err != nil {
-				return fail(fmt.Errorf("--admin-credentials-out: %w", err))
+				return fail(&validate.FieldError{Field: "AdminCredentialsOut", Msg: err.Error()})
 			}
 			if _, err := ensureUser(ctx, cli, ad.User, pw, false, ad.Role); err != nil {
 				_ = os.Remove(r.AdminCredentialsOut)
@@ -669,7 +670,7 @@ func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinP
 	resp, err := st.Client().Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		if store.IsPermissionDenied(err) {
-			return fmt.Errorf("write %s: %w (join writes with operator credentials: --etcd-user root or an operator user)", key, err)
+			return fmt.Errorf("write %s: %w", key, needsOperator(err, "join writes"))
 		}
 		return fmt.Errorf("write %s: %w", key, err)
 	}

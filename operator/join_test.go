@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-multierror"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -149,8 +148,8 @@ func TestJoinIdempotentConflictForce(t *testing.T) {
 	conflict.Region = "us"
 	conflict.Zone = "us-a"
 	_, err = Join(ctx, root, conflict)
-	if err == nil || !strings.Contains(err.Error(), "--force") || !strings.Contains(err.Error(), "--cluster") {
-		t.Fatalf("conflicting join: %v, want a refusal naming --cluster and --force", err)
+	if err == nil || !strings.Contains(err.Error(), "add Force to overwrite") || !strings.Contains(err.Error(), "Cluster: ") {
+		t.Fatalf("conflicting join: %v, want a refusal naming Cluster and Force (cmd/meshfed: --cluster and --force)", err)
 	}
 	if got := mustGet(t, root, root.KS.Cluster("east")).Value.Region; got != "eu" {
 		t.Fatalf("refused join changed region to %s", got)
@@ -197,18 +196,18 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 	_, st := etcdNoAuth(t)
 	ctx := tctx(t)
 	_, err := Join(ctx, st, JoinRequest{Cluster: "East", Region: "", Zone: "z", Network: "n", TrustDomain: "spiffe://x", Gateways: []string{"nope", "nope"}, Users: "sometimes"})
-	var me *multierror.Error
+	var me *InvalidError
 	if !errors.As(err, &me) {
-		t.Fatalf("err %T %v, want *multierror.Error", err, err)
+		t.Fatalf("err %T %v, want *InvalidError", err, err)
 	}
 	msg := err.Error()
-	for _, want := range []string{"--cluster", "--region", "--trust-domain", "--gateway", "given twice", "--etcd-users"} {
+	for _, want := range []string{"Cluster: ", "Region: ", "TrustDomain: ", "Gateways: ", "given twice", "Users: "} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
 		}
 	}
-	if len(me.Errors) < 6 {
-		t.Errorf("%d problems, want every one:\n%s", len(me.Errors), msg)
+	if len(me.Problems) < 6 {
+		t.Errorf("%d problems, want every one:\n%s", len(me.Problems), msg)
 	}
 
 	gw := closedAddr(t)
@@ -216,7 +215,7 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Join(ctx, st, joinReq(t, "east", "eu", "shared.example.org", gw))
-	if !errors.As(err, &me) || len(me.Errors) != 2 {
+	if !errors.As(err, &me) || len(me.Problems) != 2 {
 		t.Fatalf("want 2 problems (trust domain, gateway), got %v", err)
 	}
 	if !strings.Contains(err.Error(), "trust domain of cluster west") || !strings.Contains(err.Error(), "gateway of cluster west") {
@@ -229,7 +228,7 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 	bad := joinReq(t, "east", "eu", "shared.example.org")
 	bad.Region = "EU"
 	_, err = Join(ctx, st, bad)
-	if !errors.As(err, &me) || len(me.Errors) != 2 || !strings.Contains(err.Error(), "--region") || !strings.Contains(err.Error(), "trust domain of cluster west") {
+	if !errors.As(err, &me) || len(me.Problems) != 2 || !strings.Contains(err.Error(), "Region: ") || !strings.Contains(err.Error(), "trust domain of cluster west") {
 		t.Fatalf("bad flag plus conflict: %v", err)
 	}
 	// A bundle owned by another cluster claims its trust domain too.
@@ -303,7 +302,7 @@ func TestJoinWarnsAndRequires(t *testing.T) {
 	ctx := tctx(t)
 	r := joinReq(t, "east", "eu", "east.example.org")
 	_, err := Join(ctx, root, r)
-	if err == nil || !strings.Contains(err.Error(), "--credentials-out: required") {
+	if err == nil || !strings.Contains(err.Error(), "CredentialsOut: required") {
 		t.Fatalf("join without --credentials-out: %v", err)
 	}
 	r.CredentialsOut = credsPath(t, "east")
@@ -393,7 +392,7 @@ func TestJoinHBONEGateways(t *testing.T) {
 	bad := joinReq(t, "east", "eu", "east.example.org")
 	bad.HBONEGateways = []string{"192.0.2.10:15008", "192.0.2.20:15009", "nope"}
 	_, err := Join(ctx, st, bad)
-	for _, want := range []string{"--hbone-gateway[1]: port 15009 differs", "--hbone-gateway[2]: ", "192.0.2.10:15008 is an HBONE gateway of cluster west"} {
+	for _, want := range []string{"HBONEGateways[1]: port 15009 differs", "HBONEGateways[2]: ", "192.0.2.10:15008 is an HBONE gateway of cluster west"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("bad HBONE gateways: %v, want %q", err, want)
 		}
@@ -418,7 +417,7 @@ func TestJoinSharedTrustDomain(t *testing.T) {
 	// Without the flag: refused, and the refusal teaches the flag.
 	rw := joinReq(t, "west", "us", td)
 	rw.CredentialsOut = credsPath(t, "west")
-	if _, err := Join(ctx, root, rw); err == nil || !strings.Contains(err.Error(), "--share-trust-domain-with east (the clusters then trust each other's workloads fully)") {
+	if _, err := Join(ctx, root, rw); err == nil || !strings.Contains(err.Error(), "ShareTrustDomainWith east (the clusters then trust each other's workloads fully)") {
 		t.Fatalf("second cluster of %s without the flag: %v", td, err)
 	}
 	if keysUnder(t, root, "clusters/west") != 0 {
@@ -465,14 +464,14 @@ func TestJoinSharedTrustDomain(t *testing.T) {
 	for _, tt := range []struct {
 		td, with, want string
 	}{
-		{td, "west", "west shares the trust domain of east itself: name the owner, --share-trust-domain-with east"},
+		{td, "west", "west shares the trust domain of east itself: name the owner, ShareTrustDomainWith east"},
 		{td, "nobody", "nobody is not a member"},
 		{"other.example.org", "east", "east has the trust domain mesh.example.org, not other.example.org"},
 		{td, "north", "north is this cluster"},
 	} {
 		r := joinReq(t, "north", "eu", tt.td)
 		r.ShareTrustDomainWith, r.Users = tt.with, UsersNever
-		if _, err := Join(ctx, root, r); err == nil || !strings.Contains(err.Error(), "--share-trust-domain-with: "+tt.want) {
+		if _, err := Join(ctx, root, r); err == nil || !strings.Contains(err.Error(), "ShareTrustDomainWith: "+tt.want) {
 			t.Errorf("share %s with %s: %v, want %q", tt.td, tt.with, err, tt.want)
 		}
 	}

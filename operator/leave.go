@@ -75,7 +75,7 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	}
 	p := problems.New("leave " + r.Cluster)
 	if err := validate.DNSLabel(r.Cluster); err != nil {
-		p.Add("--cluster", "%v (e.g. --cluster east)", err)
+		p.Add("Cluster", "%v (e.g. east)", err)
 		return nil, nil, p.Err()
 	}
 	plan := &LeavePlan{DryRun: r.DryRun, Cluster: r.Cluster}
@@ -104,23 +104,23 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	}
 	if plan.Record != nil {
 		if sharers := sharersOf(snap, r.Cluster); len(sharers) > 0 {
-			// Not even --force: the sharers would be left with a bundle nobody may publish
+			// Not even forced: the sharers would be left with a bundle nobody may publish
 			// or rotate. Ownership is not handed over (docs/operations.md).
-			p.Add("--cluster", "%s owns the trust domain %s, which %s share with it (they read %s, which %s alone publishes and rotates): have them leave first (meshfed leave --cluster %s); ownership is not handed over",
+			p.Add("Cluster", "%s owns the trust domain %s, which %s share with it (they read %s, which %s alone publishes and rotates): have them leave first (leave %s); ownership is not handed over",
 				r.Cluster, td, strings.Join(sharers, ", "), ks.Bundle(td), r.Cluster, sharers[0])
 		}
 	}
 	if alive && !r.Force {
 		a := snap.Alive[r.Cluster].Value
-		p.Add("--cluster", "the federation service of %s is still running (%s held by %s since %s): it would publish its exports again; stop it first, or add --force",
-			r.Cluster, ks.Alive(r.Cluster), a.Instance, a.Since.UTC().Format(time.RFC3339))
+		p.Add("Cluster", "the federation service of %s is still running (%s held by %s since %s): it would publish its exports again; stop it first, or add %s",
+			r.Cluster, ks.Alive(r.Cluster), a.Instance, a.Since.UTC().Format(time.RFC3339), problems.Ref("Force"))
 	}
 	if td != "" {
 		if rot, ok := snap.Rotations[td]; ok && rot.Rotation != nil && !rot.Rotation.Phase.Terminal() {
 			if r.Force {
 				plan.Warnings = append(plan.Warnings, fmt.Sprintf("rotation %s of %s is in phase %s: --force leaves anyway", rot.Rotation.ID, td, rot.Rotation.Phase))
 			} else {
-				p.Add("--cluster", "a root rotation of %s (%s, phase %s) is in progress: finish or abort it first (meshfed trust rotate), or add --force", td, ks.Rotation(td), rot.Rotation.Phase)
+				p.Add("Cluster", "a root rotation of %s (%s, phase %s) is in progress: finish or abort it first (meshfed trust rotate), or add %s", td, ks.Rotation(td), rot.Rotation.Phase, problems.Ref("Force"))
 			}
 		}
 	}

@@ -53,7 +53,7 @@ func TestLeaveRemovesEverythingKeepsAudit(t *testing.T) {
 
 	// Still running: refused, nothing removed.
 	_, err := Leave(ctx, root, LeaveRequest{Cluster: "east"})
-	if err == nil || !strings.Contains(err.Error(), "still running") || !strings.Contains(err.Error(), "--force") {
+	if err == nil || !strings.Contains(err.Error(), "still running") || !strings.Contains(err.Error(), "or add Force") {
 		t.Fatalf("leave of a running cluster: %v", err)
 	}
 	if keysUnder(t, root, "exports/east/") != 2 {

@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/meshfed/meshfed/api/validate"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 )
 
 // KustomizeSubdir is where, under the deploy directory, join finds the manifests it
@@ -40,12 +43,13 @@ type ManifestPlan struct {
 }
 
 // planManifests checks that deployDir/kustomize holds files to render and that every
-// placeholder in them is known, and lists the files. Nothing is written.
+// placeholder in them is known, and lists the files. Nothing is written. Its errors may
+// refer to JoinRequest fields (problems.Ref): join reports them as a problem.
 func planManifests(deployDir, out string, vals ManifestValues) (*ManifestPlan, error) {
 	src := filepath.Join(deployDir, KustomizeSubdir)
 	st, err := os.Stat(src)
 	if err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("%s does not exist: the Kubernetes manifests (deploy/kustomize) are not in this checkout or release yet; give --deploy-dir pointing at a meshfed deploy/ directory, or leave out --emit-manifests", src)
+		return nil, fmt.Errorf("%s does not exist: the Kubernetes manifests (deploy/kustomize) are not in this checkout or release yet; give %s pointing at a meshfed deploy/ directory, or leave out %s", src, problems.Ref("DeployDir"), problems.Ref("EmitManifests"))
 	}
 	p := &ManifestPlan{Source: src, Out: out}
 	var unknown []string
@@ -73,7 +77,7 @@ func planManifests(deployDir, out string, vals ManifestValues) (*ManifestPlan, e
 		return nil, fmt.Errorf("read %s: %w", src, err)
 	}
 	if len(p.Files) == 0 {
-		return nil, fmt.Errorf("%s has no files: the Kubernetes manifests are not written yet; leave out --emit-manifests", src)
+		return nil, fmt.Errorf("%s has no files: the Kubernetes manifests are not written yet; leave out %s", src, problems.Ref("EmitManifests"))
 	}
 	if len(unknown) > 0 {
 		return nil, fmt.Errorf("%s uses placeholders join does not know (%s); known: %s", src, strings.Join(unknown, ", "), strings.Join(vals.Names(), ", "))
@@ -97,10 +101,10 @@ func renderManifests(p *ManifestPlan, vals ManifestValues) error {
 		})
 		dst := filepath.Join(p.Out, rel)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return fmt.Errorf("--emit-manifests: %w", err)
+			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error()}
 		}
 		if err := os.WriteFile(dst, []byte(outb), 0o644); err != nil {
-			return fmt.Errorf("--emit-manifests: %w", err)
+			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error()}
 		}
 	}
 	return nil

@@ -18,7 +18,7 @@ func TestJoinEmitManifests(t *testing.T) {
 	r := joinReq(t, "east", "eu", "east.example.org")
 	r.EmitManifests, r.DeployDir = out, deploy
 	_, err := Join(ctx, st, r)
-	if err == nil || !strings.Contains(err.Error(), "--emit-manifests") || !strings.Contains(err.Error(), "not in this checkout") {
+	if err == nil || !strings.Contains(err.Error(), "EmitManifests: ") || !strings.Contains(err.Error(), "not in this checkout") {
 		t.Fatalf("without deploy/kustomize: %v", err)
 	}
 	if keysUnder(t, st, "clusters/") != 0 {

@@ -88,7 +88,7 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 		p.Add("NAMESPACE/NAME", "name: %v", err)
 	}
 	if len(r.Order) == 0 && !r.NoLocalFirst {
-		p.Add("--order", "nothing to set: give the cluster order (e.g. --order west,north) and/or --no-local-first; `meshfed policy delete` goes back to the default order")
+		p.Add("Order", "nothing to set: give the cluster order (e.g. west,north) and/or %s; `meshfed policy delete` goes back to the default order", problems.Ref("NoLocalFirst"))
 	}
 	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
@@ -97,15 +97,15 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 	seen := map[string]int{}
 	for i, c := range r.Order {
 		if err := validate.DNSLabel(c); err != nil {
-			p.Add("--order", "entry %d %q: %v", i+1, c, err)
+			p.Add("Order", "entry %d %q: %v", i+1, c, err)
 			continue
 		}
 		if j, dup := seen[c]; dup {
-			p.Add("--order", "%s is listed twice (entries %d and %d): list each cluster once", c, j+1, i+1)
+			p.Add("Order", "%s is listed twice (entries %d and %d): list each cluster once", c, j+1, i+1)
 		}
 		seen[c] = i
 		if _, ok := snap.Clusters[c]; !ok {
-			p.Add("--order", "%s is not a member of the clusterset (members: %s): check the name, or join it first", c, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("Order", "%s is not a member of the clusterset (members: %s): check the name, or join it first", c, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 	}
 	if err := p.Err(); err != nil {
@@ -144,7 +144,7 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 	})
 	if err != nil {
 		if store.IsPermissionDenied(err) {
-			return nil, fmt.Errorf("policy set %s: %w (policies are written with operator credentials: --etcd-user root or an operator user made by `meshfed join --admin-user`)", svc, err)
+			return nil, fmt.Errorf("policy set %s: %w", svc, needsOperator(err, "policies are written"))
 		}
 		return nil, fmt.Errorf("policy set %s: %w", svc, err)
 	}

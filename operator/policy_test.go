@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-multierror"
-
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 )
@@ -22,8 +20,8 @@ func TestPolicyValidationAndCAS(t *testing.T) {
 	}
 	// Every problem at once: unknown cluster, duplicate, bad label.
 	_, err := SetPolicy(ctx, st, PolicyRequest{Namespace: "demo", Name: "echo", Order: []string{"west", "south", "west", "Bad"}})
-	var me *multierror.Error
-	if !errors.As(err, &me) || len(me.Errors) != 3 {
+	var me *InvalidError
+	if !errors.As(err, &me) || len(me.Problems) != 3 {
 		t.Fatalf("want 3 problems, got %v", err)
 	}
 	for _, want := range []string{"south is not a member", "west is listed twice", "entry 4"} {

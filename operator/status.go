@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/internal/healthprobe"
@@ -244,7 +245,7 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 	}
 	if opts.From != "" {
 		if _, ok := snap.Clusters[opts.From]; !ok {
-			return nil, fmt.Errorf("--from %s: not a member of the clusterset (members: %v)", opts.From, orNone(snap.ClusterNames()))
+			return nil, &validate.FieldError{Field: "From", Msg: fmt.Sprintf("%s: not a member of the clusterset (members: %v)", opts.From, orNone(snap.ClusterNames()))}
 		}
 	}
 	s := &Status{Prefix: st.KS.Prefix(), Revision: snap.Revision, Time: opts.Now.UTC(), From: opts.From,

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -143,7 +141,7 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 	}
 	// What needs no etcd is checked first: a typo is reported without a connection.
 	if err := f.req.Validate(); err != nil {
-		return drillFlagError(err)
+		return flagErr(err, drillFlagOf)
 	}
 	st, cli, err := f.etcd.open(ctx, slog.Default())
 	if err != nil {
@@ -156,7 +154,7 @@ func runDrill(ctx context.Context, out, errOut io.Writer, f *drillFlags) error {
 		f.req.Progress = errOut
 	}
 	rep, err := drill.Run(ctx, st, f.req)
-	err = drillFlagError(err)
+	err = flagErr(err, drillFlagOf)
 	if rep == nil {
 		return err
 	}
@@ -193,21 +191,6 @@ var drillFlagOf = map[string]string{
 	"CertFile":     "--tls-cert",
 	"KeyFile":      "--tls-key",
 	"SPIFFESocket": "--spiffe-socket",
-}
-
-// drillFlagError says which flags a drill.InvalidError is about; other errors pass.
-func drillFlagError(err error) error {
-	var ie *drill.InvalidError
-	if !errors.As(err, &ie) {
-		return err
-	}
-	return ie.Rename(func(field string) string {
-		parts := strings.Split(field, "/")
-		for i, p := range parts {
-			if fl, ok := drillFlagOf[p]; ok {
-				parts[i] = fl
-			}
-		}
-		return strings.Join(parts, "/")
-	})
+	// The cordon is written with the command's etcd credentials.
+	operator.FieldEtcdUser: "--etcd-user",
 }

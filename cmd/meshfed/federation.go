@@ -157,6 +157,9 @@ type namedRun struct {
 	run  func(context.Context) error
 }
 
+// federationListenFlagOf names the flags of the listeners the agent binds.
+var federationListenFlagOf = map[string]string{xds.FieldListen: "--xds-listen", istio.FieldListen: "--istio-mcp-listen"}
+
 func runFederation(ctx context.Context, f federationFlags) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -229,7 +232,7 @@ func runFederation(ctx context.Context, f federationFlags) error {
 		Trust:    tsvc, Admin: adm, Log: slog.Default(), Elector: elector,
 	})
 	if err != nil {
-		return err
+		return flagErr(err, federationListenFlagOf)
 	}
 	if err := adm.Listen(f.admin); err != nil {
 		return err

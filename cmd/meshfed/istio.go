@@ -145,7 +145,7 @@ func runIstioConfig(ctx context.Context, out, errOut io.Writer, f *istioConfigFl
 	defer cli.Close()
 	s, warnings, err := operator.IstioConfig(ctx, st, f.opts)
 	if err != nil {
-		return err
+		return flagErr(err, map[string]string{"BundleDir": "--bundle-dir", "MCPAddress": "--mcp-address"})
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(errOut, "warning:", w)
@@ -275,7 +275,7 @@ func runIstioSource(ctx context.Context, f *istioSourceFlags) error {
 		return err
 	}
 	if err := srv.Listen(); err != nil {
-		return err
+		return flagErr(err, map[string]string{istio.FieldListen: "--listen"})
 	}
 	var tc *tls.Config
 	if f.upstreamTLS {

@@ -125,6 +125,29 @@ See docs/operations.md ("Join a cluster").`,
 	return cmd
 }
 
+// joinFlagOf names the flag of each operator.JoinRequest field that join's errors
+// (operator.InvalidError, validate.FieldError) name.
+var joinFlagOf = map[string]string{
+	"Cluster":              "--cluster",
+	"Region":               "--region",
+	"Zone":                 "--zone",
+	"Network":              "--network",
+	"TrustDomain":          "--trust-domain",
+	"ShareTrustDomainWith": "--share-trust-domain-with",
+	"Gateways":             "--gateway",
+	"HBONEGateways":        "--hbone-gateway",
+	"Force":                "--force",
+	"Users":                "--etcd-users",
+	"CredentialsOut":       "--credentials-out",
+	"RotatePassword":       "--rotate-password",
+	"CertAuth":             "--cert-auth",
+	"AdminUser":            "--admin-user",
+	"AdminCredentialsOut":  "--admin-credentials-out",
+	"EmitManifests":        "--emit-manifests",
+	"DeployDir":            "--deploy-dir",
+	operator.FieldEtcdUser: "--etcd-user",
+}
+
 func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {
 	if err := checkOutput(f.output); err != nil {
 		return err
@@ -138,6 +161,7 @@ func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {
 	f.req.ManifestExtra = operator.ManifestValues{"MESHFED_VERSION": Version}
 	f.req.EtcdEndpoints = strings.Join(f.etcd.config().Endpoints, ",")
 	plan, err := operator.Join(ctx, st, f.req)
+	err = flagErr(err, joinFlagOf)
 	if plan != nil {
 		plan.Warnings = append(plan.Warnings, hboneGatewayWarnings(f.req.Cluster, plan.HBONEGateways)...)
 	}

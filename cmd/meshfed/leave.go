@@ -62,6 +62,13 @@ See docs/operations.md ("Leave").`,
 	return cmd
 }
 
+// leaveFlagOf names the flag of each operator.LeaveRequest field that leave's errors name.
+var leaveFlagOf = map[string]string{
+	"Cluster":              "--cluster",
+	"Force":                "--force",
+	operator.FieldEtcdUser: "--etcd-user",
+}
+
 func runLeave(ctx context.Context, out io.Writer, f *leaveFlags) error {
 	if err := checkOutput(f.output); err != nil {
 		return err
@@ -73,6 +80,7 @@ func runLeave(ctx context.Context, out io.Writer, f *leaveFlags) error {
 	defer cli.Close()
 	f.req.Actor = actor.Of(f.etcd.user)
 	plan, err := operator.Leave(ctx, st, f.req)
+	err = flagErr(err, leaveFlagOf)
 	if plan != nil && (err == nil || len(plan.Done) > 0) {
 		if werr := writeOutput(out, f.output, plan); werr != nil {
 			return errors.Join(err, werr)

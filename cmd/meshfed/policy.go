@@ -83,7 +83,7 @@ Examples:
 			return f.run(cmd.Context(), func(st *store.Store) error {
 				res, err := operator.SetPolicy(cmd.Context(), st, req)
 				if err != nil {
-					return err
+					return flagErr(err, policyFlagOf)
 				}
 				return writeOutput(cmd.OutOrStdout(), f.output, res)
 			})
@@ -165,6 +165,14 @@ func newPolicyDeleteCmd() *cobra.Command {
 	addEtcdFlags(cmd.Flags(), &f.etcd)
 	f.output = outputTable
 	return cmd
+}
+
+// policyFlagOf names the flag of each operator.PolicyRequest field that policy set's
+// errors name.
+var policyFlagOf = map[string]string{
+	"Order":                "--order",
+	"NoLocalFirst":         "--no-local-first",
+	operator.FieldEtcdUser: "--etcd-user",
 }
 
 func exactlyOneService(_ *cobra.Command, args []string) error {

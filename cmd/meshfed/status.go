@@ -76,7 +76,7 @@ func runStatus(ctx context.Context, out io.Writer, f *statusFlags) error {
 	defer cli.Close()
 	s, err := operator.GetStatus(ctx, st, f.opts)
 	if err != nil {
-		return err
+		return flagErr(err, map[string]string{"From": "--from"})
 	}
 	return writeOutput(out, f.output, s)
 }

@@ -303,6 +303,14 @@ func (f *rotateFlags) validate() error {
 	return errs.Err()
 }
 
+// rotateFlagOf names the flag of each rotation.Config field that the rotation's errors name.
+var rotateFlagOf = map[string]string{
+	"TrustDomain": "--trust-domain",
+	"NewCA":       "--new-ca",
+	"NewCAKey":    "--new-ca-key",
+	"DevCADir":    "--dev-ca-dir",
+}
+
 func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -355,11 +363,14 @@ func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 		}
 	}
 	if errors.Is(err, rotation.ErrGateTimeout) {
-		fmt.Fprintf(out, "%v\nthe job waits in etcd; run again (or --resume) to continue\n", err)
+		fmt.Fprintf(out, "%v (--gate-timeout %s)\nthe job waits in etcd; run again (or --resume) to continue\n", err, f.gateTimeout)
 		return exitError{code: exitRotateBlocked}
 	}
+	if errors.Is(err, rotation.ErrJobRunning) {
+		return fmt.Errorf("%w (--resume or --abort)", err)
+	}
 	if err != nil {
-		return err
+		return flagErr(err, rotateFlagOf)
 	}
 	fmt.Fprintf(out, "job %s: %s\n", rot.ID, rot.Phase)
 	return nil

@@ -25,6 +25,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/api/validate"
 )
 
 // Options tune the MCP server.
@@ -166,7 +168,11 @@ func (s *Server) Ready() error {
 	return nil
 }
 
-// Listen binds the address (Run does it if not done).
+// FieldListen is the field that Listen's errors (*validate.FieldError) name: Options.Listen.
+const FieldListen = "istio mcp listen"
+
+// Listen binds the address (Run does it if not done). Its error is a *validate.FieldError
+// of FieldListen.
 func (s *Server) Listen() error {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
@@ -175,7 +181,7 @@ func (s *Server) Listen() error {
 	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
-		return fmt.Errorf("istio mcp listen %s (--istio-mcp-listen): %w", s.opts.Listen, err)
+		return &validate.FieldError{Field: FieldListen, Msg: fmt.Sprintf("%s: %v", s.opts.Listen, err)}
 	}
 	s.ln = ln
 	return nil

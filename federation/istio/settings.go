@@ -15,6 +15,8 @@ import (
 	meshconfig "istio.io/api/mesh/v1alpha1"
 	networking "istio.io/api/networking/v1alpha3"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshfed/meshfed/api/validate"
 )
 
 // SettingsInput is what istiod's settings for one cluster are made of.
@@ -67,7 +69,7 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 		return nil, errors.New("cluster: required")
 	}
 	if _, _, err := net.SplitHostPort(in.MCPAddress); err != nil {
-		return nil, fmt.Errorf("mcp address %q: %v (HOST:PORT of the federation's --istio-mcp-listen as istiod reaches it)", in.MCPAddress, err)
+		return nil, &validate.FieldError{Field: "MCPAddress", Msg: fmt.Sprintf("%q: %v (HOST:PORT of the federation's Istio MCP listener as istiod reaches it)", in.MCPAddress, err)}
 	}
 	if in.TrustDomain == "" {
 		return nil, errors.New("trust domain: the cluster record has none")

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/federation/health"
 	"github.com/meshfed/meshfed/federation/planner"
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -202,8 +203,12 @@ func New(cluster string, views <-chan *view.View, hc HealthSource, log *slog.Log
 	return s, nil
 }
 
+// FieldListen is the field that Listen's errors (*validate.FieldError) name: Options.Listen.
+const FieldListen = "xds listen"
+
 // Listen binds the xDS address (Run does it if not done). Call it first when the bound
-// address must be known before Run (port 0).
+// address must be known before Run (port 0). Its error is a *validate.FieldError of
+// FieldListen.
 func (s *Server) Listen() error {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
@@ -212,7 +217,7 @@ func (s *Server) Listen() error {
 	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
-		return fmt.Errorf("xds listen %s (--xds-listen): %w", s.opts.Listen, err)
+		return &validate.FieldError{Field: FieldListen, Msg: fmt.Sprintf("%s: %v", s.opts.Listen, err)}
 	}
 	s.ln = ln
 	return nil

@@ -28,6 +28,7 @@ import (
 	"github.com/meshfed/meshfed/keyspace/store"
 	"github.com/meshfed/meshfed/keyspace/view"
 	"github.com/meshfed/meshfed/operator"
+	"github.com/meshfed/meshfed/operator/internal/problems"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/clientid"
 )
@@ -224,55 +225,55 @@ func (r *Request) defaults() {
 // Request fields.
 func (r Request) Validate() error {
 	r.defaults()
-	var p problems
-	r.validate(&p)
-	return p.err()
+	p := problems.New("drill")
+	r.validate(p)
+	return p.Err()
 }
 
 // validate adds the problems of r (defaults applied) that need no etcd; it returns the
 // parsed fault and target (nil without one).
-func (r *Request) validate(p *problems) (fault.Spec, *Target) {
+func (r *Request) validate(p *problems.List) (fault.Spec, *Target) {
 	if err := validate.DNSLabel(r.Fail); err != nil {
-		p.add("Fail", "%v (the cluster to fail, e.g. west)", err)
+		p.Add("Fail", "%v (the cluster to fail, e.g. west)", err)
 	}
 	if err := records.ValidateID(r.ID); err != nil {
-		p.add("ID", "%v", err)
+		p.Add("ID", "%v", err)
 	}
 	if r.Duration < time.Second {
-		p.add("Duration", "%v: at least 1s (e.g. 60s)", r.Duration)
+		p.Add("Duration", "%v: at least 1s (e.g. 60s)", r.Duration)
 	}
 	if r.LeaseTTL < 2*time.Second || r.LeaseTTL > time.Minute {
-		p.add("LeaseTTL", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
+		p.Add("LeaseTTL", "%v: use 2s-60s (default 10s): the cordon outlives a killed drill by up to this long", r.LeaseTTL)
 	}
 	if (r.From == "") != (r.Target == "") {
-		p.add("From/Target", "give both (traffic from one cluster's point of view to a target) or neither")
+		p.Add("From/Target", "give both (traffic from one cluster's point of view to a target) or neither")
 	}
 	if r.Rate < 1 || r.Rate > 1000 {
-		p.add("Rate", "%d: use 1-1000 requests per second", r.Rate)
+		p.Add("Rate", "%d: use 1-1000 requests per second", r.Rate)
 	}
 	if r.XDS != "" {
 		if err := validate.HostPort(r.XDS); err != nil {
-			p.add("XDS", "%v (the xDS address of the traffic's source cluster's federation service, e.g. 127.0.0.1:15010)", err)
+			p.Add("XDS", "%v (the xDS address of the traffic's source cluster's federation service, e.g. 127.0.0.1:15010)", err)
 		}
 		if r.Target == "" {
-			p.add("XDS", "routing by xDS needs traffic: a source cluster and a service target")
+			p.Add("XDS", "routing by xDS needs traffic: a source cluster and a service target")
 		}
 	}
 	if (r.CertFile == "") != (r.KeyFile == "") {
-		p.add("CertFile/KeyFile", "give both the client certificate and its key, or neither")
+		p.Add("CertFile/KeyFile", "give both the client certificate and its key, or neither")
 	}
 	if r.CertFile != "" && r.SPIFFESocket != "" {
-		p.add("SPIFFESocket", "give either client certificate files or the Workload API socket, not both")
+		p.Add("SPIFFESocket", "give either client certificate files or the Workload API socket, not both")
 	}
 	spec, err := fault.Parse(r.Fault)
 	if err != nil {
-		p.add("Fault", "%v", err)
+		p.Add("Fault", "%v", err)
 	}
 	var tgt *Target
 	if r.Target != "" {
 		t, err := ParseTarget(r.Target)
 		if err != nil {
-			p.add("Target", "%v", err)
+			p.Add("Target", "%v", err)
 		} else {
 			tgt = &t
 		}
@@ -284,10 +285,10 @@ func (r *Request) validate(p *problems) (fault.Spec, *Target) {
 // r.Target parsed (nil without one). A drill that cannot run is an *InvalidError.
 func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, error) {
 	r.defaults()
-	var p problems
-	spec, tgt := r.validate(&p)
-	if p.len() > 0 {
-		return nil, nil, p.err()
+	p := problems.New("drill")
+	spec, tgt := r.validate(p)
+	if p.Len() > 0 {
+		return nil, nil, p.Err()
 	}
 	snap, err := operator.ReadSnapshot(ctx, st)
 	if err != nil {
@@ -300,15 +301,15 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	}
 	if _, ok := snap.Clusters[r.Fail]; !ok {
 		if len(snap.Exports[r.Fail]) == 0 {
-			p.add("Fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("Fail", "%s is not a member and exports nothing (members: %s)", r.Fail, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 	}
 	if r.From != "" {
 		if _, ok := snap.Clusters[r.From]; !ok {
-			p.add("From", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
+			p.Add("From", "%s is not a member (members: %s)", r.From, strings.Join(orNone(snap.ClusterNames()), ", "))
 		}
 		if r.From == r.Fail {
-			p.add("From", "%s is the failed cluster: its own traffic stays local (local first); pick another cluster's point of view", r.From)
+			p.Add("From", "%s is the failed cluster: its own traffic stays local (local first); pick another cluster's point of view", r.From)
 		}
 	}
 	if r.Service != "" {
@@ -319,12 +320,12 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 			}
 		}
 		if !found {
-			p.add("Service", "%s does not export %s/%s: nothing to fail", r.Fail, r.Namespace, r.Service)
+			p.Add("Service", "%s does not export %s/%s: nothing to fail", r.Fail, r.Namespace, r.Service)
 		}
 	}
 	if _, err := st.Client().Get(ctx, plan.Key, clientv3.WithCountOnly()); err == nil {
 		if it, _ := store.Get[records.Drill](ctx, st, plan.Key); it != nil {
-			p.add("ID", "drill %s is already running (%s, started by %s): pick another id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
+			p.Add("ID", "drill %s is already running (%s, started by %s): pick another id or wait for it", r.ID, plan.Key, it.Value.StartedBy)
 		}
 	}
 	for _, d := range snap.Drills {
@@ -376,7 +377,7 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 	}
 	if spec.AtGateway() && len(snap.Exports[r.Fail]) == 0 {
 		// The fault travels in the metadata of the gateway's inbound clusters: none, no fault.
-		p.add("Fault", "%s exports nothing: its gateways get no service to carry the %s fault on", r.Fail, spec.Kind)
+		p.Add("Fault", "%s exports nothing: its gateways get no service to carry the %s fault on", r.Fail, spec.Kind)
 	}
 	if tgt != nil {
 		tp := &TrafficPlan{From: r.From, Target: r.Target, Rate: r.Rate}
@@ -389,14 +390,14 @@ func NewPlan(ctx context.Context, st *store.Store, r Request) (*Plan, *Target, e
 			tp.Route = fmt.Sprintf("as %s's clients: failover plan of %s/%s port %d from etcd (federation/planner + stabilizer, gateways health-checked from here), TLS with SNI %s to priority 0",
 				r.From, tgt.Namespace, tgt.Name, tgt.Port, names.ServiceSNI(tgt.Namespace, tgt.Name, tgt.Port))
 			if s := iv.Services[view.Key(tgt.Namespace, tgt.Name)]; s == nil {
-				p.add("Target", "no cluster exports %s/%s", tgt.Namespace, tgt.Name)
+				p.Add("Target", "no cluster exports %s/%s", tgt.Namespace, tgt.Name)
 			} else if !s.HasPort(int32(tgt.Port)) {
-				p.add("Target", "%s/%s has no port %d (ports: %v)", tgt.Namespace, tgt.Name, tgt.Port, portsOf(s))
+				p.Add("Target", "%s/%s has no port %d (ports: %v)", tgt.Namespace, tgt.Name, tgt.Port, portsOf(s))
 			}
 		}
 		plan.Traffic = tp
 	}
-	return plan, tgt, p.err()
+	return plan, tgt, p.Err()
 }
 
 func orActor(a string) string {

@@ -634,7 +634,7 @@ func CheckKeyPair(cert *x509.Certificate, key crypto.Signer) error {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	pub, ok := key.Public().(equaler)
 	if !ok || !pub.Equal(cert.PublicKey) {
-		return errors.New("--new-ca-key is not the key of --new-ca: give the key the certificate was made for")
+		return errors.New("not the key of the new CA certificate: give the key the certificate was made for")
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ func (j *Job) run(ctx context.Context) (*records.Rotation, error) {
 		}
 		it, err := store.Get[records.Rotation](ctx, j.st, key)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w %s: start one with --new-ca", ErrNoJob, j.td)
+			return nil, fmt.Errorf("%w %s: start one with the new root", ErrNoJob, j.td)
 		}
 		if err != nil {
 			return nil, err
@@ -169,7 +169,7 @@ func (j *Job) preflight(ctx context.Context, it *store.Item[records.Rotation]) e
 		}
 		if !contains(mustRoots(ca), r.NewRootFingerprint) {
 			if j.cfg.NewCAKey == nil {
-				return fmt.Errorf("preflight: the dev CA in %s lacks the new root: resume with --new-ca-key again", r.DevCADir)
+				return fieldErr("NewCAKey", "preflight: the dev CA in %s lacks the new root: resume with the key of the new root again", r.DevCADir)
 			}
 			if err := ca.AddRoot(newRoot, j.cfg.NewCAKey); err != nil {
 				return err

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/actor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -71,8 +72,14 @@ var (
 	ErrJobRunning   = errors.New("a rotation job is already running for this trust domain")
 	ErrNoJob        = errors.New("no rotation job for this trust domain")
 	ErrNotAbortable = errors.New("the old root is already removed: the job can no longer be aborted")
-	ErrGateTimeout  = errors.New("gate not passed before --gate-timeout")
+	ErrGateTimeout  = errors.New("gate not passed before the gate timeout")
 )
+
+// fieldErr is a problem with the Config field field (errors name Config fields, not
+// flags: a command maps them to its flags).
+func fieldErr(field, format string, args ...any) error {
+	return &validate.FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
 
 // Job runs one trust domain's rotation.
 type Job struct {
@@ -91,7 +98,7 @@ func newJob(cfg Config) (*Job, error) {
 		return nil, errors.New("rotation: no store")
 	}
 	if _, err := trust.ParseTrustDomain(cfg.TrustDomain); err != nil {
-		return nil, fmt.Errorf("--trust-domain: %w", err)
+		return nil, fieldErr("TrustDomain", "%v", err)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -151,14 +158,14 @@ func Ensure(ctx context.Context, cfg Config) (*records.Rotation, error) {
 		return nil, err
 	}
 	if cfg.NewCA == nil {
-		return nil, errors.New("--new-ca: give the new root certificate (PEM)")
+		return nil, fieldErr("NewCA", "give the new root certificate (PEM)")
 	}
 	fp := trust.Fingerprint(cfg.NewCA)
 	it, err := store.Get[records.Rotation](ctx, j.st, j.st.KS.Rotation(j.td))
 	switch {
 	case err == nil && !it.Value.Phase.Terminal():
 		if it.Value.NewRootFingerprint != fp {
-			return nil, fmt.Errorf("%w: job %s rotates to %s, not to --new-ca %s; finish or abort it first", ErrJobRunning, it.Value.ID, it.Value.NewRootFingerprint, fp)
+			return nil, fmt.Errorf("%w: job %s rotates to %s, not to the new root %s; finish or abort it first", ErrJobRunning, it.Value.ID, it.Value.NewRootFingerprint, fp)
 		}
 		j.printf("job %s towards this root is in phase %s: resuming", it.Value.ID, it.Value.Phase)
 		return Resume(ctx, cfg)
@@ -256,7 +263,7 @@ func (j *Job) modify(ctx context.Context, fn func(*records.Rotation) error) (*re
 	for range 10 {
 		it, err := store.Get[records.Rotation](ctx, j.st, j.st.KS.Rotation(j.td))
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w %s: start one with --new-ca", ErrNoJob, j.td)
+			return nil, fmt.Errorf("%w %s: start one with the new root", ErrNoJob, j.td)
 		}
 		if err != nil {
 			return nil, err
@@ -278,16 +285,16 @@ func (j *Job) modify(ctx context.Context, fn func(*records.Rotation) error) (*re
 func (j *Job) create(ctx context.Context) error {
 	nc := j.cfg.NewCA
 	if nc == nil {
-		return errors.New("--new-ca: give the new root certificate (PEM)")
+		return fieldErr("NewCA", "give the new root certificate (PEM)")
 	}
 	issuer := records.IssuerExternal
 	if j.cfg.NewCAKey != nil {
 		issuer = records.IssuerDev
 		if j.cfg.DevCADir == "" {
-			return errors.New("--new-ca-key is for the dev CA: give --dev-ca-dir too")
+			return fieldErr("DevCADir", "a key of the new root is for the dev CA: give the dev CA's directory too")
 		}
 		if err := devca.CheckKeyPair(nc, j.cfg.NewCAKey); err != nil {
-			return err
+			return fieldErr("NewCAKey", "%v", err)
 		}
 	}
 	if err := j.checkNewRoot(nc, j.lifetimeFor(issuer)); err != nil {
@@ -302,7 +309,7 @@ func (j *Job) create(ctx context.Context) error {
 		return fmt.Errorf("the current bundle of %s does not validate: %w", j.td, err)
 	}
 	if bit.Value.Lock != nil {
-		return fmt.Errorf("%w: bundles/%s is locked by job %s; use --resume or --abort", ErrJobRunning, j.td, bit.Value.Lock.Job)
+		return fmt.Errorf("%w: bundles/%s is locked by job %s; resume or abort it", ErrJobRunning, j.td, bit.Value.Lock.Job)
 	}
 	newFP := trust.Fingerprint(nc)
 	var old []*x509.Certificate
@@ -312,7 +319,7 @@ func (j *Job) create(ctx context.Context) error {
 		}
 	}
 	if len(old) == 0 {
-		return fmt.Errorf("the bundle of %s holds no root other than --new-ca: nothing to rotate from", j.td)
+		return fmt.Errorf("the bundle of %s holds no root other than the new one: nothing to rotate from", j.td)
 	}
 	now := j.cfg.Now().UTC()
 	rot := &records.Rotation{
@@ -345,7 +352,7 @@ func (j *Job) create(ctx context.Context) error {
 	case err != nil:
 		return err
 	case !prev.Value.Phase.Terminal():
-		return fmt.Errorf("%w: job %s is in phase %s; use --resume or --abort", ErrJobRunning, prev.Value.ID, prev.Value.Phase)
+		return fmt.Errorf("%w: job %s is in phase %s; resume or abort it", ErrJobRunning, prev.Value.ID, prev.Value.Phase)
 	default:
 		if prev.Value.ID == rot.ID {
 			rot.ID += "-2"
@@ -368,7 +375,7 @@ func (j *Job) create(ctx context.Context) error {
 			return err
 		}
 		if err := ca.AddRoot(nc, j.cfg.NewCAKey); err != nil {
-			return fmt.Errorf("add the new root to the dev CA: %w (resume with --new-ca-key)", err)
+			return fieldErr("NewCAKey", "add the new root to the dev CA: %v (resume with the key again)", err)
 		}
 	}
 	return nil
@@ -393,16 +400,16 @@ func (j *Job) lifetimeFor(issuer string) time.Duration {
 func (j *Job) checkNewRoot(c *x509.Certificate, lifetime time.Duration) error {
 	b, err := trust.Parse(j.td, trust.CertsPEM([]*x509.Certificate{c}), trust.ParseOptions{Now: j.cfg.Now()})
 	if err != nil {
-		return fmt.Errorf("--new-ca: %w", err)
+		return fieldErr("NewCA", "%v", err)
 	}
 	_ = b
 	end := j.cfg.Now().Add(lifetime + j.cfg.MinValidity)
 	if c.NotAfter.Before(end) {
-		return fmt.Errorf("--new-ca expires %s, before the job's end plus %s (%s): use a root that lives longer", c.NotAfter.UTC().Format(time.RFC3339), j.cfg.MinValidity, end.UTC().Format(time.RFC3339))
+		return fieldErr("NewCA", "expires %s, before the job's end plus %s (%s): use a root that lives longer", c.NotAfter.UTC().Format(time.RFC3339), j.cfg.MinValidity, end.UTC().Format(time.RFC3339))
 	}
 	for _, u := range c.URIs {
 		if u.Scheme == "spiffe" && u.Host != j.td {
-			return fmt.Errorf("--new-ca carries %s, not of trust domain %s", u, j.td)
+			return fieldErr("NewCA", "carries %s, not of trust domain %s", u, j.td)
 		}
 	}
 	return nil
