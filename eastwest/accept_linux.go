@@ -1,6 +1,7 @@
 package eastwest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -24,7 +25,7 @@ type rawListener struct {
 func newRawListener(ln net.Listener) (*rawListener, error) {
 	tl, ok := ln.(*net.TCPListener)
 	if !ok {
-		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: ln.Addr(), Err: syscall.EINVAL}
+		return nil, fmt.Errorf("the raw accept loop needs a *net.TCPListener, not a %T", ln)
 	}
 	f, err := tl.File()
 	if err != nil {

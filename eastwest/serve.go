@@ -24,12 +24,13 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if g.cfg.CopyMode == CopyPollSplice && rawAcceptSupported {
 		// Accepted without the net package (acceptLoopRaw): the connection's system calls
-		// stay raw until close.
+		// stay raw until close. A listener that is not a *net.TCPListener, or whose
+		// socket cannot be duplicated, is served through its Accept as in the other modes.
 		rl, err := newRawListener(ln)
-		if err != nil {
-			return err
+		if err == nil {
+			return g.serveListener(ctx, rl, g.acceptLoopRaw, nil)
 		}
-		return g.serveListener(ctx, rl, g.acceptLoopRaw, nil)
+		g.log.Warn("accepting through net.Listener", "listener", ln.Addr().String(), "err", err)
 	}
 	return g.serveListener(ctx, ln, func(ln net.Listener) error {
 		return g.acceptLoop(ln, ProtocolSNI, func(c *net.TCPConn) { g.handle(c) })
