@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	meshconfig "istio.io/api/mesh/v1alpha1"
 
+	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 )
 
@@ -82,20 +83,35 @@ func (s *Server) probeRoots(ctx context.Context, c *conn, addr string) {
 		if err == nil {
 			err = errors.New("stream ended")
 		}
-		s.setRoots(c, func(r *Roots) { r.Error = fmt.Sprintf("istiod xDS %s: %v", addr, err) })
+		s.setRoots(c, func(r *Roots) { r.Error = probeError(err) })
 		if time.Since(start) > 10*time.Second {
 			backoff = 200 * time.Millisecond
 		}
 		s.log.Debug("istiod roots probe: retrying", "addr", addr, "node", c.nodeID(), "err", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxtime.Sleep(ctx, backoff) {
 			return
-		case <-t.C:
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// noAnswerYet is Roots.Error until istiod's first PCDS answer: istiod answers PCDS only
+// with ISTIO_MULTIROOT_MESH=true (pilot/pkg/xds/pcds.go: otherwise it sends nothing at all).
+const noAnswerYet = "no PCDS answer yet (istiod answers PCDS only when it runs with ISTIO_MULTIROOT_MESH=true)"
+
+// probeError is Roots.Error for a failed or ended probe stream (Roots.Addr names the
+// address): the error, and what a wrong address usually is. istiod's plaintext xDS is its
+// --grpcAddr (port 15010 in an Istio install); a probe that reaches istiod's TLS xDS
+// (15012) instead fails with no HTTP/2 server preface.
+func probeError(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "server preface"):
+		return msg + " (no plaintext gRPC answers there: is it istiod's TLS xDS port, 15012? the probe speaks plaintext xDS only, istiod's --grpcAddr, 15010 in an Istio install)"
+	case strings.Contains(msg, "connection refused"):
+		return msg + " (nothing listens there: istiod's plaintext xDS is its --grpcAddr, 15010 in an Istio install)"
+	}
+	return msg
 }
 
 func (s *Server) followPCDS(ctx context.Context, c *conn, addr string) error {
@@ -203,6 +219,6 @@ func (s *Server) startRootsProbe(c *conn) {
 	if addr == "" {
 		return
 	}
-	s.setRoots(c, func(r *Roots) { r.Addr, r.Error = addr, "no PCDS answer yet" })
+	s.setRoots(c, func(r *Roots) { r.Addr, r.Error = addr, noAnswerYet })
 	go s.probeRoots(c.ctx, c, addr)
 }
