@@ -20,6 +20,9 @@ const DefaultIstiodSettle = 30 * time.Second
 // istiodHint is what an operator does when an istiod lacks roots (docs/istio.md, "Trust").
 const istiodHint = "istiod takes federated roots from its mesh config: with PEM caCertificates re-run `meshfed istio config` and merge it (istiod reloads its mesh config); with spiffeBundleUrl istiod re-fetches every 30 minutes"
 
+// probeHint is what an operator does when the probe of an istiod's PCDS fails.
+const probeHint = "the prober (the federation replica, or the `meshfed istio source` beside istiod) must reach istiod's plaintext xDS (istiod's --grpcAddr, 15010 in an Istio install) at its --istiod-xds"
+
 // rootSets are the fingerprints the bundle at the gate's sequence holds (want) and the
 // job's other roots (gone: an istiod still giving them to its proxies has not applied it).
 type rootSets struct {
@@ -72,6 +75,7 @@ func (j *Job) istiodWaiting(ctx context.Context, c string, ack *records.Ack, seq
 	}
 	var why []string
 	n := 0
+	mismatch, probeFailed := false, false
 	for _, it := range items {
 		for _, is := range it.Value.Istiods {
 			n++
@@ -81,11 +85,15 @@ func (j *Job) istiodWaiting(ctx context.Context, c string, ack *records.Ack, seq
 			}
 			r := is.Roots
 			switch {
+			case r == nil && is.Via != "":
+				why = append(why, name+": its roots are not observed (`meshfed istio source` "+is.Via+" runs without --istiod-xds)")
+				continue
 			case r == nil:
 				why = append(why, name+": its roots are not observed (federation replica "+it.Value.Instance+" runs without --istiod-xds)")
 				continue
 			case r.Error != "":
 				why = append(why, name+": roots probe at "+r.Addr+": "+r.Error)
+				probeFailed = true
 				continue
 			}
 			has := map[string]bool{}
@@ -105,6 +113,7 @@ func (j *Job) istiodWaiting(ctx context.Context, c string, ack *records.Ack, seq
 			}
 			sort.Strings(missing)
 			sort.Strings(stale)
+			mismatch = mismatch || len(missing) > 0 || len(stale) > 0
 			if len(missing) > 0 {
 				why = append(why, fmt.Sprintf("%s does not give its proxies root(s) %s", name, strings.Join(missing, ", ")))
 			}
@@ -120,7 +129,19 @@ func (j *Job) istiodWaiting(ctx context.Context, c string, ack *records.Ack, seq
 	}
 	if len(why) > 0 {
 		delete(j.istiodOK, key)
-		return strings.Join(why, "; ") + " (" + istiodHint + ")", nil
+		// Each hint only where it applies: a failed probe is not fixed in istiod's mesh config.
+		var hints []string
+		if mismatch {
+			hints = append(hints, istiodHint)
+		}
+		if probeFailed {
+			hints = append(hints, probeHint)
+		}
+		msg := strings.Join(why, "; ")
+		if len(hints) > 0 {
+			msg += " (" + strings.Join(hints, "; ") + ")"
+		}
+		return msg, nil
 	}
 	first, ok := j.istiodOK[key]
 	if !ok {

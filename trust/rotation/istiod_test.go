@@ -73,6 +73,15 @@ func TestGateWaitsForIstiod(t *testing.T) {
 	f.setIstiods(t, records.IstiodStatus{Node: "istiod-0", Connected: time.Now().UTC()})
 	waitfor.Cond(t, 20*time.Second, waitingHas("istiod istiod-0: its roots are not observed"), "roots not observed: the gate waits:\n%s", out)
 
+	// A failed probe: the gate names the address and the error, and the hint is the probe's
+	// (reach istiod's plaintext xDS), not the mesh config's.
+	f.setIstiods(t, records.IstiodStatus{Node: "istiod-0", Connected: time.Now().UTC(),
+		Roots: &records.IstiodRoots{Addr: "10.1.0.9:15012", Fingerprints: []string{}, Error: "connection error"}})
+	waitfor.Cond(t, 20*time.Second, waitingHas("istiod istiod-0: roots probe at 10.1.0.9:15012: connection error (the prober"), "probe error: the gate waits:\n%s", out)
+	if it, err := store.Get[records.Rotation](context.Background(), f.env.St, f.env.St.KS.Rotation("a.example")); err != nil || strings.Contains(strings.Join(it.Value.Waiting, "\n"), "mesh config") {
+		t.Fatalf("a failed probe is not fixed in the mesh config: %v %+v", err, it)
+	}
+
 	both := append(append([]*x509.Certificate{}, oldRoots...), nc)
 	f.setIstiods(t, istiodWith("istiod-0", both...))
 	t0 := time.Now()
