@@ -302,15 +302,16 @@ func servicePorts(ports []records.Port) []svcPort {
 
 // resource wraps a spec as an MCP resource named ns/name, versioned by its content (istiod
 // updates its store only when the version changes).
+//
+// The body is marshalled deterministically too (anypb.New is not: map fields such as a
+// WorkloadEntry's labels and ports come out in map order), so that the same content is the
+// same bytes, and a State's versions are equal in every process (NewState hashes them).
 func resource(ns, name string, spec proto.Message, labels map[string]string) (*mcp.Resource, error) {
-	body, err := anypb.New(spec)
-	if err != nil {
-		return nil, err
-	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
 	if err != nil {
 		return nil, err
 	}
+	body := &anypb.Any{TypeUrl: "type.googleapis.com/" + string(spec.ProtoReflect().Descriptor().FullName()), Value: b}
 	h := sha256.Sum256(b)
 	lb := map[string]string{}
 	for k, v := range labels {

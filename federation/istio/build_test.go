@@ -59,3 +59,24 @@ func TestBuildService(t *testing.T) {
 		t.Errorf("local only: %v", r)
 	}
 }
+
+// The same plan built twice is the same bytes, so a State's versions are equal in every
+// process (federation replicas, the relay beside istiod): no map order leaks into a body.
+func TestBuildDeterministic(t *testing.T) {
+	versions := map[string]bool{}
+	for range 30 {
+		svc := echoPlan(gw("west", "r1", "r1-b", 2, "127.0.0.21", "127.0.0.22"), gw("north", "r2", "r2-a", 3, "127.0.0.31"))
+		res, _, err := BuildService(svc, BuildOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := NewState(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions[st.Type(TypeWorkloadEntry).Version+" "+st.Type(TypeServiceEntry).Version+" "+st.Type(TypeDestinationRule).Version] = true
+	}
+	if len(versions) != 1 {
+		t.Fatalf("%d different state versions from 30 builds of one plan", len(versions))
+	}
+}
