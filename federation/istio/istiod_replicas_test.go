@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	"github.com/meshfed/meshfed/internal/istiotest"
 	"github.com/meshfed/meshfed/internal/kubetest"
 	"github.com/meshfed/meshfed/internal/waitfor"
@@ -60,16 +58,7 @@ func TestIstiodReplicasSameState(t *testing.T) {
 		waitState(t, r.srv)
 		mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n- address: k8s://\ntrustDomain: east.example\n", r.srv.Addr())
 		r.ist = istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: []byte(mesh), PodName: fmt.Sprintf("istiod-%d", i)})
-		sc, err := istiotest.ConnectSidecar(r.ist.XDSAddr, istiotest.SidecarConfig{
-			IP: fmt.Sprintf("10.1.0.%d", 5+i), Pod: fmt.Sprintf("client-%d", i), Namespace: "demo", ClusterID: "east", Network: "net-east",
-			Labels:   map[string]string{"app": "client"},
-			Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sc.Close()
-		r.sc = sc
+		r.sc = eastClient(t, r.ist.XDSAddr, i)
 	}
 
 	// expect waits until both sidecars hold eps for echo and returns how long each took
@@ -78,9 +67,7 @@ func TestIstiodReplicasSameState(t *testing.T) {
 		t.Helper()
 		var took []string
 		for i, r := range reps {
-			snap, _, err := r.sc.WaitFor(60*time.Second, func(s istiotest.Snapshot) bool {
-				return fmt.Sprint(istiotest.Flatten(s.Endpoints[echoCluster])) == fmt.Sprint(eps)
-			})
+			snap, _, err := r.sc.WaitFor(60*time.Second, echoEDSIs(eps...))
 			if err != nil {
 				t.Fatalf("%s: istiod-%d's sidecar: %v\ngot %v\nwant %v\nistiod-%d: %s", what, i, err,
 					istiotest.Flatten(snap.Endpoints[echoCluster]), eps, i, r.ist.LogTail(20))

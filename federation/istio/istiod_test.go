@@ -82,22 +82,9 @@ func TestIstiodTakesThePlan(t *testing.T) {
 	mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n- address: k8s://\ntrustDomain: east.example\n", srv.Addr())
 	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: []byte(mesh)})
 
-	sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
-		IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
-		Labels:   map[string]string{"app": "client"},
-		Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	sc := eastClient(t, ist.XDSAddr, 0)
 
-	want := func(eps ...istiotest.Endpoint) func(istiotest.Snapshot) bool {
-		return func(s istiotest.Snapshot) bool {
-			got := istiotest.Flatten(s.Endpoints[echoCluster])
-			return fmt.Sprint(got) == fmt.Sprint(eps)
-		}
-	}
+	want := echoEDSIs
 	north := istiotest.Endpoint{Priority: 0, Locality: "r2/r2-a/north", Address: "127.0.0.31:15443", Weight: 3}
 	west1 := istiotest.Endpoint{Priority: 1, Locality: "r1/r1-b/west", Address: "127.0.0.21:15443", Weight: 2}
 	west2 := istiotest.Endpoint{Priority: 1, Locality: "r1/r1-b/west", Address: "127.0.0.22:15443", Weight: 2}
@@ -260,15 +247,7 @@ func TestIstiodLocalServiceFirst(t *testing.T) {
 
 	mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n- address: k8s://\ntrustDomain: east.example\n", srv.Addr())
 	ist := istiotest.Start(t, istiotest.Config{APIServer: api, ClusterID: "east", MeshConfig: []byte(mesh)})
-	sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
-		IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
-		Labels:   map[string]string{"app": "client"},
-		Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	sc := eastClient(t, ist.XDSAddr, 0)
 
 	// The local endpoints: at priority 0, whatever their locality and weight (istiod's own).
 	local := func(s istiotest.Snapshot) []string {
@@ -406,4 +385,27 @@ func createLocalEcho(ctx context.Context, t *testing.T, api *kubetest.APIServer,
 	must(kc.DiscoveryV1().EndpointSlices("demo").Create(ctx, sl, metav1.CreateOptions{}))
 	sort.Strings(want)
 	return want
+}
+
+// eastClient connects sidecar client-<i> of namespace demo in cluster east (10.1.0.<5+i>,
+// app=client, locality r1/r1-a/east) to the istiod at addr, closed at the test's end.
+func eastClient(t *testing.T, addr string, i int) *istiotest.Sidecar {
+	t.Helper()
+	sc, err := istiotest.ConnectSidecar(addr, istiotest.SidecarConfig{
+		IP: fmt.Sprintf("10.1.0.%d", 5+i), Pod: fmt.Sprintf("client-%d", i), Namespace: "demo", ClusterID: "east", Network: "net-east",
+		Labels:   map[string]string{"app": "client"},
+		Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sc.Close)
+	return sc
+}
+
+// echoEDSIs is a Sidecar.WaitFor condition: the sidecar's EDS of echo is exactly eps.
+func echoEDSIs(eps ...istiotest.Endpoint) func(istiotest.Snapshot) bool {
+	return func(s istiotest.Snapshot) bool {
+		return fmt.Sprint(istiotest.Flatten(s.Endpoints[echoCluster])) == fmt.Sprint(eps)
+	}
 }

@@ -2,15 +2,12 @@ package istio
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/internal/istiotest"
@@ -117,23 +114,11 @@ func TestIstiodMCPTLS(t *testing.T) {
 		if !strings.Contains(string(logTLS), "Started XDS configSource xds://"+srv.Addr()) {
 			t.Errorf("istiod's log does not say it started the xds:// source")
 		}
-		sc, err := istiotest.ConnectSidecar(ist.XDSAddr, istiotest.SidecarConfig{
-			IP: "10.1.0.5", Pod: "client-0", Namespace: "demo", ClusterID: "east", Network: "net-east",
-			Labels:   map[string]string{"app": "client"},
-			Locality: &corev3.Locality{Region: "r1", Zone: "r1-a", SubZone: "east"},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sc.Close()
+		sc := eastClient(t, ist.XDSAddr, 0)
 		west1 := istiotest.Endpoint{Priority: 0, Locality: "r1/r1-b/west", Address: "127.0.0.21:15443", Weight: 2}
 		west2 := istiotest.Endpoint{Priority: 0, Locality: "r1/r1-b/west", Address: "127.0.0.22:15443", Weight: 2}
 		north := istiotest.Endpoint{Priority: 1, Locality: "r2/r2-a/north", Address: "127.0.0.31:15443", Weight: 3}
-		want := func(eps ...istiotest.Endpoint) func(istiotest.Snapshot) bool {
-			return func(s istiotest.Snapshot) bool {
-				return fmt.Sprint(istiotest.Flatten(s.Endpoints[echoCluster])) == fmt.Sprint(eps)
-			}
-		}
+		want := echoEDSIs
 		snap, took, err := sc.WaitFor(60*time.Second, want(west1, west2, north))
 		if err != nil {
 			t.Fatalf("EDS over MCP/TLS: %v\ngot %v\nistiod: %s", err, istiotest.Flatten(snap.Endpoints[echoCluster]), ist.LogTail(30))
