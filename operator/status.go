@@ -120,6 +120,18 @@ type IstiodView struct {
 	LastPush  *time.Time      `json:"last_push,omitempty"`
 	LastAck   *time.Time      `json:"last_ack,omitempty"`
 	NACKed    []IstioTypeNACK `json:"nacked,omitempty"`
+	// Roots are the roots this istiod gives its proxies over PCDS, as the replica's probe
+	// saw them (what rotation gates wait for; absent without --istiod-xds).
+	Roots *IstiodRootsView `json:"roots,omitempty"`
+}
+
+// IstiodRootsView is records.IstiodRoots: the probed address, the roots' fingerprints,
+// since when, and the probe's error.
+type IstiodRootsView struct {
+	Addr         string     `json:"addr"`
+	Fingerprints []string   `json:"fingerprints"`
+	Since        *time.Time `json:"since,omitempty"`
+	Error        string     `json:"error,omitempty"`
 }
 
 // IstioTypeNACK is a type whose last response an istiod rejected.
@@ -492,6 +504,9 @@ func istioStatus(items []*store.Item[records.IstioStatus]) *IstioStatus {
 				LastPush: timePtr(c.LastPush), LastAck: timePtr(c.LastAck)}
 			for _, x := range c.NACKs {
 				v.NACKed = append(v.NACKed, IstioTypeNACK{Type: x.Type, Error: x.Error})
+			}
+			if rt := c.Roots; rt != nil {
+				v.Roots = &IstiodRootsView{Addr: rt.Addr, Fingerprints: append([]string{}, rt.Fingerprints...), Since: timePtr(rt.Since), Error: rt.Error}
 			}
 			is.Istiods = append(is.Istiods, v)
 		}
