@@ -1,16 +1,7 @@
 package xdsroutes_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,73 +9,23 @@ import (
 
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
 	"github.com/meshfed/meshfed/internal/metrictest"
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA(t *testing.T) *testCA {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return &testCA{cert: c, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue makes a leaf for a DNS name and a URI, usable as server and client.
-func (ca *testCA) issue(t *testing.T, dns, uri string) (tls.Certificate, []byte, []byte) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: dns},
-		DNSNames: []string{dns}, KeyUsage: x509.KeyUsageDigitalSignature, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	if uri != "" {
-		u, _ := url.Parse(uri)
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	c, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, certPEM, keyPEM
-}
-
-func writeFile(t *testing.T, dir, name string, data []byte) string {
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestTLS: the xDS connection over mTLS, the federation verified by DNS name or SPIFFE ID
 // against a CA file; a wrong CA or a missing client certificate gets no table.
 func TestTLS(t *testing.T) {
 	b1 := startBackend(t, "b1")
-	ca, other := newCA(t), newCA(t)
+	ca, other := testpki.New(t, testpki.Spec{CN: "test CA", CA: true}), testpki.New(t, testpki.Spec{CN: "test CA", CA: true})
 	dir := t.TempDir()
-	srvCert, _, _ := ca.issue(t, "federation.east.test", "spiffe://east.test/meshfed/federation")
-	_, gwCert, gwKey := ca.issue(t, "gateway.east.test", "spiffe://east.test/meshfed/gateway")
-	caFile, otherCA := writeFile(t, dir, "ca.pem", ca.pem), writeFile(t, dir, "other.pem", other.pem)
-	certFile, keyFile := writeFile(t, dir, "gw.pem", gwCert), writeFile(t, dir, "gw-key.pem", gwKey)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	srvCert := ca.Issue(t, testpki.Spec{CN: "federation.east.test", DNS: []string{"federation.east.test"}, URIs: []string{"spiffe://east.test/meshfed/federation"}}).TLS()
+	gw := ca.Issue(t, testpki.Spec{CN: "gateway.east.test", DNS: []string{"gateway.east.test"}, URIs: []string{"spiffe://east.test/meshfed/gateway"}})
+	caFile, otherCA := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "other.pem")
+	testpki.Write(t, caFile, ca.CertPEM())
+	testpki.Write(t, otherCA, other.CertPEM())
+	certFile, keyFile := gw.WriteFiles(t, dir, "gw")
+	pool := ca.Pool()
 
 	cp := newControlPlane(t)
 	cp.tls = &tls.Config{Certificates: []tls.Certificate{srvCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}

@@ -1,42 +1,21 @@
 package istio
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/meshfed/meshfed/internal/testpki"
 )
 
 // testRoot is a self-signed CA certificate named cn.
 func testRoot(t *testing.T, cn string) *x509.Certificate {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testpki.New(t, testpki.Spec{CN: cn, CA: true}).Cert
 }
 
-func pemOf(c *x509.Certificate) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
-}
+func pemOf(c *x509.Certificate) string { return string(testpki.PEM(c)) }
 
 // TestBuildSettingsTrust: every other trust domain's roots become caCertificates (PEM, or
 // spiffeBundleUrl <base>/<td> with a bundle endpoint) with their trust domain, and a

@@ -8,13 +8,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +28,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 
+	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 )
 
@@ -362,44 +361,19 @@ func writeFiles(dir string) (*files, error) {
 		saKey:       filepath.Join(dir, "sa.key"),
 		tokenFile:   filepath.Join(dir, "tokens.csv"),
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("CA key: %w", err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "meshfed kubetest CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	ca, err := testpki.Make(testpki.Spec{CN: "meshfed kubetest CA", CA: true}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	f.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("serving key: %w", err)
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost", "kubernetes.default.svc"},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
+	f.caPEM = ca.CertPEM()
+	srv, err := testpki.Make(testpki.Spec{CN: "kube-apiserver", EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPs: []net.IP{net.ParseIP("127.0.0.1")}, DNS: []string{"localhost", "kubernetes.default.svc"}}, ca)
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	srvKeyPEM, err := srv.MarshalKey()
+	if err != nil {
+		return nil, fmt.Errorf("serving key: %w", err)
 	}
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -415,8 +389,8 @@ func writeFiles(dir string) (*files, error) {
 		data []byte
 	}{
 		{filepath.Join(dir, "ca.crt"), f.caPEM},
-		{f.servingCert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER})},
-		{f.servingKey, ecPEM(srvKey)},
+		{f.servingCert, srv.CertPEM()},
+		{f.servingKey, srvKeyPEM},
 		{f.saKey, ecPEM(saKey)},
 		// token,user,uid,"groups": system:masters is bound to cluster-admin by RBAC bootstrap.
 		{f.tokenFile, []byte(f.token + `,admin,admin-uid,"system:masters"` + "\n")},

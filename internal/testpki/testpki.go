@@ -63,9 +63,20 @@ func (c *Cert) Issue(t testing.TB, s Spec) *Cert {
 
 func issue(t testing.TB, s Spec, issuer *Cert) *Cert {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := Make(s, issuer)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c
+}
+
+// Make is New (issuer nil) or issuer.Issue for a helper that has no testing.TB (one
+// started once for all the tests of a package, such as internal/kubetest.Launch): it
+// returns the error instead of failing a test.
+func Make(s Spec, issuer *Cert) (*Cert, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -81,7 +92,7 @@ func issue(t testing.TB, s Spec, issuer *Cert) *Cert {
 	if s.Serial == 0 {
 		n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 63))
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		tmpl.SerialNumber = n.Add(n, big.NewInt(1))
 	}
@@ -94,7 +105,7 @@ func issue(t testing.TB, s Spec, issuer *Cert) *Cert {
 	for _, u := range s.URIs {
 		pu, err := url.Parse(u)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		tmpl.URIs = append(tmpl.URIs, pu)
 	}
@@ -110,13 +121,13 @@ func issue(t testing.TB, s Spec, issuer *Cert) *Cert {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &Cert{Cert: c, Key: key, Issuer: issuer}
+	return &Cert{Cert: c, Key: key, Issuer: issuer}, nil
 }
 
 // Chain is c and its issuers up to, not including, the self-signed root (what a TLS peer
@@ -151,11 +162,20 @@ func (c *Cert) CertPEM() []byte { return PEM(c.Chain()...) }
 // KeyPEM is c's key as PEM (EC PRIVATE KEY).
 func (c *Cert) KeyPEM(t testing.TB) []byte {
 	t.Helper()
-	b, err := x509.MarshalECPrivateKey(c.Key)
+	b, err := c.MarshalKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b})
+	return b
+}
+
+// MarshalKey is KeyPEM for a helper without a testing.TB (see Make).
+func (c *Cert) MarshalKey() ([]byte, error) {
+	b, err := x509.MarshalECPrivateKey(c.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), nil
 }
 
 // WriteFiles writes c's chain and key into dir as NAME.pem and NAME-key.pem (mode 0600)
