@@ -236,3 +236,25 @@ func TestListenErrorsNameFlags(t *testing.T) {
 		t.Errorf("istio source: %v", err)
 	}
 }
+
+// TestDevCAErrorsNameFlags: trust/devca describes the bad field (InitAll, IssueFiles,
+// NewRootFiles); the dev-ca commands name the flag.
+func TestDevCAErrorsNameFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"trust", "dev-ca", "init", "--dir", dir, "--svid-ttl", "10ms", "--root-validity", "1h"},
+			[]string{"--trust-domain: give at least one trust domain", "--svid-ttl: 10ms: at least 1s", "--root-validity: 1h0m0s: at least 24h"}},
+		{[]string{"trust", "dev-ca", "issue", "--dir", dir}, []string{"--trust-domain: required", "--spiffe-id: required", "--cert/--key: give both output files"}},
+		{[]string{"trust", "dev-ca", "new-root", "--trust-domain", "east.example", "--cert", filepath.Join(dir, "c.pem")}, []string{"--cert/--key: give both output files"}},
+	} {
+		_, err := runCLI(t, c.args...)
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: want an error with %q, got %v", c.args[:3], w, err)
+			}
+		}
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -57,36 +56,15 @@ func newDevCACmd() *cobra.Command {
   meshfed trust dev-ca init --dir /var/lib/meshfed/ca --trust-domain east.example --svid-ttl 1h`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var errs validate.Errors
-			if len(tds) == 0 {
-				errs.Add("--trust-domain", "give at least one trust domain")
-			}
-			for _, td := range tds {
-				if _, err := trust.ParseTrustDomain(td); err != nil {
-					errs.Add("--trust-domain", "%v", err)
-				}
-			}
-			if svidTTL < time.Second {
-				errs.Add("--svid-ttl", "%v: at least 1s", svidTTL)
-			}
-			if validity < 24*time.Hour {
-				errs.Add("--root-validity", "%v: at least 24h", validity)
-			}
-			if err := errs.Err(); err != nil {
-				return err
-			}
-			for _, td := range tds {
-				ca, err := devca.Init(dir, td, devca.Options{SVIDTTL: svidTTL, RootValidity: validity})
-				if err != nil {
-					return err
-				}
+			cas, err := devca.InitAll(dir, tds, devca.Options{SVIDTTL: svidTTL, RootValidity: validity})
+			for _, ca := range cas {
 				root, err := ca.Issuer()
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: root %s expires %s (%s)\n", td, trust.Fingerprint(root), root.NotAfter.UTC().Format(time.RFC3339), ca.Dir())
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: root %s expires %s (%s)\n", ca.TrustDomain().Name(), trust.Fingerprint(root), root.NotAfter.UTC().Format(time.RFC3339), ca.Dir())
 			}
-			return nil
+			return flagErr(err, map[string]string{devca.FieldTrustDomain: "--trust-domain", devca.FieldSVIDTTL: "--svid-ttl", devca.FieldRootValidity: "--root-validity"})
 		},
 	}
 	initCmd.Flags().StringVar(&dir, "dir", defaultDevCADir, "CA directory (one subdirectory per trust domain)")
@@ -104,40 +82,10 @@ func newDevCACmd() *cobra.Command {
     --cert cart.pem --key cart-key.pem --bundle east-roots.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var errs validate.Errors
-			if td == "" {
-				errs.Add("--trust-domain", "required")
-			}
-			if id == "" {
-				errs.Add("--spiffe-id", "required, e.g. spiffe://%s/ns/default/sa/demo", td)
-			}
-			if certOut == "" || keyOut == "" {
-				errs.Add("--cert/--key", "give both output files")
-			}
-			if err := errs.Err(); err != nil {
-				return err
-			}
-			ca, err := devca.Open(dir, td)
+			svid, err := devca.IssueFiles(devca.IssueFilesRequest{Dir: dir, TrustDomain: td, IssueRequest: devca.IssueRequest{ID: id, DNSNames: dns, TTL: ttl},
+				Cert: certOut, Key: keyOut, Bundle: bundleOut})
 			if err != nil {
-				return err
-			}
-			svid, err := ca.Issue(devca.IssueRequest{ID: id, DNSNames: dns, TTL: ttl})
-			if idErr := (*devca.IDError)(nil); errors.As(err, &idErr) {
-				return fmt.Errorf("--spiffe-id: %w", err)
-			} else if err != nil {
-				return err
-			}
-			if err := svid.WriteFiles(certOut, keyOut); err != nil {
-				return err
-			}
-			if bundleOut != "" {
-				roots, err := ca.Roots()
-				if err != nil {
-					return err
-				}
-				if err := os.WriteFile(bundleOut, trust.CertsPEM(roots), 0o644); err != nil {
-					return err
-				}
+				return flagErr(err, map[string]string{devca.FieldTrustDomain: "--trust-domain", devca.FieldSPIFFEID: "--spiffe-id", devca.FieldFiles: "--cert/--key"})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "issued %s, expires %s\n", id, svid.Chain[0].NotAfter.UTC().Format(time.RFC3339))
 			return nil
@@ -161,18 +109,9 @@ func newDevCACmd() *cobra.Command {
 		Example: `  meshfed trust dev-ca new-root --trust-domain east.example --cert new-root.pem --key new-root-key.pem`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if rootCert == "" || rootKey == "" {
-				return errors.New("--cert/--key: give both output files")
-			}
-			c, k, err := devca.NewRoot(rootTD, rootValidity)
+			c, err := devca.NewRootFiles(rootTD, rootValidity, rootCert, rootKey)
 			if err != nil {
-				return err
-			}
-			if err := devca.WriteKey(rootKey, k); err != nil {
-				return err
-			}
-			if err := os.WriteFile(rootCert, trust.CertsPEM([]*x509.Certificate{c}), 0o644); err != nil {
-				return err
+				return flagErr(err, map[string]string{devca.FieldFiles: "--cert/--key"})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "new root %s for %s, expires %s\n", trust.Fingerprint(c), rootTD, c.NotAfter.UTC().Format(time.RFC3339))
 			return nil
