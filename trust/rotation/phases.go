@@ -97,14 +97,15 @@ func (j *Job) step(ctx context.Context, it *store.Item[records.Rotation]) error 
 }
 
 // removeDevRoots takes the roots with these fingerprints out of the development CA when
-// the job's issuer is the dev CA (an external issuer's roots are the operator's).
+// the job's issuer is the dev CA (an external issuer's roots are the operator's). A dev CA
+// that does not open is an *openDevCAError.
 func (j *Job) removeDevRoots(r *records.Rotation, fingerprints ...string) error {
 	if r.Issuer != records.IssuerDev {
 		return nil
 	}
 	ca, err := devca.Open(r.DevCADir, j.td)
 	if err != nil {
-		return err
+		return &openDevCAError{err}
 	}
 	for _, fp := range fingerprints {
 		if err := ca.RemoveRoot(fp); err != nil {
@@ -114,15 +115,18 @@ func (j *Job) removeDevRoots(r *records.Rotation, fingerprints ...string) error 
 	return nil
 }
 
+// openDevCAError is a development CA that removeDevRoots could not open.
+type openDevCAError struct{ error }
+
+func (e *openDevCAError) Unwrap() error { return e.error }
+
 func (j *Job) preflight(ctx context.Context, it *store.Item[records.Rotation]) error {
 	r := it.Value
 	if r.AbortRequested {
-		if r.Issuer == records.IssuerDev {
-			if ca, err := devca.Open(r.DevCADir, j.td); err == nil {
-				if err := ca.RemoveRoot(r.NewRootFingerprint); err != nil {
-					return err
-				}
-			}
+		// Nothing was published yet: a dev CA that does not open holds nothing to undo.
+		var open *openDevCAError
+		if err := j.removeDevRoots(r, r.NewRootFingerprint); err != nil && !errors.As(err, &open) {
+			return err
 		}
 		return j.transition(ctx, it, records.PhaseAborted, "aborted before anything was published", nil, nil)
 	}
