@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/internal/tlstest"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/metrictest"
 )
@@ -226,11 +227,7 @@ func TestHalfClose(t *testing.T) {
 
 func writeFileAtomic(t *testing.T, path, content string) {
 	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/harness"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/healthprobe"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
@@ -167,10 +168,7 @@ func TestGatewayWithFederationCommand(t *testing.T) {
 	exports := filepath.Join(dir, "exports.yaml")
 	write := func(extra string) {
 		data := fmt.Sprintf("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443, targetPort: %s}], endpoints: [{address: %s}]}\n%s", port, host, extra)
-		if err := os.WriteFile(exports+".tmp", []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(exports+".tmp", exports); err != nil {
+		if err := atomicfile.Write(exports, []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

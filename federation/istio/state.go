@@ -7,13 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	mcp "istio.io/api/mcp/v1alpha1"
+
+	"github.com/meshfed/meshfed/internal/atomicfile"
 )
 
 // TypeState is the full state of one type: every resource istiod should hold, sorted by
@@ -133,23 +134,7 @@ func (s *State) WriteFile(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".istio-mcp-*")
-	if err != nil {
-		return fmt.Errorf("istio state file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("istio state file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("istio state file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("istio state file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("istio state file: %w", err)
 	}
 	return nil

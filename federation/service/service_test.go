@@ -17,6 +17,7 @@ import (
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/discovery/file"
 	"github.com/meshfed/meshfed/federation/service"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
@@ -59,11 +60,7 @@ func newFed(t *testing.T) *fed {
 func (f *fed) writeExports(name, content string) string {
 	f.t.Helper()
 	path := filepath.Join(f.dir, name+".yaml")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		f.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, []byte(content), 0o644); err != nil {
 		f.t.Fatal(err)
 	}
 	return path

@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/harness/devup"
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/trust/devca"
 )
@@ -374,11 +375,7 @@ func (c *Cluster) SetExports(services []string) error {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return err
 	}
-	tmp := c.exportsPath() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.exportsPath())
+	return atomicfile.Write(c.exportsPath(), []byte(b.String()), 0o644)
 }
 
 // StartFederation starts the cluster's federation service (again, after a stop).

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/atomicfile"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -180,10 +181,7 @@ func TestFileSourceLockAndUndo(t *testing.T) {
 	r1, _, _ := devca.NewRoot("a.example", 24*time.Hour)
 	r2, _, _ := devca.NewRoot("a.example", 24*time.Hour)
 	write := func(certs ...*x509.Certificate) {
-		if err := os.WriteFile(path+".tmp", trust.CertsPEM(certs), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(path+".tmp", path); err != nil {
+		if err := atomicfile.Write(path, trust.CertsPEM(certs), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
