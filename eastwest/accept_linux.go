@@ -1,6 +1,7 @@
 package eastwest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/meshfed/meshfed/internal/ctxtime"
 )
 
 const rawAcceptSupported = true
@@ -82,7 +85,7 @@ func (c *acceptedConn) SetLinger(sec int) error {
 // connection (the listener has TCP_NODELAY, which accepted sockets inherit) and makes
 // accept4 and read through syscall.Syscall, which wake the runtime's monitor thread
 // (docs/benchmarks.md). ln is the rawListener Serve made.
-func (g *Gateway) acceptLoopRaw(ln net.Listener) error {
+func (g *Gateway) acceptLoopRaw(closed context.Context, ln net.Listener) error {
 	l := ln.(*rawListener)
 	var backoff time.Duration
 	for {
@@ -118,7 +121,7 @@ func (g *Gateway) acceptLoopRaw(ln net.Listener) error {
 				// Out of fds or memory: back off rather than spin (as acceptLoop does).
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				g.log.Warn("accept failed; retrying", "err", os.NewSyscallError("accept4", e), "in", backoff)
-				time.Sleep(backoff)
+				ctxtime.Sleep(closed, backoff) // cut short when ln is closed: accept then says so
 				continue
 			}
 			return os.NewSyscallError("accept4", e)

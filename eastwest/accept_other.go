@@ -3,6 +3,7 @@
 package eastwest
 
 import (
+	"context"
 	"errors"
 	"net"
 )
@@ -13,6 +14,6 @@ func newRawListener(ln net.Listener) (net.Listener, error) {
 	return nil, errors.New("the raw accept loop is Linux only")
 }
 
-func (g *Gateway) acceptLoopRaw(ln net.Listener) error {
+func (g *Gateway) acceptLoopRaw(closed context.Context, ln net.Listener) error {
 	return errors.New("the raw accept loop is Linux only")
 }

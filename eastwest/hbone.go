@@ -69,7 +69,9 @@ func (g *Gateway) ServeHBONE(ctx context.Context, ln net.Listener) error {
 		return errors.New("HBONE is not configured (Config.HBONE)")
 	}
 	h := g.hbone
-	return g.serveListener(ctx, ln, func(ln net.Listener) error { return g.acceptLoop(ln, ProtocolHBONE, h.handle) }, h.goAway)
+	return g.serveListener(ctx, ln, func(closed context.Context, ln net.Listener) error {
+		return g.acceptLoop(closed, ln, ProtocolHBONE, h.handle)
+	}, h.goAway)
 }
 
 // goAway tells every HBONE connection that no new stream will be accepted; connections

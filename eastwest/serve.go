@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest/internal/hello"
+	"github.com/meshfed/meshfed/internal/ctxtime"
 )
 
 // Serve accepts connections on ln until ctx ends or Drain is called, then drains: it
@@ -32,14 +33,15 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		g.log.Warn("accepting through net.Listener", "listener", ln.Addr().String(), "err", err)
 	}
-	return g.serveListener(ctx, ln, func(ln net.Listener) error {
-		return g.acceptLoop(ln, ProtocolSNI, func(c *net.TCPConn) { g.handle(c) })
+	return g.serveListener(ctx, ln, func(closed context.Context, ln net.Listener) error {
+		return g.acceptLoop(closed, ln, ProtocolSNI, func(c *net.TCPConn) { g.handle(c) })
 	}, nil)
 }
 
 // serveListener runs loop (an accept loop) on ln until ctx ends or Drain is called, then
-// stops accepting, calls stopped (when set), and drains the whole gateway.
-func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(net.Listener) error, stopped func()) error {
+// stops accepting, calls stopped (when set), and drains the whole gateway. loop's context
+// ends when serveListener closes ln.
+func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(closed context.Context, ln net.Listener) error, stopped func()) error {
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -47,8 +49,10 @@ func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(
 		case <-g.drainCh:
 		}
 	}()
+	closed, closeLn := context.WithCancel(context.Background())
+	defer closeLn()
 	acceptDone := make(chan error, 1)
-	go func() { acceptDone <- loop(ln) }()
+	go func() { acceptDone <- loop(closed, ln) }()
 	select {
 	case err := <-acceptDone:
 		if !g.draining.Load() {
@@ -66,6 +70,7 @@ func (g *Gateway) serveListener(ctx context.Context, ln net.Listener, loop func(
 			<-t.C
 		}
 		ln.Close()
+		closeLn()
 		<-acceptDone
 	}
 	if stopped != nil {
@@ -104,7 +109,7 @@ func (g *Gateway) finishDrain() {
 
 // acceptLoop accepts TCP connections on ln and runs handle on each in its own goroutine,
 // within the global connection limit (a refusal is counted under protocol).
-func (g *Gateway) acceptLoop(ln net.Listener, protocol string, handle func(*net.TCPConn)) error {
+func (g *Gateway) acceptLoop(closed context.Context, ln net.Listener, protocol string, handle func(*net.TCPConn)) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -117,7 +122,7 @@ func (g *Gateway) acceptLoop(ln net.Listener, protocol string, handle func(*net.
 				// Out of fds or similar: back off rather than spin (what net/http does).
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				g.log.Warn("accept failed; retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
+				ctxtime.Sleep(closed, backoff) // cut short when ln is closed: Accept then says so
 				continue
 			}
 			return err
