@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -13,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,9 +21,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/xds"
-	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/testetcd"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -273,7 +268,7 @@ func TestDrillCordonExpiresWhenKilled(t *testing.T) {
 // while driving traffic as east's clients: traffic leaves west, goes to north, and
 // returns after the lift; the report and its HTML timeline are written. The traffic is
 // routed twice: by the drill's own plan from etcd, and by the EDS of east's real xDS
-// server (federation/xds, as cmd/meshfed wires it).
+// server (the one east's federation agent runs, as meshfed federation does).
 func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 	t.Parallel()
 	ctx := optest.Ctx(t)
@@ -284,35 +279,7 @@ func TestDrillMeasuresTrafficSwitch(t *testing.T) {
 		return err == nil && len(s.Exports["west"]) == 1 && len(s.Exports["north"]) == 1 && len(s.Clusters) == 3
 	}, "west and north export demo/echo")
 	t.Run("etcd-plan", func(t *testing.T) { checkDrillTraffic(t, st, "") })
-	t.Run("xds", func(t *testing.T) { checkDrillTraffic(t, st, startXDS(t, f)) })
-}
-
-// startXDS runs east's xDS server fed by east's federation service, as cmd/meshfed does.
-func startXDS(t *testing.T, f *harness.Federation) string {
-	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	east := f.Cluster("east").Federation()
-	hc, err := health.New(health.Options{}, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	feed := xds.NewFeed()
-	east.OnView(feed.Send)
-	feed.Send(east.View())
-	xs, err := xds.New("east", feed.C(), hc, log, nil, xds.Options{Listen: "127.0.0.1:0", MinReassign: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := xs.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = hc.Run(ctx) }()
-	go func() { defer wg.Done(); _ = xs.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return xs.Addr()
+	t.Run("xds", func(t *testing.T) { checkDrillTraffic(t, st, f.Cluster("east").XDSAddr) })
 }
 
 func checkDrillTraffic(t *testing.T, st *store.Store, xdsAddr string) {

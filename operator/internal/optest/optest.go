@@ -173,7 +173,9 @@ func StartFederation(t *testing.T, ctx context.Context) (*harness.Federation, ma
 	}
 	t.Cleanup(north.Close)
 	wls["west"], wls["north"] = west, north
-	f, err := harness.Start(ctx, harness.Options{Log: slog.New(slog.DiscardHandler), Clusters: []harness.ClusterSpec{
+	// The xDS planners damp reassignments for 1s (as the drills' own planner does in these
+	// tests), so traffic routed by a federation's xDS comes back within a drill's recovery.
+	f, err := harness.Start(ctx, harness.Options{Log: slog.New(slog.DiscardHandler), MinReassign: time.Second, Clusters: []harness.ClusterSpec{
 		{Name: "east"},
 		{Name: "west", Exports: EchoExports(west.Addr)},
 		{Name: "north", Region: "region-2", Exports: EchoExports(north.Addr)},
