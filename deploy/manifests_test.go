@@ -107,6 +107,15 @@ func renders() []render {
 			"istio":   map[string]any{"enabled": true, "tlsSecretName": "meshfed-istio-mcp-tls"},
 		})},
 		{"helm-istio-ambient", true, helm(istioAmbientValues)},
+		{"helm-istio-network-policy", true, helm(map[string]any{
+			"cluster": map[string]any{"name": "east"},
+			"etcd":    map[string]any{"endpoints": "https://etcd.example.org:2379"},
+			"istio": map[string]any{"enabled": true, "istiod": map[string]any{
+				"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "istio-control"}},
+				"podSelector":       map[string]any{"matchLabels": map[string]any{"app": "istiod", "istio.io/rev": "canary"}},
+				"xdsPort":           16010}},
+			"networkPolicy": map[string]any{"enabled": true},
+		})},
 		{"kustomize-example", true, kust("overlays/example")},
 		{"kustomize-components", false, kust("overlays/all-components")},
 		{"kustomize-istio-tls", true, kust("overlays/istio-tls")},
@@ -444,6 +453,53 @@ func checkIstio(t *testing.T, objs []obj) {
 				}
 			}
 		}
+	}
+	checkIstiodEgress(t, objs, np, labels, args)
+}
+
+// checkIstiodEgress: the federation dials every istiod connected to its MCP listener on
+// istiod's plaintext xDS (--istiod-xds=:PORT at the istiod's pod address) for the roots the
+// rotation gates wait on. Where a policy fences the federation's egress (networkPolicy,
+// components/network-policy), meshfed-istio-mcp allows exactly that: istiod's pods (the
+// peer admitted to the MCP port) on that port, one rule. Where none does, meshfed-istio-mcp
+// must not fence it either (it would close DNS, etcd and the apiserver).
+func checkIstiodEgress(t *testing.T, objs []obj, np obj, labels map[string]any, args []string) {
+	t.Helper()
+	xds := float64(15010) // meshfed federation's default --istiod-xds
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--istiod-xds="); ok {
+			if _, err := fmt.Sscanf(v, ":%g", &xds); err != nil {
+				t.Fatalf("meshfed-federation: --istiod-xds=%s: want :PORT (the istiod's pod address), which the NetworkPolicy can follow", v)
+			}
+		}
+	}
+	egressFenced := func(o obj) bool {
+		return contains(strs(dig(map[string]any(o), "spec", "policyTypes")), "Egress")
+	}
+	fenced := false // by a policy other than np
+	for _, o := range objs {
+		if o.kind() != "NetworkPolicy" || o.name() == np.name() || !egressFenced(o) {
+			continue
+		}
+		if sel, _ := dig(map[string]any(o), "spec", "podSelector", "matchLabels").(map[string]any); subset(sel, labels) {
+			fenced = true
+		}
+	}
+	egress, _ := dig(map[string]any(np), "spec", "egress").([]any)
+	if !fenced {
+		if egressFenced(np) || len(egress) > 0 {
+			t.Errorf("%s fences the federation's egress while no other policy does (DNS, etcd and the apiserver would be closed): %v", np.id(), egress)
+		}
+		return
+	}
+	if !egressFenced(np) {
+		t.Fatalf("%s: the federation's egress is fenced and istiod's xDS (%v) not opened: policyTypes %v", np.id(), xds, dig(map[string]any(np), "spec", "policyTypes"))
+	}
+	ingress, _ := dig(map[string]any(np), "spec", "ingress").([]any)
+	istiod := dig(ingress, 0, "from")
+	want := []any{map[string]any{"to": istiod, "ports": []any{map[string]any{"port": xds, "protocol": "TCP"}}}}
+	if istiod == nil || !reflect.DeepEqual(egress, want) {
+		t.Errorf("%s: egress %v, want exactly %v (istiod's pods, the MCP port's peer, on --istiod-xds)", np.id(), egress, want)
 	}
 }
 
