@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -33,4 +34,58 @@ func TestIstioStatusRoots(t *testing.T) {
 	if r2 != nil {
 		t.Errorf("istiod-2 (no probe) roots %+v", r2)
 	}
+}
+
+// TestIstioStatusTableRoots: the text table of `meshfed status` shows, per istiod, the
+// number of roots it gives its proxies and their short fingerprints (as `meshfed trust
+// status` names roots), the last roots and the error of a failing probe, "no answer yet"
+// before the first answer, and "-" without a probe.
+func TestIstioStatusTableRoots(t *testing.T) {
+	now := time.Date(2026, 12, 2, 18, 0, 0, 0, time.UTC)
+	since := now.Add(-3 * time.Minute)
+	fp1 := "sha256:1a2b3c4d5e6f70819293a4b5c6d7e8f9" + strings.Repeat("0", 32)
+	fp2 := "sha256:ffee0011" + strings.Repeat("2", 56)
+	items := []*store.Item[records.IstioStatus]{{Value: &records.IstioStatus{Cluster: "east", Instance: "fed-0", Istiods: []records.IstiodStatus{
+		{Node: "istiod-0", Synced: true, Roots: &records.IstiodRoots{Addr: "10.0.0.1:15010", Fingerprints: []string{fp1, fp2}, Since: since}},
+		{Node: "istiod-1", Roots: &records.IstiodRoots{Addr: "10.0.0.2:15010", Fingerprints: []string{fp1}, Since: since, Error: "stream ended: EOF"}},
+		{Node: "istiod-2", Roots: &records.IstiodRoots{Addr: "10.0.0.3:15010", Fingerprints: []string{}, Error: "connection refused"}},
+		{Node: "istiod-3", Roots: &records.IstiodRoots{Addr: "10.0.0.4:15010", Fingerprints: []string{}}},
+		{Node: "istiod-4", Roots: &records.IstiodRoots{Addr: "10.0.0.5:15010", Fingerprints: []string{}, Since: since}},
+		{Node: "istiod-5"},
+	}}}}
+	s := &Status{Time: now, Clusters: []ClusterStatus{{Name: "east", Istio: istioStatus(items)}, {Name: "west"}}}
+	var b strings.Builder
+	if err := s.writeIstio(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	rows := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "east" {
+			rows[f[1]] = l
+		}
+	}
+	for node, want := range map[string]string{
+		"istiod-0": "  2: 1a2b3c4d… ffee0011…",
+		"istiod-1": "  probe failing (last received 1: 1a2b3c4d…)",
+		"istiod-2": "  probe failing",
+		"istiod-3": "  no answer yet",
+		"istiod-4": "  none",
+		"istiod-5": "  -",
+	} {
+		if !strings.HasSuffix(rows[node], want) {
+			t.Errorf("%s: row %q does not end in %q:\n%s", node, rows[node], want, out)
+		}
+	}
+	for _, want := range []string{"ROOTS (PCDS)",
+		"roots probe of istiod istiod-1 (cluster east) at 10.0.0.2:15010: stream ended: EOF\n",
+		"roots probe of istiod istiod-2 (cluster east) at 10.0.0.3:15010: connection refused\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "roots probe of") != 2 {
+		t.Errorf("want the 2 failing probes' errors, got:\n%s", out)
+	}
+	t.Logf("\n%s", out)
 }

@@ -166,7 +166,8 @@ func (s *Status) WriteTable(w io.Writer) error {
 }
 
 // writeIstio lists, for the clusters whose federation serves istiod (--istio-mcp-listen),
-// each connected istiod with its ACK/NACK state and last push.
+// each connected istiod with its ACK/NACK state, last push and the roots it gives its
+// proxies (PCDS, as the replica's probe sees them), then each failing probe's error.
 func (s *Status) writeIstio(w io.Writer) error {
 	found := false
 	for _, c := range s.Clusters {
@@ -178,7 +179,8 @@ func (s *Status) writeIstio(w io.Writer) error {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "ISTIOD  (fed by the federation over MCP: docs/istio.md)")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER	ISTIOD	VIA	STATE	LAST PUSH	LAST ACK")
+	fmt.Fprintln(tw, "CLUSTER	ISTIOD	VIA	STATE	LAST PUSH	LAST ACK	ROOTS (PCDS)")
+	var probeErrs []string
 	for _, c := range s.Clusters {
 		is := c.Istio
 		if is == nil {
@@ -189,7 +191,7 @@ func (s *Status) writeIstio(w io.Writer) error {
 			if len(is.Sources) > 0 {
 				what = "(no istiod behind " + strings.Join(is.Sources, ",")
 			}
-			fmt.Fprintf(tw, "%s	%s)	-	-	-	-\n", c.Name, what)
+			fmt.Fprintf(tw, "%s	%s)	-	-	-	-	-\n", c.Name, what)
 			continue
 		}
 		for _, i := range is.Istiods {
@@ -204,10 +206,56 @@ func (s *Status) writeIstio(w io.Writer) error {
 				}
 				state = "NACK " + strings.Join(ts, ",")
 			}
-			fmt.Fprintf(tw, "%s	%s	%s	%s	%s	%s\n", c.Name, i.Node, orDash(i.Via), state, agoPtr(s.Time, i.LastPush), agoPtr(s.Time, i.LastAck))
+			fmt.Fprintf(tw, "%s	%s	%s	%s	%s	%s	%s\n", c.Name, i.Node, orDash(i.Via), state, agoPtr(s.Time, i.LastPush), agoPtr(s.Time, i.LastAck), i.Roots.cell())
+			if r := i.Roots; r != nil && r.Error != "" {
+				probeErrs = append(probeErrs, fmt.Sprintf("roots probe of istiod %s (cluster %s) at %s: %s", i.Node, c.Name, r.Addr, r.Error))
+			}
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, e := range probeErrs {
+		fmt.Fprintln(w, e)
+	}
+	return nil
+}
+
+// cell is the ROOTS (PCDS) column: the number of roots istiod gives its proxies and their
+// short fingerprints ("2: 1a2b3c4d… 5e6f7a8b…", the form of `meshfed trust status`; "none"
+// when istiod sends none); "-" when not followed (no --istiod-xds), "no answer yet" before
+// the first answer, "probe failing" (with the last roots received, if any) while the probe
+// has an error.
+func (r *IstiodRootsView) cell() string {
+	if r == nil {
+		return "-"
+	}
+	roots := "none"
+	if len(r.Fingerprints) > 0 {
+		fps := make([]string, len(r.Fingerprints))
+		for k, fp := range r.Fingerprints {
+			fps[k] = shortFP(fp)
+		}
+		roots = fmt.Sprintf("%d: %s", len(fps), strings.Join(fps, " "))
+	}
+	switch {
+	case r.Error != "" && r.Since != nil:
+		return "probe failing (last received " + roots + ")"
+	case r.Error != "":
+		return "probe failing"
+	case r.Since == nil:
+		return "no answer yet"
+	}
+	return roots
+}
+
+// shortFP names a root by the first 8 hex digits of its "sha256:<hex>" fingerprint.
+func shortFP(fp string) string {
+	h := strings.TrimPrefix(fp, "sha256:")
+	if len(h) > 8 {
+		h = h[:8]
+	}
+	return h + "…"
 }
 
 func agoPtr(now time.Time, t *time.Time) string {

@@ -172,7 +172,7 @@ func (ts *TrustStatus) WriteTable(out io.Writer) error {
 		if b.Roots != nil {
 			var rs []string
 			for _, r := range b.Roots {
-				rs = append(rs, fmt.Sprintf("%s…(%s)", r.Fingerprint[7:15], r.NotAfter.Format("2006-01-02")))
+				rs = append(rs, fmt.Sprintf("%s(%s)", shortFP(r.Fingerprint), r.NotAfter.Format("2006-01-02")))
 			}
 			roots = strings.Join(rs, " ")
 			if roots == "" {

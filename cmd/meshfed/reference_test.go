@@ -209,7 +209,10 @@ scripts; fields are only ever added.
   last_activity, gateways[] {address, probed, healthy, result, line, detail, rtt_ms},
   exports, bundle {trust_domain, owner, sequence, digest, revoked, locked_by, updated_at,
   roots_expire, error}, acks[] {trust_domain, sequence, current, applied_at}, acks_behind[],
-  cordoned_by_drills[]§); §services[]§ (§service, type, ports[], exporters[] {cluster,
+  cordoned_by_drills[], istio {replicas[], sources[], istiods[] {node, replica, via, connected,
+  synced, last_push, last_ack, nacked[] {type, error}, roots {addr, fingerprints[], since,
+  error}}, state_at, from_disk, unknown_types[], nacks[] {replica, type, reason, count}}§);
+  §services[]§ (§service, type, ports[], exporters[] {cluster,
   ready_endpoints, endpoints, stale, cordoned, revision}, conflicts[], policy, order[] {port,
   levels[] {priority, cluster, direct, weight, endpoints[], stale, panic}}, excluded[]
   {cluster, port, reason}§); §drills[]§ (§id, cluster, service, until, started_by, started_at,

@@ -36,6 +36,10 @@ func newStatusCmd() *cobra.Command {
              here, which may differ from what that cluster sees);
   drills     live cordons with their lease TTL;
   rotations  root rotation jobs and what they wait for;
+  istiod     per cluster whose federation serves istiod (--istio-mcp-listen): each istiod
+             fed, its ACK/NACK state, last push and ACK, and the roots it gives its
+             proxies over PCDS (count and short fingerprints, as trust status names roots;
+             the error of a failing probe under the table);
   warnings   trust roots that expire within --expiry-warning, records that do not decode,
              clusters that publish without having joined.
 
