@@ -18,68 +18,10 @@ import (
 	"github.com/meshfed/meshfed/api/names"
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
-	"github.com/meshfed/meshfed/federation/health"
-	"github.com/meshfed/meshfed/federation/xds"
 	"github.com/meshfed/meshfed/harness"
 	"github.com/meshfed/meshfed/internal/metrictest"
 	"github.com/meshfed/meshfed/internal/waitfor"
 )
-
-// Every harness cluster's agent runs an xDS server (Cluster.XDSAddr). This file starts a
-// second one per test with federation/xds.New, fed by the harness cluster's real
-// federation service (embedded etcd, file discovery), wired as the agent wires it, so
-// that a test owns its registry and can stop that server alone. The gateway under test is the
-// real eastwest.Gateway with its route source on that server (eastwest/xdsroutes).
-
-// fedXDS is one running xDS server of a cluster's federation service.
-type fedXDS struct {
-	srv    *xds.Server
-	reg    *prometheus.Registry
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func startFedXDS(t *testing.T, c *harness.Cluster, listen string, log *slog.Logger) *fedXDS {
-	t.Helper()
-	fed := c.Federation()
-	if fed == nil {
-		t.Fatalf("cluster %s: federation not running", c.Spec.Name)
-	}
-	reg := prometheus.NewRegistry()
-	hc, err := health.New(health.Options{}, log, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	feed := xds.NewFeed()
-	fed.OnView(feed.Send)
-	feed.Send(fed.View())
-	srv, err := xds.New(c.Spec.Name, feed.C(), hc, log, reg, xds.Options{Listen: listen})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	x := &fedXDS{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = hc.Run(ctx) }()
-	go func() {
-		defer wg.Done()
-		if err := srv.Run(ctx); err != nil {
-			t.Errorf("xds server: %v", err)
-		}
-	}()
-	go func() { wg.Wait(); close(x.done) }()
-	t.Cleanup(x.stop)
-	return x
-}
-
-func (x *fedXDS) stop() {
-	x.cancel()
-	<-x.done
-}
 
 // twoWorkloads starts echo-0 and echo-1 of cluster i on the same port (one exports entry
 // has one target port) at their two loopback addresses.
@@ -197,8 +139,9 @@ func testLog(t *testing.T) *slog.Logger {
 }
 
 // TestGatewayRoutesFromFederationXDS: east exports demo/echo from a file; its federation
-// service publishes it and serves it over xDS; east's gateway takes its route table from
-// there (meshfed gateway --federation) and a TLS client reaches the workloads through it.
+// service publishes it and its agent serves it over xDS (Cluster.XDSAddr); east's gateway
+// (the real eastwest.Gateway, its route source eastwest/xdsroutes) takes its route table
+// from there (meshfed gateway --federation) and a TLS client reaches the workloads through it.
 // Readiness changes propagate; the federation stops and the gateway keeps routing with
 // its last table; the federation comes back and updates resume; a gateway whose domain
 // does not match is refused with a NACK the federation counts.
@@ -230,10 +173,8 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 		return s != nil && s.Exporter("west") != nil
 	}, "east imports west's demo/other")
 
-	fx := startFedXDS(t, east, harness.ClusterIP(0)+":0", log)
-	xdsAddr := fx.srv.Addr()
-
-	// East's gateway, routes from its federation's xDS.
+	// East's gateway, routes from the xDS server of east's federation agent.
+	xdsAddr := east.XDSAddr
 	greg := prometheus.NewRegistry()
 	src, err := xdsroutes.New(xdsroutes.Config{Address: xdsAddr, Cluster: "east", Host: "gw-0",
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Log: log, Registry: greg})
@@ -302,7 +243,6 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 	// 3. The federation stops (service and its xDS server): the gateway sees it, keeps its
 	// table, stays ready and keeps routing by it. A change made meanwhile is not seen.
 	before := readyAddrs()
-	fx.stop()
 	if err := east.StopFederation(); err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +273,9 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 	if err := east.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fx = startFedXDS(t, east, xdsAddr, log)
+	if east.XDSAddr != xdsAddr {
+		t.Fatalf("the federation came back with xDS at %s, not %s", east.XDSAddr, xdsAddr)
+	}
 	waitfor.Cond(t, 20*time.Second, func() bool { return src.Status().Connected && readyAddrs() == h0 },
 		"gateway reconnected with echo-0 the only ready endpoint (ready %q, status %+v)", readyAddrs(), src.Status())
 	if got := served(t, gwAddr, echoSNI, 6); got["east/echo-0"] != 6 {
@@ -368,7 +310,7 @@ func TestGatewayRoutesFromFederationXDS(t *testing.T) {
 		badDone <- bad.Run(badCtx, func(*eastwest.RouteTable) { t.Error("a table from clusters of another domain") })
 	}()
 	waitfor.Cond(t, 10*time.Second, func() bool {
-		return metrictest.Sum(t, fx.reg, "meshfed_xds_nacks_total", "class", "gateway", "type", "cds") >= 1
+		return metrictest.Sum(t, east.Metrics(), "meshfed_xds_nacks_total", "class", "gateway", "type", "cds") >= 1
 	}, "the federation counts the gateway's NACK")
 	stopBad()
 	if err := <-badDone; err != nil {

@@ -142,7 +142,6 @@ type Cluster struct {
 	ExportsPath string
 	Client      *clientv3.Client
 	Store       *store.Store
-	Registry    *prometheus.Registry
 	// GatewayAddr is the gateway's HOST:PORT as other clusters dial it: its bound address,
 	// or with ClusterSpec.GatewayFaults the fault proxy's (empty with NoGateway).
 	GatewayAddr string
@@ -164,6 +163,7 @@ type Cluster struct {
 	f       *Federation
 	mu      sync.Mutex
 	agent   *agent.Agent
+	reg     *prometheus.Registry // the running federation's metrics
 	trust   *federate.Service
 	fedStop context.CancelFunc
 	fedDone chan error
@@ -245,7 +245,7 @@ func (s *ClusterSpec) defaults() {
 
 func (f *Federation) addCluster(ctx context.Context, i int, spec ClusterSpec) (*Cluster, error) {
 	spec.defaults()
-	c := &Cluster{Spec: spec, Index: i, IP: ClusterIP(i), f: f, Registry: prometheus.NewRegistry()}
+	c := &Cluster{Spec: spec, Index: i, IP: ClusterIP(i), f: f}
 	dir := filepath.Join(f.dir, spec.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -335,6 +335,17 @@ func (c *Cluster) Agent() *agent.Agent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.agent
+}
+
+// Metrics is the running federation process's metrics registry (a new one on each
+// StartFederation; nil while stopped).
+func (c *Cluster) Metrics() prometheus.Gatherer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.agent == nil {
+		return nil
+	}
+	return c.reg
 }
 
 // StartFederation starts the cluster's federation process: service, health checker,
@@ -427,7 +438,7 @@ func (c *Cluster) StartFederation(ctx context.Context) error {
 		<-imported
 		done <- err
 	}()
-	c.agent, c.fedStop, c.fedDone, c.trust = ag, cancel, done, tsvc
+	c.agent, c.reg, c.fedStop, c.fedDone, c.trust = ag, reg, cancel, done, tsvc
 	return nil
 }
 
@@ -470,7 +481,7 @@ func (c *Cluster) BundleEndpointAddr() string {
 func (c *Cluster) StopFederation() error {
 	c.mu.Lock()
 	stop, done := c.fedStop, c.fedDone
-	c.agent, c.fedStop, c.fedDone = nil, nil, nil
+	c.agent, c.reg, c.fedStop, c.fedDone = nil, nil, nil, nil
 	c.mu.Unlock()
 	if stop == nil {
 		return nil

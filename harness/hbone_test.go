@@ -78,7 +78,6 @@ func TestGatewayHBONEAndSNIFromFederationXDS(t *testing.T) {
 	}
 	t.Cleanup(f.Close)
 	west := f.Cluster("west")
-	fx := startFedXDS(t, west, harness.ClusterIP(0)+":0", log)
 
 	// Trust: east and west federated, as the federation writes them to --bundle-dir.
 	dir := t.TempDir()
@@ -116,7 +115,7 @@ func TestGatewayHBONEAndSNIFromFederationXDS(t *testing.T) {
 	p, err := process.Start(ctx, process.Config{
 		Gateway:    eastwest.Config{Cluster: "west", Log: log, DrainTimeout: time.Second},
 		Listen:     harness.ClusterIP(0) + ":0",
-		Federation: &xdsroutes.Config{Address: fx.srv.Addr(), Host: "gw-0", BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
+		Federation: &xdsroutes.Config{Address: west.XDSAddr, Host: "gw-0", BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
 		HBONE:      &process.HBONE{Listen: harness.ClusterIP(0) + ":0", CertFile: certFile, KeyFile: keyFile, BundleDir: bundleDir},
 	})
 	if err != nil {

@@ -129,11 +129,10 @@ func TestSharedTrustDomainHBONE(t *testing.T) {
 	if err := issue(gwID).WriteFiles(certFile, keyFile); err != nil {
 		t.Fatal(err)
 	}
-	fx := startFedXDS(t, west, harness.ClusterIP(1)+":0", log)
 	p, err := process.Start(ctx, process.Config{
 		Gateway:    eastwest.Config{Cluster: "west", Log: log, DrainTimeout: time.Second},
 		Listen:     harness.ClusterIP(1) + ":0",
-		Federation: &xdsroutes.Config{Address: fx.srv.Addr(), Host: "gw-west", BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
+		Federation: &xdsroutes.Config{Address: west.XDSAddr, Host: "gw-west", BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
 		HBONE: &process.HBONE{Listen: harness.ClusterIP(1) + ":0", CertFile: certFile, KeyFile: keyFile,
 			BundleDir: west.BundleDir, AllowTrustDomains: []string{td}},
 	})
