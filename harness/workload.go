@@ -2,17 +2,13 @@ package harness
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/testpki"
 )
 
 // Workload is a demo TLS server: for every line it reads it answers
@@ -28,34 +24,17 @@ type Workload struct {
 	conns   map[net.Conn]struct{}
 }
 
-// NewSelfSignedCert makes an ECDSA certificate for dnsNames, self-signed, valid 24h. Tests
-// that need a CA use the trust package's development CA instead.
-func NewSelfSignedCert(dnsNames ...string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: dnsNames[0]}, DNSNames: dnsNames,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
-}
-
-// StartWorkload serves TLS on addr (HOST:PORT, port 0 for a free one) with cert, or with
-// a fresh self-signed certificate when cert is nil.
+// StartWorkload serves TLS on addr (HOST:PORT, port 0 for a free one) with cfg, or when
+// cfg is nil with a fresh self-signed certificate (internal/testpki) for the DNS name and
+// common name <name>.<cluster>.workload.
 func StartWorkload(cluster, name, addr string, cfg *tls.Config) (*Workload, error) {
 	if cfg == nil {
-		cert, err := NewSelfSignedCert(name + "." + cluster + ".workload")
+		dns := name + "." + cluster + ".workload"
+		cert, err := testpki.Make(testpki.Spec{CN: dns, DNS: []string{dns}}, nil)
 		if err != nil {
 			return nil, err
 		}
-		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		cfg = &tls.Config{Certificates: []tls.Certificate{cert.TLS()}, MinVersion: tls.VersionTLS12}
 	}
 	ln, err := tls.Listen("tcp", addr, cfg)
 	if err != nil {
