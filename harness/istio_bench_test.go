@@ -3,7 +3,6 @@ package harness_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -78,7 +77,7 @@ func BenchmarkIstiodPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 		gw.SetRoutes(&eastwest.RouteTable{Services: map[eastwest.ServiceKey][]eastwest.Endpoint{}})
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.%d.1:0", 100+c))
+		ln, err := gw.Listen(ctx, fmt.Sprintf("127.0.%d.1:0", 100+c))
 		if err != nil {
 			b.Fatal(err)
 		}
