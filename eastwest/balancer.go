@@ -14,6 +14,10 @@ type epState struct {
 	addr   string
 	zone   string
 	weight int64
+	// sa is addr for dialSend (poll-splice on Linux), made when the endpoint entered the
+	// table; saErr why it could not be (then every raw connect to it fails with it).
+	sa    sockaddr
+	saErr error
 
 	active       atomic.Int64
 	failures     atomic.Int32

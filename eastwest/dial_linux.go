@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"syscall"
@@ -73,7 +72,29 @@ func (s *rawSock) CloseWrite() error {
 	return nil
 }
 
-// dialSend connects to addr ("ip:port") and writes first, all within timeout, making
+// sockaddr is an endpoint's address as connect(2) takes it (sockaddr_in or sockaddr_in6
+// bytes), made once, when the endpoint enters the route table (newSockaddr): an IPv6 zone
+// is resolved to its interface's index then, not at every dial.
+type sockaddr struct {
+	b      []byte
+	family int
+}
+
+// newSockaddr makes the sockaddr of addr: "ip:port", "[ipv6]:port" or "[ipv6%zone]:port"
+// (zone: an interface's name or index, as net.Dial takes it).
+func newSockaddr(addr string) (sockaddr, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return sockaddr{}, fmt.Errorf("endpoint address %q: %w", addr, err)
+	}
+	b, family, err := rawSockaddr(ap)
+	if err != nil {
+		return sockaddr{}, fmt.Errorf("endpoint address %q: %w", addr, err)
+	}
+	return sockaddr{b: b, family: family}, nil
+}
+
+// dialSend connects to sa and writes first, all within timeout, making
 // only the system calls a relay needs: socket, TCP_NODELAY, connect, write, and the
 // netpoller's registration (fcntl, epoll_ctl). net.Dialer adds a getsockopt(SO_ERROR), a
 // getpeername and a getsockname to every dial (for addresses a relay never asks for),
@@ -92,17 +113,9 @@ func (s *rawSock) CloseWrite() error {
 // TCP_NODELAY is kept: the gateway passes each TLS record on as it arrives, and with
 // Nagle's algorithm a small record sent while an earlier one is unacknowledged would wait
 // for that ACK (up to the peer's delayed-ACK timer).
-func dialSend(addr string, first []byte, timeout time.Duration) (*rawSock, error) {
+func dialSend(sa sockaddr, first []byte, timeout time.Duration) (*rawSock, error) {
 	deadline := time.Now().Add(timeout)
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("endpoint address %q: %w", addr, err)
-	}
-	sa, family, err := rawSockaddr(ap)
-	if err != nil {
-		return nil, fmt.Errorf("endpoint address %q: %w", addr, err)
-	}
-	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
+	fd, err := syscall.Socket(sa.family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
@@ -112,7 +125,7 @@ func dialSend(addr string, first []byte, timeout time.Duration) (*rawSock, error
 		rawClose(fd)
 		return nil, os.NewSyscallError("setsockopt TCP_NODELAY", e)
 	}
-	if err := rawConnect(fd, sa); err != nil {
+	if err := rawConnect(fd, sa.b); err != nil {
 		rawClose(fd)
 		return nil, os.NewSyscallError("connect", err)
 	}
@@ -181,7 +194,9 @@ func connectErr(err error) error {
 	return err
 }
 
-// rawSockaddr is ap as the kernel's sockaddr (sockaddr_in or sockaddr_in6 bytes).
+// rawSockaddr is ap as the kernel's sockaddr (sockaddr_in or sockaddr_in6 bytes, the
+// zone as sin6_scope_id: a link-local address needs it, the kernel refuses its connect
+// with EINVAL otherwise).
 func rawSockaddr(ap netip.AddrPort) ([]byte, int, error) {
 	a, port := ap.Addr(), ap.Port()
 	if a.Is4() || a.Is4In6() {
@@ -196,11 +211,11 @@ func rawSockaddr(ap netip.AddrPort) ([]byte, int, error) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
 	sa.Addr = a.As16()
 	if z := a.Zone(); z != "" {
-		ifi, err := net.InterfaceByName(z)
+		i, err := zoneIndex(z)
 		if err != nil {
-			return nil, 0, fmt.Errorf("zone: %w", err)
+			return nil, 0, err
 		}
-		sa.Scope_id = uint32(ifi.Index)
+		sa.Scope_id = i
 	}
 	return unsafe.Slice((*byte)(unsafe.Pointer(&sa)), syscall.SizeofSockaddrInet6), syscall.AF_INET6, nil
 }

@@ -37,7 +37,10 @@ func (g *Gateway) connectSend(r *route, first []byte) (sock, *epState) {
 	timeout := g.cfg.ConnectTimeout
 	if g.cfg.CopyMode == CopyPollSplice && pollSpliceSupported {
 		return tryEndpoints(g, r, func(ep *epState) (sock, error) {
-			u, err := dialSend(ep.addr, first, timeout)
+			if ep.saErr != nil {
+				return nil, ep.saErr
+			}
+			u, err := dialSend(ep.sa, first, timeout)
 			if err != nil {
 				return nil, err
 			}

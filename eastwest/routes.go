@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 
@@ -27,7 +28,11 @@ func (k ServiceKey) Service() string { return k.Namespace + "/" + k.Name }
 
 // Endpoint is one backend the gateway may dial for a service port.
 type Endpoint struct {
-	Address string // IP literal
+	// Address is an IP literal; an IPv6 one may carry a zone (fe80::1%eth0, or the
+	// interface's index: fe80::1%2) naming an interface of the gateway's host. The file
+	// and xDS sources take none (their addresses travel between hosts); a RouteSource of
+	// one host's own may.
+	Address string
 	Port    uint32 // the port dialled (exports' targetPort)
 	Zone    string
 	Ready   bool
@@ -116,8 +121,14 @@ func (t *RouteTable) Validate() error {
 			return fmt.Errorf("route %s: incomplete service key", k)
 		}
 		for _, e := range eps {
-			if net.ParseIP(e.Address) == nil || e.Port == 0 || e.Port > 65535 {
+			a, err := netip.ParseAddr(e.Address)
+			if err != nil || e.Port == 0 || e.Port > 65535 {
 				return fmt.Errorf("route %s: endpoint %s is not IP:port", k, e.HostPort())
+			}
+			if z := a.Zone(); z != "" {
+				if _, err := zoneIndex(z); err != nil {
+					return fmt.Errorf("route %s: endpoint %s: %w", k, e.HostPort(), err)
+				}
 			}
 			if e.HBONEPort > 65535 {
 				return fmt.Errorf("route %s: endpoint %s: HBONE port %d: use 1-65535 (0: none)", k, e.HostPort(), e.HBONEPort)
@@ -130,4 +141,16 @@ func (t *RouteTable) Validate() error {
 		}
 	}
 	return nil
+}
+
+// zoneIndex is the index of the interface an IPv6 zone names, as the net package resolves
+// it: an interface of that name on this host, else a decimal index.
+func zoneIndex(zone string) (uint32, error) {
+	if ifi, err := net.InterfaceByName(zone); err == nil {
+		return uint32(ifi.Index), nil
+	}
+	if n, err := strconv.ParseUint(zone, 10, 32); err == nil && n > 0 {
+		return uint32(n), nil
+	}
+	return 0, fmt.Errorf("IPv6 zone %q: no network interface of that name on this host (name it as `ip link` does, or give its index)", zone)
 }

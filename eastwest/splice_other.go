@@ -15,6 +15,11 @@ func (p *proxied) pollSplice(dst, src sock, counter prometheus.Counter) error {
 	return p.ioCopy(dst, src, counter)
 }
 
-func dialSend(addr string, first []byte, timeout time.Duration) (sock, error) {
+// sockaddr is Linux only (dialSend's raw connect).
+type sockaddr struct{}
+
+func newSockaddr(string) (sockaddr, error) { return sockaddr{}, nil }
+
+func dialSend(sockaddr, []byte, time.Duration) (sock, error) {
 	return nil, errors.New("dialSend is Linux only")
 }

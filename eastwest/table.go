@@ -102,7 +102,10 @@ func (g *Gateway) endpoint(addr string, e Endpoint, used map[string]bool) *epSta
 	}
 	if st == nil || st.weight != w || st.zone != e.Zone {
 		nst := &epState{addr: addr, zone: e.Zone, weight: w}
-		if st != nil {
+		if st == nil {
+			nst.sa, nst.saErr = newSockaddr(addr)
+		} else {
+			nst.sa, nst.saErr = st.sa, st.saErr
 			nst.active.Store(st.active.Load())
 			nst.failures.Store(st.failures.Load())
 			nst.ejectedUntil.Store(st.ejectedUntil.Load())
