@@ -211,6 +211,23 @@ func testIstiodRotationGate(t *testing.T, bundleURL bool) {
 	tMerge := merge(2)
 	waitfor.Cond(t, 60*time.Second, func() bool { return hasExactly(istiodRoots(), oldFP, newFP) }, "istiod's PCDS has old and new roots: %+v\nistiod:\n%s", istiodRoots(), ist.LogTail(20))
 	tPCDS := time.Now()
+	// meshfed status (text) shows the same: istiod gives 2 roots, named by short fingerprint.
+	st, err := operator.GetStatus(ctx, east.Store, operator.StatusOptions{NoProbe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tb strings.Builder
+	if err := st.WriteTable(&tb); err != nil {
+		t.Fatal(err)
+	}
+	both := []string{oldFP, newFP}
+	sort.Strings(both)
+	if want := "2: " + both[0][7:15] + "… " + both[1][7:15] + "…"; !strings.Contains(tb.String(), want) {
+		t.Errorf("meshfed status does not show istiod's roots as %q:\n%s", want, tb.String())
+	}
+	if _, istiods, ok := strings.Cut(tb.String(), "\nISTIOD "); ok {
+		t.Logf("meshfed status:\nISTIOD %s", istiods)
+	}
 	waitfor.Cond(t, 60*time.Second, func() bool { j := job(); return j != nil && j.Phase != records.PhaseWaitAcksBoth }, "the gate passes:\n%s", out)
 	tPass := time.Now()
 	if tPass.Sub(tMerge) < settle {
