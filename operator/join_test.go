@@ -206,8 +206,8 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
 		}
 	}
-	if len(me.Problems) < 6 {
-		t.Errorf("%d problems, want every one:\n%s", len(me.Problems), msg)
+	if len(me.Problems.Errors) < 6 {
+		t.Errorf("%d problems, want every one:\n%s", len(me.Problems.Errors), msg)
 	}
 
 	gw := closedAddr(t)
@@ -215,7 +215,7 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Join(ctx, st, joinReq(t, "east", "eu", "shared.example.org", gw))
-	if !errors.As(err, &me) || len(me.Problems) != 2 {
+	if !errors.As(err, &me) || len(me.Problems.Errors) != 2 {
 		t.Fatalf("want 2 problems (trust domain, gateway), got %v", err)
 	}
 	if !strings.Contains(err.Error(), "trust domain of cluster west") || !strings.Contains(err.Error(), "gateway of cluster west") {
@@ -228,7 +228,7 @@ func TestJoinCollectsEveryProblem(t *testing.T) {
 	bad := joinReq(t, "east", "eu", "shared.example.org")
 	bad.Region = "EU"
 	_, err = Join(ctx, st, bad)
-	if !errors.As(err, &me) || len(me.Problems) != 2 || !strings.Contains(err.Error(), "Region: ") || !strings.Contains(err.Error(), "trust domain of cluster west") {
+	if !errors.As(err, &me) || len(me.Problems.Errors) != 2 || !strings.Contains(err.Error(), "Region: ") || !strings.Contains(err.Error(), "trust domain of cluster west") {
 		t.Fatalf("bad flag plus conflict: %v", err)
 	}
 	// A bundle owned by another cluster claims its trust domain too.

@@ -21,7 +21,7 @@ func TestPolicyValidationAndCAS(t *testing.T) {
 	// Every problem at once: unknown cluster, duplicate, bad label.
 	_, err := SetPolicy(ctx, st, PolicyRequest{Namespace: "demo", Name: "echo", Order: []string{"west", "south", "west", "Bad"}})
 	var me *InvalidError
-	if !errors.As(err, &me) || len(me.Problems) != 3 {
+	if !errors.As(err, &me) || len(me.Problems.Errors) != 3 {
 		t.Fatalf("want 3 problems, got %v", err)
 	}
 	for _, want := range []string{"south is not a member", "west is listed twice", "entry 4"} {

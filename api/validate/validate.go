@@ -6,29 +6,85 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/hashicorp/go-multierror"
 )
 
 // FieldError is one problem with one field.
 type FieldError struct {
 	Field string // path, e.g. services[0].ports[1].port
-	Msg   string // what is wrong and how to fix it
+	Msg   string // what is wrong and how to fix it; may refer to other fields (Ref)
+	Err   error  // the cause, when there is one (errors.Is and errors.As see it); Msg says it
 }
 
 func (e *FieldError) Error() string {
+	msg := Expand(e.Msg, nil)
 	if e.Field == "" {
-		return e.Msg
+		return msg
 	}
-	return e.Field + ": " + e.Msg
+	return e.Field + ": " + msg
 }
 
-// Errors collects every problem found, so a user fixes them all in one pass.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Rename is e with its field, and those its message refers to (Ref), named by name (a
+// caller's name for a field: a flag, for instance).
+func (e *FieldError) Rename(name func(field string) string) *FieldError {
+	f := e.Field
+	if f != "" {
+		f = name(f)
+	}
+	return &FieldError{Field: f, Msg: Expand(e.Msg, name), Err: e.Err}
+}
+
+// refOpen and refClose enclose a field named by Ref inside a message.
+const (
+	refOpen  = "\x1e"
+	refClose = "\x1f"
+)
+
+// Ref is a reference to the input field field inside an error message ("leave out " +
+// Ref("RotatePassword")): the message shows the field's name, or, after Rename, the
+// caller's name for it (cmd/meshfed: the flag). A library thus says which other field a
+// fix is about without knowing what its caller calls that field.
+func Ref(field string) string { return refOpen + field + refClose }
+
+// Expand is msg with each Ref replaced by name(field) (nil: the field's own name).
+func Expand(msg string, name func(field string) string) string {
+	if !strings.Contains(msg, refOpen) {
+		return msg
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(msg, refOpen)
+		if i < 0 {
+			break
+		}
+		j := strings.Index(msg[i:], refClose)
+		if j < 0 {
+			break
+		}
+		field := msg[i+len(refOpen) : i+j]
+		if name != nil {
+			field = name(field)
+		}
+		b.WriteString(msg[:i])
+		b.WriteString(field)
+		msg = msg[i+j+len(refClose):]
+	}
+	b.WriteString(msg)
+	return b.String()
+}
+
+// Errors collects every problem found, so a user fixes them all in one pass
+// (go-multierror accumulates them).
 type Errors struct {
-	list []error
+	errs *multierror.Error
 }
 
 // Add records a problem with field.
 func (e *Errors) Add(field, format string, args ...any) {
-	e.list = append(e.list, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	e.errs = multierror.Append(e.errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 // AddErr records err (which may be nil) as a problem of field when err is not already a FieldError.
@@ -39,23 +95,37 @@ func (e *Errors) AddErr(field string, err error) {
 	var fe *FieldError
 	if errors.As(err, &fe) && fe.Field != "" {
 		if field != "" && !strings.HasPrefix(fe.Field, field) {
-			fe = &FieldError{Field: field + "." + fe.Field, Msg: fe.Msg}
+			fe = &FieldError{Field: field + "." + fe.Field, Msg: fe.Msg, Err: fe.Err}
 		}
-		e.list = append(e.list, fe)
+		e.errs = multierror.Append(e.errs, fe)
 		return
 	}
-	e.list = append(e.list, &FieldError{Field: field, Msg: err.Error()})
+	e.errs = multierror.Append(e.errs, &FieldError{Field: field, Msg: err.Error()})
 }
 
 // Len is the number of problems recorded.
-func (e *Errors) Len() int { return len(e.list) }
+func (e *Errors) Len() int { return len(e.errs.WrappedErrors()) }
 
-// Err returns nil when nothing was recorded, else an error listing every problem.
+// Err returns nil when nothing was recorded, else a *multierror.Error listing every
+// problem, one a line (LineFormat).
 func (e *Errors) Err() error {
-	if len(e.list) == 0 {
+	if e.Len() == 0 {
 		return nil
 	}
-	return errors.Join(e.list...)
+	return &multierror.Error{Errors: append([]error(nil), e.errs.Errors...), ErrorFormat: LineFormat}
+}
+
+// LineFormat is the multierror.ErrorFormatFunc of Errors: the errors' messages, one a
+// line (as errors.Join writes them).
+func LineFormat(es []error) string {
+	var b strings.Builder
+	for i, err := range es {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
 }
 
 var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-multierror"
+
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/operator/drill"
 )
@@ -53,7 +55,7 @@ func TestDrillFlagOfFields(t *testing.T) {
 			t.Errorf("meshfed drill has no flag %s", flag)
 		}
 	}
-	if got := flagErr(&drill.InvalidError{What: "drill", Problems: []drill.Problem{{Field: "From/Target", Msg: "x"}}}, drillFlagOf).Error(); got != "drill: --from/--target: x" {
+	if got := flagErr(&drill.InvalidError{What: "drill", Problems: multierror.Append(nil, drill.Problem{Field: "From/Target", Msg: "x"})}, drillFlagOf).Error(); got != "drill: --from/--target: x" {
 		t.Errorf("mapped: %q", got)
 	}
 }

@@ -4,16 +4,19 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/hashicorp/go-multierror"
+
 	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/operator"
 )
 
 // flagErr names the flags behind a library's field errors. Libraries say which field of
-// their input is wrong — a *validate.FieldError (alone, joined by errors.Join, or wrapped)
-// or an *operator.InvalidError (every problem of a request, each naming its field and
-// perhaps others in its message) — and the command maps each field to its flag with flags
-// (field → flag; fields joined by "/" are mapped one by one). Other errors, and fields flags
-// does not list, are returned as they are.
+// their input is wrong — a *validate.FieldError (alone, in a list such as validate.Errors
+// makes, or wrapped) or an *operator.InvalidError (every problem of a request, each naming
+// its field) — and may refer to other fields in their messages (validate.Ref); the
+// command maps each field to its flag with flags (field → flag; fields joined by "/" are
+// mapped one by one). Other errors, and fields flags does not list, are returned as they
+// are.
 func flagErr(err error, flags map[string]string) error {
 	if err == nil {
 		return nil
@@ -24,41 +27,51 @@ func flagErr(err error, flags map[string]string) error {
 		}
 		return field
 	}
-	var ie *operator.InvalidError
-	if errors.As(err, &ie) {
-		r := ie.Rename(name)
-		if err == error(ie) {
-			return r
-		}
-		return &renamed{err: err, msg: strings.Replace(err.Error(), ie.Error(), r.Error(), 1)}
-	}
-	if fe, ok := err.(*validate.FieldError); ok {
-		if flag, ok := flags[fe.Field]; ok {
-			return &validate.FieldError{Field: flag, Msg: fe.Msg}
-		}
+	r := renameFields(err, name)
+	if r.Error() == err.Error() {
 		return err
 	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
+	return r
+}
+
+// renameFields is err with the fields it names renamed by name (see flagErr).
+func renameFields(err error, name func(string) string) error {
+	switch e := err.(type) {
+	case *operator.InvalidError:
+		return e.Rename(name)
+	case *validate.FieldError:
+		return e.Rename(name)
+	case *multierror.Error:
+		out := &multierror.Error{ErrorFormat: e.ErrorFormat}
+		for _, x := range e.Errors {
+			out.Errors = append(out.Errors, renameFields(x, name))
+		}
+		return out
+	case interface{ Unwrap() []error }:
 		var out []error
-		changed := false
-		for _, e := range j.Unwrap() {
-			m := flagErr(e, flags)
-			changed = changed || m != e
-			out = append(out, m)
+		for _, x := range e.Unwrap() {
+			out = append(out, renameFields(x, name))
 		}
-		if changed {
-			return errors.Join(out...)
-		}
+		return errors.Join(out...)
+	}
+	// A wrapped one: its message inside err's is replaced.
+	var (
+		ie *operator.InvalidError
+		me *multierror.Error
+		fe *validate.FieldError
+		in error
+	)
+	switch {
+	case errors.As(err, &ie):
+		in = ie
+	case errors.As(err, &me):
+		in = me
+	case errors.As(err, &fe):
+		in = fe
+	default:
 		return err
 	}
-	var fe *validate.FieldError
-	if errors.As(err, &fe) {
-		if flag, ok := flags[fe.Field]; ok {
-			r := &validate.FieldError{Field: flag, Msg: fe.Msg}
-			return &renamed{err: err, msg: strings.Replace(err.Error(), fe.Error(), r.Error(), 1)}
-		}
-	}
-	return err
+	return &renamed{err: err, msg: strings.Replace(err.Error(), in.Error(), renameFields(in, name).Error(), 1)}
 }
 
 // renamed is err (still matched by errors.Is and errors.As) with the message that names

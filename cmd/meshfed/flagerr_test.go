@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
@@ -85,11 +86,11 @@ func TestTrustErrorsNameFlags(t *testing.T) {
 // fields its messages refer to, wrapped or not; a wrapped field error too.
 func TestFlagErrProblems(t *testing.T) {
 	flags := map[string]string{"Force": "--force", "Cluster": "--cluster", "From": "--from", "Target": "--target"}
-	ie := &operator.InvalidError{What: "join east", Problems: []operator.Problem{
-		{Field: "Cluster", Msg: "taken: add " + operator.Ref("Force")},
-		{Field: "From/Target", Msg: "give both"},
-		{Field: "Other", Msg: "left " + operator.Ref("Unknown")},
-	}}
+	ie := &operator.InvalidError{What: "join east", Problems: multierror.Append(nil,
+		operator.Problem{Field: "Cluster", Msg: "taken: add " + operator.Ref("Force")},
+		operator.Problem{Field: "From/Target", Msg: "give both"},
+		operator.Problem{Field: "Other", Msg: "left " + operator.Ref("Unknown")},
+	)}
 	want := "join east: 3 problems:\n  - --cluster: taken: add --force\n  - --from/--target: give both\n  - Other: left Unknown"
 	if got := flagErr(ie, flags).Error(); got != want {
 		t.Errorf("got %q, want %q", got, want)

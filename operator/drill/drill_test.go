@@ -109,7 +109,7 @@ func checkFields(t *testing.T, err error, fields ...string) {
 		t.Fatalf("want an *InvalidError, got %T: %v", err, err)
 	}
 	var got []string
-	for _, p := range ie.Problems {
+	for _, p := range ie.List() {
 		got = append(got, p.Field)
 		if strings.Contains(p.Msg, "--") {
 			t.Errorf("%s: the message names a flag: %s", p.Field, p.Msg)

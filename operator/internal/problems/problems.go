@@ -3,20 +3,26 @@
 // drill validate this way). Each problem names the request field it is about (the Go name
 // of the field, "Cluster", "TrustDomain") and says what is wrong with the value and how to
 // fix it, naming no flag: the caller says what a field is to its user (cmd/meshfed maps
-// fields to flags with Invalid.Rename).
+// fields to flags with Invalid.Rename). go-multierror accumulates the problems and formats
+// the list.
 package problems
 
 import (
 	"fmt"
 	"strings"
+
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/meshfed/meshfed/api/validate"
 )
 
 // Invalid is a request that cannot be carried out, with every problem found at once.
 // operator.InvalidError and drill.InvalidError are this type.
 type Invalid struct {
 	// What is the request ("join east", "drill").
-	What     string
-	Problems []Problem
+	What string
+	// Problems holds every problem, each a Problem, in the order found (multierror.Append).
+	Problems *multierror.Error
 }
 
 // Problem is one problem with a request.
@@ -25,63 +31,55 @@ type Problem struct {
 	// when they go together ("From/Target"); empty when the problem is about no one field.
 	Field string
 	// Msg describes the bad value and the fix, naming no flag. It may refer to other
-	// fields with Ref; String shows those by their field name, Rename by the caller's name.
+	// fields with Ref; Error shows those by their field name, Rename by the caller's name.
 	Msg string
 }
 
-// refOpen and refClose enclose a field named by Ref inside a message.
-const (
-	refOpen  = "\x1e"
-	refClose = "\x1f"
-)
-
 // Ref is a reference to the request field field inside a problem's message ("leave out
 // Ref("RotatePassword")"): shown as the field's name, or, after Rename, as the caller's
-// name for it (a flag).
-func Ref(field string) string { return refOpen + field + refClose }
+// name for it (a flag). It is validate.Ref.
+func Ref(field string) string { return validate.Ref(field) }
 
-// expand replaces each Ref in msg with name(field).
-func expand(msg string, name func(string) string) string {
-	if !strings.Contains(msg, refOpen) {
-		return msg
-	}
-	var b strings.Builder
-	for {
-		i := strings.Index(msg, refOpen)
-		if i < 0 {
-			break
-		}
-		j := strings.Index(msg[i:], refClose)
-		if j < 0 {
-			break
-		}
-		b.WriteString(msg[:i])
-		b.WriteString(name(msg[i+len(refOpen) : i+j]))
-		msg = msg[i+j+len(refClose):]
-	}
-	b.WriteString(msg)
-	return b.String()
+// Error is "Field: Msg" (Msg alone without a field), fields referred to by their names.
+func (p Problem) Error() string {
+	return (&validate.FieldError{Field: p.Field, Msg: p.Msg}).Error()
 }
 
-func same(field string) string { return field }
-
-func (p Problem) String() string {
-	msg := expand(p.Msg, same)
-	if p.Field == "" {
-		return msg
+// List returns the problems.
+func (e *Invalid) List() []Problem {
+	var out []Problem
+	for _, err := range e.Problems.WrappedErrors() {
+		p, ok := err.(Problem)
+		if !ok {
+			p = Problem{Msg: err.Error()}
+		}
+		out = append(out, p)
 	}
-	return p.Field + ": " + msg
+	return out
 }
 
-func (e *Invalid) Error() string {
-	if len(e.Problems) == 1 {
-		return e.What + ": " + e.Problems[0].String()
+// Error is the request and its problem, or, with more than one, the list of them (one a
+// line), as go-multierror formats it with e.format.
+func (e *Invalid) Error() string { return e.multi().Error() }
+
+// Unwrap is the problems as a *multierror.Error (errors.As finds it, formatted like e).
+func (e *Invalid) Unwrap() error { return e.multi() }
+
+func (e *Invalid) multi() *multierror.Error {
+	return &multierror.Error{Errors: e.Problems.WrappedErrors(), ErrorFormat: e.format}
+}
+
+// format is the ErrorFormat of the problems: "what: problem", or "what: N problems:" with
+// one "  - problem" line each.
+func (e *Invalid) format(es []error) string {
+	if len(es) == 1 {
+		return e.What + ": " + es[0].Error()
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %d problems:", e.What, len(e.Problems))
-	for _, p := range e.Problems {
+	fmt.Fprintf(&b, "%s: %d problems:", e.What, len(es))
+	for _, err := range es {
 		b.WriteString("\n  - ")
-		b.WriteString(p.String())
+		b.WriteString(err.Error())
 	}
 	return b.String()
 }
@@ -90,18 +88,16 @@ func (e *Invalid) Error() string {
 // replaced by name(field) (a flag, for instance). Fields joined by "/" are named one by one.
 func (e *Invalid) Rename(name func(field string) string) *Invalid {
 	each := func(field string) string {
-		if field == "" {
-			return ""
-		}
 		parts := strings.Split(field, "/")
 		for i, p := range parts {
 			parts[i] = name(p)
 		}
 		return strings.Join(parts, "/")
 	}
-	out := &Invalid{What: e.What, Problems: make([]Problem, len(e.Problems))}
-	for i, p := range e.Problems {
-		out.Problems[i] = Problem{Field: each(p.Field), Msg: expand(p.Msg, each)}
+	out := &Invalid{What: e.What, Problems: &multierror.Error{}}
+	for _, p := range e.List() {
+		fe := (&validate.FieldError{Field: p.Field, Msg: p.Msg}).Rename(each)
+		out.Problems = multierror.Append(out.Problems, Problem{Field: fe.Field, Msg: fe.Msg})
 	}
 	return out
 }
@@ -109,7 +105,7 @@ func (e *Invalid) Rename(name func(field string) string) *Invalid {
 // List collects problems.
 type List struct {
 	what string
-	list []Problem
+	errs *multierror.Error
 }
 
 // New starts an empty list for the request what ("join east", "drill", ...).
@@ -117,16 +113,16 @@ func New(what string) *List { return &List{what: what} }
 
 // Add records a problem with field (may be empty).
 func (p *List) Add(field, format string, args ...any) {
-	p.list = append(p.list, Problem{Field: field, Msg: fmt.Sprintf(format, args...)})
+	p.errs = multierror.Append(p.errs, Problem{Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 // Len is the number of problems recorded.
-func (p *List) Len() int { return len(p.list) }
+func (p *List) Len() int { return len(p.errs.WrappedErrors()) }
 
 // Err is nil without problems, else an *Invalid listing them all.
 func (p *List) Err() error {
-	if len(p.list) == 0 {
+	if p.Len() == 0 {
 		return nil
 	}
-	return &Invalid{What: p.what, Problems: append([]Problem(nil), p.list...)}
+	return &Invalid{What: p.what, Problems: multierror.Append(&multierror.Error{}, p.errs.Errors...)}
 }
