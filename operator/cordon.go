@@ -33,7 +33,7 @@ func StartCordon(ctx context.Context, st *store.Store, d *records.Drill, ttl tim
 	if _, err := st.Create(ctx, key, d, clientv3.WithLease(lease.ID)); err != nil {
 		_, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID)
 		if store.IsPermissionDenied(err) {
-			return nil, needsOperator(err, "drills are written")
+			return nil, needsOperator(err, "drills are written", true)
 		}
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshfed/meshfed/api/validate"
 )
 
 // SupportedEtcd is the etcd server versions meshfed supports (it uses calls older
@@ -54,7 +56,7 @@ func versionSupported(v string) error {
 		return fmt.Errorf("has an unreadable version %q; meshfed supports etcd %s", v, SupportedEtcd)
 	}
 	if major < minEtcd[0] || major == minEtcd[0] && minor < minEtcd[1] {
-		return fmt.Errorf("is etcd %s, %w: meshfed supports etcd %s (upgrade the server, or use one that is)", v, ErrEtcdTooOld, SupportedEtcd)
+		return &validate.FieldError{Msg: fmt.Sprintf("is etcd %s, %v: meshfed supports etcd %s (upgrade the server, or point %s at one that is)", v, ErrEtcdTooOld, SupportedEtcd, Ref(FieldEtcdEndpoints)), Err: ErrEtcdTooOld}
 	}
 	return nil
 }

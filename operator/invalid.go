@@ -21,12 +21,28 @@ type Problem = problems.Problem
 // after Rename as the caller's name for it (see problems.Ref).
 func Ref(field string) string { return problems.Ref(field) }
 
-// FieldEtcdUser is the field that problems about the etcd credentials the command runs
-// with name (the store's user; not a field of a request).
-const FieldEtcdUser = "EtcdUser"
+// Fields that problems and errors refer to (Ref) beyond a request's own: the etcd
+// connection the command runs with, another request's field, and the noun for a field.
+const (
+	// FieldEtcdUser is the etcd user the command runs as (the store's; not a field of a
+	// request).
+	FieldEtcdUser = "EtcdUser"
+	// FieldEtcdEndpoints are the etcd endpoints the command connects to.
+	FieldEtcdEndpoints = "EtcdEndpoints"
+	// FieldJoinAdminUser is JoinRequest.AdminUser, the operator user join makes.
+	FieldJoinAdminUser = "JoinRequest.AdminUser"
+	// FieldNoun is what a field is called ("leave the "+Ref(FieldNoun)+" out"): "field",
+	// or the caller's word for its fields (cmd/meshfed: "flag").
+	FieldNoun = "field"
+)
 
-// needsOperator is err (etcd's permission denied) as a problem of FieldEtcdUser: what
-// (e.g. "policies are written") needs operator credentials.
-func needsOperator(err error, what string) error {
-	return &validate.FieldError{Field: FieldEtcdUser, Msg: fmt.Sprintf("%v (%s with operator credentials: etcd's root user, or an operator user that join made as its admin user)", err, what)}
+// needsOperator is err (etcd's permission denied) saying that what (e.g. "policies are
+// written") needs operator credentials and which: root (FieldEtcdUser) or an operator
+// user, made by join when madeByJoin (FieldJoinAdminUser).
+func needsOperator(err error, what string, madeByJoin bool) error {
+	msg := fmt.Sprintf("%v (%s with operator credentials: %s root or an operator user", err, what, Ref(FieldEtcdUser))
+	if madeByJoin {
+		msg += fmt.Sprintf(" made by `meshfed join %s`", Ref(FieldJoinAdminUser))
+	}
+	return &validate.FieldError{Msg: msg + ")", Err: err}
 }

@@ -54,7 +54,7 @@ func IstioConfig(ctx context.Context, st *store.Store, o IstioConfigOptions) (*i
 	if o.BundleDir != "" {
 		set, err := bundlemap.Load(filepath.Join(o.BundleDir, bundlemap.FileName))
 		if err != nil {
-			return nil, nil, &validate.FieldError{Field: "BundleDir", Msg: fmt.Sprintf("%s: %v (the directory a federation service writes the federated bundles into)", o.BundleDir, err)}
+			return nil, nil, &validate.FieldError{Msg: fmt.Sprintf("bundle dir %s: %v (the directory `meshfed federation %s` writes)", o.BundleDir, err, Ref("BundleDir")), Err: err}
 		}
 		for _, b := range set.Bundles() {
 			roots[b.TrustDomain().Name()] = b.X509Authorities()

@@ -163,7 +163,7 @@ func (r *JoinRequest) record() *records.Cluster {
 func (r *JoinRequest) validateFields(p *problems.List) {
 	label := func(field, v, example string) {
 		if err := validate.DNSLabel(v); err != nil {
-			p.Add(field, "%v (e.g. %s)", err, example)
+			p.Add(field, "%v (e.g. %s %s)", err, problems.Ref(field), example)
 		}
 	}
 	label("Cluster", r.Cluster, "east")
@@ -173,17 +173,17 @@ func (r *JoinRequest) validateFields(p *problems.List) {
 	if strings.HasPrefix(r.TrustDomain, "spiffe://") {
 		p.Add("TrustDomain", "%q: give the bare trust domain without spiffe://", r.TrustDomain)
 	} else if err := validate.DNSSubdomain(r.TrustDomain); err != nil {
-		p.Add("TrustDomain", "%v (e.g. east.example.org)", err)
+		p.Add("TrustDomain", "%v (e.g. %s east.example.org)", err, problems.Ref("TrustDomain"))
 	}
 	if r.ShareTrustDomainWith != "" {
 		if err := validate.DNSLabel(r.ShareTrustDomainWith); err != nil {
-			p.Add("ShareTrustDomainWith", "%v: name the member cluster that owns the trust domain (e.g. east)", err)
+			p.Add("ShareTrustDomainWith", "%v: name the member cluster that owns the trust domain (e.g. %s east)", err, problems.Ref("ShareTrustDomainWith"))
 		} else if r.ShareTrustDomainWith == r.Cluster {
-			p.Add("ShareTrustDomainWith", "%s is this cluster: name the member that owns the trust domain, or leave %s out to own it", r.Cluster, problems.Ref("ShareTrustDomainWith"))
+			p.Add("ShareTrustDomainWith", "%s is this cluster: name the member that owns the trust domain, or leave the %s out to own it", r.Cluster, problems.Ref(FieldNoun))
 		}
 	}
 	if len(r.Gateways) == 0 {
-		p.Add("Gateways", "at least one east-west gateway address is required (e.g. 203.0.113.10:15443; give each address of the gateway)")
+		p.Add("Gateways", "at least one east-west gateway address is required (e.g. %s 203.0.113.10:15443; repeat for more)", problems.Ref("Gateways"))
 	}
 	seen := map[string]bool{}
 	for _, g := range r.Gateways {
@@ -199,7 +199,8 @@ func (r *JoinRequest) validateFields(p *problems.List) {
 		var errs validate.Errors
 		records.ValidateHBONEGateways(&errs, problems.Ref("HBONEGateways"), r.HBONEGateways)
 		if err := errs.Err(); err != nil {
-			p.Add("HBONEGateways", "%v (e.g. 203.0.113.10:15008; give each address of the listener)", err)
+			// The fields stay references in the text (HBONEGateways[1]: the caller's name).
+			p.Add("HBONEGateways", "%v (e.g. %s 203.0.113.10:15008; repeat for more)", validate.RefText(err), problems.Ref("HBONEGateways"))
 		}
 	}
 	switch r.Users {
@@ -212,7 +213,7 @@ func (r *JoinRequest) validateFields(p *problems.List) {
 	}
 	if r.AdminUser != "" {
 		if err := validate.DNSLabel(r.AdminUser); err != nil {
-			p.Add("AdminUser", "%v (e.g. meshfed-admin)", err)
+			p.Add("AdminUser", "%v (e.g. %s meshfed-admin)", err, problems.Ref("AdminUser"))
 		}
 	}
 	for _, f := range []struct{ field, path string }{{"CredentialsOut", r.CredentialsOut}, {"AdminCredentialsOut", r.AdminCredentialsOut}} {
@@ -296,8 +297,8 @@ func checkMembership(st *store.Store, snap *Snapshot, r *JoinRequest, plan *Join
 			plan.Action = ActionOverwrite
 			plan.Warnings = append(plan.Warnings, fmt.Sprintf("--force: overwriting %s (%s); an audit record keeps the previous value", plan.Key, describeCluster(prev.Value)))
 		} else {
-			p.Add("Cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, have %s leave first, or add %s to overwrite (audited)",
-				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), r.Cluster, problems.Ref("Force"))
+			p.Add("Cluster", "%q is already a member with different settings (%s; you asked for %s): pick another name, run `meshfed leave %s %s` first, or add %s to overwrite (audited)",
+				r.Cluster, describeCluster(prev.Value), describeCluster(plan.Cluster), problems.Ref("Cluster"), r.Cluster, problems.Ref("Force"))
 		}
 	}
 	for _, name := range snap.ClusterNames() {
@@ -341,7 +342,7 @@ func checkShare(st *store.Store, snap *Snapshot, r *JoinRequest, plan *JoinPlan,
 	o, ok := snap.Clusters[with]
 	switch {
 	case !ok:
-		p.Add("ShareTrustDomainWith", "%s is not a member (no %s): join the cluster that owns %s first, without %s", with, st.KS.Cluster(with), r.TrustDomain, problems.Ref("ShareTrustDomainWith"))
+		p.Add("ShareTrustDomainWith", "%s is not a member (no %s): join the cluster that owns %s first, without this %s", with, st.KS.Cluster(with), r.TrustDomain, problems.Ref(FieldNoun))
 		return
 	case o.Value.SharesTrustDomainWith != "":
 		p.Add("ShareTrustDomainWith", "%s shares the trust domain of %s itself: name the owner, %s %s", with, o.Value.SharesTrustDomainWith, problems.Ref("ShareTrustDomainWith"), o.Value.SharesTrustDomainWith)
@@ -445,7 +446,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	case !exists:
 		a.Password = "new"
 		if r.CredentialsOut == "" {
-			p.Add("CredentialsOut", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. %s-etcd.json", a.User, r.Cluster)
+			p.Add("CredentialsOut", "required: join creates etcd user %s with a new password and writes it only to this file (mode 0600), e.g. %s %s-etcd.json", a.User, problems.Ref("CredentialsOut"), r.Cluster)
 		}
 	case r.RotatePassword:
 		a.Password = "rotated"
@@ -543,7 +544,7 @@ func Join(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error
 			}
 			// The file first: a password etcd holds but nobody wrote down is useless.
 			if err := writeCredentials(r.CredentialsOut, Credentials{User: a.User, Password: pw}); err != nil {
-				return fail(&validate.FieldError{Field: "CredentialsOut", Msg: err.Error()})
+				return fail(&validate.FieldError{Field: "CredentialsOut", Msg: err.Error(), Err: err})
 			}
 			if a.Password == "new" {
 				if _, err := ensureUser(ctx, cli, a.User, pw, false, a.Role); err != nil {
@@ -587,7 +588,7 @@ func Join(ctx context.Context, st *store.Store, r JoinRequest) (*JoinPlan, error
 				return fail(err)
 			}
 			if err := writeCredentials(r.AdminCredentialsOut, Credentials{User: ad.User, Password: pw}); err != nil {
-				return fail(&validate.FieldError{Field: "AdminCredentialsOut", Msg: err.Error()})
+				return fail(&validate.FieldError{Field: "AdminCredentialsOut", Msg: err.Error(), Err: err})
 			}
 			if _, err := ensureUser(ctx, cli, ad.User, pw, false, ad.Role); err != nil {
 				_ = os.Remove(r.AdminCredentialsOut)
@@ -670,7 +671,7 @@ func writeJoin(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinP
 	resp, err := st.Client().Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		if store.IsPermissionDenied(err) {
-			return fmt.Errorf("write %s: %w", key, needsOperator(err, "join writes"))
+			return fmt.Errorf("write %s: %w", key, needsOperator(err, "join writes", false))
 		}
 		return fmt.Errorf("write %s: %w", key, err)
 	}

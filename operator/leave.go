@@ -75,7 +75,7 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 	}
 	p := problems.New("leave " + r.Cluster)
 	if err := validate.DNSLabel(r.Cluster); err != nil {
-		p.Add("Cluster", "%v (e.g. east)", err)
+		p.Add("Cluster", "%v (e.g. %s east)", err, problems.Ref("Cluster"))
 		return nil, nil, p.Err()
 	}
 	plan := &LeavePlan{DryRun: r.DryRun, Cluster: r.Cluster}
@@ -106,8 +106,8 @@ func PlanLeave(ctx context.Context, st *store.Store, r LeaveRequest) (*LeavePlan
 		if sharers := sharersOf(snap, r.Cluster); len(sharers) > 0 {
 			// Not even forced: the sharers would be left with a bundle nobody may publish
 			// or rotate. Ownership is not handed over (docs/operations.md).
-			p.Add("Cluster", "%s owns the trust domain %s, which %s share with it (they read %s, which %s alone publishes and rotates): have them leave first (leave %s); ownership is not handed over",
-				r.Cluster, td, strings.Join(sharers, ", "), ks.Bundle(td), r.Cluster, sharers[0])
+			p.Add("Cluster", "%s owns the trust domain %s, which %s share with it (they read %s, which %s alone publishes and rotates): have them leave first (meshfed leave %s %s); ownership is not handed over",
+				r.Cluster, td, strings.Join(sharers, ", "), ks.Bundle(td), r.Cluster, problems.Ref("Cluster"), sharers[0])
 		}
 	}
 	if alive && !r.Force {

@@ -101,10 +101,10 @@ func renderManifests(p *ManifestPlan, vals ManifestValues) error {
 		})
 		dst := filepath.Join(p.Out, rel)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error()}
+			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error(), Err: err}
 		}
 		if err := os.WriteFile(dst, []byte(outb), 0o644); err != nil {
-			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error()}
+			return &validate.FieldError{Field: "EmitManifests", Msg: err.Error(), Err: err}
 		}
 	}
 	return nil

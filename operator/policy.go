@@ -88,7 +88,7 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 		p.Add("NAMESPACE/NAME", "name: %v", err)
 	}
 	if len(r.Order) == 0 && !r.NoLocalFirst {
-		p.Add("Order", "nothing to set: give the cluster order (e.g. west,north) and/or %s; `meshfed policy delete` goes back to the default order", problems.Ref("NoLocalFirst"))
+		p.Add("Order", "nothing to set: give the cluster order (e.g. %s west,north) and/or %s; `meshfed policy delete` goes back to the default order", problems.Ref("Order"), problems.Ref("NoLocalFirst"))
 	}
 	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
@@ -144,7 +144,7 @@ func SetPolicy(ctx context.Context, st *store.Store, r PolicyRequest) (*PolicyRe
 	})
 	if err != nil {
 		if store.IsPermissionDenied(err) {
-			return nil, fmt.Errorf("policy set %s: %w", svc, needsOperator(err, "policies are written"))
+			return nil, fmt.Errorf("policy set %s: %w", svc, needsOperator(err, "policies are written", true))
 		}
 		return nil, fmt.Errorf("policy set %s: %w", svc, err)
 	}

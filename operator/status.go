@@ -257,7 +257,7 @@ func GetStatus(ctx context.Context, st *store.Store, opts StatusOptions) (*Statu
 	}
 	if opts.From != "" {
 		if _, ok := snap.Clusters[opts.From]; !ok {
-			return nil, &validate.FieldError{Field: "From", Msg: fmt.Sprintf("%s: not a member of the clusterset (members: %v)", opts.From, orNone(snap.ClusterNames()))}
+			return nil, &validate.FieldError{Msg: fmt.Sprintf("%s %s: not a member of the clusterset (members: %v)", Ref("From"), opts.From, orNone(snap.ClusterNames()))}
 		}
 	}
 	s := &Status{Prefix: st.KS.Prefix(), Revision: snap.Revision, Time: opts.Now.UTC(), From: opts.From,

@@ -167,7 +167,7 @@ func TestStatus(t *testing.T) {
 		return false
 	}, "west stale after its heartbeat lease expired")
 
-	if _, err := GetStatus(ctx, st, StatusOptions{From: "nowhere"}); err == nil || !strings.Contains(err.Error(), "From: ") {
+	if _, err := GetStatus(ctx, st, StatusOptions{From: "nowhere"}); err == nil || !strings.Contains(err.Error(), "From nowhere: not a member") {
 		t.Fatalf("unknown --from: %v", err)
 	}
 }

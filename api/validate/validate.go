@@ -12,7 +12,7 @@ import (
 
 // FieldError is one problem with one field.
 type FieldError struct {
-	Field string // path, e.g. services[0].ports[1].port
+	Field string // path, e.g. services[0].ports[1].port; may start with a Ref
 	Msg   string // what is wrong and how to fix it; may refer to other fields (Ref)
 	Err   error  // the cause, when there is one (errors.Is and errors.As see it); Msg says it
 }
@@ -22,19 +22,74 @@ func (e *FieldError) Error() string {
 	if e.Field == "" {
 		return msg
 	}
-	return e.Field + ": " + msg
+	return Expand(e.Field, nil) + ": " + msg
 }
 
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // Rename is e with its field, and those its message refers to (Ref), named by name (a
-// caller's name for a field: a flag, for instance).
+// caller's name for a field: a flag, for instance). A field that holds a Ref (a path
+// under a referred field, Ref("Gateways")+"[1]") has that Ref renamed.
 func (e *FieldError) Rename(name func(field string) string) *FieldError {
 	f := e.Field
-	if f != "" {
+	if strings.Contains(f, refOpen) {
+		f = Expand(f, name)
+	} else if f != "" {
 		f = name(f)
 	}
 	return &FieldError{Field: f, Msg: Expand(e.Msg, name), Err: e.Err}
+}
+
+// RenameFields is err with the fields of its *FieldErrors renamed (FieldError.Rename):
+// err itself, or each error of a list (a *multierror.Error such as Errors.Err makes, or
+// errors.Join's). Other errors are returned as they are.
+func RenameFields(err error, name func(field string) string) error {
+	switch e := err.(type) {
+	case *FieldError:
+		return e.Rename(name)
+	case *multierror.Error:
+		out := &multierror.Error{ErrorFormat: e.ErrorFormat}
+		for _, x := range e.Errors {
+			out.Errors = append(out.Errors, RenameFields(x, name))
+		}
+		return out
+	case interface{ Unwrap() []error }:
+		var out []error
+		for _, x := range e.Unwrap() {
+			out = append(out, RenameFields(x, name))
+		}
+		return errors.Join(out...)
+	}
+	return err
+}
+
+// RefText is err's message with the references (Ref) of its *FieldErrors (alone or in a
+// list, as RenameFields finds them) kept, not shown by name: for a message built from
+// err's that its caller renames.
+func RefText(err error) string {
+	switch e := err.(type) {
+	case *FieldError:
+		if e.Field == "" {
+			return e.Msg
+		}
+		return e.Field + ": " + e.Msg
+	case *multierror.Error:
+		raw := make([]error, len(e.Errors))
+		for i, x := range e.Errors {
+			raw[i] = errors.New(RefText(x))
+		}
+		if e.ErrorFormat == nil {
+			return multierror.ListFormatFunc(raw)
+		}
+		return e.ErrorFormat(raw)
+	case interface{ Unwrap() []error }:
+		var lines []string
+		for _, x := range e.Unwrap() {
+			lines = append(lines, RefText(x))
+		}
+		return strings.Join(lines, "\n")
+	}
+	return err.Error()
 }
 
 // refOpen and refClose enclose a field named by Ref inside a message.

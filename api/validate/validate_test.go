@@ -1,6 +1,11 @@
 package validate
 
-import "testing"
+import (
+	"errors"
+	"testing"
+
+	"github.com/hashicorp/go-multierror"
+)
 
 func TestListenAddr(t *testing.T) {
 	for _, ok := range []string{":15443", "127.0.0.1:0", "[::1]:15010", "localhost:2379", "0.0.0.0:15443"} {
@@ -36,5 +41,36 @@ func TestDNSLabel(t *testing.T) {
 	}
 	if err := DNSLabel("east-1"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestErrorsRefs: Errors lists its problems one a line (as errors.Join did) in a
+// *multierror.Error; references (Ref) show as field names, Rename and RenameFields name
+// them the caller's way, and RefText keeps them for a message built from another's.
+func TestErrorsRefs(t *testing.T) {
+	var errs Errors
+	errs.Add(Ref("Gateways")+"[1]", "differs from %s[0]", Ref("Gateways"))
+	errs.Add("port", "use %s too", Ref("Other"))
+	err := errs.Err()
+	var me *multierror.Error
+	if !errors.As(err, &me) || len(me.Errors) != 2 {
+		t.Fatalf("want a *multierror.Error of 2, got %T %v", err, err)
+	}
+	if got, want := err.Error(), "Gateways[1]: differs from Gateways[0]\nport: use Other too"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	flags := map[string]string{"Gateways": "--gateway", "port": "--port", "Other": "--other"}
+	name := func(f string) string { return flags[f] }
+	if got, want := RenameFields(err, name).Error(), "--gateway[1]: differs from --gateway[0]\n--port: use --other too"; got != want {
+		t.Errorf("RenameFields = %q, want %q", got, want)
+	}
+	outer := &FieldError{Field: "Gateways", Msg: RefText(err)}
+	if got, want := outer.Rename(name).Error(), "--gateway: --gateway[1]: differs from --gateway[0]\nport: use --other too"; got != want {
+		t.Errorf("through RefText = %q, want %q", got, want)
+	}
+	cause := errors.New("cause")
+	fe := &FieldError{Msg: "see " + Ref("Other"), Err: cause}
+	if !errors.Is(fe.Rename(name), cause) || fe.Error() != "see Other" {
+		t.Errorf("cause or text lost: %v", fe)
 	}
 }

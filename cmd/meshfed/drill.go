@@ -191,6 +191,4 @@ var drillFlagOf = map[string]string{
 	"CertFile":     "--tls-cert",
 	"KeyFile":      "--tls-key",
 	"SPIFFESocket": "--spiffe-socket",
-	// The cordon is written with the command's etcd credentials.
-	operator.FieldEtcdUser: "--etcd-user",
 }

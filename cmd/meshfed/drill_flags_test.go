@@ -7,7 +7,6 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
-	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/operator/drill"
 )
 
@@ -48,7 +47,7 @@ func TestDrillFlagOfFields(t *testing.T) {
 	rt := reflect.TypeOf(drill.Request{})
 	cmd := newDrillCmd()
 	for field, flag := range drillFlagOf {
-		if _, ok := rt.FieldByName(field); !ok && field != operator.FieldEtcdUser {
+		if _, ok := rt.FieldByName(field); !ok {
 			t.Errorf("drill.Request has no field %s", field)
 		}
 		if cmd.Flags().Lookup(strings.TrimPrefix(flag, "--")) == nil {

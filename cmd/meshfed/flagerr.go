@@ -15,14 +15,17 @@ import (
 // makes, or wrapped) or an *operator.InvalidError (every problem of a request, each naming
 // its field) — and may refer to other fields in their messages (validate.Ref); the
 // command maps each field to its flag with flags (field → flag; fields joined by "/" are
-// mapped one by one). Other errors, and fields flags does not list, are returned as they
-// are.
+// mapped one by one; commonFlagOf names the rest). Other errors, and fields no map lists,
+// are returned as they are.
 func flagErr(err error, flags map[string]string) error {
 	if err == nil {
 		return nil
 	}
 	name := func(field string) string {
 		if flag, ok := flags[field]; ok {
+			return flag
+		}
+		if flag, ok := commonFlagOf[field]; ok {
 			return flag
 		}
 		return field
@@ -34,25 +37,23 @@ func flagErr(err error, flags map[string]string) error {
 	return r
 }
 
+// commonFlagOf names what library messages refer to beyond one command's fields: the etcd
+// connection every etcd command has flags for, the flag of join that makes operator users,
+// and the word for a field.
+var commonFlagOf = map[string]string{
+	operator.FieldEtcdUser:      "--etcd-user",
+	operator.FieldEtcdEndpoints: "--etcd-endpoints",
+	operator.FieldJoinAdminUser: "--admin-user",
+	operator.FieldNoun:          "flag",
+}
+
 // renameFields is err with the fields it names renamed by name (see flagErr).
 func renameFields(err error, name func(string) string) error {
 	switch e := err.(type) {
 	case *operator.InvalidError:
 		return e.Rename(name)
-	case *validate.FieldError:
-		return e.Rename(name)
-	case *multierror.Error:
-		out := &multierror.Error{ErrorFormat: e.ErrorFormat}
-		for _, x := range e.Errors {
-			out.Errors = append(out.Errors, renameFields(x, name))
-		}
-		return out
-	case interface{ Unwrap() []error }:
-		var out []error
-		for _, x := range e.Unwrap() {
-			out = append(out, renameFields(x, name))
-		}
-		return errors.Join(out...)
+	case *validate.FieldError, *multierror.Error, interface{ Unwrap() []error }:
+		return validate.RenameFields(e, name)
 	}
 	// A wrapped one: its message inside err's is replaced.
 	var (

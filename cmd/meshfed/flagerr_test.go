@@ -109,8 +109,8 @@ func TestFlagErrProblems(t *testing.T) {
 	}
 }
 
-// TestOperatorFlagOfFields: every field a mapping knows is a field of its request (or the
-// etcd user the command runs as), and every flag is the command's.
+// TestOperatorFlagOfFields: every field a mapping knows is a field of its request, and
+// every flag is the command's (commonFlagOf names the etcd user and the like).
 func TestOperatorFlagOfFields(t *testing.T) {
 	for _, c := range []struct {
 		req   any
@@ -123,7 +123,7 @@ func TestOperatorFlagOfFields(t *testing.T) {
 	} {
 		rt := reflect.TypeOf(c.req)
 		for field, flag := range c.flags {
-			if _, ok := rt.FieldByName(field); !ok && field != operator.FieldEtcdUser {
+			if _, ok := rt.FieldByName(field); !ok {
 				t.Errorf("%s has no field %s", rt.Name(), field)
 			}
 			if c.cmd.Flags().Lookup(strings.TrimPrefix(flag, "--")) == nil {
@@ -156,13 +156,13 @@ func TestOperatorErrorsNameFlags(t *testing.T) {
 		{join("east", "us"), []string{`--cluster: "east" is already a member`, "add --force to overwrite"}},
 		{join("west", "eu", "--rotate-password", "--cert-auth"), []string{"--rotate-password: a client-certificate user has no password: leave out --rotate-password or --cert-auth"}},
 		{join("west", "eu", "--hbone-gateway", "127.0.0.1:15008,127.0.0.1:15009"), []string{"--hbone-gateway: --hbone-gateway[1]: port 15009 differs"}},
-		{join("west", "eu", "--share-trust-domain-with", "nobody"), []string{"--share-trust-domain-with: nobody is not a member", "without --share-trust-domain-with"}},
+		{join("west", "eu", "--share-trust-domain-with", "nobody"), []string{"--share-trust-domain-with: nobody is not a member", "without this flag"}},
 		{join("west", "eu", "--emit-manifests", t.TempDir(), "--deploy-dir", t.TempDir()), []string{"--emit-manifests: ", "give --deploy-dir pointing at", "leave out --emit-manifests"}},
 		{[]string{"leave", ep, "--cluster", "East"}, []string{"--cluster: "}},
 		{[]string{"policy", "set", ep, "demo/echo"}, []string{"--order: nothing to set", "and/or --no-local-first"}},
 		{[]string{"policy", "set", ep, "demo/echo", "--order", "west"}, []string{"--order: west is not a member"}},
-		{[]string{"status", ep, "--from", "nowhere"}, []string{"--from: nowhere: not a member"}},
-		{[]string{"istio", "config", ep, "--cluster", "east", "--mcp-address", "127.0.0.1:15011", "--bundle-dir", filepath.Join(t.TempDir(), "none")}, []string{"--bundle-dir: "}},
+		{[]string{"status", ep, "--from", "nowhere"}, []string{"--from nowhere: not a member"}},
+		{[]string{"istio", "config", ep, "--cluster", "east", "--mcp-address", "127.0.0.1:15011", "--bundle-dir", filepath.Join(t.TempDir(), "none")}, []string{"(the directory `meshfed federation --bundle-dir` writes)"}},
 	} {
 		_, err := runCLI(t, c.args...)
 		for _, w := range c.want {
@@ -178,6 +178,25 @@ func TestOperatorErrorsNameFlags(t *testing.T) {
 func TestRotateErrorsNameFlags(t *testing.T) {
 	e := testetcd.Start(t)
 	dir := t.TempDir()
+	base := rotateOtherKey(t, "--etcd-endpoints="+e.Clients[0], dir)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{append(base, "--dev-ca-dir", ""), "--new-ca-key is for the dev CA: give --dev-ca-dir too"},
+		{append(base, "--dev-ca-dir", dir), "--new-ca-key is not the key of --new-ca: give the key"},
+	} {
+		_, err := runCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: want an error with %q, got %v", c.args[len(c.args)-2:], c.want, err)
+		}
+	}
+}
+
+// rotateOtherKey is `meshfed trust rotate` of a.example (etcd at ep) to a new root (a file
+// in dir) with --new-ca-key a key that is not the root's.
+func rotateOtherKey(t *testing.T, ep, dir string) []string {
+	t.Helper()
 	nc, _, err := devca.NewRoot("a.example", 90*24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -191,19 +210,7 @@ func TestRotateErrorsNameFlags(t *testing.T) {
 	if err := devca.WriteKey(keyPath, otherKey); err != nil {
 		t.Fatal(err)
 	}
-	base := []string{"trust", "rotate", "--etcd-endpoints", e.Clients[0], "--trust-domain", "a.example", "--new-ca", certPath, "--new-ca-key", keyPath}
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{append(base, "--dev-ca-dir", ""), "--dev-ca-dir: "},
-		{append(base, "--dev-ca-dir", dir), "--new-ca-key: not the key of the new CA certificate"},
-	} {
-		_, err := runCLI(t, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%v: want an error with %q, got %v", c.args[len(c.args)-2:], c.want, err)
-		}
-	}
+	return []string{"trust", "rotate", ep, "--trust-domain", "a.example", "--new-ca", certPath, "--new-ca-key", keyPath}
 }
 
 // TestListenErrorsNameFlags: federation/xds and federation/istio name the listener that
@@ -223,17 +230,17 @@ func TestListenErrorsNameFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := flagErr(fmt.Errorf("xds: %w", xs.Listen()), federationListenFlagOf); got == nil || !strings.Contains(got.Error(), "xds: --xds-listen: "+addr) {
+	if got := flagErr(fmt.Errorf("xds: %w", xs.Listen()), federationListenFlagOf); got == nil || !strings.Contains(got.Error(), "xds: xds listen "+addr+" (--xds-listen): ") {
 		t.Errorf("xds: %v", got)
 	}
 	is, err := istio.NewServer(slog.New(slog.DiscardHandler), prometheus.NewRegistry(), istio.Options{Listen: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := flagErr(is.Listen(), federationListenFlagOf); got == nil || !strings.HasPrefix(got.Error(), "--istio-mcp-listen: "+addr) {
+	if got := flagErr(is.Listen(), federationListenFlagOf); got == nil || !strings.HasPrefix(got.Error(), "istio mcp listen "+addr+" (--istio-mcp-listen): ") {
 		t.Errorf("istio: %v", got)
 	}
-	if _, err := runCLI(t, "istio", "source", "--listen", addr, "--upstream", "127.0.0.1:1", "--admin", "127.0.0.1:0", "--state-file", filepath.Join(t.TempDir(), "state.json")); err == nil || !strings.Contains(err.Error(), "--listen: "+addr) {
+	if _, err := runCLI(t, "istio", "source", "--listen", addr, "--upstream", "127.0.0.1:1", "--admin", "127.0.0.1:0", "--state-file", filepath.Join(t.TempDir(), "state.json")); err == nil || !strings.Contains(err.Error(), "istio mcp listen "+addr+" (--listen): ") {
 		t.Errorf("istio source: %v", err)
 	}
 }

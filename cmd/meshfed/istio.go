@@ -145,7 +145,7 @@ func runIstioConfig(ctx context.Context, out, errOut io.Writer, f *istioConfigFl
 	defer cli.Close()
 	s, warnings, err := operator.IstioConfig(ctx, st, f.opts)
 	if err != nil {
-		return flagErr(err, map[string]string{"BundleDir": "--bundle-dir", "MCPAddress": "--mcp-address"})
+		return flagErr(err, map[string]string{"BundleDir": "--bundle-dir", "MCPAddress": "--mcp-address", istio.FieldListen: "--istio-mcp-listen"})
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(errOut, "warning:", w)

@@ -145,7 +145,6 @@ var joinFlagOf = map[string]string{
 	"AdminCredentialsOut":  "--admin-credentials-out",
 	"EmitManifests":        "--emit-manifests",
 	"DeployDir":            "--deploy-dir",
-	operator.FieldEtcdUser: "--etcd-user",
 }
 
 func runJoin(ctx context.Context, out io.Writer, f *joinFlags) error {

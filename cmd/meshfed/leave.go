@@ -64,9 +64,8 @@ See docs/operations.md ("Leave").`,
 
 // leaveFlagOf names the flag of each operator.LeaveRequest field that leave's errors name.
 var leaveFlagOf = map[string]string{
-	"Cluster":              "--cluster",
-	"Force":                "--force",
-	operator.FieldEtcdUser: "--etcd-user",
+	"Cluster": "--cluster",
+	"Force":   "--force",
 }
 
 func runLeave(ctx context.Context, out io.Writer, f *leaveFlags) error {

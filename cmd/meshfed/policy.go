@@ -170,9 +170,8 @@ func newPolicyDeleteCmd() *cobra.Command {
 // policyFlagOf names the flag of each operator.PolicyRequest field that policy set's
 // errors name.
 var policyFlagOf = map[string]string{
-	"Order":                "--order",
-	"NoLocalFirst":         "--no-local-first",
-	operator.FieldEtcdUser: "--etcd-user",
+	"Order":        "--order",
+	"NoLocalFirst": "--no-local-first",
 }
 
 func exactlyOneService(_ *cobra.Command, args []string) error {

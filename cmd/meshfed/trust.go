@@ -242,12 +242,16 @@ func (f *rotateFlags) validate() error {
 	return errs.Err()
 }
 
-// rotateFlagOf names the flag of each rotation.Config field that the rotation's errors name.
+// rotateFlagOf names the flag of each rotation.Config field that the rotation's errors
+// name (and of Resume and Abort, the entry points).
 var rotateFlagOf = map[string]string{
 	"TrustDomain": "--trust-domain",
 	"NewCA":       "--new-ca",
 	"NewCAKey":    "--new-ca-key",
 	"DevCADir":    "--dev-ca-dir",
+	"GateTimeout": "--gate-timeout",
+	"Resume":      "--resume",
+	"Abort":       "--abort",
 }
 
 func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
@@ -286,7 +290,7 @@ func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 		if err == nil {
 			fmt.Fprintf(out, "confirmed for job %s (phase %s); the running job continues, or run --resume\n", rot.ID, rot.Phase)
 		}
-		return err
+		return flagErr(err, rotateFlagOf)
 	case f.abort:
 		rot, err = rotation.Abort(ctx, cfg)
 	case f.resume:
@@ -301,15 +305,13 @@ func runRotate(ctx context.Context, out io.Writer, f *rotateFlags) error {
 			return nil
 		}
 	}
+	err = flagErr(err, rotateFlagOf)
 	if errors.Is(err, rotation.ErrGateTimeout) {
-		fmt.Fprintf(out, "%v (--gate-timeout %s)\nthe job waits in etcd; run again (or --resume) to continue\n", err, f.gateTimeout)
+		fmt.Fprintf(out, "%v\nthe job waits in etcd; run again (or --resume) to continue\n", err)
 		return exitError{code: exitRotateBlocked}
 	}
-	if errors.Is(err, rotation.ErrJobRunning) {
-		return fmt.Errorf("%w (--resume or --abort)", err)
-	}
 	if err != nil {
-		return flagErr(err, rotateFlagOf)
+		return err
 	}
 	fmt.Fprintf(out, "job %s: %s\n", rot.ID, rot.Phase)
 	return nil

@@ -168,11 +168,12 @@ func (s *Server) Ready() error {
 	return nil
 }
 
-// FieldListen is the field that Listen's errors (*validate.FieldError) name: Options.Listen.
-const FieldListen = "istio mcp listen"
+// FieldListen is Options.Listen as Listen's errors (*validate.FieldError) refer to it
+// (validate.Ref): a command names its flag.
+const FieldListen = "istio Options.Listen"
 
 // Listen binds the address (Run does it if not done). Its error is a *validate.FieldError
-// of FieldListen.
+// referring to FieldListen.
 func (s *Server) Listen() error {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
@@ -181,7 +182,7 @@ func (s *Server) Listen() error {
 	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
-		return &validate.FieldError{Field: FieldListen, Msg: fmt.Sprintf("%s: %v", s.opts.Listen, err)}
+		return &validate.FieldError{Msg: fmt.Sprintf("istio mcp listen %s (%s): %v", s.opts.Listen, validate.Ref(FieldListen), err), Err: err}
 	}
 	s.ln = ln
 	return nil

@@ -69,7 +69,7 @@ func BuildSettings(in SettingsInput) (*Settings, error) {
 		return nil, errors.New("cluster: required")
 	}
 	if _, _, err := net.SplitHostPort(in.MCPAddress); err != nil {
-		return nil, &validate.FieldError{Field: "MCPAddress", Msg: fmt.Sprintf("%q: %v (HOST:PORT of the federation's Istio MCP listener as istiod reaches it)", in.MCPAddress, err)}
+		return nil, &validate.FieldError{Msg: fmt.Sprintf("mcp address %q: %v (HOST:PORT of the federation's %s as istiod reaches it)", in.MCPAddress, err, validate.Ref(FieldListen))}
 	}
 	if in.TrustDomain == "" {
 		return nil, errors.New("trust domain: the cluster record has none")

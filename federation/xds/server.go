@@ -203,12 +203,13 @@ func New(cluster string, views <-chan *view.View, hc HealthSource, log *slog.Log
 	return s, nil
 }
 
-// FieldListen is the field that Listen's errors (*validate.FieldError) name: Options.Listen.
-const FieldListen = "xds listen"
+// FieldListen is Options.Listen as Listen's errors (*validate.FieldError) refer to it
+// (validate.Ref): a command names its flag.
+const FieldListen = "xds Options.Listen"
 
 // Listen binds the xDS address (Run does it if not done). Call it first when the bound
-// address must be known before Run (port 0). Its error is a *validate.FieldError of
-// FieldListen.
+// address must be known before Run (port 0). Its error is a *validate.FieldError
+// referring to FieldListen.
 func (s *Server) Listen() error {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
@@ -217,7 +218,7 @@ func (s *Server) Listen() error {
 	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
-		return &validate.FieldError{Field: FieldListen, Msg: fmt.Sprintf("%s: %v", s.opts.Listen, err)}
+		return &validate.FieldError{Msg: fmt.Sprintf("xds listen %s (%s): %v", s.opts.Listen, validate.Ref(FieldListen), err), Err: err}
 	}
 	s.ln = ln
 	return nil

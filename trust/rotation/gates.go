@@ -109,7 +109,7 @@ func (j *Job) gate(ctx context.Context, it *store.Item[records.Rotation], seq ui
 			}
 		}
 		if !deadline.IsZero() && j.cfg.Now().After(deadline) {
-			return fmt.Errorf("%w: acks of sequence %d missing from %s", ErrGateTimeout, seq, strings.Join(waiting, "; "))
+			return gateTimeout("acks of sequence %d missing from %s", seq, strings.Join(waiting, "; "))
 		}
 		if !ctxtime.Sleep(ctx, j.cfg.Poll) {
 			return ctx.Err()

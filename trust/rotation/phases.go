@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/ctxtime"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -23,7 +24,7 @@ func (j *Job) run(ctx context.Context) (*records.Rotation, error) {
 		}
 		it, err := store.Get[records.Rotation](ctx, j.st, key)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w %s: start one with the new root", ErrNoJob, j.td)
+			return nil, causeErr(ErrNoJob, "%v %s: start one with %s", ErrNoJob, j.td, validate.Ref("NewCA"))
 		}
 		if err != nil {
 			return nil, err
@@ -173,7 +174,7 @@ func (j *Job) preflight(ctx context.Context, it *store.Item[records.Rotation]) e
 		}
 		if !contains(mustRoots(ca), r.NewRootFingerprint) {
 			if j.cfg.NewCAKey == nil {
-				return fieldErr("NewCAKey", "preflight: the dev CA in %s lacks the new root: resume with the key of the new root again", r.DevCADir)
+				return fieldErr("", "preflight: the dev CA in %s lacks the new root: resume with %s again", r.DevCADir, validate.Ref("NewCAKey"))
 			}
 			if err := ca.AddRoot(newRoot, j.cfg.NewCAKey); err != nil {
 				return err
@@ -263,7 +264,7 @@ func (j *Job) waitConfirm(ctx context.Context, it *store.Item[records.Rotation],
 			return store.ErrConflict // re-read and re-step
 		}
 		if !deadline.IsZero() && j.cfg.Now().After(deadline) {
-			return fmt.Errorf("%w: still waiting for the issuer confirmation", ErrGateTimeout)
+			return gateTimeout("still waiting for the issuer confirmation")
 		}
 	}
 }
@@ -285,7 +286,7 @@ func (j *Job) waitUntil(ctx context.Context, it *store.Item[records.Rotation], u
 	deadline := j.deadline()
 	for j.cfg.Now().Before(until) {
 		if !deadline.IsZero() && j.cfg.Now().After(deadline) {
-			return fmt.Errorf("%w: %s at %s", ErrGateTimeout, what, until.UTC().Format(time.RFC3339))
+			return gateTimeout("%s at %s", what, until.UTC().Format(time.RFC3339))
 		}
 		if !ctxtime.Sleep(ctx, min(j.cfg.Poll, until.Sub(j.cfg.Now())+time.Millisecond)) {
 			return ctx.Err()

@@ -75,10 +75,22 @@ var (
 	ErrGateTimeout  = errors.New("gate not passed before the gate timeout")
 )
 
-// fieldErr is a problem with the Config field field (errors name Config fields, not
-// flags: a command maps them to its flags).
+// fieldErr is a problem with the Config field field, or, without one, a message that
+// refers to Config fields with validate.Ref (errors name Config fields, not flags: a
+// command maps them to its flags; it also names Resume and Abort, the entry points).
 func fieldErr(field, format string, args ...any) error {
 	return &validate.FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// causeErr is a message as fieldErr's, without a field, of the error cause (errors.Is and
+// errors.As see it; the message says it).
+func causeErr(cause error, format string, args ...any) error {
+	return &validate.FieldError{Msg: fmt.Sprintf(format, args...), Err: cause}
+}
+
+// gateTimeout is ErrGateTimeout: format says which gate.
+func gateTimeout(format string, args ...any) error {
+	return causeErr(ErrGateTimeout, "gate not passed before %s: %s", validate.Ref("GateTimeout"), fmt.Sprintf(format, args...))
 }
 
 // Job runs one trust domain's rotation.
@@ -165,7 +177,7 @@ func Ensure(ctx context.Context, cfg Config) (*records.Rotation, error) {
 	switch {
 	case err == nil && !it.Value.Phase.Terminal():
 		if it.Value.NewRootFingerprint != fp {
-			return nil, fmt.Errorf("%w: job %s rotates to %s, not to the new root %s; finish or abort it first", ErrJobRunning, it.Value.ID, it.Value.NewRootFingerprint, fp)
+			return nil, causeErr(ErrJobRunning, "%v: job %s rotates to %s, not to %s %s; finish or abort it first", ErrJobRunning, it.Value.ID, it.Value.NewRootFingerprint, validate.Ref("NewCA"), fp)
 		}
 		j.printf("job %s towards this root is in phase %s: resuming", it.Value.ID, it.Value.Phase)
 		return Resume(ctx, cfg)
@@ -263,7 +275,7 @@ func (j *Job) modify(ctx context.Context, fn func(*records.Rotation) error) (*re
 	for range 10 {
 		it, err := store.Get[records.Rotation](ctx, j.st, j.st.KS.Rotation(j.td))
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w %s: start one with the new root", ErrNoJob, j.td)
+			return nil, causeErr(ErrNoJob, "%v %s: start one with %s", ErrNoJob, j.td, validate.Ref("NewCA"))
 		}
 		if err != nil {
 			return nil, err
@@ -291,10 +303,10 @@ func (j *Job) create(ctx context.Context) error {
 	if j.cfg.NewCAKey != nil {
 		issuer = records.IssuerDev
 		if j.cfg.DevCADir == "" {
-			return fieldErr("DevCADir", "a key of the new root is for the dev CA: give the dev CA's directory too")
+			return fieldErr("", "%s is for the dev CA: give %s too", validate.Ref("NewCAKey"), validate.Ref("DevCADir"))
 		}
 		if err := devca.CheckKeyPair(nc, j.cfg.NewCAKey); err != nil {
-			return fieldErr("NewCAKey", "%v", err)
+			return causeErr(err, "%s is not the key of %s: give the key the certificate was made for", validate.Ref("NewCAKey"), validate.Ref("NewCA"))
 		}
 	}
 	if err := j.checkNewRoot(nc, j.lifetimeFor(issuer)); err != nil {
@@ -309,7 +321,7 @@ func (j *Job) create(ctx context.Context) error {
 		return fmt.Errorf("the current bundle of %s does not validate: %w", j.td, err)
 	}
 	if bit.Value.Lock != nil {
-		return fmt.Errorf("%w: bundles/%s is locked by job %s; resume or abort it", ErrJobRunning, j.td, bit.Value.Lock.Job)
+		return causeErr(ErrJobRunning, "%v: bundles/%s is locked by job %s; use %s or %s", ErrJobRunning, j.td, bit.Value.Lock.Job, validate.Ref("Resume"), validate.Ref("Abort"))
 	}
 	newFP := trust.Fingerprint(nc)
 	var old []*x509.Certificate
@@ -319,7 +331,7 @@ func (j *Job) create(ctx context.Context) error {
 		}
 	}
 	if len(old) == 0 {
-		return fmt.Errorf("the bundle of %s holds no root other than the new one: nothing to rotate from", j.td)
+		return fieldErr("", "the bundle of %s holds no root other than %s: nothing to rotate from", j.td, validate.Ref("NewCA"))
 	}
 	now := j.cfg.Now().UTC()
 	rot := &records.Rotation{
@@ -352,7 +364,7 @@ func (j *Job) create(ctx context.Context) error {
 	case err != nil:
 		return err
 	case !prev.Value.Phase.Terminal():
-		return fmt.Errorf("%w: job %s is in phase %s; resume or abort it", ErrJobRunning, prev.Value.ID, prev.Value.Phase)
+		return causeErr(ErrJobRunning, "%v: job %s is in phase %s; use %s or %s", ErrJobRunning, prev.Value.ID, prev.Value.Phase, validate.Ref("Resume"), validate.Ref("Abort"))
 	default:
 		if prev.Value.ID == rot.ID {
 			rot.ID += "-2"
@@ -375,7 +387,7 @@ func (j *Job) create(ctx context.Context) error {
 			return err
 		}
 		if err := ca.AddRoot(nc, j.cfg.NewCAKey); err != nil {
-			return fieldErr("NewCAKey", "add the new root to the dev CA: %v (resume with the key again)", err)
+			return causeErr(err, "add the new root to the dev CA: %v (resume with %s)", err, validate.Ref("NewCAKey"))
 		}
 	}
 	return nil
@@ -405,11 +417,11 @@ func (j *Job) checkNewRoot(c *x509.Certificate, lifetime time.Duration) error {
 	_ = b
 	end := j.cfg.Now().Add(lifetime + j.cfg.MinValidity)
 	if c.NotAfter.Before(end) {
-		return fieldErr("NewCA", "expires %s, before the job's end plus %s (%s): use a root that lives longer", c.NotAfter.UTC().Format(time.RFC3339), j.cfg.MinValidity, end.UTC().Format(time.RFC3339))
+		return fieldErr("", "%s expires %s, before the job's end plus %s (%s): use a root that lives longer", validate.Ref("NewCA"), c.NotAfter.UTC().Format(time.RFC3339), j.cfg.MinValidity, end.UTC().Format(time.RFC3339))
 	}
 	for _, u := range c.URIs {
 		if u.Scheme == "spiffe" && u.Host != j.td {
-			return fieldErr("NewCA", "carries %s, not of trust domain %s", u, j.td)
+			return fieldErr("", "%s carries %s, not of trust domain %s", validate.Ref("NewCA"), u, j.td)
 		}
 	}
 	return nil
