@@ -170,8 +170,12 @@ func (e *Errors) Err() error {
 	return &multierror.Error{Errors: append([]error(nil), e.errs.Errors...), ErrorFormat: LineFormat}
 }
 
-// LineFormat is the multierror.ErrorFormatFunc of Errors: the errors' messages, one a
-// line (as errors.Join writes them).
+// NewList is an empty list of errors that reads one error a line (LineFormat), for code
+// that collects several failures: multierror.Append to it, ErrorOrNil at the end.
+func NewList() *multierror.Error { return &multierror.Error{ErrorFormat: LineFormat} }
+
+// LineFormat is the multierror.ErrorFormatFunc of Errors and NewList: the errors'
+// messages, one a line (as errors.Join writes them).
 func LineFormat(es []error) string {
 	var b strings.Builder
 	for i, err := range es {

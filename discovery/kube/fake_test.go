@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,6 +18,7 @@ import (
 	mcsv1a1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/discovery"
 	"github.com/meshfed/meshfed/internal/kubetest"
 	"github.com/meshfed/meshfed/keyspace/records"
@@ -160,5 +162,10 @@ func TestOnlyConflicts(t *testing.T) {
 	}
 	if onlyConflicts(errors.Join(c, errors.New("boom"))) {
 		t.Error("a non-conflict among them")
+	}
+	// As the import pass collects them (a nested list, as passEntries returns, flattened).
+	list := multierror.Append(validate.NewList(), c, multierror.Append(validate.NewList(), fmt.Errorf("b: %w", c)).ErrorOrNil())
+	if !onlyConflicts(list.ErrorOrNil()) || onlyConflicts(multierror.Append(list, errors.New("boom"))) {
+		t.Error("collected conflicts")
 	}
 }

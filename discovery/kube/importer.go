@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -28,6 +29,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1alpha1"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/keyspace/view"
 )
 
@@ -312,7 +314,7 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var errs []error
+	errs := validate.NewList()
 	missing := map[string]bool{}
 	keepSI := map[string]bool{}
 	keepSl := map[string]bool{}
@@ -327,7 +329,7 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 		keepSI[key] = true
 		si, err := im.applyImport(ctx, w.si, haveSI[key])
 		if err != nil {
-			errs = append(errs, err)
+			errs = multierror.Append(errs, err)
 		}
 		if si == nil {
 			// Not ours, or the write failed: leave its slices as they are this pass.
@@ -350,7 +352,7 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 			keepSl[sk] = true
 			sl.OwnerReferences = []metav1.OwnerReference{owner}
 			if err := im.applySlice(ctx, sl, haveSl[sk]); err != nil {
-				errs = append(errs, err)
+				errs = multierror.Append(errs, err)
 			}
 			nSlices++
 		}
@@ -364,7 +366,7 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 		}
 		err := im.cfg.Kube.DiscoveryV1().EndpointSlices(sl.Namespace).Delete(ctx, sl.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sl.UID}})
 		if err = im.wrote("EndpointSlice", "delete", err); err != nil {
-			errs = append(errs, fmt.Errorf("delete EndpointSlice %s: %w", sk, err))
+			errs = multierror.Append(errs, fmt.Errorf("delete EndpointSlice %s: %w", sk, err))
 		} else {
 			im.log.Debug("imported EndpointSlice deleted", "slice", sk)
 		}
@@ -375,7 +377,7 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 		}
 		err := im.cfg.MCS.MulticlusterV1alpha1().ServiceImports(si.Namespace).Delete(ctx, si.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &si.UID}})
 		if err = im.wrote("ServiceImport", "delete", err); err != nil {
-			errs = append(errs, fmt.Errorf("delete ServiceImport %s: %w", key, err))
+			errs = multierror.Append(errs, fmt.Errorf("delete ServiceImport %s: %w", key, err))
 		} else {
 			im.log.Info("service import removed", "service", key)
 		}
@@ -385,15 +387,15 @@ func (im *Importer) pass(ctx context.Context) (int64, error) {
 	if g := im.cfg.IstioRemoteGateways; g != nil {
 		plan := desiredGateways(v, im.cfg.Cluster, *g)
 		if err := im.passGateways(ctx, plan); err != nil {
-			errs = append(errs, err)
+			errs = multierror.Append(errs, err)
 		}
 		if im.cfg.IstioAmbientEntries != nil {
 			if err := im.passEntries(ctx, v, plan.networks()); err != nil {
-				errs = append(errs, err)
+				errs = multierror.Append(errs, err)
 			}
 		}
 	}
-	return v.Revision, errors.Join(errs...)
+	return v.Revision, errs.ErrorOrNil()
 }
 
 // namespaceUsable: the namespace exists and is not being deleted. meshfed never creates
@@ -550,9 +552,12 @@ func (im *Importer) reportNoGateways(cs []string) {
 // conflict (HTTP 409 on update).
 func onlyConflicts(err error) bool {
 	var list []error
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		list = j.Unwrap()
-	} else {
+	switch e := err.(type) {
+	case *multierror.Error:
+		list = e.WrappedErrors()
+	case interface{ Unwrap() []error }:
+		list = e.Unwrap()
+	default:
 		list = []error{err}
 	}
 	for _, e := range list {

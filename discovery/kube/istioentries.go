@@ -2,11 +2,11 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
+	"github.com/hashicorp/go-multierror"
 	"google.golang.org/protobuf/encoding/protojson"
 	mcp "istio.io/api/mcp/v1alpha1"
 	_ "istio.io/api/networking/v1alpha3" // registers the spec types the resources carry
@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/keyspace/view"
 )
 
@@ -134,7 +135,7 @@ func (im *Importer) passEntries(ctx context.Context, v *view.View, networks map[
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := validate.NewList()
 	for _, kind := range istioEntryKinds {
 		wantKind := want[kind]
 		have := map[string]*unstructured.Unstructured{}
@@ -163,7 +164,7 @@ func (im *Importer) passEntries(ctx context.Context, v *view.View, networks map[
 			}
 			n++
 			if err := im.applyEntry(ctx, we, have[k]); err != nil {
-				errs = append(errs, err)
+				errs = multierror.Append(errs, err)
 			}
 		}
 		kindName := kindOf(kind)
@@ -174,14 +175,14 @@ func (im *Importer) passEntries(ctx context.Context, v *view.View, networks map[
 			uid := u.GetUID()
 			err := im.cfg.Dynamic.Resource(istioEntryGVRs[kind]).Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 			if err = im.wrote(kindName, "delete", err); err != nil {
-				errs = append(errs, fmt.Errorf("delete %s %s: %w", kindName, k, err))
+				errs = multierror.Append(errs, fmt.Errorf("delete %s %s: %w", kindName, k, err))
 			} else {
 				im.log.Info("Istio ambient entry removed", "kind", kindName, "name", k)
 			}
 		}
 		im.m.objects.WithLabelValues(kindName).Set(float64(n))
 	}
-	return errors.Join(errs...)
+	return errs.ErrorOrNil()
 }
 
 // kindOf is a type's Kind (the metric and log name).

@@ -2,12 +2,12 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 
+	"github.com/hashicorp/go-multierror"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -231,10 +231,10 @@ func (im *Importer) passGateways(ctx context.Context, plan *gatewayPlan) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	var errs []error
+	errs := validate.NewList()
 	for _, n := range names {
 		if err := im.applyGateway(ctx, plan.want[n], have[n]); err != nil {
-			errs = append(errs, err)
+			errs = multierror.Append(errs, err)
 		}
 	}
 	for n, u := range have {
@@ -244,13 +244,13 @@ func (im *Importer) passGateways(ctx context.Context, plan *gatewayPlan) error {
 		uid := u.GetUID()
 		err := im.cfg.Dynamic.Resource(GatewayGVR).Namespace(g.Namespace).Delete(ctx, n, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		if err = im.wrote("Gateway", "delete", err); err != nil {
-			errs = append(errs, fmt.Errorf("delete Gateway %s/%s: %w", g.Namespace, n, err))
+			errs = multierror.Append(errs, fmt.Errorf("delete Gateway %s/%s: %w", g.Namespace, n, err))
 		} else {
 			im.log.Info("istio-remote Gateway removed", "gateway", g.Namespace+"/"+n, "cluster", u.GetLabels()[mcsv1a1.LabelSourceCluster])
 		}
 	}
 	im.m.objects.WithLabelValues("Gateway").Set(float64(len(plan.want)))
-	return errors.Join(errs...)
+	return errs.ErrorOrNil()
 }
 
 // applyGateway creates or updates one Gateway, then its status.addresses.

@@ -1,10 +1,12 @@
 package kube
 
 import (
-	"errors"
 	"fmt"
 
+	"github.com/hashicorp/go-multierror"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshfed/meshfed/api/validate"
 )
 
 type sourceMetrics struct {
@@ -80,13 +82,11 @@ func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
 	if reg == nil {
 		return nil
 	}
-	var errs []error
+	errs := validate.NewList()
 	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
+		errs = multierror.Append(errs, reg.Register(c))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errs.ErrorOrNil(); err != nil {
 		return fmt.Errorf("register kube metrics: %w", err)
 	}
 	return nil

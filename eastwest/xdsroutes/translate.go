@@ -12,12 +12,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/hashicorp/go-multierror"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshfed/meshfed/api/fault"
 	"github.com/meshfed/meshfed/api/names"
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/eastwest"
 )
 
@@ -35,28 +37,28 @@ type inbound struct {
 // maxErrors bounds how many problems one NACK lists (the error_detail message stays small).
 const maxErrors = 8
 
-// problems collects resource errors for one response.
+// problems collects resource errors for one response (go-multierror, one a line).
 type problems struct {
-	errs []error
+	errs *multierror.Error
 	more int
 }
 
 func (p *problems) add(format string, args ...any) {
-	if len(p.errs) >= maxErrors {
+	if len(p.errs.WrappedErrors()) >= maxErrors {
 		p.more++
 		return
 	}
-	p.errs = append(p.errs, fmt.Errorf(format, args...))
+	if p.errs == nil {
+		p.errs = validate.NewList()
+	}
+	p.errs = multierror.Append(p.errs, fmt.Errorf(format, args...))
 }
 
 func (p *problems) err() error {
-	if len(p.errs) == 0 {
-		return nil
-	}
 	if p.more > 0 {
-		p.errs = append(p.errs, fmt.Errorf("and %d more", p.more))
+		p.errs = multierror.Append(p.errs, fmt.Errorf("and %d more", p.more))
 	}
-	return errors.Join(p.errs...)
+	return p.errs.ErrorOrNil()
 }
 
 // wrappedType is the type URL of a discovery Resource wrapping another resource.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshfed/meshfed/api/validate"
@@ -219,14 +220,14 @@ func (a *Agent) OnView(fn func(*view.View)) { a.Service.OnView(fn) }
 
 // Ready reports nil when every part is ready.
 func (a *Agent) Ready() error {
-	errs := []error{a.Service.Ready(), a.XDS.Ready()}
+	errs := multierror.Append(validate.NewList(), a.Service.Ready(), a.XDS.Ready())
 	if a.Istio != nil {
-		errs = append(errs, a.Istio.Ready())
+		errs = multierror.Append(errs, a.Istio.Ready())
 	}
 	if a.Trust != nil {
-		errs = append(errs, a.Trust.Ready())
+		errs = multierror.Append(errs, a.Trust.Ready())
 	}
-	return errors.Join(errs...)
+	return errs.ErrorOrNil()
 }
 
 // Run runs every part until ctx ends or one fails; it returns the first failure.

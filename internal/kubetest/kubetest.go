@@ -25,9 +25,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/testpki"
 	"github.com/meshfed/meshfed/keyspace/embedetcd"
 )
@@ -99,16 +101,15 @@ func StartN(t testing.TB, n int, opts ...Option) []*APIServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := make([]*APIServer, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
+	var g multierror.Group
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i], errs[i] = Launch(ctx, cfg)
-		}()
+		g.Go(func() error {
+			var err error
+			out[i], err = Launch(ctx, cfg)
+			return err
+		})
 	}
-	wg.Wait()
+	errs := g.Wait()
 	for i, s := range out {
 		if s != nil {
 			t.Cleanup(s.Close)
@@ -116,8 +117,9 @@ func StartN(t testing.TB, n int, opts ...Option) []*APIServer {
 				s.ReadyDuration.Round(time.Millisecond), s.StartDuration.Round(time.Millisecond), s.Dir)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+	if errs != nil {
+		errs.ErrorFormat = validate.LineFormat
+		t.Fatal(errs)
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/go-multierror"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,17 +61,17 @@ func (o *outputs) write(ctx context.Context, set *trust.Set, subs []func(*trust.
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := validate.NewList()
 	if dir := o.s.cfg.BundleDir; dir != "" {
 		if err := o.writeDir(dir, files); err != nil {
 			o.s.m.outputErrors.WithLabelValues("files").Inc()
-			errs = append(errs, fmt.Errorf("bundle dir %s: %w", dir, err))
+			errs = multierror.Append(errs, fmt.Errorf("bundle dir %s: %w", dir, err))
 		}
 	}
 	if cm := o.s.cfg.ConfigMap; cm != nil {
 		if err := cm.apply(ctx, files); err != nil {
 			o.s.m.outputErrors.WithLabelValues("configmap").Inc()
-			errs = append(errs, fmt.Errorf("configmap %s/%s: %w", cm.Namespace, cm.Name, err))
+			errs = multierror.Append(errs, fmt.Errorf("configmap %s/%s: %w", cm.Namespace, cm.Name, err))
 		}
 	}
 	if o.s.ep != nil {
@@ -79,10 +80,10 @@ func (o *outputs) write(ctx context.Context, set *trust.Set, subs []func(*trust.
 	for _, f := range subs {
 		if err := f(set); err != nil {
 			o.s.m.outputErrors.WithLabelValues("subscriber").Inc()
-			errs = append(errs, fmt.Errorf("subscriber: %w", err))
+			errs = multierror.Append(errs, fmt.Errorf("subscriber: %w", err))
 		}
 	}
-	return errors.Join(errs...)
+	return errs.ErrorOrNil()
 }
 
 // writeDir writes every file atomically (temp file + rename): the bundle map last, so a
