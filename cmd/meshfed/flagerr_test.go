@@ -26,6 +26,7 @@ import (
 	"github.com/meshfed/meshfed/operator"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/devca"
+	"github.com/meshfed/meshfed/trust/rotation"
 )
 
 func TestFlagErr(t *testing.T) {
@@ -109,8 +110,9 @@ func TestFlagErrProblems(t *testing.T) {
 	}
 }
 
-// TestOperatorFlagOfFields: every field a mapping knows is a field of its request, and
-// every flag is the command's (commonFlagOf names the etcd user and the like).
+// TestOperatorFlagOfFields: every field a mapping knows is a field of its request (or, for
+// trust rotate, an entry point: Resume, Abort), and every flag is the command's
+// (commonFlagOf names the etcd user and the like).
 func TestOperatorFlagOfFields(t *testing.T) {
 	for _, c := range []struct {
 		req   any
@@ -120,10 +122,11 @@ func TestOperatorFlagOfFields(t *testing.T) {
 		{operator.JoinRequest{}, newJoinCmd(), joinFlagOf},
 		{operator.LeaveRequest{}, newLeaveCmd(), leaveFlagOf},
 		{operator.PolicyRequest{}, newPolicySetCmd(), policyFlagOf},
+		{rotation.Config{}, newRotateCmd(), rotateFlagOf},
 	} {
 		rt := reflect.TypeOf(c.req)
 		for field, flag := range c.flags {
-			if _, ok := rt.FieldByName(field); !ok {
+			if _, ok := rt.FieldByName(field); !ok && !(rt.Name() == "Config" && (field == "Resume" || field == "Abort")) {
 				t.Errorf("%s has no field %s", rt.Name(), field)
 			}
 			if c.cmd.Flags().Lookup(strings.TrimPrefix(flag, "--")) == nil {

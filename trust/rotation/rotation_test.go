@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/internal/waitfor"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
@@ -369,11 +370,20 @@ func TestUnreachableClusterBlocksUntilExcluded(t *testing.T) {
 	if !errors.Is(err, rotation.ErrGateTimeout) || !strings.Contains(err.Error(), "c: UNREACHABLE") {
 		t.Fatalf("want the gate blocked by c, got %v\n%s", err, out)
 	}
+	// The messages refer to Config fields and entry points; named as `meshfed trust rotate`
+	// names them, they read as they did when they named its flags.
+	asFlags := func(err error) string {
+		flags := map[string]string{"GateTimeout": "--gate-timeout", "NewCA": "--new-ca", "Resume": "--resume", "Abort": "--abort"}
+		return validate.RenameFields(err, func(f string) string { return flags[f] }).Error()
+	}
+	if got := asFlags(err); !strings.HasPrefix(got, "gate not passed before --gate-timeout: acks of sequence ") {
+		t.Errorf("gate timeout as the command says it: %s", got)
+	}
 	// A second job for the same trust domain is refused.
 	nc2, nk2 := newRoot(t)
 	cfg2 := f.cfg(out)
 	cfg2.NewCA, cfg2.NewCAKey = nc2, nk2
-	if _, err := rotation.Start(context.Background(), cfg2); !errors.Is(err, rotation.ErrJobRunning) {
+	if _, err := rotation.Start(context.Background(), cfg2); !errors.Is(err, rotation.ErrJobRunning) || !strings.HasSuffix(asFlags(err), "; use --resume or --abort") {
 		t.Fatalf("second job: %v", err)
 	}
 	rcfg := f.cfg(out)
