@@ -418,7 +418,7 @@ func planAuth(ctx context.Context, st *store.Store, r *JoinRequest, plan *JoinPl
 	a.Permissions = ClusterPermissions(st.KS, plan.Cluster)
 	exists, _, err := userState(ctx, cli, a.User)
 	if store.IsPermissionDenied(err) {
-		p.Add(FieldEtcdUser, "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join as root")
+		p.Add(FieldEtcdUser, "creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with %s root", Ref(FieldEtcdUser))
 		return nil
 	}
 	if err != nil {

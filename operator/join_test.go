@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshfed/meshfed/api/validate"
 	"github.com/meshfed/meshfed/keyspace/records"
 	"github.com/meshfed/meshfed/keyspace/store"
 )
@@ -99,13 +100,21 @@ func TestJoinedClusterWritesOnlyItsOwnKeys(t *testing.T) {
 		t.Fatalf("east's read: clusters %v, east exports %d", snap.ClusterNames(), len(snap.Exports["east"]))
 	}
 	// Operator-only work fails with a cluster's credentials, with a message naming the fix.
-	if _, err := SetPolicy(ctx, east, PolicyRequest{Namespace: "demo", Name: "echo", Order: []string{"west"}}); err == nil || !strings.Contains(err.Error(), "operator credentials") {
+	// Named as the commands name the fields it refers to, it reads as it did when it named
+	// the flags (before e699fcf), and etcd's error is still its cause.
+	_, err = SetPolicy(ctx, east, PolicyRequest{Namespace: "demo", Name: "echo", Order: []string{"west"}})
+	var fe *validate.FieldError
+	flags := map[string]string{FieldEtcdUser: "--etcd-user", FieldJoinAdminUser: "--admin-user"}
+	if !errors.As(err, &fe) || !store.IsPermissionDenied(fe.Err) ||
+		!strings.HasSuffix(fe.Rename(func(f string) string { return flags[f] }).Error(), " (policies are written with operator credentials: --etcd-user root or an operator user made by `meshfed join --admin-user`)") {
 		t.Errorf("policy set as east: %v", err)
 	}
 	// A cluster cannot create users (join as a cluster fails before changing anything).
 	r3 := joinReq(t, "north", "eu", "north.example.org")
 	r3.CredentialsOut = credsPath(t, "north")
-	if _, err := Join(ctx, east, r3); err == nil || !strings.Contains(err.Error(), "root") {
+	var ie *InvalidError
+	if _, err := Join(ctx, east, r3); !errors.As(err, &ie) || !strings.Contains(ie.Rename(func(f string) string { return flags[f] }).Error(),
+		"--etcd-user: creating the cluster's etcd user and role needs etcd's root role (etcd allows user and role management to root only): run join with --etcd-user root") {
 		t.Errorf("join as east: %v, want a message asking for root", err)
 	}
 	if keysUnder(t, root, "clusters/north") != 0 {
