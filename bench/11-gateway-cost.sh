@@ -8,7 +8,12 @@
 # (as bench/10-gateway.sh counts it). Medians over the rounds. The floor (bench/10's: a
 # relay that only accepts, connects and hands both sockets to the kernel's sockmap
 # redirect, no user-space work after that) runs in the same rounds where root and BPF
-# allow it (FLOOR=0: left out).
+# allow it (FLOOR=0: left out). So do two floors without sockmap: "relay" (benchload
+# relay: the least a user-space relay process costs, one thread and one epoll set with
+# raw non-blocking system calls, as nginx and HAProxy are written; RELAY=0: left out) and
+# the kernel floor (benchload cost --kernel-floor: one more loopback TCP connection
+# carrying the same bytes, both ends in one thread, no proxy, no wake-up: what the
+# kernel alone costs for the second connection every relay adds; KFLOOR=0: left out).
 #
 # GWS lists the gateways to compare, NAME=BINARY:MODE separated by spaces, e.g. an A/B of
 # two builds: GWS="A=/tmp/a:poll-splice B=/tmp/b:poll-splice" bench/11-gateway-cost.sh
@@ -16,7 +21,7 @@
 # BINARY is `meshfed` (run as `meshfed gateway ...`) or any program taking the same
 # --listen/--admin/--exports/--copy-mode flags.
 # Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
-# FLOOR=1 (0: no floor)
+# FLOOR=1 (0: no sockmap floor) RELAY=1 (0: no relay floor) KFLOOR=1 (0: no kernel floor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/baselines.sh
@@ -28,6 +33,8 @@ STREAMS=${STREAMS:-4}
 ROUNDS=${ROUNDS:-5}
 BASELINES=${BASELINES:-1}
 FLOOR_ON=${FLOOR:-1}
+RELAY_ON=${RELAY:-1}
+KFLOOR_ON=${KFLOOR:-1}
 
 if [ "$BASELINES" = 1 ] && { ! command -v haproxy >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; }; then
   echo "installing haproxy and nginx from Debian..." >&2
@@ -54,8 +61,9 @@ if [ -z "${GWS:-}" ]; then
 fi
 read -ra GWLIST <<< "$GWS"
 
-mapfile -t P < <("$WORK/benchload" freeports $(( 8 + 2 * ${#GWLIST[@]} )))
+mapfile -t P < <("$WORK/benchload" freeports $(( 11 + 2 * ${#GWLIST[@]} )))
 ECHO=${P[0]} SINK=${P[1]} HOLD=${P[2]} HAP=${P[3]} NGX=${P[4]} FL1=${P[5]} FL2=${P[6]} FL3=${P[7]}
+RL1=${P[8]} RL2=${P[9]} RL3=${P[10]}
 
 "$WORK/benchload" backends --echo 127.0.0.1:$ECHO --sink 127.0.0.1:$SINK --hold 127.0.0.1:$HOLD > "$WORK/backends.log" 2>&1 &
 BACKENDS=$!; PIDS+=($BACKENDS)
@@ -71,7 +79,13 @@ YAML
 
 TARGETS=(--target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD")
 WAIT=($ECHO)
-i=8
+if [ "$RELAY_ON" = 1 ]; then
+  "$WORK/benchload" relay --relay 127.0.0.1:$RL1=127.0.0.1:$ECHO --relay 127.0.0.1:$RL2=127.0.0.1:$SINK \
+    --relay 127.0.0.1:$RL3=127.0.0.1:$HOLD > "$WORK/relay.log" 2>&1 &
+  PIDS+=($!); echo $! > "$WORK/relay.pids"
+  WAIT+=($RL1)
+fi
+i=11
 for gw in "${GWLIST[@]}"; do
   name=${gw%%=*} rest=${gw#*=}
   bin=${rest%:*} mode=${rest##*:}
@@ -101,6 +115,8 @@ for port in "${WAIT[@]}"; do
 done
 FLOOR=()
 [ "$FLOOR_ON" = 1 ] && floor_target
+[ "$RELAY_ON" = 1 ] && FLOOR+=(--target "relay=127.0.0.1:$RL1,127.0.0.1:$RL2,127.0.0.1:$RL3@$WORK/relay.pids")
+[ "$KFLOOR_ON" = 1 ] && FLOOR+=(--kernel-floor)
 if [ "$BASELINES" = 1 ]; then
   { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
   TARGETS+=(--target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids")

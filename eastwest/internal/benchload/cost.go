@@ -48,6 +48,7 @@ func cost(args []string) error {
 	streams := fs.Int("streams", 4, "parallel bulk streams")
 	rounds := fs.Int("rounds", 5, "rounds interleaving the targets")
 	usePerf := fs.Bool("perf", true, "count system calls and context switches with perf stat (when it runs)")
+	kfloor := fs.Bool("kernel-floor", false, "also measure, in each round, the kernel's share of the second TCP connection a relay adds (kernelFloor)")
 	var extraPIDs []int
 	fs.Func("account-pid", "another process the machine figures count (the backends); repeat", func(v string) error {
 		n, err := strconv.Atoi(v)
@@ -82,6 +83,7 @@ func cost(args []string) error {
 	type fig struct{ proxyUS, machUS, sys, cs, rate float64 }
 	conns := make([][]fig, len(targets))
 	bulks := make([][]fig, len(targets))
+	var kfl []fig
 	var errs atomic.Int64
 	measure := func(t *target, work func() float64) (fig, error) {
 		var pc *perfCounter
@@ -120,6 +122,19 @@ func cost(args []string) error {
 				return err
 			}
 			conns[i] = append(conns[i], f)
+		}
+		if *kfloor {
+			m0 := benchCPU(acct)
+			t0 := time.Now()
+			cpu, cs, sys, err := kernelFloor(*nConns)
+			if err != nil {
+				return fmt.Errorf("kernel floor: %w", err)
+			}
+			el := time.Since(t0)
+			m1 := benchCPU(acct)
+			n := float64(*nConns)
+			kfl = append(kfl, fig{proxyUS: float64(cpu.Microseconds()) / n, machUS: float64((m1 - m0).Microseconds()) / n,
+				sys: float64(sys) / n, cs: float64(cs) / n, rate: n / el.Seconds()})
 		}
 		if *bulkMB > 0 {
 			for i, t := range targets {
@@ -196,6 +211,16 @@ func cost(args []string) error {
 	fmt.Printf("%d cores, load average %s at the end; %d rounds of %d connections (concurrency %d) and %d MB (%d streams) per target; %d errors\n\n",
 		numCPU(), loadAvg(), *rounds, *nConns, *conc, *bulkMB, *streams, errs.Load())
 	print("Per connection (rate: conn/s; TCP + TLS 1.3 handshake + 32-byte echo + close):", "/conn", conns, 1)
+	if len(kfl) > 0 {
+		// Not a target: its work is the second connection alone, so its machine CPU is
+		// not taken minus direct's, and its proxy column is the thread's own CPU.
+		get := func(g func(fig) float64) float64 { return med(kfl, g) }
+		k := get(func(f fig) float64 { return f.proxyUS })
+		proxy := func(i int) float64 { return med(conns[i], func(f fig) float64 { return f.proxyUS }) }
+		fmt.Printf("Kernel floor (one more loopback TCP connection carrying the same bytes, both ends in one thread: socket, connect, accept4, 4 writes, 5 reads, 2 closes; no proxy): %.0f conn/s, %.0f µs of its thread's CPU (%s HAProxy's proxy CPU, %s nginx's), %.1f system calls, %.2f context switches, machine %.0f µs per connection\n\n",
+			get(func(f fig) float64 { return f.rate }), k, ratio(k, hap, proxy), ratio(k, ngx, proxy),
+			get(func(f fig) float64 { return f.sys }), get(func(f fig) float64 { return f.cs }), get(func(f fig) float64 { return f.machUS }))
+	}
 	if *bulkMB > 0 {
 		print("Per GB (rate: MB/s; one ClientHello then raw bytes):", "/GB", bulks, 1000)
 	}

@@ -10,4 +10,10 @@
 //	          growth of the proxy process(es) per connection
 //
 // Proxy CPU time comes from /proc/<pid>/stat (utime+stime of every pid given).
+//
+// bench/11-gateway-cost.sh runs its cost subcommand (fixed work per target, counted) and
+// three floors beside the proxies: floor (accept, connect, hand both sockets to the
+// kernel's sockmap redirect), relay (one thread, one epoll set, raw non-blocking system
+// calls: the least a user-space relay process costs) and, with cost --kernel-floor, the
+// kernel's share of the second TCP connection alone (kernelFloor).
 package main
