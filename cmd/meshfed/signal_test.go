@@ -90,6 +90,12 @@ func TestGatewaySIGTERM(t *testing.T) {
 	if got := echo("before"); got != "east echo-0: before" {
 		t.Fatalf("echo before SIGTERM: %q", got)
 	}
+	// --steady-sysmon (default): the same process re-executed itself with the setting (and
+	// the SIGTERM below reaches the re-executed gateway).
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid)); err == nil &&
+		!strings.Contains(string(env), steadySchedtrace) {
+		t.Errorf("the gateway's environment has no GODEBUG %s: %q", steadySchedtrace, env)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
