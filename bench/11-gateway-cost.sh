@@ -22,6 +22,10 @@
 # --listen/--admin/--exports/--copy-mode flags.
 # Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
 # FLOOR=1 (0: no sockmap floor) RELAY=1 (0: no relay floor) KFLOOR=1 (0: no kernel floor)
+# RATES="0,10,50,200" (default: none): then, after the cost phase, benchload rate: each
+# gateway, HAProxy and nginx in turn at these open-loop connection rates (0: idle) for
+# RATE_FOR (20s) each, their CPU (threads' run time) and context switches per second and
+# per connection: what a setting costs a mostly idle gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/baselines.sh
@@ -78,6 +82,7 @@ YAML
 [ "$FLOOR_ON" = 1 ] && start_floor
 
 TARGETS=(--target "direct=127.0.0.1:$ECHO,127.0.0.1:$SINK,127.0.0.1:$HOLD")
+RATE_TARGETS=()
 WAIT=($ECHO)
 if [ "$RELAY_ON" = 1 ]; then
   "$WORK/benchload" relay --relay 127.0.0.1:$RL1=127.0.0.1:$ECHO --relay 127.0.0.1:$RL2=127.0.0.1:$SINK \
@@ -96,6 +101,7 @@ for gw in "${GWLIST[@]}"; do
     --copy-mode "$mode" > "$WORK/$name.log" 2>&1 &
   PIDS+=($!); echo $! > "$WORK/$name.pids"
   TARGETS+=(--target "$name=127.0.0.1:$port@$WORK/$name.pids")
+  RATE_TARGETS+=(--target "$name=127.0.0.1:$port@$WORK/$name.pids")
   WAIT+=($port)
 done
 
@@ -120,6 +126,7 @@ FLOOR=()
 if [ "$BASELINES" = 1 ]; then
   { echo $NGXPID; pgrep -P $NGXPID; } > "$WORK/nginx.pids"
   TARGETS+=(--target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids")
+  RATE_TARGETS+=(--target "HAProxy=127.0.0.1:$HAP@$WORK/haproxy.pids" --target "nginx=127.0.0.1:$NGX@$WORK/nginx.pids")
 fi
 
 VERS=""
@@ -128,3 +135,7 @@ echo "== gateway cost: $(nproc) cores, load average $(cut -d" " -f1-3 /proc/load
 echo "== gateways: $GWS"
 "$WORK/benchload" cost "${TARGETS[@]}" "${FLOOR[@]}" --account-pid "$BACKENDS" \
   --conns "$CONNS" --conc "$CONC" --bulk-mb "$BULK_MB" --streams "$STREAMS" --rounds "$ROUNDS"
+if [ -n "${RATES:-}" ]; then
+  echo
+  "$WORK/benchload" rate "${RATE_TARGETS[@]}" --rates "$RATES" --for "${RATE_FOR:-20s}"
+fi

@@ -7,10 +7,11 @@ import "strings"
 // print the trace on time), so it polls every 20 µs at first, backing off to every 10 ms,
 // and stays at 10 ms. Without it, sysmon sleeps deeply whenever every P is idle, and the
 // next system call made through syscall.Syscall (each connection's close) wakes it and
-// resets it to 20 µs polls: measured, 1.1-1.3 of the gateway's 3.6-3.9 context switches
-// per connection (docs/benchmarks.md, "The runtime's monitor thread"). The period is the
-// largest schedtrace takes (ms, int32: 24.8 days), so the trace is as good as never
-// printed; a fatal panic prints the scheduler's state once more before the traceback.
+// resets it to 20 µs polls: measured, 1.1-1.4 of the gateway's 3.6-4.0 context switches
+// per connection under load (docs/benchmarks.md, "Per connection: the floors and the
+// runtime's monitor thread"). The period is the largest schedtrace takes (ms, int32: 24.8
+// days), so the trace is as good as never printed; a fatal panic prints the scheduler's
+// state once more before the traceback.
 const steadySchedtrace = "schedtrace=2147483647"
 
 // sysmonEnv is environ with steadySchedtrace added to GODEBUG (the first one: the one the

@@ -30,17 +30,9 @@ func cost(args []string) error {
 	fs := flag.NewFlagSet("cost", flag.ExitOnError)
 	var targets []*target
 	fs.Func("target", "NAME=ADDR[@PIDFILE] (repeat; the first is the direct baseline)", func(v string) error {
-		name, rest, ok := strings.Cut(v, "=")
-		if !ok {
-			return fmt.Errorf("%q: want NAME=ADDR[@PIDFILE]", v)
-		}
-		addr, pidf, _ := strings.Cut(rest, "@")
-		t := &target{Name: name, AddrEcho: addr, AddrBulk: addr, AddrIdle: addr, PIDFile: pidf}
-		if a := strings.Split(addr, ","); len(a) == 3 {
-			t.AddrEcho, t.AddrBulk, t.AddrIdle = a[0], a[1], a[2]
-		}
+		t, err := parseTarget(v)
 		targets = append(targets, t)
-		return nil
+		return err
 	})
 	nConns := fs.Int("conns", 3000, "connections per target per round")
 	conc := fs.Int("conc", 16, "concurrent clients")
@@ -225,6 +217,21 @@ func cost(args []string) error {
 		print("Per GB (rate: MB/s; one ClientHello then raw bytes):", "/GB", bulks, 1000)
 	}
 	return nil
+}
+
+// parseTarget reads NAME=ADDR[@PIDFILE]; ADDR is one address for every phase, or three
+// (echo,bulk,idle) separated by commas.
+func parseTarget(v string) (*target, error) {
+	name, rest, ok := strings.Cut(v, "=")
+	if !ok {
+		return nil, fmt.Errorf("%q: want NAME=ADDR[@PIDFILE]", v)
+	}
+	addr, pidf, _ := strings.Cut(rest, "@")
+	t := &target{Name: name, AddrEcho: addr, AddrBulk: addr, AddrIdle: addr, PIDFile: pidf}
+	if a := strings.Split(addr, ","); len(a) == 3 {
+		t.AddrEcho, t.AddrBulk, t.AddrIdle = a[0], a[1], a[2]
+	}
+	return t, nil
 }
 
 func numCPU() int {

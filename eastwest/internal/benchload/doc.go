@@ -15,5 +15,6 @@
 // three floors beside the proxies: floor (accept, connect, hand both sockets to the
 // kernel's sockmap redirect), relay (one thread, one epoll set, raw non-blocking system
 // calls: the least a user-space relay process costs) and, with cost --kernel-floor, the
-// kernel's share of the second TCP connection alone (kernelFloor).
+// kernel's share of the second TCP connection alone (kernelFloor); with RATES, its rate
+// subcommand (each target at fixed open-loop connection rates, and idle).
 package main

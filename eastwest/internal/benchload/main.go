@@ -38,7 +38,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchload backends|floor|relay|run|cost [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchload backends|floor|relay|run|cost|rate [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -51,6 +51,8 @@ func main() {
 		err = floor(os.Args[2:])
 	case "relay":
 		err = relay(os.Args[2:])
+	case "rate":
+		err = rate(os.Args[2:])
 	case "cost":
 		err = cost(os.Args[2:])
 	case "freeports":
