@@ -142,6 +142,9 @@ func TestLeased(t *testing.T) {
 	}
 	waitfor.Cond(t, 15*time.Second, func() bool { n, l := get(); return n == "c" && l != 0 && l != lease1 }, "the record back on a new lease")
 	_, lease2 := get()
+	// The Get above can see the rewrite before the watch has delivered the delete and the
+	// put: wait for them (more than four fails below).
+	waitfor.Cond(t, 5*time.Second, func() bool { return len(snapshot()) >= 4 }, "the watch saw the delete and the rewrite")
 	got := snapshot()
 	if len(got) != 4 || got[2].put || !got[3].put || got[3].name != "c" || got[3].lease != lease2 {
 		t.Fatalf("events after the lease was lost = %+v; want a, c, delete, c on the new lease", got)
@@ -169,6 +172,8 @@ func TestLeased(t *testing.T) {
 	if err != nil || ttlResp.TTL != -1 {
 		t.Fatalf("lease after stop: %+v, %v; want revoked (TTL -1)", ttlResp, err)
 	}
+	// The same for the delete at stop: delivered by the watch, then the watch ends.
+	waitfor.Cond(t, 5*time.Second, func() bool { return len(snapshot()) >= 5 }, "the watch saw the delete at stop")
 	wcancel()
 	<-watchDone
 	if got := snapshot(); len(got) != 5 || got[4].put {
