@@ -21,6 +21,9 @@
 # BINARY is `meshfed` (run as `meshfed gateway ...`) or any program taking the same
 # --listen/--admin/--exports/--copy-mode flags.
 # Knobs: CONNS=2000 BULK_MB=1000 CONC=16 STREAMS=4 ROUNDS=5 BASELINES=1 (0: no HAProxy/nginx)
+# CONNWORK=tls (each connection a TLS 1.3 handshake and a 32-byte echo) or replay (the same
+# bytes each way, flight by flight, without the ends' cryptography: the ends then cost
+# little and the added machine column reads the proxy, not the handshakes' noise)
 # FLOOR=1 (0: no sockmap floor) RELAY=1 (0: no relay floor) KFLOOR=1 (0: no kernel floor)
 # RATES="0,10,50,200" (default: none): then, after the cost phase, benchload rate: each
 # gateway, HAProxy and nginx in turn at these open-loop connection rates (0: idle) for
@@ -35,6 +38,7 @@ BULK_MB=${BULK_MB:-1000}
 CONC=${CONC:-16}
 STREAMS=${STREAMS:-4}
 ROUNDS=${ROUNDS:-5}
+CONNWORK=${CONNWORK:-tls}
 BASELINES=${BASELINES:-1}
 FLOOR_ON=${FLOOR:-1}
 RELAY_ON=${RELAY:-1}
@@ -134,7 +138,7 @@ VERS=""
 echo "== gateway cost: $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), $(uname -r), $(go version | cut -d' ' -f3)$VERS"
 echo "== gateways: $GWS"
 "$WORK/benchload" cost "${TARGETS[@]}" "${FLOOR[@]}" --account-pid "$BACKENDS" \
-  --conns "$CONNS" --conc "$CONC" --bulk-mb "$BULK_MB" --streams "$STREAMS" --rounds "$ROUNDS"
+  --work "$CONNWORK" --conns "$CONNS" --conc "$CONC" --bulk-mb "$BULK_MB" --streams "$STREAMS" --rounds "$ROUNDS"
 if [ -n "${RATES:-}" ]; then
   echo
   "$WORK/benchload" rate "${RATE_TARGETS[@]}" --rates "$RATES" --for "${RATE_FOR:-20s}"

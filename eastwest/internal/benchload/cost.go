@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,7 @@ func cost(args []string) error {
 	streams := fs.Int("streams", 4, "parallel bulk streams")
 	rounds := fs.Int("rounds", 5, "rounds interleaving the targets")
 	usePerf := fs.Bool("perf", true, "count system calls and context switches with perf stat (when it runs)")
+	work := fs.String("work", "tls", "each connection's work: tls (a TLS 1.3 handshake and a 32-byte echo) or replay (the same bytes each way, no cryptography at the ends: replay.go)")
 	kfloor := fs.Bool("kernel-floor", false, "also measure, in each round, the kernel's share of the second TCP connection a relay adds (kernelFloor)")
 	var extraPIDs []int
 	fs.Func("account-pid", "another process the machine figures count (the backends); repeat", func(v string) error {
@@ -50,6 +52,14 @@ func cost(args []string) error {
 	fs.Parse(args)
 	if len(targets) < 2 {
 		return errors.New("give the direct baseline and at least one proxy with --target")
+	}
+	one := oneConn
+	switch *work {
+	case "tls":
+	case "replay":
+		one = oneReplay
+	default:
+		return fmt.Errorf("--work %q: want tls or replay", *work)
 	}
 	for _, t := range targets {
 		if err := t.loadPIDs(); err != nil {
@@ -68,7 +78,7 @@ func cost(args []string) error {
 	}
 	acct = append(acct, extraPIDs...)
 	for _, t := range targets {
-		if err := oneConn(t.AddrEcho); err != nil {
+		if err := one(t.AddrEcho); err != nil {
 			return fmt.Errorf("%s (%s): warm-up connection: %w", t.Name, t.AddrEcho, err)
 		}
 	}
@@ -77,6 +87,10 @@ func cost(args []string) error {
 	bulks := make([][]fig, len(targets))
 	var kfl []fig
 	var errs atomic.Int64
+	// others is the CPU of processes outside the benchmark (the whole machine's, /proc/stat,
+	// less what benchCPU counts) while measuring: printed, so that a reader knows whether
+	// the machine column was read on a quiet machine.
+	var others, span time.Duration
 	measure := func(t *target, work func() float64) (fig, error) {
 		var pc *perfCounter
 		if *usePerf && len(t.pids) > 0 {
@@ -86,12 +100,14 @@ func cost(args []string) error {
 			}
 		}
 		p0, _ := readProc(t.pids)
-		m0 := benchCPU(acct)
+		w0, m0 := machineCPU(), benchCPU(acct)
 		t0 := time.Now()
 		units := work()
 		el := time.Since(t0)
-		m1 := benchCPU(acct)
+		w1, m1 := machineCPU(), benchCPU(acct)
 		p1, _ := readProc(t.pids)
+		others += (w1 - w0) - (m1 - m0)
+		span += el
 		f := fig{proxyUS: float64((p1.cpu - p0.cpu).Microseconds()) / units, machUS: float64((m1 - m0).Microseconds()) / units,
 			rate: units / el.Seconds()}
 		if pc != nil {
@@ -106,7 +122,7 @@ func cost(args []string) error {
 	for round := 0; round < *rounds; round++ {
 		for i, t := range targets {
 			f, err := measure(t, func() float64 {
-				n, e := fixedConns(t.AddrEcho, *conc, *nConns)
+				n, e := fixedConns(t.AddrEcho, *conc, *nConns, one)
 				errs.Add(e)
 				return float64(n)
 			})
@@ -154,12 +170,20 @@ func cost(args []string) error {
 		return median(v)
 	}
 	// Added machine CPU: per round, minus direct's of the same round, then the median.
-	added := func(all [][]fig, i int) float64 {
+	addedRounds := func(all [][]fig, i int) []float64 {
 		v := make([]float64, len(all[i]))
 		for r := range all[i] {
 			v[r] = all[i][r].machUS - all[0][r].machUS
 		}
-		return median(v)
+		return v
+	}
+	added := func(all [][]fig, i int) float64 { return median(addedRounds(all, i)) }
+	// spread is the range of the rounds' added figures: the median alone hides how far
+	// apart the rounds were, which on a shared 2-core machine decides whether a ratio holds.
+	spread := func(all [][]fig, i int) string {
+		v := addedRounds(all, i)
+		sort.Float64s(v)
+		return fmt.Sprintf("%+.0f to %+.0f", v[0], v[len(v)-1])
 	}
 	find := func(prefix string) int {
 		for i, t := range targets {
@@ -178,14 +202,14 @@ func cost(args []string) error {
 	}
 	print := func(title, unit string, all [][]fig, scale float64) {
 		fmt.Printf("%s\n\n", title)
-		fmt.Printf("| target | rate | proxy CPU %s | syscalls %s | ctx switches %s | added machine CPU %s | proxy ×HAProxy | proxy ×nginx | added ×HAProxy | added ×nginx |\n", unit, unit, unit, unit)
-		fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Printf("| target | rate | proxy CPU %s | syscalls %s | ctx switches %s | added machine CPU %s | rounds' range | proxy ×HAProxy | proxy ×nginx | added ×HAProxy | added ×nginx |\n", unit, unit, unit, unit)
+		fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 		proxy := func(i int) float64 { return med(all[i], func(f fig) float64 { return f.proxyUS }) }
 		add := func(i int) float64 { return added(all, i) }
 		for i, t := range targets {
 			rate := med(all[i], func(f fig) float64 { return f.rate })
 			if i == 0 {
-				fmt.Printf("| %s | %.0f | - | - | - | (machine %.0f µs) | - | - | - | - |\n", t.Name, rate*scale,
+				fmt.Printf("| %s | %.0f | - | - | - | (machine %.0f µs) | - | - | - | - | - |\n", t.Name, rate*scale,
 					med(all[i], func(f fig) float64 { return f.machUS }))
 				continue
 			}
@@ -194,15 +218,19 @@ func cost(args []string) error {
 				sys = fmt.Sprintf("%.1f", med(all[i], func(f fig) float64 { return f.sys }))
 				cs = fmt.Sprintf("%.2f", med(all[i], func(f fig) float64 { return f.cs }))
 			}
-			fmt.Printf("| %s | %.0f | %.0f µs | %s | %s | %+.0f µs | %s | %s | %s | %s |\n", t.Name, rate*scale,
-				proxy(i), sys, cs, add(i), ratio(proxy(i), hap, proxy), ratio(proxy(i), ngx, proxy),
+			fmt.Printf("| %s | %.0f | %.0f µs | %s | %s | %+.0f µs | %s | %s | %s | %s | %s |\n", t.Name, rate*scale,
+				proxy(i), sys, cs, add(i), spread(all, i), ratio(proxy(i), hap, proxy), ratio(proxy(i), ngx, proxy),
 				ratio(add(i), hap, add), ratio(add(i), ngx, add))
 		}
 		fmt.Println()
 	}
-	fmt.Printf("%d cores, load average %s at the end; %d rounds of %d connections (concurrency %d) and %d MB (%d streams) per target; %d errors\n\n",
-		numCPU(), loadAvg(), *rounds, *nConns, *conc, *bulkMB, *streams, errs.Load())
-	print("Per connection (rate: conn/s; TCP + TLS 1.3 handshake + 32-byte echo + close):", "/conn", conns, 1)
+	fmt.Printf("%d cores, load average %s at the end; %d rounds of %d connections (concurrency %d) and %d MB (%d streams) per target; %d errors; other processes took %.2f cores on average while measuring (not counted)\n\n",
+		numCPU(), loadAvg(), *rounds, *nConns, *conc, *bulkMB, *streams, errs.Load(), others.Seconds()/span.Seconds())
+	title := "Per connection (rate: conn/s; TCP + TLS 1.3 handshake + 32-byte echo + close):"
+	if *work == "replay" {
+		title = "Per connection, replayed (rate: conn/s; TCP + the bytes of a TLS 1.3 handshake and a 32-byte echo, no cryptography at the ends + close):"
+	}
+	print(title, "/conn", conns, 1)
 	if len(kfl) > 0 {
 		// Not a target: its work is the second connection alone, so its machine CPU is
 		// not taken minus direct's, and its proxy column is the thread's own CPU.
@@ -239,8 +267,8 @@ func numCPU() int {
 	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-// fixedConns makes n connections (oneConn) with conc workers.
-func fixedConns(addr string, conc, n int) (ok, errs int64) {
+// fixedConns makes n connections (one: oneConn or oneReplay) with conc workers.
+func fixedConns(addr string, conc, n int, one func(string) error) (ok, errs int64) {
 	var left atomic.Int64
 	left.Store(int64(n))
 	var good, bad atomic.Int64
@@ -250,7 +278,7 @@ func fixedConns(addr string, conc, n int) (ok, errs int64) {
 		go func() {
 			defer wg.Done()
 			for left.Add(-1) >= 0 {
-				if err := oneConn(addr); err != nil {
+				if err := one(addr); err != nil {
 					bad.Add(1)
 					continue
 				}

@@ -109,7 +109,7 @@ func readHello(c net.Conn) error {
 
 func backends(args []string) error {
 	fs := flag.NewFlagSet("backends", flag.ExitOnError)
-	echoAddr := fs.String("echo", "127.0.0.1:19001", "TLS echo server")
+	echoAddr := fs.String("echo", "127.0.0.1:19001", "TLS echo server (a hello with the replay ALPN gets the replayed flights instead: replay.go)")
 	sinkAddr := fs.String("sink", "127.0.0.1:19002", "raw sink: reads a hello, then discards")
 	holdAddr := fs.String("hold", "127.0.0.1:19003", "raw hold: reads a hello, answers one byte, then holds")
 	fs.Parse(args)
@@ -134,19 +134,13 @@ func backends(args []string) error {
 		}()
 		return nil
 	}
+	fl, err := measureFlights(cfg)
+	if err != nil {
+		return err
+	}
 	if err := serve(*echoAddr, func(c net.Conn) {
 		defer c.Close()
-		tc := tls.Server(c, cfg)
-		buf := make([]byte, 512)
-		for {
-			n, err := tc.Read(buf)
-			if err != nil {
-				return
-			}
-			if _, err := tc.Write(buf[:n]); err != nil {
-				return
-			}
-		}
+		echoOrReplay(c, cfg, fl)
 	}); err != nil {
 		return err
 	}
