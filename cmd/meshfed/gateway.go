@@ -17,6 +17,7 @@ import (
 	"github.com/meshfed/meshfed/eastwest"
 	"github.com/meshfed/meshfed/eastwest/process"
 	"github.com/meshfed/meshfed/eastwest/xdsroutes"
+	"github.com/meshfed/meshfed/internal/adaptprocs"
 )
 
 func init() { register(newGatewayCmd) }
@@ -34,6 +35,7 @@ type gatewayFlags struct {
 	connectAttempts                         int
 	copyMode                                string
 	steadySysmon                            bool
+	adaptiveProcs                           bool
 	hboneListen, hboneCert, hboneKey        string
 	spiffeSocket, bundleDir                 string
 	hboneAllowTD                            []string
@@ -119,6 +121,7 @@ See docs/eastwest.md for the health wire protocol, HBONE, metrics and limits.`,
 		},
 	}
 	fl := cmd.Flags()
+	fl.BoolVar(&f.adaptiveProcs, "adaptive-procs", true, "run the Go scheduler on one P (GOMAXPROCS=1) after the gateway has used less than 0.35 of a core for 2s, and on the default (CPU count or cgroup limit) as soon as 250ms at one P use more than 0.7 of a core: a third fewer context switches and up to a fifth less CPU per connection at tens to thousands of connections per second; a burst after a quiet spell runs its first 250ms on one core (docs/benchmarks.md); each change is logged and in meshfed_gateway_gomaxprocs; off when the environment sets GOMAXPROCS")
 	fl.StringVar(&f.cluster, "cluster", "", "this cluster's name (DNS label), reported by the health name (required)")
 	fl.StringVar(&f.listen, "listen", ":15443", "ADDR the gateway accepts TLS on")
 	fl.StringVar(&f.admin, "admin", "127.0.0.1:15000", "ADDR of /metrics, /healthz and /readyz")
@@ -313,6 +316,16 @@ func runGateway(ctx context.Context, f gatewayFlags) error {
 			return fmt.Errorf("%s: %w", flag, pe.Err)
 		}
 		return err
+	}
+	if f.adaptiveProcs {
+		go func() {
+			err := adaptprocs.Run(ctx, adaptprocs.Config{Log: log, Registerer: p.Registry(), Namespace: "meshfed_gateway"})
+			if errors.Is(err, adaptprocs.ErrFixed) {
+				log.Info("adaptive GOMAXPROCS off: " + err.Error())
+			} else if err != nil {
+				log.Warn("adaptive GOMAXPROCS stopped", "err", err)
+			}
+		}()
 	}
 	log.Info("gateway listening", "listen", p.Addr(), "hbone_listen", p.HBONEAddr(), "admin", p.AdminAddr(), "copy_mode", p.Gateway().CopyMode(), "routes_from", srcFlag+" "+origin, "pid", os.Getpid())
 	_ = p.Wait() // until ctx ends and the drain is over

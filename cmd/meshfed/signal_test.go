@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,12 +48,12 @@ func TestGatewaySIGTERM(t *testing.T) {
 	if err := os.WriteFile(exports, []byte(fmt.Sprintf("services:\n  - {name: echo, namespace: demo, ports: [{port: 8443, targetPort: %s}], endpoints: [{address: %s}]}\n", port, host)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr, adminAddr := freeAddr(t), freeAddr(t)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "gateway", "--cluster", "east", "--listen", addr, "--admin", "127.0.0.1:0", "--exports", exports,
+	cmd := exec.Command(exe, "gateway", "--cluster", "east", "--listen", addr, "--admin", adminAddr, "--exports", exports,
 		"--drain-accept-period", "500ms", "--drain-timeout", "20s", "--log-level", "warn")
 	cmd.Env = append(os.Environ(), "MESHFED_AS_MAIN=1")
 	var stderr strings.Builder
@@ -95,6 +97,16 @@ func TestGatewaySIGTERM(t *testing.T) {
 	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid)); err == nil &&
 		!strings.Contains(string(env), steadySchedtrace) {
 		t.Errorf("the gateway's environment has no GODEBUG %s: %q", steadySchedtrace, env)
+	}
+	// --adaptive-procs (default): the controller runs and exports what it holds.
+	if resp, err := http.Get("http://" + adminAddr + "/metrics"); err != nil {
+		t.Errorf("metrics: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "meshfed_gateway_gomaxprocs ") {
+			t.Errorf("metrics have no meshfed_gateway_gomaxprocs (--adaptive-procs is on by default)")
+		}
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,15 +56,15 @@ func rate(args []string) error {
 		}
 	}
 	fmt.Printf("Open loop, %s per target and rate, one target after the other; load average %s at the start\n\n", *secs, loadAvg())
-	fmt.Println("| rate | target | conns (failed) | CPU /s | CPU /conn | ctx switches /s | ctx switches /conn |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| rate | target | conns (failed) | CPU /s | CPU /conn | ctx switches /s | ctx switches /conn | p50 | p99 |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rates {
 		for _, t := range targets {
 			c0, s0, err := threadsCost(t.pids)
 			if err != nil {
 				return err
 			}
-			ok, bad := openLoop(t.AddrEcho, r, *secs)
+			ok, bad, lat := openLoop(t.AddrEcho, r, *secs)
 			c1, s1, err := threadsCost(t.pids)
 			if err != nil {
 				return err
@@ -76,21 +77,28 @@ func rate(args []string) error {
 				}
 				return fmt.Sprintf(f, v/float64(ok))
 			}
-			fmt.Printf("| %g/s | %s | %d (%d) | %.2f ms | %s | %.0f | %s |\n", r, t.Name, ok, bad,
-				cpu/sec/1e3, perConn(cpu, "%.0f µs"), sw/sec, perConn(sw, "%.2f"))
+			p50, p99 := "-", "-"
+			if len(lat) > 0 {
+				slices.Sort(lat)
+				p50 = fmt.Sprintf("%.3f ms", float64(lat[len(lat)/2].Microseconds())/1e3)
+				p99 = fmt.Sprintf("%.3f ms", float64(lat[len(lat)*99/100].Microseconds())/1e3)
+			}
+			fmt.Printf("| %g/s | %s | %d (%d) | %.2f ms | %s | %.0f | %s | %s | %s |\n", r, t.Name, ok, bad,
+				cpu/sec/1e3, perConn(cpu, "%.0f µs"), sw/sec, perConn(sw, "%.2f"), p50, p99)
 		}
 	}
 	return nil
 }
 
 // openLoop starts a connection (oneConn) every 1/r seconds for d (r = 0: waits d) and
-// waits for the last to end.
-func openLoop(addr string, r float64, d time.Duration) (ok, bad int64) {
+// waits for the last to end; lat holds each good connection's time, start to close.
+func openLoop(addr string, r float64, d time.Duration) (ok, bad int64, lat []time.Duration) {
 	if r == 0 {
 		time.Sleep(d)
-		return 0, 0
+		return 0, 0, nil
 	}
 	var good, failed atomic.Int64
+	var mu sync.Mutex
 	var wg sync.WaitGroup
 	tick := time.NewTicker(time.Duration(float64(time.Second) / r))
 	defer tick.Stop()
@@ -99,15 +107,20 @@ func openLoop(addr string, r float64, d time.Duration) (ok, bad int64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			t0 := time.Now()
 			if err := oneConn(addr); err != nil {
 				failed.Add(1)
 				return
 			}
+			el := time.Since(t0)
 			good.Add(1)
+			mu.Lock()
+			lat = append(lat, el)
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return good.Load(), failed.Load()
+	return good.Load(), failed.Load(), lat
 }
 
 // threadsCost sums, over every thread of pids, the time run on a CPU (ns, schedstat's first
