@@ -479,10 +479,11 @@ func connRate(addr string, conc int, d time.Duration) (n, errs int64, el time.Du
 	return ok.Load(), bad.Load(), time.Since(start)
 }
 
-func rawHello(sni string) []byte {
+// rawHello is the ClientHello Go's TLS client sends for sni, offering alpn if given.
+func rawHello(sni string, alpn ...string) []byte {
 	c1, c2 := net.Pipe()
 	go func() {
-		tls.Client(c1, &tls.Config{ServerName: sni, InsecureSkipVerify: true}).Handshake() //nolint:gosec
+		tls.Client(c1, &tls.Config{ServerName: sni, NextProtos: alpn, InsecureSkipVerify: true}).Handshake() //nolint:gosec
 	}()
 	buf := make([]byte, 16<<10)
 	n, _ := c2.Read(buf)

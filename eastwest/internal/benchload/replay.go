@@ -125,17 +125,8 @@ func replayServe(c net.Conn, f flights) error {
 	return err
 }
 
-var replayHello = sync.OnceValue(func() []byte {
-	c1, c2 := net.Pipe()
-	go func() {
-		tls.Client(c1, &tls.Config{ServerName: sniEcho, NextProtos: []string{replayALPN}, InsecureSkipVerify: true}).Handshake() //nolint:gosec
-	}()
-	buf := make([]byte, 16<<10)
-	n, _ := c2.Read(buf)
-	c2.Close()
-	c1.Close()
-	return buf[:n]
-})
+// replayHello is the replay client's ClientHello: the echo service's name and replayALPN.
+var replayHello = sync.OnceValue(func() []byte { return rawHello(sniEcho, replayALPN) })
 
 // oneReplay is oneConn's exchange replayed: TCP connect, a real ClientHello, the flights'
 // bytes each way, close.
