@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,17 +97,6 @@ func selfSigned() (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
-// readHello consumes one TLS record (the ClientHello the raw clients send).
-func readHello(c net.Conn) error {
-	var h [5]byte
-	if _, err := io.ReadFull(c, h[:]); err != nil {
-		return err
-	}
-	n := int(h[3])<<8 | int(h[4])
-	_, err := io.CopyN(io.Discard, c, int64(n))
-	return err
-}
-
 func backends(args []string) error {
 	fs := flag.NewFlagSet("backends", flag.ExitOnError)
 	echoAddr := fs.String("echo", "127.0.0.1:19001", "TLS echo server (a hello with the replay ALPN gets the replayed flights instead: replay.go)")
@@ -146,7 +136,7 @@ func backends(args []string) error {
 	}
 	if err := serve(*sinkAddr, func(c net.Conn) {
 		defer c.Close()
-		if readHello(c) != nil {
+		if _, err := peekHello(c); err != nil {
 			return
 		}
 		io.Copy(io.Discard, c)
@@ -155,7 +145,7 @@ func backends(args []string) error {
 	}
 	if err := serve(*holdAddr, func(c net.Conn) {
 		defer c.Close()
-		if readHello(c) != nil {
+		if _, err := peekHello(c); err != nil {
 			return
 		}
 		c.Write([]byte{1})
@@ -395,6 +385,15 @@ func benchCPU(pids []int) time.Duration {
 		total += time.Duration(ut+st) * time.Second / 100
 	}
 	return total
+}
+
+// p50p99 sorts l and returns its median and 99th percentile (zero for an empty l).
+func p50p99(l []time.Duration) (p50, p99 time.Duration) {
+	if len(l) == 0 {
+		return 0, 0
+	}
+	slices.Sort(l)
+	return l[len(l)/2], l[len(l)*99/100]
 }
 
 func median[T int64 | float64 | time.Duration](v []T) T {
@@ -662,8 +661,7 @@ func run(args []string) error {
 			if err != nil {
 				return fmt.Errorf("%s latency: %w", t.Name, err)
 			}
-			sort.Slice(l, func(a, b int) bool { return l[a] < l[b] })
-			figs[i].LatP50, figs[i].LatP99 = l[len(l)/2], l[len(l)*99/100]
+			figs[i].LatP50, figs[i].LatP99 = p50p99(l)
 			res[i].LatN += len(l)
 		}
 		for i, t := range targets {

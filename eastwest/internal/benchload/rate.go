@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,9 +78,9 @@ func rate(args []string) error {
 			}
 			p50, p99 := "-", "-"
 			if len(lat) > 0 {
-				slices.Sort(lat)
-				p50 = fmt.Sprintf("%.3f ms", float64(lat[len(lat)/2].Microseconds())/1e3)
-				p99 = fmt.Sprintf("%.3f ms", float64(lat[len(lat)*99/100].Microseconds())/1e3)
+				l50, l99 := p50p99(lat)
+				p50 = fmt.Sprintf("%.3f ms", float64(l50.Microseconds())/1e3)
+				p99 = fmt.Sprintf("%.3f ms", float64(l99.Microseconds())/1e3)
 			}
 			fmt.Printf("| %g/s | %s | %d (%d) | %.2f ms | %s | %.0f | %s | %s | %s |\n", r, t.Name, ok, bad,
 				cpu/sec/1e3, perConn(cpu, "%.0f µs"), sw/sec, perConn(sw, "%.2f"), p50, p99)

@@ -160,7 +160,7 @@ func oneReplay(addr string) error {
 	return nil
 }
 
-// peekHello reads one TLS record (the ClientHello) and returns it whole.
+// peekHello reads one TLS record (the ClientHello the clients send) and returns it whole.
 func peekHello(c net.Conn) ([]byte, error) {
 	var h [5]byte
 	if _, err := io.ReadFull(c, h[:]); err != nil {
