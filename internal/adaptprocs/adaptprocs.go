@@ -108,7 +108,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	defer runtime.SetDefaultGOMAXPROCS()
-	procs := runtime.GOMAXPROCS(0)
+	// def is the default as found at start; going up asks the runtime again
+	// (SetDefaultGOMAXPROCS), so a cgroup limit changed since is followed.
+	def := runtime.GOMAXPROCS(0)
+	procs := def
 	gauge.Set(float64(procs))
 	last, err := cfg.cpu()
 	if err != nil {
@@ -137,7 +140,6 @@ func Run(ctx context.Context, cfg Config) error {
 		} else {
 			lowFor = 0
 		}
-		def := defaultProcs()
 		next := decide(procs, def, cores, lowFor, &cfg)
 		if next == procs {
 			continue
@@ -147,20 +149,13 @@ func Run(ctx context.Context, cfg Config) error {
 			changes.WithLabelValues("down").Inc()
 		} else {
 			runtime.SetDefaultGOMAXPROCS()
-			next = runtime.GOMAXPROCS(0)
+			if next = runtime.GOMAXPROCS(0); next == procs {
+				continue // the default is one P now (a cgroup limit): nothing to go up to
+			}
 			changes.WithLabelValues("up").Inc()
 		}
 		cfg.Log.Info("adaptive GOMAXPROCS", "from", procs, "to", next, "cores_used", fmt.Sprintf("%.2f", cores))
 		procs, lowFor = next, 0
 		gauge.Set(float64(procs))
 	}
-}
-
-// defaultProcs is the runtime's default GOMAXPROCS now (CPU count or cgroup limit).
-func defaultProcs() int {
-	// The runtime exposes its default only by setting it; read it from the CPU count and
-	// the cgroup limit as the runtime does would duplicate its rules. NumCPU is the upper
-	// bound; the runtime may choose fewer under a cgroup limit, which SetDefaultGOMAXPROCS
-	// applies when going up.
-	return runtime.NumCPU()
 }
